@@ -1,0 +1,426 @@
+"""TOML configuration -> frozen, typed dataclasses.
+
+Invariants:
+- every key of ``shared/CONTRACT.md`` exists here with its documented default;
+- an unknown key, a wrong type or a bad value is refused with one line that names
+  the key (``[smtp] listen[0]: ...``), before anything starts;
+- relative paths (and relative SQLite database paths) resolve against the folder of
+  the config file, so a config is portable with its tree;
+- config is a value that is passed in, never a global.
+
+A new key is a new typed field with a default on its section's dataclass: the loader
+validates it by its type annotation, so nothing else needs to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "ConfigError",
+    "ListenAddress",
+    "Config",
+    "load_config",
+    "find_config_path",
+    "parse_size",
+]
+
+SEARCH_PATHS = (Path("config/mailstack.toml"), Path("/etc/mailstack/mailstack.toml"))
+ENV_VAR = "MAILSTACK_CONFIG"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``str()`` is one line naming the file and key."""
+
+
+# ---------------------------------------------------------------------------
+# value types
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """One listener: ``HOST:PORT``, ``[IPV6]:PORT`` or ``unix:PATH``."""
+
+    kind: Literal["tcp", "unix"]
+    host: str = ""
+    port: int = 0
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.kind == "unix":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def parse_listen(text: str, base: Path) -> ListenAddress:
+    """Parse one listen address; relative unix socket paths resolve against ``base``."""
+    if text.startswith("unix:"):
+        raw = text[5:]
+        if not raw:
+            raise ValueError("unix: needs a path")
+        return ListenAddress("unix", path=_resolve(raw, base))
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})", text) or re.fullmatch(r"([^:\[\]\s]+):(\d{1,5})", text)
+    if not m:
+        raise ValueError(f"{text!r} is not HOST:PORT, [IPV6]:PORT or unix:PATH")
+    host, port = m.group(1), int(m.group(2))
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range 1-65535")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif not (_is_ipv4(host) or _HOSTNAME_RE.match(host)):
+        raise ValueError(f"{host!r} is not a host name or address")
+    return ListenAddress("tcp", host=host, port=port)
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+        return True
+    except ValueError:
+        return False
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str | int) -> int:
+    """``500M`` -> bytes. Binary units (K=1024), as Dovecot's quota settings."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError("a size cannot be negative")
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a size like 500M or 2G")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]
+
+
+def _resolve(raw: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(raw))
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+# ---------------------------------------------------------------------------
+# sections (field order = documentation order in config/mailstack.toml)
+
+Listeners = tuple[ListenAddress, ...]
+Duration = float  # seconds
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:///../var/mailstack.db"
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    maildir_root: Path = Path("../mailboxes")
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert_file: Path = Path("../var/tls/cert.pem")
+    key_file: Path = Path("../var/tls/key.pem")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    allow_plaintext_on_loopback: bool = True
+    # failed logins before a client IP or an account is slowed down (per 5 minutes)
+    max_failures: int = 5
+    failure_window: Duration = 300.0
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    listen: Listeners = ()
+    max_message_size: int = 26214400
+    max_recipients: int = 100
+    max_connections: int = 200
+    max_connections_per_ip: int = 20
+    command_timeout: Duration = 300.0  # RFC 5321 §4.5.3.2: at least 5 minutes
+    max_received_headers: int = 50
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    listen: Listeners = ()
+    tls_listen: Listeners = ()
+
+
+@dataclass(frozen=True)
+class LMTPConfig:
+    listen: Listeners = ()
+
+
+@dataclass(frozen=True)
+class IMAPConfig:
+    listen: Listeners = ()
+    tls_listen: Listeners = ()
+
+
+@dataclass(frozen=True)
+class POP3Config:
+    listen: Listeners = ()
+    tls_listen: Listeners = ()
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    dir: Path = Path("../var/queue")
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    nameservers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    listen: Listeners = ()
+    tls_listen: Listeners = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration. ``path`` is the file it came from (None for defaults)."""
+
+    hostname: str = "localhost"
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    lmtp: LMTPConfig = field(default_factory=LMTPConfig)
+    imap: IMAPConfig = field(default_factory=IMAPConfig)
+    pop3: POP3Config = field(default_factory=POP3Config)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    path: Path | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    def listeners(self, service: str) -> tuple[tuple[ListenAddress, bool], ...]:
+        """(address, implicit_tls) pairs of one service, as configured."""
+        section = getattr(self, service)
+        plain = tuple((a, False) for a in getattr(section, "listen", ()))
+        tls = tuple((a, True) for a in getattr(section, "tls_listen", ()))
+        return plain + tls
+
+
+# ---------------------------------------------------------------------------
+# loading
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The contract's order: --config, $MAILSTACK_CONFIG, ./config/mailstack.toml, /etc/..."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    for candidate in SEARCH_PATHS:
+        if candidate.exists():
+            return candidate
+    return SEARCH_PATHS[0]
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raises ConfigError with one line naming the key."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    return config_from_dict(data, p.resolve())
+
+
+def config_from_dict(data: dict[str, Any], path: Path | None) -> Config:
+    base = path.parent if path else Path.cwd()
+    prefix = f"{path}: " if path else ""
+    try:
+        values = _build(Config, data, base, key_path="", skip={"path"})
+    except _KeyError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+    cfg = Config(**values, path=path)
+    # Defaults of path fields are relative to the config's folder too.
+    cfg = _resolve_defaults(cfg, base)
+    try:
+        _check(cfg)
+    except _KeyError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+    return cfg
+
+
+class _KeyError(Exception):
+    pass
+
+
+def _build(cls: type, data: Any, base: Path, key_path: str, skip: set[str] | None = None) -> dict[str, Any]:
+    where = f"[{key_path}]" if key_path else "top level"
+    if not isinstance(data, dict):
+        raise _KeyError(f"{key_path or 'config'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in (skip or set())}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise _KeyError(f"{where}: unknown key {key!r} (known: {known})")
+        name = f"{key_path}.{key}" if key_path else key
+        out[key] = _convert(hints[key], value, base, name)
+    return out
+
+
+def _convert(tp: Any, value: Any, base: Path, name: str) -> Any:
+    label = _label(name)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return tp(**_build(tp, value, base, name))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _KeyError(f"{label}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise _KeyError(f"{label}: expected a whole number, got {value!r}")
+        try:
+            n = parse_size(value) if isinstance(value, str) else value
+        except ValueError as e:
+            raise _KeyError(f"{label}: {e}") from None
+        if n < 0:
+            raise _KeyError(f"{label}: must not be negative")
+        return n
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise _KeyError(f"{label}: expected a non-negative number of seconds, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _KeyError(f"{label}: expected a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise _KeyError(f"{label}: expected a path string, got {value!r}")
+        return _resolve(value, base)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise _KeyError(f"{label}: expected a list, got {value!r}")
+        items = []
+        for i, v in enumerate(value):
+            if item_tp is ListenAddress:
+                if not isinstance(v, str):
+                    raise _KeyError(f"{label}[{i}]: expected a string like \"127.0.0.1:25\", got {v!r}")
+                try:
+                    items.append(parse_listen(v, base))
+                except ValueError as e:
+                    raise _KeyError(f"{label}[{i}]: {e}") from None
+            else:
+                items.append(_convert(item_tp, v, base, f"{name}[{i}]"))
+        return tuple(items)
+    raise _KeyError(f"{label}: unsupported type")  # pragma: no cover - a programming error
+
+
+def _label(name: str) -> str:
+    """``smtp.listen`` -> ``[smtp] listen``; ``hostname`` -> ``hostname``."""
+    if "." not in name:
+        return name
+    section, _, key = name.rpartition(".")
+    return f"[{section}] {key}"
+
+
+def _resolve_defaults(cfg: Config, base: Path) -> Config:
+    def fix(section: Any) -> Any:
+        changes = {}
+        for f in dataclasses.fields(section):
+            v = getattr(section, f.name)
+            if isinstance(v, Path) and not v.is_absolute():
+                changes[f.name] = (base / v).resolve()
+        return dataclasses.replace(section, **changes) if changes else section
+
+    cfg = dataclasses.replace(
+        cfg,
+        storage=fix(cfg.storage),
+        tls=fix(cfg.tls),
+        queue=fix(cfg.queue),
+        database=dataclasses.replace(cfg.database, url=_resolve_db_url(cfg.database.url, base)),
+    )
+    return cfg
+
+
+def _resolve_db_url(url: str, base: Path) -> str:
+    """``sqlite:///../var/x.db`` is relative to the config's folder; absolute stays."""
+    m = re.match(r"^(sqlite(?:\+\w+)?):///(.*)$", url)
+    if not m:
+        return url
+    driver, rest = m.groups()
+    if rest in ("", ":memory:") or rest.startswith("/") or rest.startswith("file:"):
+        return url
+    db_path, sep, query = rest.partition("?")
+    return f"{driver}:///{(base / db_path).resolve()}{sep}{query}"
+
+
+def _check(cfg: Config) -> None:
+    if not _HOSTNAME_RE.match(cfg.hostname) or "." not in cfg.hostname.strip(".") and cfg.hostname != "localhost":
+        raise _KeyError(f"hostname: {cfg.hostname!r} is not a fully qualified domain name")
+    if not re.match(r"^[a-z][a-z0-9+]*://", cfg.database.url):
+        raise _KeyError(f"[database] url: {cfg.database.url!r} is not a database URL like sqlite:///path")
+    if cfg.smtp.max_message_size < 1024:
+        raise _KeyError("[smtp] max_message_size: must be at least 1024 bytes")
+    if not 1 <= cfg.smtp.max_recipients <= 100000:
+        raise _KeyError("[smtp] max_recipients: must be between 1 and 100000")
+    for i, ns in enumerate(cfg.dns.nameservers):
+        host, _, port = ns.rpartition(":") if ns.count(":") == 1 or ns.startswith("[") else (ns, "", "")
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host or ns)
+            if port and not 0 < int(port) < 65536:
+                raise ValueError
+        except ValueError:
+            raise _KeyError(f"[dns] nameservers[{i}]: {ns!r} is not IP or IP:PORT") from None
+    seen: dict[ListenAddress, str] = {}
+    for service in ("smtp", "submission", "lmtp", "imap", "pop3", "http"):
+        for addr, tls in cfg.listeners(service):
+            key = f"[{service}] {'tls_listen' if tls else 'listen'}"
+            if addr in seen:
+                raise _KeyError(f"{key}: {addr} is already used by {seen[addr]}")
+            seen[addr] = key
