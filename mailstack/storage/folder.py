@@ -1,0 +1,601 @@
+"""One mailbox (INBOX or a `.Name` folder) shared by IMAP and POP3.
+
+Layout and formats are Dovecot's, so Dovecot and mailstack can share the folder:
+messages in `cur/` (and `new/` until the first sync), UIDs in `dovecot-uidlist`
+(see uidlist.py), keyword letters in `dovecot-keywords`, flags in `:2,` file names.
+
+Invariants:
+- UIDs are assigned, and `dovecot-uidlist` changed, only under the
+  `dovecot-uidlist.lock` dotlock; a UID once given to a base name is never reused and
+  stays with it across re-syncs, processes and Dovecot.
+- `sync()` never opens a message file: sizes come from `,S=`/`,W=` in the name (a
+  message without `W=` is read once and its size kept in the uidlist `W` extension,
+  as Dovecot does), the internal date is the file's mtime (a stat, cached).
+- The uidlist is rewritten (write_durable) only when it changed.
+- Files are renamed or removed by other processes at any time: every mutation that
+  finds its file gone re-syncs and retries, and a file missing after that is a
+  message expunged by someone else (`MessageNotFound`, or silently skipped in bulk).
+- A new message is fsynced in `tmp/` before it is renamed into `cur/`, and `cur/`
+  is fsynced before its UID is returned.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import quota
+from .errors import MessageNotFound, StorageError, TooManyKeywords
+from .filename import LETTER_TO_FLAG, flag_letters, lf_and_vsize, new_basename, size_from_name, split_name, with_flags
+from .lock import DotLock
+from .safeio import create_exclusive, fsync_dir, write_durable
+from .uidlist import (
+    KEYWORDS_NAME,
+    MAX_KEYWORDS,
+    UIDLIST_NAME,
+    UidList,
+    UidRecord,
+    format_keywords,
+    format_uidlist,
+    next_uidvalidity,
+    parse_keywords,
+    parse_uidlist,
+)
+
+if TYPE_CHECKING:
+    from .maildir import Maildir
+
+__all__ = ["Folder", "FolderState", "MessageInfo"]
+
+log = logging.getLogger(__name__)
+
+_LINK_FALLBACK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES}
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """One message as of the last sync. flags: IMAP system flags (`\\Seen`, ...)."""
+
+    uid: int
+    filename: str  # current full name in cur/
+    flags: frozenset[str]
+    keywords: frozenset[str]
+    size: int  # bytes on disk (LF), S=
+    vsize: int  # bytes with CRLF line ends (RFC822.SIZE, POP3), W=
+    internaldate: datetime  # file mtime, UTC
+
+    @property
+    def base(self) -> str:
+        return self.filename.partition(":")[0]
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """An immutable snapshot: messages sorted by UID."""
+
+    uidvalidity: int
+    uidnext: int
+    messages: tuple[MessageInfo, ...]
+    _index: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self._index:
+            self._index.update((m.uid, i) for i, m in enumerate(self.messages))
+
+    def get(self, uid: int) -> MessageInfo | None:
+        i = self._index.get(uid)
+        return None if i is None else self.messages[i]
+
+    def uids(self) -> list[int]:
+        return [m.uid for m in self.messages]
+
+    def pop3_uidl(self, msg: MessageInfo) -> str:
+        """Dovecot's default POP3 UIDL `%08Xu%08Xv` (CONTRACT.md)."""
+        return f"{msg.uid:08X}{self.uidvalidity:08X}"
+
+    def _with(self, msg: MessageInfo) -> FolderState:
+        i = self._index[msg.uid]
+        msgs = list(self.messages)
+        msgs[i] = msg
+        return FolderState(self.uidvalidity, self.uidnext, tuple(msgs), self._index)
+
+
+def _sort_key(base: str) -> tuple[int, int, str]:
+    """Dovecot's maildir_filename_sort_cmp: seconds, then microseconds, then the name."""
+    sec_s, _, rest = base.partition(".")
+    usec = 0
+    if rest.startswith("M"):
+        digits = ""
+        for c in rest[1:]:
+            if not c.isdigit():
+                break
+            digits += c
+        usec = int(digits) if digits else 0
+    return (int(sec_s) if sec_s.isdigit() else 0, usec, base)
+
+
+def _timestamp(value: datetime | float | int | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return float(value)
+
+
+class Folder:
+    """A Maildir++ folder. Get one from `Maildir.folder(name)`."""
+
+    def __init__(self, maildir: Maildir, name: str, path: Path):
+        self.maildir = maildir
+        self.name = name
+        self.path = path
+        self.cur = path / "cur"
+        self.new = path / "new"
+        self.tmp = path / "tmp"
+        self._uidlist_path = path / UIDLIST_NAME
+        self._keywords_path = path / KEYWORDS_NAME
+        self._lock = DotLock(self._uidlist_path)
+        self._ul: UidList | None = None
+        self._ul_key: tuple[int, int, int] | None = None
+        self._kw: dict[int, str] = {}
+        self._kw_key: tuple[int, int, int] | None = None
+        self._mtimes: dict[str, int] = {}
+        self._flag_memo: dict[str, tuple[frozenset[str], str]] = {}
+        self._state: FolderState | None = None
+
+    def __repr__(self) -> str:
+        return f"Folder({self.name!r}, {str(self.path)!r})"
+
+    # ------------------------------------------------------------------ files
+
+    @staticmethod
+    def _stat_key(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _load_uidlist(self) -> UidList | None:
+        key = self._stat_key(self._uidlist_path)
+        if key is None:
+            self._ul, self._ul_key = None, None
+            return None
+        if key == self._ul_key and self._ul is not None:
+            return self._ul
+        try:
+            data = self._uidlist_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        ul = parse_uidlist(data)
+        if ul is None:
+            log.warning("broken %s: rebuilding it with a new UIDVALIDITY", self._uidlist_path)
+        self._ul, self._ul_key = ul, key
+        return ul
+
+    def _write_uidlist(self, ul: UidList) -> None:
+        write_durable(self._uidlist_path, format_uidlist(ul))
+        self._ul, self._ul_key = ul, self._stat_key(self._uidlist_path)
+
+    def _load_keywords(self) -> dict[int, str]:
+        key = self._stat_key(self._keywords_path)
+        if key is None:
+            if self._kw:
+                self._flag_memo = {}
+            self._kw, self._kw_key = {}, None
+        elif key != self._kw_key:
+            try:
+                self._kw = parse_keywords(self._keywords_path.read_bytes())
+            except FileNotFoundError:
+                self._kw = {}
+            self._kw_key = key
+            self._flag_memo = {}
+        return self._kw
+
+    def _keyword_letters(self, keywords: Iterable[str], locked: bool) -> str:
+        """Letters for keyword names, creating entries in dovecot-keywords when needed."""
+        wanted = list(dict.fromkeys(keywords))
+        if not wanted:
+            return ""
+        for k in wanted:
+            if not k or any(c in k for c in " \t\r\n\0") or k.startswith("\\"):
+                raise StorageError(f"invalid keyword {k!r}")
+        kws = self._load_keywords()
+        by_name = {v.lower(): i for i, v in kws.items()}
+        if any(k.lower() not in by_name for k in wanted):
+            if not locked:
+                with self._lock:
+                    return self._keyword_letters(wanted, locked=True)
+            kws = dict(kws)
+            for k in wanted:
+                if k.lower() in by_name:
+                    continue
+                free = next((i for i in range(MAX_KEYWORDS) if i not in kws), None)
+                if free is None:
+                    raise TooManyKeywords(f"folder {self.name} already has {MAX_KEYWORDS} keywords")
+                kws[free] = k
+                by_name[k.lower()] = free
+            write_durable(self._keywords_path, format_keywords(kws))
+            self._kw, self._kw_key = kws, self._stat_key(self._keywords_path)
+            self._flag_memo = {}
+        return "".join(sorted(chr(ord("a") + by_name[k.lower()]) for k in wanted))
+
+    def _decode_letters(self, letters: str | None) -> tuple[frozenset[str], frozenset[str]]:
+        if not letters:
+            return frozenset(), frozenset()
+        flags = frozenset(LETTER_TO_FLAG[c] for c in letters if c in LETTER_TO_FLAG)
+        kws = self._kw
+        keywords = frozenset(kws[ord(c) - 97] for c in letters if "a" <= c <= "z" and (ord(c) - 97) in kws)
+        return flags, keywords
+
+    # ------------------------------------------------------------------ sync
+
+    def sync(self) -> FolderState:
+        """Bring dovecot-uidlist up to date with cur/ and new/; return the new state."""
+        with self._lock:
+            return self._sync_locked()
+
+    @property
+    def state(self) -> FolderState:
+        """The last synced state (syncs once if there is none yet)."""
+        return self._state if self._state is not None else self.sync()
+
+    def _scan_cur(self) -> dict[str, str]:
+        names: list[str] = []
+        for _ in range(5):
+            before = os.stat(self.cur).st_mtime_ns
+            names = os.listdir(self.cur)
+            if os.stat(self.cur).st_mtime_ns == before:
+                break  # nobody renamed in cur/ while we read it: the listing is whole
+        return {n.partition(":")[0]: n for n in names if not n.startswith(".")}
+
+    def _move_new(self) -> None:
+        try:
+            names = os.listdir(self.new)
+        except FileNotFoundError:
+            raise StorageError(f"folder directory missing: {self.new}") from None
+        for name in names:
+            if name.startswith("."):
+                continue
+            base, letters = split_name(name)
+            target = name if letters is not None else base + ":2,"
+            try:
+                os.rename(self.new / name, self.cur / target)
+            except FileNotFoundError:
+                pass  # another process moved it first
+
+    def _vsize_of(self, name: str) -> int | None:
+        try:
+            with open(self.cur / name, "rb") as f:
+                _, vsize = lf_and_vsize(f.read())
+        except FileNotFoundError:
+            return None
+        return vsize
+
+    def _sync_locked(self) -> FolderState:
+        ul = self._load_uidlist()
+        changed = False
+        if ul is None:
+            ul = UidList.new(next_uidvalidity(self.maildir.root))
+            changed = True
+        self._move_new()
+        by_base = self._scan_cur()
+
+        records = [r for r in ul.records if r.base in by_base]
+        if len(records) != len(ul.records):
+            changed = True
+        known = {r.base for r in records}
+        fresh = sorted((b for b in by_base if b not in known), key=_sort_key)
+        for base in fresh:
+            records.append(UidRecord(ul.nextuid, base))
+            ul.nextuid += 1
+            changed = True
+        for rec in records:
+            if "W" not in rec.ext and size_from_name(rec.base, "W") is None:
+                vsize = self._vsize_of(by_base[rec.base])
+                if vsize is not None:
+                    rec.ext["W"] = str(vsize)
+                    changed = True
+        ul.records = records
+        if changed:
+            self._write_uidlist(ul)
+        else:
+            self._ul, self._ul_key = ul, self._stat_key(self._uidlist_path)
+        self._load_keywords()
+        self._state = self._build_state(ul, by_base)
+        return self._state
+
+    def _build_state(self, ul: UidList, by_base: dict[str, str]) -> FolderState:
+        mtimes = self._mtimes
+        memo = self._flag_memo
+        msgs: list[MessageInfo] = []
+        live: dict[str, int] = {}
+        utc = timezone.utc
+        for rec in ul.records:
+            base = rec.base
+            name = by_base.get(base)
+            if name is None:
+                continue
+            mtime = mtimes.get(base)
+            if mtime is None:
+                try:
+                    mtime = int(os.stat(self.cur / name).st_mtime)
+                except FileNotFoundError:
+                    continue  # expunged by someone else a moment ago
+            live[base] = mtime
+            letters = name[len(base) + 3 :] if name.startswith(":2,", len(base)) else ""
+            decoded = memo.get(letters)
+            if decoded is None:
+                flags, kws = self._decode_letters(letters)
+                memo[letters] = decoded = (flags, kws)  # type: ignore[assignment]
+            size = size_from_name(base, "S")
+            if size is None:
+                size = int(rec.ext.get("S") or self._lstat_size(name))
+            vsize = size_from_name(base, "W")
+            if vsize is None:
+                vsize = int(rec.ext.get("W") or size)
+            msgs.append(
+                MessageInfo(rec.uid, name, decoded[0], decoded[1], size, vsize, datetime.fromtimestamp(mtime, utc))
+            )
+        self._mtimes = live
+        return FolderState(ul.uidvalidity, ul.nextuid, tuple(msgs))
+
+    def _lstat_size(self, name: str) -> int:
+        try:
+            return os.lstat(self.cur / name).st_size
+        except FileNotFoundError:
+            return 0
+
+    def _invalidate_flag_memo(self) -> None:
+        self._flag_memo = {}
+
+    # ------------------------------------------------------------------ lookups
+
+    def _lookup(self, uid: int, fresh: bool = False) -> MessageInfo:
+        state = self.sync() if (fresh or self._state is None) else self._state
+        info = state.get(uid)
+        if info is None and not fresh:
+            info = self.sync().get(uid)
+        if info is None:
+            raise MessageNotFound(f"UID {uid} is not in {self.name}")
+        return info
+
+    def open_path(self, uid: int) -> Path:
+        """Path of the message file (it may still be renamed by others: use read() when you can)."""
+        info = self._lookup(uid)
+        path = self.cur / info.filename
+        if not path.exists():
+            path = self.cur / self._lookup(uid, fresh=True).filename
+        return path
+
+    def read(self, uid: int) -> bytes:
+        """The message as stored (LF line ends)."""
+        info = self._lookup(uid)
+        for _ in range(3):
+            try:
+                with open(self.cur / info.filename, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                info = self._lookup(uid, fresh=True)
+        raise MessageNotFound(f"UID {uid} keeps vanishing in {self.name}")
+
+    # ------------------------------------------------------------------ flags
+
+    def set_flags(self, uid: int, flags: Iterable[str], keywords: Iterable[str] | None = None) -> MessageInfo:
+        """Replace the system flags (and keywords, unless None) of one message."""
+        letters = flag_letters(flags)
+        kw_letters = None if keywords is None else self._keyword_letters(keywords, locked=False)
+        info = self._lookup(uid)
+        for _ in range(5):
+            base, old = split_name(info.filename)
+            new_name = with_flags(base, old, letters, kw_letters)
+            if new_name != info.filename:
+                try:
+                    os.rename(self.cur / info.filename, self.cur / new_name)
+                except FileNotFoundError:
+                    info = self._lookup(uid, fresh=True)  # renamed by another session: retry
+                    continue
+            self._load_keywords()
+            self._invalidate_flag_memo()
+            new_flags, new_kws = self._decode_letters(new_name[len(base) + 3 :])
+            new_info = replace(info, filename=new_name, flags=new_flags, keywords=new_kws)
+            if self._state is not None and self._state.get(uid) is not None:
+                self._state = self._state._with(new_info)
+            return new_info
+        raise StorageError(f"UID {uid} in {self.name}: file keeps changing under us")
+
+    # ------------------------------------------------------------------ expunge
+
+    def expunge(self, uids: Iterable[int]) -> list[int]:
+        """Remove messages; returns the UIDs this call removed (others' removals are skipped)."""
+        wanted = set(uids)
+        if not wanted:
+            return []
+        removed: list[MessageInfo] = []
+        with self._lock:
+            state = self._sync_locked()
+            pending = [m for m in state.messages if m.uid in wanted]
+            for _ in range(3):
+                retry: list[MessageInfo] = []
+                for info in pending:
+                    try:
+                        os.unlink(self.cur / info.filename)
+                        removed.append(info)
+                    except FileNotFoundError:
+                        retry.append(info)
+                if not retry:
+                    break
+                by_base = self._scan_cur()
+                pending = [replace(m, filename=by_base[m.base]) for m in retry if m.base in by_base]
+            if removed:
+                fsync_dir(self.cur)
+                self._sync_locked()
+        if removed:
+            quota.update(self.maildir.root, -sum(m.size for m in removed), -len(removed))
+        return sorted(m.uid for m in removed)
+
+    # ------------------------------------------------------------------ adding
+
+    def _assign_locked(self, bases: Sequence[str]) -> dict[str, int]:
+        """Give UIDs to base names already in cur/ (must hold the lock)."""
+        ul = self._load_uidlist()
+        if ul is None:
+            state = self._sync_locked()
+            return {m.base: m.uid for m in state.messages if m.base in set(bases)}
+        existing = {r.base: r.uid for r in ul.records}
+        out: dict[str, int] = {}
+        for base in bases:
+            uid = existing.get(base)
+            if uid is None:
+                uid = ul.nextuid
+                ul.nextuid += 1
+                ul.records.append(UidRecord(uid, base))
+                existing[base] = uid
+            out[base] = uid
+        self._write_uidlist(ul)
+        return out
+
+    def _new_tmp(self, data: bytes, size: int, vsize: int, mtime: float | None) -> str:
+        for _ in range(100):
+            base = new_basename(size, vsize)
+            try:
+                create_exclusive(self.tmp / base, data)
+            except FileExistsError:
+                continue
+            if mtime is not None:
+                os.utime(self.tmp / base, (mtime, mtime))
+            return base
+        raise StorageError(f"cannot create a unique file in {self.tmp}")
+
+    def append(
+        self,
+        data: bytes,
+        flags: Iterable[str] = (),
+        internaldate: datetime | float | None = None,
+        keywords: Iterable[str] = (),
+    ) -> int:
+        """Store a message (CRLF or LF in, LF on disk) with flags; returns its UID."""
+        lf, vsize = lf_and_vsize(data)
+        letters = flag_letters(flags)
+        base = self._new_tmp(lf, len(lf), vsize, _timestamp(internaldate))
+        try:
+            with self._lock:
+                kw_letters = self._keyword_letters(keywords, locked=True)
+                os.rename(self.tmp / base, self.cur / with_flags(base, None, letters, kw_letters))
+                fsync_dir(self.cur)
+                uid = self._assign_locked([base])[base]
+        except BaseException:
+            try:
+                os.unlink(self.tmp / base)
+            except OSError:
+                pass
+            raise
+        quota.update(self.maildir.root, len(lf), 1)
+        return uid
+
+    def _place_copy(self, info: MessageInfo, other: Folder) -> str | None:
+        """Hard-link (or copy) a message into other's tmp/; returns the new base name."""
+        for _ in range(3):
+            src = self.cur / info.filename
+            for _ in range(100):
+                base = new_basename(info.size, info.vsize)
+                dst = other.tmp / base
+                try:
+                    os.link(src, dst)
+                    return base
+                except FileExistsError:
+                    continue
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno not in _LINK_FALLBACK_ERRNOS:
+                        raise
+                    try:
+                        with open(src, "rb") as f:
+                            content = f.read()
+                        mtime = os.stat(src).st_mtime
+                    except FileNotFoundError:
+                        break
+                    try:
+                        create_exclusive(dst, content)
+                    except FileExistsError:
+                        continue
+                    os.utime(dst, (mtime, mtime))
+                    return base
+            # source renamed or removed by another session: look again
+            try:
+                info = self._lookup(info.uid, fresh=True)
+            except MessageNotFound:
+                return None
+        return None
+
+    def copy_to(self, uids: Iterable[int], other: Folder) -> list[tuple[int, int]]:
+        """Copy messages (with flags and keywords) into other; returns [(old uid, new uid)]."""
+        state = self.state
+        wanted = sorted(set(uids))
+        if any(state.get(u) is None for u in wanted):
+            state = self.sync()
+        placed: list[tuple[MessageInfo, str]] = []
+        try:
+            for uid in wanted:
+                info = state.get(uid)
+                if info is None:
+                    continue  # expunged meanwhile: IMAP COPY skips it
+                base = self._place_copy(info, other)
+                if base is not None:
+                    placed.append((info, base))
+            if not placed:
+                return []
+            with other._lock:
+                for info, base in placed:
+                    _, old_letters = split_name(info.filename)
+                    kw = other._keyword_letters(sorted(info.keywords), locked=True)
+                    sys_letters = "".join(c for c in (old_letters or "") if c in "DFRST")
+                    os.rename(other.tmp / base, other.cur / with_flags(base, None, sys_letters, kw))
+                fsync_dir(other.cur)
+                new_uids = other._assign_locked([b for _, b in placed])
+        except BaseException:
+            for _, base in placed:
+                try:
+                    os.unlink(other.tmp / base)
+                except OSError:
+                    pass
+            raise
+        quota.update(other.maildir.root, sum(i.size for i, _ in placed), len(placed))
+        return [(info.uid, new_uids[base]) for info, base in placed]
+
+    def move_to(self, uids: Iterable[int], other: Folder) -> list[tuple[int, int]]:
+        """copy_to, then expunge the originals (RFC 6851 MOVE semantics)."""
+        pairs = self.copy_to(uids, other)
+        if pairs:
+            self.expunge([old for old, _ in pairs])
+        return pairs
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def clean_tmp(self, older_than: float = 36 * 3600) -> int:
+        """Remove files left in tmp/ by crashed writers (Maildir: older than 36 hours)."""
+        import time
+
+        limit = time.time() - older_than
+        removed = 0
+        for name in os.listdir(self.tmp):
+            p = self.tmp / name
+            try:
+                st = os.lstat(p)
+                if st.st_mtime < limit and st.st_atime < limit:
+                    if os.path.isdir(p):
+                        shutil.rmtree(p)
+                    else:
+                        os.unlink(p)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
