@@ -1,0 +1,407 @@
+"""Networking shared by every server: listeners, TLS contexts, peer checks, limits.
+
+Invariants:
+- server TLS is TLS 1.2 or newer with forward-secret AEAD ciphers only (Mozilla's
+  "intermediate" profile); the outbound client context is opportunistic (RFC 7435:
+  encrypt when offered, verify nothing) and is never used where a user authenticates;
+- ``ensure_certificate`` makes a self-signed pair only when *both* ``[tls]`` files are
+  absent, writes the key 0600 before the certificate, each through the durable-write
+  helper (temp, fsync, rename, fsync dir), under a lock so that services starting at
+  once never pair one run's key with another run's certificate;
+- a unix socket listener never removes a socket something still listens on, nor a file
+  that is not a socket; it is chmod 0660 before it accepts anything;
+- every listener failure is a ``ListenError`` whose ``str()`` is one line naming the
+  address: ``cannot listen on 127.0.0.1:2525: address already in use``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import stat
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailstack.config import ListenAddress, TLSConfig
+from mailstack.storage.safeio import write_durable
+
+__all__ = [
+    "ConnectionLimits",
+    "InFlight",
+    "ListenError",
+    "TLSContexts",
+    "TLSError",
+    "client_context",
+    "ensure_certificate",
+    "is_loopback_peer",
+    "load_tls_contexts",
+    "peer_ip",
+    "server_context",
+    "start_listener",
+]
+
+log = logging.getLogger(__name__)
+
+# Mozilla "intermediate" (TLS 1.2 part; TLS 1.3 suites are fixed by OpenSSL and all good).
+SERVER_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+CERT_VALID_DAYS = 825  # Apple clients refuse TLS server certificates valid for longer
+UNIX_SOCKET_MODE = 0o660
+
+
+class TLSError(Exception):
+    """A ``[tls]`` file that cannot be used; ``str()`` is one line naming the file."""
+
+
+class ListenError(Exception):
+    """A listener that cannot be opened; ``str()`` is one line naming the address."""
+
+    def __init__(self, address: ListenAddress, reason: str) -> None:
+        super().__init__(f"cannot listen on {address}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------
+# TLS
+
+
+@dataclass(frozen=True)
+class TLSContexts:
+    """``server`` for our listeners (implicit TLS and STARTTLS); ``client`` for outbound SMTP."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """TLS >= 1.2, modern AEAD ciphers, no compression or renegotiation; raises TLSError."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(SERVER_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    for label, path in (("cert_file", cert_file), ("key_file", key_file)):
+        if not path.exists():
+            raise TLSError(f"[tls] {label}: {path} does not exist")
+    try:
+        ctx.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file))
+    except PermissionError as e:
+        raise TLSError(f"[tls] cannot read {e.filename or cert_file}: permission denied") from None
+    except (ssl.SSLError, OSError) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+        raise TLSError(f"[tls] cannot load {cert_file} with {key_file}: {str(reason).lower()}") from None
+    return ctx
+
+
+def client_context() -> ssl.SSLContext:
+    """Opportunistic TLS for outbound SMTP (RFC 7435): encrypt, verify nothing.
+
+    MX certificates are rarely valid for the MX host name; refusing them would only push
+    the mail back to plaintext. Policies that demand verification (MTA-STS, DANE) build
+    their own verifying context.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    return ctx
+
+
+def load_tls_contexts(tls: TLSConfig) -> TLSContexts:
+    """Both contexts from the ``[tls]`` section (the files must exist: see ensure_certificate)."""
+    return TLSContexts(server=server_context(tls.cert_file, tls.key_file), client=client_context())
+
+
+def ensure_certificate(tls: TLSConfig, hostname: str) -> bool:
+    """Make a self-signed pair when both ``[tls]`` files are absent; True when it made one.
+
+    One file present and the other absent is a TLSError naming the missing one: guessing
+    which half to replace could throw away a real key or certificate.
+    """
+    cert, key = tls.cert_file, tls.key_file
+    state = _pair_state(cert, key)
+    if state is not None:
+        return state
+    for d in {cert.parent, key.parent}:
+        try:
+            d.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as e:
+            raise TLSError(f"[tls] cannot create {d}: {(e.strerror or str(e)).lower()}") from None
+    with _locked_dir(key.parent):
+        state = _pair_state(cert, key)  # another process may have made it meanwhile
+        if state is not None:
+            return state
+        key_pem, cert_pem = _self_signed(hostname)
+        try:
+            write_durable(key, key_pem, mode=0o600)
+            write_durable(cert, cert_pem, mode=0o644)
+        except OSError as e:
+            raise TLSError(f"[tls] cannot write {e.filename or key}: {(e.strerror or str(e)).lower()}") from None
+    log.warning("made a self-signed certificate for %s in %s (replace it with a real one)", hostname, cert)
+    return True
+
+
+def _pair_state(cert: Path, key: Path) -> bool | None:
+    """False when both exist, None when both are absent; TLSError for half a pair."""
+    has_cert, has_key = cert.exists(), key.exists()
+    if has_cert and has_key:
+        return False
+    if has_cert:
+        raise TLSError(f"[tls] key_file: {key} does not exist but cert_file {cert} does; "
+                       "restore the key or remove both to get a self-signed pair")
+    if has_key:
+        raise TLSError(f"[tls] cert_file: {cert} does not exist but key_file {key} does; "
+                       "restore the certificate or remove both to get a self-signed pair")
+    return None
+
+
+@contextlib.contextmanager
+def _locked_dir(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _self_signed(hostname: str) -> tuple[bytes, bytes]:
+    """(key PEM, certificate PEM): RSA-2048, SAN = hostname, localhost, 127.0.0.1, ::1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    host = hostname.rstrip(".").lower() or "localhost"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    dns_names = list(dict.fromkeys([host, "localhost"]))
+    san = x509.SubjectAlternativeName(
+        [x509.DNSName(n) for n in dns_names]
+        + [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
+    )
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=CERT_VALID_DAYS))
+        .add_extension(san, critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                          crl_sign=False, encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+# ---------------------------------------------------------------------------
+# listeners
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+
+async def start_listener(
+    address: ListenAddress, protocol_factory: ProtocolFactory, ssl: ssl.SSLContext | None = None
+) -> asyncio.Server:
+    """Listen on a TCP (IPv4/IPv6) or unix socket address; raises ListenError (one line)."""
+    loop = asyncio.get_running_loop()
+    if address.kind == "unix":
+        assert address.path is not None
+        sock = _bind_unix(address, address.path)
+        try:
+            return await loop.create_unix_server(protocol_factory, sock=sock, ssl=ssl)
+        except OSError as e:
+            sock.close()
+            raise ListenError(address, _reason(e)) from None
+    try:
+        # asyncio sets IPV6_V6ONLY, so "0.0.0.0:25" and "[::]:25" can both be listed.
+        return await loop.create_server(protocol_factory, address.host, address.port, ssl=ssl,
+                                        reuse_address=True, backlog=128)
+    except OSError as e:
+        raise ListenError(address, _reason(e)) from None
+
+
+def _bind_unix(address: ListenAddress, path: Path) -> socket.socket:
+    try:
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as e:
+        raise ListenError(address, f"cannot create {path.parent}: {_reason(e)}") from None
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise ListenError(address, _reason(e)) from None
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ListenError(address, "the path exists and is not a socket")
+        if _unix_socket_alive(path):
+            raise ListenError(address, "address already in use")
+        log.info("removing stale socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, UNIX_SOCKET_MODE)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ListenError(address, _reason(e)) from None
+    sock.setblocking(False)
+    return sock
+
+
+def _unix_socket_alive(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError as e:
+        # ECONNREFUSED: a socket file nobody listens on. Anything else (EAGAIN: the
+        # backlog is full, EACCES): someone may well be there; do not steal the path.
+        return e.errno != errno.ECONNREFUSED
+    finally:
+        probe.close()
+    return True
+
+
+def _reason(e: OSError) -> str:
+    if e.errno:
+        return os.strerror(e.errno).lower()
+    return str(e).lower()
+
+
+# ---------------------------------------------------------------------------
+# peers and limits
+
+
+def peer_ip(transport: asyncio.BaseTransport) -> str | None:
+    """The client's IP as text (IPv4-mapped IPv6 unwrapped), None for a unix socket peer."""
+    peer = transport.get_extra_info("peername")
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return None
+    host = peer[0].split("%", 1)[0]  # fe80::1%eth0
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def is_loopback_peer(transport: asyncio.BaseTransport) -> bool:
+    """True for 127.0.0.0/8, ::1 (and ::ffff:127.x) and unix socket peers; False when unknown."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and getattr(sock, "family", None) == socket.AF_UNIX:
+        return True
+    ip = peer_ip(transport)
+    return ip is not None and ipaddress.ip_address(ip).is_loopback
+
+
+class ConnectionLimits:
+    """Concurrent connection caps of one service: in total and per client IP.
+
+    ``acquire(ip)`` when a connection is accepted (False = refuse it, e.g. SMTP 421 4.7.0),
+    ``release(ip)`` exactly once when an acquired connection ends. ``ip`` None (a unix
+    socket peer) counts toward the total only. Event-loop confined: not thread-safe.
+    """
+
+    def __init__(self, max_total: int, max_per_ip: int) -> None:
+        self.max_total = max_total
+        self.max_per_ip = max_per_ip
+        self._total = 0
+        self._per_ip: dict[str, int] = {}
+
+    @property
+    def active(self) -> int:
+        return self._total
+
+    def count(self, ip: str | None) -> int:
+        return self._per_ip.get(ip, 0) if ip is not None else 0
+
+    def acquire(self, ip: str | None) -> bool:
+        if self._total >= self.max_total:
+            return False
+        if ip is not None:
+            n = self._per_ip.get(ip, 0)
+            if n >= self.max_per_ip:
+                return False
+            self._per_ip[ip] = n + 1
+        self._total += 1
+        return True
+
+    def release(self, ip: str | None) -> None:
+        if self._total <= 0:
+            raise RuntimeError("ConnectionLimits.release() without acquire()")
+        self._total -= 1
+        if ip is not None:
+            n = self._per_ip.get(ip, 0) - 1
+            if n > 0:
+                self._per_ip[ip] = n
+            else:
+                self._per_ip.pop(ip, None)
+
+
+class InFlight:
+    """Counts units of work (an SMTP transaction, an IMAP APPEND) that a stop should await.
+
+    ``async with inflight.hold(): ...`` around the work; ``await inflight.wait_idle(t)``
+    returns True once none is left, False when ``t`` seconds passed first.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        self._count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        if self._count == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
