@@ -1,0 +1,262 @@
+"""DKIM (RFC 6376, RFC 8463): key generation and storage, signing, verification.
+
+Keys live in files, one per (domain, selector)::
+
+    <keys dir>/<domain>/<selector>.key     0600, in a 0700 directory
+
+where ``<keys dir>`` is ``<[queue] dir>/../dkim`` (``keys_dir(config)``). An RSA key is a
+PKCS#1 PEM (``-----BEGIN RSA PRIVATE KEY-----``), an Ed25519 key the base64 of its
+32-byte seed (dkimpy's and OpenDKIM's format). Every ``*.key`` of a domain signs its
+outbound mail, so an RSA and an Ed25519 key give the usual dual signature (RFC 8463
+§3 recommends it); to retire a key, remove its file after its DNS record is gone.
+
+Invariants:
+- a key is written through the durable-write helper (temp, fsync, rename, fsync dir),
+  mode 0600, and never overwritten by ``generate_key`` (rotation is a new selector);
+- signing is relaxed/relaxed (RFC 6376 §3.4.2, §3.4.4) over dkimpy's default header
+  set (RFC 6376 §5.4.1 "SHOULD" list, those present), with From: signed one extra time
+  (oversigned) so that nobody can add a second From: without breaking the signature;
+- the signing domain ``d=`` is the From: domain (DMARC alignment, RFC 7489 §3.1.1);
+  mail whose From: domain has no key goes out unsigned;
+- verification looks the key up through the ``mailstack.dns.Resolver`` it is given,
+  never through dkimpy's own DNS code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+from dataclasses import dataclass
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Literal
+
+import dkim as dkimpy
+
+from mailstack.dns import DNSError, Resolver
+from mailstack.storage.safeio import write_durable
+
+__all__ = [
+    "DKIMError",
+    "DKIMKey",
+    "generate_key",
+    "keys_dir",
+    "load_keys",
+    "txt_record",
+    "sign",
+    "sign_for_from",
+    "verify",
+    "from_domain",
+]
+
+log = logging.getLogger(__name__)
+
+Algorithm = Literal["rsa", "ed25519"]
+_SELECTOR_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+RSA_BITS = 2048
+
+
+class DKIMError(Exception):
+    """A key that cannot be made, read or used; ``str()`` is one line."""
+
+
+@dataclass(frozen=True)
+class DKIMKey:
+    domain: str
+    selector: str
+    algorithm: Algorithm
+    private: bytes  # as stored on disk
+    public_b64: str  # the p= value
+
+    @property
+    def record_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+
+def keys_dir(config: object) -> Path:
+    """``<[queue] dir>/../dkim``: next to the queue, on the same (private) storage."""
+    queue_dir: Path = config.queue.dir  # type: ignore[attr-defined]
+    return queue_dir.parent / "dkim"
+
+
+def _check_names(domain: str, selector: str) -> None:
+    if not _SELECTOR_RE.match(selector):
+        raise DKIMError(f"selector {selector!r}: letters, digits, hyphens and dots only")
+    if not _SELECTOR_RE.match(domain) or "." not in domain:
+        raise DKIMError(f"domain {domain!r} is not a domain name")
+
+
+def _public_from_private(algorithm: Algorithm, private: bytes) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    if algorithm == "rsa":
+        key = serialization.load_pem_private_key(private, password=None)
+        der = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return base64.b64encode(der).decode()
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    seed = base64.b64decode(private.strip())
+    pub = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    return base64.b64encode(pub).decode()
+
+
+def _algorithm_of(private: bytes) -> Algorithm:
+    return "rsa" if private.lstrip().startswith(b"-----BEGIN") else "ed25519"
+
+
+def generate_key(directory: Path, domain: str, selector: str = "mail", algorithm: Algorithm = "rsa") -> DKIMKey:
+    """Make and store a new key; DKIMError if that selector already has one."""
+    from cryptography.hazmat.primitives import serialization
+
+    domain = domain.rstrip(".").lower()
+    _check_names(domain, selector)
+    if algorithm == "rsa":
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        k = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+        # PKCS#1 ("RSA PRIVATE KEY"): the form dkimpy and OpenDKIM read.
+        private = k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                  serialization.NoEncryption())
+    elif algorithm == "ed25519":
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        seed = Ed25519PrivateKey.generate().private_bytes_raw()
+        private = base64.b64encode(seed) + b"\n"
+    else:
+        raise DKIMError(f"algorithm {algorithm!r}: rsa or ed25519")
+    ddir = directory / domain
+    path = ddir / f"{selector}.key"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ddir.mkdir(mode=0o700, exist_ok=True)
+        if path.exists():
+            raise DKIMError(f"{path} already exists; choose another --selector (rotation) or remove it")
+        write_durable(path, private, mode=0o600)
+    except OSError as e:
+        raise DKIMError(f"cannot write {e.filename or path}: {(e.strerror or str(e)).lower()}") from None
+    return DKIMKey(domain, selector, algorithm, private, _public_from_private(algorithm, private))
+
+
+def load_keys(directory: Path, domain: str) -> list[DKIMKey]:
+    """Every key of ``domain`` (sorted by selector); [] when it has none."""
+    domain = domain.rstrip(".").lower()
+    ddir = directory / domain
+    if not _SELECTOR_RE.match(domain) or not ddir.is_dir():
+        return []
+    out: list[DKIMKey] = []
+    for path in sorted(ddir.glob("*.key")):
+        try:
+            private = path.read_bytes()
+            algorithm = _algorithm_of(private)
+            out.append(DKIMKey(domain, path.stem, algorithm, private, _public_from_private(algorithm, private)))
+        except (OSError, ValueError) as e:
+            log.error("dkim: cannot use key %s: %s", path, e)
+    return out
+
+
+def txt_record(key: DKIMKey) -> str:
+    """The TXT value to publish at ``<selector>._domainkey.<domain>`` (RFC 6376 §3.6.1)."""
+    k = "rsa" if key.algorithm == "rsa" else "ed25519"
+    return f"v=DKIM1; k={k}; p={key.public_b64}"
+
+
+def zone_line(key: DKIMKey) -> str:
+    """A zone-file line; the value split in 255-byte strings (RFC 1035 §3.3.14)."""
+    value = txt_record(key)
+    parts = " ".join(f'"{value[i:i + 250]}"' for i in range(0, len(value), 250))
+    return f"{key.record_name}. 3600 IN TXT ( {parts} )" if len(value) > 250 else f"{key.record_name}. 3600 IN TXT {parts}"
+
+
+def _from_header_values(message: bytes) -> list[str]:
+    header_end = message.find(b"\r\n\r\n")
+    if header_end < 0:
+        header_end = message.find(b"\n\n")
+    head = message if header_end < 0 else message[:header_end]
+    values: list[list[str]] = []
+    current: list[str] | None = None
+    for raw in re.split(rb"\r?\n", head):
+        line = raw.decode("utf-8", "replace")
+        if line[:1] in (" ", "\t"):
+            if current is not None:
+                current.append(line)
+            continue
+        current = None
+        if line.lower().startswith("from:"):
+            current = [line[5:]]
+            values.append(current)
+    return ["".join(v) for v in values]
+
+
+def from_addresses(message: bytes) -> list[str]:
+    """The addresses of every From: header field, as written (RFC 5322 §3.6.2)."""
+    out: list[str] = []
+    for value in _from_header_values(message):
+        out.extend(addr for _name, addr in getaddresses([value]) if addr)
+    return out
+
+
+def from_domain(message: bytes) -> str | None:
+    """The domain of the single From: address, lower case; None when there is not exactly one."""
+    addrs = from_addresses(message)
+    if len(addrs) != 1 or "@" not in addrs[0]:
+        return None
+    return addrs[0].rpartition("@")[2].strip().rstrip(".").lower() or None
+
+
+def sign(message: bytes, keys: list[DKIMKey]) -> bytes:
+    """``message`` with one DKIM-Signature per key prepended (CRLF line ends kept)."""
+    headers: list[bytes] = []
+    for key in keys:
+        algo = b"rsa-sha256" if key.algorithm == "rsa" else b"ed25519-sha256"
+        try:
+            sig = dkimpy.sign(message, key.selector.encode(), key.domain.encode(), key.private,
+                              canonicalize=(b"relaxed", b"relaxed"), signature_algorithm=algo,
+                              linesep=b"\r\n")
+        except dkimpy.DKIMException as e:
+            raise DKIMError(f"dkim: cannot sign for {key.domain} with {key.selector}: {e}") from None
+        headers.append(sig)
+    return b"".join(headers) + message
+
+
+def sign_for_from(message: bytes, directory: Path) -> bytes:
+    """Sign with the keys of the From: domain, if it has any; else the message unchanged."""
+    domain = from_domain(message)
+    if domain is None:
+        return message
+    keys = load_keys(directory, domain)
+    return sign(message, keys) if keys else message
+
+
+async def verify(message: bytes, resolver: Resolver, index: int = 0) -> bool:
+    """Verify the ``index``-th DKIM-Signature, fetching the key through ``resolver``."""
+    d = dkimpy.DKIM(message)
+    sigs = [v for k, v in d.headers if k.lower() == b"dkim-signature"]
+    if index >= len(sigs):
+        return False
+    tags = dict(
+        (k.strip().lower(), v.strip())
+        for k, _, v in (t.partition(b"=") for t in re.sub(rb"\s+", b"", sigs[index]).split(b";") if t)
+    )
+    name = tags.get(b"s", b"") + b"._domainkey." + tags.get(b"d", b"")
+    try:
+        txts = await resolver.txt(name.decode("ascii", "replace"))
+    except DNSError:
+        return False
+    record = next((t for t in txts if "p=" in t), None)
+    if record is None:
+        return False
+
+    def dnsfunc(qname: bytes, timeout: int = 5) -> bytes:
+        return record.encode() if qname.rstrip(b".").lower() == name.lower() else b""
+
+    def run() -> bool:
+        try:
+            return bool(d.verify(idx=index, dnsfunc=dnsfunc))
+        except dkimpy.DKIMException:
+            return False
+
+    return await asyncio.to_thread(run)
