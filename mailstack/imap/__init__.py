@@ -1,0 +1,16 @@
+"""IMAP4rev1 (RFC 3501) protocol core, without I/O.
+
+The modules here take bytes in and give typed events and bytes out, in the style of h11:
+
+- ``parser``: ``CommandReader`` frames lines and literals and yields ``Command`` /
+  ``NeedContinuation`` / ``NeedData`` / ``ParseError`` / ``ContinuationLine`` events.
+- ``grammar``: the RFC 3501 §9 grammar of one complete command (used by ``parser``).
+- ``types``: frozen values carried by commands (sequence sets, fetch attributes, search keys...).
+- ``states``: the protocol states and the table of commands allowed in each.
+- ``responses``: rendering of responses, strings (quoted vs literal), FETCH items.
+- ``message``: MIME structure of a message, ENVELOPE, BODY/BODYSTRUCTURE, BODY[section].
+- ``search``: evaluation of a parsed SEARCH program against a message model.
+
+Nothing in this package touches a socket, a file or the clock; the session and server
+layers (later) glue it to ``mailstack.storage``.
+"""

@@ -1,0 +1,772 @@
+"""The RFC 3501 §9 grammar of one complete IMAP command, as bytes.
+
+``parse_command(data)`` takes one command exactly as framed by ``parser.CommandReader``:
+its lines end in CRLF and every literal ``{n}`` / ``{n+}`` header is followed by CRLF and
+its n octets. It returns a ``types.Command`` or raises ``GrammarError``, which carries the
+response it becomes (BAD by default, ``NO [BADCHARSET ...]`` for an unknown SEARCH charset).
+
+Invariants: nothing here raises anything but ``GrammarError`` on any input; 8-bit octets
+are refused outside literals (RFC 3501 §9: quoted strings and atoms are 7-bit); mailbox
+names come out decoded from modified UTF-7 (RFC 3501 §5.1.3) with INBOX upper-cased
+(RFC 3501 §5.1).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from datetime import date, datetime
+
+from .dates import DateError, parse_date, parse_datetime
+from .types import (
+    FETCH_MACROS, AppendArgs, AuthenticateArgs, Command, CommandArgs, CopyArgs, EnableArgs,
+    ExpungeArgs, FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, NoArgs,
+    QuotaRootArgs, RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet,
+    SetQuotaArgs, StatusArgs, StoreArgs,
+)
+
+MailboxDecoder = Callable[[str], str]
+
+
+class GrammarError(Exception):
+    """A command the grammar refuses; knows its tagged response (status, code, text)."""
+
+    def __init__(self, message: str, status: str = "BAD", code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+# RFC 3501 §9: ATOM-CHAR = <any CHAR except atom-specials>;
+# atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards / quoted-specials / resp-specials
+_ATOM_SPECIALS = set(b'(){ %*"\\]') | set(range(0x20)) | {0x7F}
+ATOM_CHARS = frozenset(c for c in range(1, 0x80) if c not in _ATOM_SPECIALS)
+ASTRING_CHARS = ATOM_CHARS | {ord("]")}  # ASTRING-CHAR = ATOM-CHAR / resp-specials
+LIST_CHARS = ASTRING_CHARS | {ord("%"), ord("*")}  # list-char
+TAG_CHARS = ASTRING_CHARS - {ord("+")}  # tag = 1*<any ASTRING-CHAR except "+">
+_DIGITS = frozenset(b"0123456789")
+
+SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")}
+STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE"})
+SEARCH_CHARSETS = ("US-ASCII", "UTF-8")
+MAX_NUMBER = 2**32 - 1  # RFC 3501 §9 number: 32-bit unsigned
+MAX_NUMBER64 = 2**63 - 1  # RFC 7162 §7 mod-sequence-value
+MAX_ID_PAIRS = 30  # RFC 2971 §3.3
+
+
+def _identity(name: str) -> str:
+    return name
+
+
+class _Reader:
+    """Recursive-descent reader over one framed command."""
+
+    def __init__(self, data: bytes, decode_mailbox: MailboxDecoder) -> None:
+        self.d = data
+        self.i = 0
+        self.decode_mailbox = decode_mailbox
+
+    # -- low level --------------------------------------------------------------------
+    def peek(self) -> int:
+        return self.d[self.i] if self.i < len(self.d) else -1
+
+    def at(self, token: bytes) -> bool:
+        return self.d[self.i : self.i + len(token)].upper() == token
+
+    def take(self, token: bytes) -> bool:
+        if self.at(token):
+            self.i += len(token)
+            return True
+        return False
+
+    def expect(self, token: bytes, what: str | None = None) -> None:
+        if not self.take(token):
+            raise GrammarError(f"Expected {what or token.decode()}")
+
+    def sp(self) -> None:
+        if self.peek() != 0x20:
+            raise GrammarError("Expected space")
+        self.i += 1
+
+    def at_end(self) -> bool:
+        return self.d[self.i :] == b"\r\n"
+
+    def end(self) -> None:
+        if not self.at_end():
+            raise GrammarError("Unexpected extra arguments")
+
+    def run(self, allowed: frozenset[int]) -> bytes:
+        start = self.i
+        d = self.d
+        while self.i < len(d) and d[self.i] in allowed:
+            self.i += 1
+        return d[start : self.i]
+
+    def atom(self, what: str = "atom") -> str:
+        raw = self.run(ATOM_CHARS)
+        if not raw:
+            raise GrammarError(f"Expected {what}")
+        return raw.decode("ascii")
+
+    def number(self, limit: int = MAX_NUMBER, nonzero: bool = False) -> int:
+        raw = self.run(_DIGITS)
+        if not raw:
+            raise GrammarError("Expected number")
+        n = int(raw)
+        if n > limit or (nonzero and n == 0):
+            raise GrammarError("Number out of range")
+        return n
+
+    # -- strings ----------------------------------------------------------------------
+    def quoted(self) -> bytes:
+        # RFC 3501 §9: quoted = DQUOTE *QUOTED-CHAR DQUOTE; QUOTED-CHAR = <any TEXT-CHAR
+        # except quoted-specials> / "\" quoted-specials. TEXT-CHAR is 7-bit without CR/LF.
+        self.expect(b'"')
+        out = bytearray()
+        d = self.d
+        while True:
+            if self.i >= len(d):
+                raise GrammarError("Unterminated quoted string")
+            c = d[self.i]
+            self.i += 1
+            if c == 0x22:
+                return bytes(out)
+            if c == 0x5C:
+                if self.i < len(d) and d[self.i] in (0x22, 0x5C):
+                    out.append(d[self.i])
+                    self.i += 1
+                    continue
+                raise GrammarError("Bad escape in quoted string")
+            if c in (0x0A, 0x0D) or c == 0 or c >= 0x80:
+                raise GrammarError("Invalid character in quoted string")
+            out.append(c)
+
+    def literal(self) -> bytes:
+        # RFC 3501 §9 literal = "{" number "}" CRLF *CHAR8; RFC 7888 adds "{" number "+}".
+        self.expect(b"{")
+        n = self.number(limit=MAX_NUMBER64)
+        self.take(b"+")
+        self.expect(b"}\r\n", "literal header")
+        if self.i + n > len(self.d):
+            raise GrammarError("Truncated literal")
+        data = self.d[self.i : self.i + n]
+        self.i += n
+        if 0 in data:  # RFC 3501 §9: CHAR8 excludes NUL
+            raise GrammarError("NUL in literal")
+        return data
+
+    def string(self) -> bytes:
+        c = self.peek()
+        if c == 0x22:
+            return self.quoted()
+        if c == 0x7B:
+            return self.literal()
+        raise GrammarError("Expected string")
+
+    def astring(self, what: str = "string") -> bytes:
+        c = self.peek()
+        if c in (0x22, 0x7B):
+            return self.string()
+        raw = self.run(ASTRING_CHARS)
+        if not raw:
+            raise GrammarError(f"Expected {what}")
+        return raw
+
+    def nstring(self) -> bytes | None:
+        if self.at(b"NIL") and self._atom_ends(3):
+            self.i += 3
+            return None
+        return self.string()
+
+    def _atom_ends(self, n: int) -> bool:
+        nxt = self.d[self.i + n] if self.i + n < len(self.d) else -1
+        return nxt not in ATOM_CHARS
+
+    def text(self, raw: bytes, what: str = "string") -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise GrammarError(f"Invalid UTF-8 in {what}") from exc
+
+    def astr(self, what: str = "string") -> str:
+        return self.text(self.astring(what), what)
+
+    # -- IMAP values ------------------------------------------------------------------
+    def mailbox(self) -> str:
+        return self._mailbox_name(self.astring("mailbox name"))
+
+    def _mailbox_name(self, raw: bytes) -> str:
+        # RFC 3501 §5.1: INBOX is case-insensitive; §5.1.3: names are modified UTF-7.
+        try:
+            name = self.decode_mailbox(raw.decode("ascii"))
+        except (UnicodeError, ValueError) as exc:
+            raise GrammarError("Invalid mailbox name encoding") from exc
+        return "INBOX" if name.upper() == "INBOX" else name
+
+    def list_mailbox(self) -> str:
+        c = self.peek()
+        if c in (0x22, 0x7B):
+            raw = self.string()
+        else:
+            raw = self.run(LIST_CHARS)
+            if not raw:
+                raise GrammarError("Expected mailbox pattern")
+        return self._mailbox_name(raw)
+
+    def sequence_set(self) -> SequenceSet:
+        # RFC 3501 §9 sequence-set; RFC 5182 "$"
+        if self.take(b"$"):
+            return SequenceSet((), saved=True)
+        ranges: list[tuple[int | None, int | None]] = []
+        while True:
+            a = self._seq_number()
+            b = a
+            if self.take(b":"):
+                b = self._seq_number()
+            ranges.append((a, b))
+            if not self.take(b","):
+                break
+        return SequenceSet(tuple(ranges))
+
+    def _seq_number(self) -> int | None:
+        if self.take(b"*"):
+            return None
+        return self.number(nonzero=True)
+
+    def flag(self) -> str:
+        # RFC 3501 §9 flag = "\Answered" / ... / flag-keyword / flag-extension
+        if self.take(b"\\"):
+            name = "\\" + self.atom("flag")
+            return SYSTEM_FLAGS.get(name.lower(), name)
+        return self.atom("flag")
+
+    def flag_list(self) -> tuple[str, ...]:
+        self.expect(b"(")
+        flags: list[str] = []
+        while not self.take(b")"):
+            if flags:
+                self.sp()
+            flags.append(self.flag())
+        return tuple(flags)
+
+    def date(self) -> date:
+        # RFC 3501 §9 date = date-text / DQUOTE date-text DQUOTE
+        raw = self.quoted() if self.peek() == 0x22 else self.run(ATOM_CHARS)
+        try:
+            return parse_date(raw.decode("ascii"))
+        except (DateError, UnicodeDecodeError) as exc:
+            raise GrammarError("Invalid date") from exc
+
+    def paren_atoms(self) -> list[str]:
+        self.expect(b"(")
+        out: list[str] = []
+        while not self.take(b")"):
+            if out:
+                self.sp()
+            out.append(self.atom().upper())
+        return out
+
+
+# ------------------------------------------------------------------------------- commands
+
+
+def _no_args(r: _Reader) -> NoArgs:
+    r.end()
+    return NoArgs()
+
+
+def _login(r: _Reader) -> LoginArgs:
+    r.sp()
+    user = r.astr("user name")
+    r.sp()
+    password = r.astr("password")
+    r.end()
+    return LoginArgs(user, password)
+
+
+def _authenticate(r: _Reader) -> AuthenticateArgs:
+    r.sp()
+    mech = r.atom("SASL mechanism").upper()
+    initial: bytes | None = None
+    if not r.at_end():
+        r.sp()
+        initial = decode_base64(r.run(ATOM_CHARS | {ord("=")}))  # RFC 4959 §3
+    r.end()
+    return AuthenticateArgs(mech, initial)
+
+
+def decode_base64(raw: bytes) -> bytes:
+    """A SASL response line: ``=`` is the empty response (RFC 4959 §3); else base64."""
+    if raw == b"=":
+        return b""
+    if not raw:
+        raise GrammarError("Expected base64 data")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise GrammarError("Invalid base64") from exc
+
+
+def _select(r: _Reader) -> SelectArgs:
+    r.sp()
+    mailbox = r.mailbox()
+    condstore = False
+    if not r.at_end():
+        r.sp()
+        for param in r.paren_atoms():
+            if param != "CONDSTORE":  # RFC 7162 §3.2.5; QRESYNC is not offered
+                raise GrammarError(f"Unknown SELECT parameter {param}")
+            condstore = True
+    r.end()
+    return SelectArgs(mailbox, condstore)
+
+
+def _mailbox(r: _Reader) -> MailboxArgs:
+    r.sp()
+    mailbox = r.mailbox()
+    r.end()
+    return MailboxArgs(mailbox)
+
+
+def _rename(r: _Reader) -> RenameArgs:
+    r.sp()
+    old = r.mailbox()
+    r.sp()
+    new = r.mailbox()
+    r.end()
+    return RenameArgs(old, new)
+
+
+_LIST_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+_LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+
+
+def _list(r: _Reader) -> ListArgs:
+    # RFC 5258 §6: list = "LIST" [SP list-select-opts] SP mailbox SP mbox-or-pat
+    #                     [SP list-return-opts]
+    r.sp()
+    selection: set[str] = set()
+    extended = False
+    if r.peek() == 0x28:
+        extended = True
+        selection = set(r.paren_atoms())
+        unknown = selection - _LIST_SELECTION
+        if unknown:
+            raise GrammarError(f"Unknown LIST selection option {sorted(unknown)[0]}")
+        if selection == {"RECURSIVEMATCH"}:  # RFC 5258 §3.1: never alone
+            raise GrammarError("RECURSIVEMATCH needs another selection option")
+        r.sp()
+    reference = r.mailbox()
+    r.sp()
+    patterns: list[str] = []
+    if r.peek() == 0x28:
+        extended = True
+        r.i += 1
+        while not r.take(b")"):
+            if patterns:
+                r.sp()
+            patterns.append(r.list_mailbox())
+        if not patterns:
+            raise GrammarError("Empty pattern list")
+    else:
+        patterns.append(r.list_mailbox())
+    returns: set[str] = set()
+    status_items: tuple[str, ...] = ()
+    if not r.at_end():
+        r.sp()
+        r.expect(b"RETURN")
+        r.sp()
+        extended = True
+        r.expect(b"(")
+        while not r.take(b")"):
+            if returns:
+                r.sp()
+            opt = r.atom("return option").upper()
+            if opt not in _LIST_RETURN:
+                raise GrammarError(f"Unknown LIST return option {opt}")
+            if opt == "STATUS":  # RFC 5819 §2
+                r.sp()
+                status_items = _status_items(r)
+            returns.add(opt)
+    r.end()
+    return ListArgs(reference, tuple(patterns), frozenset(selection), frozenset(returns), status_items, extended)
+
+
+def _lsub(r: _Reader) -> ListArgs:
+    r.sp()
+    reference = r.mailbox()
+    r.sp()
+    pattern = r.list_mailbox()
+    r.end()
+    return ListArgs(reference, (pattern,))
+
+
+def _status_items(r: _Reader) -> tuple[str, ...]:
+    items = r.paren_atoms()
+    if not items:
+        raise GrammarError("Empty STATUS item list")
+    for item in items:
+        if item not in STATUS_ITEMS:
+            raise GrammarError(f"Unknown STATUS item {item}")
+    return tuple(items)
+
+
+def _status(r: _Reader) -> StatusArgs:
+    r.sp()
+    mailbox = r.mailbox()
+    r.sp()
+    items = _status_items(r)
+    r.end()
+    return StatusArgs(mailbox, items)
+
+
+def _append(r: _Reader) -> AppendArgs:
+    # RFC 3501 §9 append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
+    r.sp()
+    mailbox = r.mailbox()
+    r.sp()
+    flags: tuple[str, ...] = ()
+    when: datetime | None = None
+    if r.peek() == 0x28:
+        flags = r.flag_list()
+        r.sp()
+    if r.peek() == 0x22:
+        raw = r.quoted()
+        try:
+            when = parse_datetime(raw.decode("ascii"))
+        except DateError as exc:
+            raise GrammarError("Invalid date-time") from exc
+        r.sp()
+    if r.peek() != 0x7B:
+        raise GrammarError("Expected message literal")
+    message = r.literal()
+    r.end()
+    return AppendArgs(mailbox, flags, when, message)
+
+
+def _copy(r: _Reader) -> CopyArgs:
+    r.sp()
+    seqs = r.sequence_set()
+    r.sp()
+    mailbox = r.mailbox()
+    r.end()
+    return CopyArgs(seqs, mailbox)
+
+
+def _uid_expunge(r: _Reader) -> ExpungeArgs:
+    r.sp()
+    seqs = r.sequence_set()
+    r.end()
+    return ExpungeArgs(seqs)
+
+
+def _store(r: _Reader) -> StoreArgs:
+    # RFC 3501 §9 store; RFC 7162 §3.1.3 UNCHANGEDSINCE store-modifier
+    r.sp()
+    seqs = r.sequence_set()
+    r.sp()
+    unchanged: int | None = None
+    if r.peek() == 0x28:
+        r.i += 1
+        r.expect(b"UNCHANGEDSINCE")
+        r.sp()
+        unchanged = r.number(limit=MAX_NUMBER64)
+        r.expect(b")")
+        r.sp()
+    mode = ""
+    if r.peek() in (0x2B, 0x2D):
+        mode = chr(r.peek())
+        r.i += 1
+    r.expect(b"FLAGS")
+    silent = r.take(b".SILENT")
+    r.sp()
+    if r.peek() == 0x28:
+        flags = r.flag_list()
+    else:
+        out = [r.flag()]
+        while not r.at_end():
+            r.sp()
+            out.append(r.flag())
+        flags = tuple(out)
+    r.end()
+    return StoreArgs(seqs, mode, silent, flags, unchanged)
+
+
+_SIMPLE_FETCH = {
+    "ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE",
+    "RFC822.TEXT", "BODYSTRUCTURE", "UID", "MODSEQ",
+}
+_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.")
+
+
+def _fetch_att(r: _Reader) -> FetchAttribute:
+    name = r.run(_NAME_CHARS).decode("ascii").upper()
+    if name in ("BODY", "BODY.PEEK") and r.peek() == 0x5B:
+        r.i += 1
+        section = _section(r)
+        partial: tuple[int, int] | None = None
+        if r.take(b"<"):
+            origin = r.number()
+            r.expect(b".")
+            count = r.number(nonzero=True)
+            r.expect(b">")
+            partial = (origin, count)
+        return FetchAttribute("BODY", section, partial, peek=name == "BODY.PEEK")
+    if name in _SIMPLE_FETCH or name == "BODY":
+        return FetchAttribute(name)
+    raise GrammarError(f"Unknown FETCH attribute {name or chr(max(r.peek(), 0))!r}")
+
+
+def _section(r: _Reader) -> Section:
+    # RFC 3501 §9 section = "[" [section-spec] "]"
+    part: list[int] = []
+    text: str | None = None
+    fields: list[str] = []
+    if r.take(b"]"):
+        return Section()
+    while r.peek() in _DIGITS:
+        part.append(r.number(nonzero=True))
+        if not r.take(b"."):
+            break
+    if r.peek() != 0x5D:
+        if part and r.d[r.i - 1] != 0x2E:
+            raise GrammarError("Bad section")
+        word = r.run(_NAME_CHARS).decode("ascii").upper()
+        allowed = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT") + (("MIME",) if part else ())
+        if word not in allowed:
+            raise GrammarError(f"Bad section {word!r}")
+        text = word
+        if word.startswith("HEADER.FIELDS"):
+            r.sp()
+            r.expect(b"(")
+            while not r.take(b")"):
+                if fields:
+                    r.sp()
+                fields.append(r.astr("header field name"))
+            if not fields:
+                raise GrammarError("Empty header list")
+    elif part and r.d[r.i - 1] == 0x2E:
+        raise GrammarError("Bad section")
+    r.expect(b"]")
+    return Section(tuple(part), text, tuple(fields))
+
+
+def _fetch(r: _Reader) -> FetchArgs:
+    r.sp()
+    seqs = r.sequence_set()
+    r.sp()
+    atts: list[FetchAttribute] = []
+    if r.take(b"("):
+        while not r.take(b")"):
+            if atts:
+                r.sp()
+            atts.append(_fetch_att(r))
+        if not atts:
+            raise GrammarError("Empty FETCH attribute list")
+    else:
+        for macro, expansion in FETCH_MACROS.items():
+            if r.at(macro.encode()) and r._atom_ends(len(macro)):
+                r.i += len(macro)
+                atts.extend(expansion)
+                break
+        else:
+            atts.append(_fetch_att(r))
+    changedsince: int | None = None
+    if not r.at_end():
+        r.sp()
+        r.expect(b"(")
+        r.expect(b"CHANGEDSINCE")  # RFC 7162 §3.1.4.1
+        r.sp()
+        changedsince = r.number(limit=MAX_NUMBER64)
+        r.expect(b")")
+    r.end()
+    return FetchArgs(seqs, tuple(atts), changedsince)
+
+
+_SEARCH_FLAGS = frozenset({
+    "ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT", "SEEN",
+    "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN",
+})
+_SEARCH_STRINGS = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
+_SEARCH_DATES = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
+MAX_SEARCH_DEPTH = 64
+
+
+def _search(r: _Reader) -> SearchArgs:
+    # RFC 3501 §9 search = "SEARCH" [SP "CHARSET" SP astring] 1*(SP search-key)
+    r.sp()
+    charset: str | None = None
+    if r.at(b"CHARSET ") :
+        r.i += 8
+        charset = r.astr("charset").upper()
+        if charset not in SEARCH_CHARSETS:  # RFC 3501 §6.4.4
+            raise GrammarError(
+                "Unsupported charset", status="NO", code="BADCHARSET (" + " ".join(SEARCH_CHARSETS) + ")"
+            )
+        r.sp()
+    keys = [_search_key(r, 0)]
+    while not r.at_end():
+        r.sp()
+        keys.append(_search_key(r, 0))
+    r.end()
+    key = keys[0] if len(keys) == 1 else SearchKey("AND", children=tuple(keys))
+    return SearchArgs(charset, key)
+
+
+def _search_key(r: _Reader, depth: int) -> SearchKey:
+    if depth > MAX_SEARCH_DEPTH:
+        raise GrammarError("Search program nested too deeply")
+    c = r.peek()
+    if c == 0x28:
+        r.i += 1
+        keys = [_search_key(r, depth + 1)]
+        while not r.take(b")"):
+            r.sp()
+            keys.append(_search_key(r, depth + 1))
+        return SearchKey("AND", children=tuple(keys))
+    if c in _DIGITS or c in (0x2A, 0x24):
+        return SearchKey("SEQ", r.sequence_set())
+    word = r.atom("search key").upper()
+    if word in _SEARCH_FLAGS:
+        return SearchKey(word)
+    r.sp()
+    if word in _SEARCH_STRINGS:
+        return SearchKey(word, r.astr())
+    if word in ("KEYWORD", "UNKEYWORD"):
+        return SearchKey(word, r.atom("keyword"))
+    if word in _SEARCH_DATES:
+        return SearchKey(word, r.date())
+    if word in ("LARGER", "SMALLER"):
+        return SearchKey(word, r.number())
+    if word == "UID":
+        return SearchKey(word, r.sequence_set())
+    if word == "HEADER":
+        name = r.astr("header field name")
+        r.sp()
+        return SearchKey(word, (name, r.astr()))
+    if word == "NOT":
+        return SearchKey(word, children=(_search_key(r, depth + 1),))
+    if word == "OR":
+        first = _search_key(r, depth + 1)
+        r.sp()
+        return SearchKey(word, children=(first, _search_key(r, depth + 1)))
+    if word == "MODSEQ":
+        # RFC 7162 §3.1.5: MODSEQ [SP entry-name SP entry-type-req] SP mod-sequence-valzer
+        if r.peek() == 0x22:
+            r.quoted()
+            r.sp()
+            if r.atom("entry type").lower() not in ("priv", "shared", "all"):
+                raise GrammarError("Bad MODSEQ entry type")
+            r.sp()
+        return SearchKey(word, r.number(limit=MAX_NUMBER64))
+    raise GrammarError(f"Unknown search key {word}")
+
+
+def _id(r: _Reader) -> IdArgs:
+    # RFC 2971 §4: id = "ID" SP id-params-list; id-params-list = "(" ... ")" / nil
+    r.sp()
+    if r.take(b"NIL"):
+        r.end()
+        return IdArgs(None)
+    r.expect(b"(")
+    pairs: list[tuple[str, str | None]] = []
+    while not r.take(b")"):
+        if pairs:
+            r.sp()
+        key = r.text(r.string())
+        r.sp()
+        value = r.nstring()
+        pairs.append((key, None if value is None else r.text(value)))
+        if len(pairs) > MAX_ID_PAIRS:
+            raise GrammarError("Too many ID fields")
+    r.end()
+    return IdArgs(tuple(pairs))
+
+
+def _enable(r: _Reader) -> EnableArgs:
+    caps: list[str] = []
+    while not r.at_end():
+        r.sp()
+        caps.append(r.atom("capability").upper())
+    if not caps:
+        raise GrammarError("Expected capability")
+    return EnableArgs(tuple(caps))
+
+
+def _getquota(r: _Reader) -> QuotaRootArgs:
+    r.sp()
+    root = r.astr("quota root")
+    r.end()
+    return QuotaRootArgs(root)
+
+
+def _setquota(r: _Reader) -> SetQuotaArgs:
+    # RFC 9208 §4.3: setquota = "SETQUOTA" SP quota-root-name SP setquota-list
+    r.sp()
+    root = r.astr("quota root")
+    r.sp()
+    r.expect(b"(")
+    limits: list[tuple[str, int]] = []
+    while not r.take(b")"):
+        if limits:
+            r.sp()
+        resource = r.atom("resource").upper()
+        r.sp()
+        limits.append((resource, r.number(limit=MAX_NUMBER64)))
+    r.end()
+    return SetQuotaArgs(root, tuple(limits))
+
+
+_COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
+    "CAPABILITY": _no_args, "NOOP": _no_args, "LOGOUT": _no_args, "STARTTLS": _no_args,
+    "AUTHENTICATE": _authenticate, "LOGIN": _login,
+    "SELECT": _select, "EXAMINE": _select,
+    "CREATE": _mailbox, "DELETE": _mailbox, "SUBSCRIBE": _mailbox, "UNSUBSCRIBE": _mailbox,
+    "RENAME": _rename, "LIST": _list, "LSUB": _lsub, "STATUS": _status, "APPEND": _append,
+    "CHECK": _no_args, "CLOSE": _no_args, "EXPUNGE": _no_args, "UNSELECT": _no_args,
+    "SEARCH": _search, "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
+    "IDLE": _no_args, "NAMESPACE": _no_args, "ID": _id, "ENABLE": _enable,
+    "GETQUOTA": _getquota, "GETQUOTAROOT": _mailbox, "SETQUOTA": _setquota,
+}
+_UID_COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
+    "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy, "SEARCH": _search,
+    "EXPUNGE": _uid_expunge,
+}
+KNOWN_COMMANDS = frozenset(_COMMANDS)
+
+
+def parse_tag(data: bytes, complete: bool = True) -> str | None:
+    """The tag at the start of a (possibly bad) command line, or None if there is none.
+
+    With ``complete`` False, ``data`` is only the start of a line: the tag must end in a space.
+    """
+    end = 0
+    while end < len(data) and data[end] in TAG_CHARS:
+        end += 1
+    if end == 0 or (end < len(data) and data[end] != 0x20) or (end == len(data) and not complete):
+        return None
+    return data[:end].decode("ascii")
+
+
+def parse_command(data: bytes, decode_mailbox: MailboxDecoder = _identity) -> Command:
+    """Parse one framed command (ending in CRLF). Raises ``GrammarError``."""
+    r = _Reader(data, decode_mailbox)
+    tag_raw = r.run(TAG_CHARS)
+    if not tag_raw:
+        raise GrammarError("Missing tag")
+    tag = tag_raw.decode("ascii")
+    r.sp()
+    name = r.atom("command").upper()
+    uid = False
+    table = _COMMANDS
+    if name == "UID":  # RFC 3501 §6.4.8
+        uid = True
+        r.sp()
+        name = r.atom("command").upper()
+        table = _UID_COMMANDS
+    handler = table.get(name)
+    if handler is None:
+        raise GrammarError(f"Unknown command {'UID ' if uid else ''}{name}")
+    return Command(tag, name, handler(r), uid)
