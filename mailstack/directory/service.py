@@ -411,8 +411,9 @@ class Directory:
         exists = lambda: AlreadyExists(f"user {addr} already exists")  # noqa: E731
         with self._tx(write=True, on_integrity=exists) as s:
             domain = self._domain_row(s, addr.domain)
-            if self._user_row(s, addr) is not None:
-                raise exists()
+            existing = self._user_row(s, addr)
+            if existing is not None:
+                raise AlreadyExists(f"user {_user_value(existing).address} already exists")
             now = utcnow()
             row = UserRow(
                 domain_id=domain.id,
