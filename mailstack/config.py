@@ -189,16 +189,41 @@ class IMAPConfig:
 class POP3Config:
     listen: Listeners = ()
     tls_listen: Listeners = ()
+    idle_timeout: Duration = 600.0  # RFC 1939 §3: an autologout timer of at least 10 minutes
 
 
 @dataclass(frozen=True)
 class QueueConfig:
     dir: Path = Path("../var/queue")
+    retry_initial: Duration = 300.0  # first retry after 5 min, then doubling ...
+    retry_max_interval: Duration = 14400.0  # ... up to 4 h between attempts
+    max_age: Duration = 432000.0  # 5 days, then a bounce (RFC 5321 §4.5.4.1: at least 4-5 days)
+    delay_warning: Duration = 0.0  # send one "delayed" DSN after this long; 0 = never
+    max_connections: int = 50  # outbound connections at once, in total
+    max_per_domain: int = 5  # ... and to one destination domain
+    smtp_port: int = 25  # port of remote MX hosts (tests point it elsewhere)
+    connect_timeout: Duration = 30.0
+    command_timeout: Duration = 300.0  # RFC 5321 §4.5.3.2
+    scan_interval: Duration = 10.0  # how often the runner looks for due messages
 
 
 @dataclass(frozen=True)
 class DNSConfig:
     nameservers: tuple[str, ...] = ()
+    timeout: Duration = 5.0  # seconds per lookup, all servers and retries included
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """A smarthost for all outbound mail (when this host's IP may not send directly)."""
+
+    host: str = ""  # empty: deliver to each domain's MX
+    port: int = 587
+    tls: str = "starttls"  # "starttls", "implicit" (465) or "none"
+    username: str = ""
+    password: str = ""
+    password_file: str = ""  # read at start; relative to the config's folder
+    verify_tls: bool = True
 
 
 @dataclass(frozen=True)
@@ -223,6 +248,7 @@ class Config:
     pop3: POP3Config = field(default_factory=POP3Config)
     queue: QueueConfig = field(default_factory=QueueConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
     path: Path | None = None
 

@@ -209,6 +209,7 @@ class POP3Core:
         self._messages: tuple[MaildropMessage, ...] = ()
         self._deleted: set[int] = set()  # message numbers
         self._seen: set[int] = set()  # numbers RETRieved in this session
+        self._update_deletes = False
         self._out.append(Send(R.ok(f"{hostname} POP3 ready.").to_bytes()))
 
     # -- input ---------------------------------------------------------------
@@ -297,7 +298,10 @@ class POP3Core:
     def update_done(self, ok: bool) -> None:
         assert self._pending == "update", "update_done without Update"
         self._pending = None
-        self._reply(R.ok("Logging out, messages deleted.") if ok else R.UPDATE_FAILED)
+        if not ok:
+            self._reply(R.UPDATE_FAILED)
+        else:
+            self._reply(R.ok("Logging out, messages deleted." if self._update_deletes else "Logging out."))
         self._close("QUIT")
 
     # -- command dispatch --------------------------------------------------------
@@ -465,6 +469,7 @@ class POP3Core:
             self._close("QUIT")
             return
         self._pending = "update"
+        self._update_deletes = bool(expunge)
         self._out.append(Update(expunge, seen))
 
     # -- TRANSACTION (RFC 1939 §5, §7) -----------------------------------------

@@ -387,3 +387,17 @@ def test_encoder_done_stops_reading() -> None:
     assert enc.done
     assert enc.feed(b"more\n") == b""
     assert enc.finish() == b".\r\n"
+
+
+def test_quit_after_retr_only_sets_seen() -> None:
+    d = logged_in()
+    d.run(b"RETR 2\r\n")
+    assert d.run(b"QUIT\r\n") == b"+OK Logging out.\r\n"
+    assert next(e for e in d.effects if isinstance(e, Update)) == Update(expunge=(), seen=(2,))
+
+
+def test_rset_forgets_seen() -> None:
+    d = logged_in()
+    d.run(b"RETR 2\r\nRSET\r\n")
+    assert d.run(b"QUIT\r\n") == b"+OK Logging out.\r\n"
+    assert not any(isinstance(e, Update) for e in d.effects)
