@@ -1,0 +1,456 @@
+"""The process runner: `mailstack serve [SERVICE ...]` in one asyncio loop.
+
+What it does, in order: resolve the service names (unknown name: exit 2; a service
+this build lacks: exit 1 when named, a warning and a skip when not), prepare what is
+missing on disk (``prepare``), start each service, tell systemd ``READY=1`` (when
+``NOTIFY_SOCKET`` is set), wait for SIGTERM/SIGINT, send ``STOPPING=1``, call every
+service's ``stop(grace)`` at once and exit 0 once they return or the grace has run out.
+
+Invariants:
+- nothing starts before every name resolved and ``prepare`` succeeded;
+- a failure is one line on stderr (``mailstack: smtp: cannot listen on ...``), never a
+  traceback (that is logged at DEBUG); a service failing to start stops the others, exit 1;
+- the stop is bounded: ``stop_grace`` seconds (default 10; ``MAILSTACK_STOP_GRACE``
+  overrides) plus one second of slack, after which remaining stops are cancelled;
+  a second signal cuts the grace short.
+
+Extension/testing hook: ``MAILSTACK_EXTRA_SERVICES="name=module:function[,name=...]"``
+adds services to the registry (they run when named, and with no names as well).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from mailstack import net
+from mailstack.config import Config, ListenAddress
+
+if TYPE_CHECKING:
+    import ssl
+
+    from mailstack.directory import Directory
+
+__all__ = [
+    "SERVICES",
+    "RunningService",
+    "ServiceContext",
+    "ServiceError",
+    "SimpleService",
+    "enabled_services",
+    "log_listener",
+    "open_listeners",
+    "prepare",
+    "run",
+    "sd_notify",
+]
+
+log = logging.getLogger(__name__)
+
+SERVICES: dict[str, str] = {
+    "smtp": "mailstack.smtp.mx:start",
+    "submission": "mailstack.smtp.submission:start",
+    "lmtp": "mailstack.smtp.lmtp:start",
+    "imap": "mailstack.imap.server:start",
+    "pop3": "mailstack.pop3.server:start",
+    "queue": "mailstack.smtp.queue_runner:start",
+    "http": "mailstack.http.server:start",
+}
+EXTRA_SERVICES_ENV = "MAILSTACK_EXTRA_SERVICES"
+STOP_GRACE_ENV = "MAILSTACK_STOP_GRACE"
+DEFAULT_STOP_GRACE = 10.0
+# Services without their own limits in the config (IMAP clients keep several connections
+# each; NAT puts many users behind one address: generous per-IP caps).
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_MAX_CONNECTIONS_PER_IP = 50
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class ServiceError(Exception):
+    """A service that cannot run; ``str()`` is one line for stderr."""
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a service's ``start`` gets: all shared state it may use, passed in."""
+
+    config: Config
+    directory: Directory
+    tls: net.TLSContexts
+    limits: net.ConnectionLimits
+
+
+@runtime_checkable
+class RunningService(Protocol):
+    """What ``start`` returns. ``stop`` stops accepting, lets work in flight finish
+    within ``grace`` seconds, then closes everything; it should not raise."""
+
+    name: str
+
+    async def stop(self, grace: float) -> None: ...
+
+
+StartFunction = Callable[[ServiceContext], Awaitable[RunningService]]
+
+
+# ---------------------------------------------------------------------------
+# helpers for services
+
+
+def log_listener(name: str, address: ListenAddress | str, tls: bool) -> None:
+    """The one INFO line per listener opened: ``smtp listening on 127.0.0.1:2525``."""
+    log.info("%s listening on %s%s", name, address, " (implicit TLS)" if tls else "")
+
+
+async def open_listeners(
+    name: str,
+    listeners: Iterable[tuple[ListenAddress, bool]],
+    factory_for: Callable[[ListenAddress, bool], net.ProtocolFactory],
+    tls_context: ssl.SSLContext,
+) -> list[asyncio.Server]:
+    """Open every (address, implicit_tls) listener and log each; all or none.
+
+    ``factory_for(address, implicit_tls)`` gives the protocol factory of that listener.
+    On a failure the listeners opened so far are closed and the ListenError propagates.
+    """
+    servers: list[asyncio.Server] = []
+    try:
+        for address, implicit_tls in listeners:
+            server = await net.start_listener(
+                address, factory_for(address, implicit_tls), ssl=tls_context if implicit_tls else None
+            )
+            servers.append(server)
+            log_listener(name, address, implicit_tls)
+    except BaseException:
+        for s in servers:
+            s.close()
+        raise
+    return servers
+
+
+class SimpleService:
+    """A RunningService for the usual shape: some listeners plus an ``InFlight`` counter.
+
+    ``stop(grace)``: close the listeners, ``close_idle()`` (say goodbye to sessions with
+    nothing in flight: SMTP 421, IMAP BYE), wait for the in-flight work up to the grace,
+    then ``close_all()``. Subclasses override the two hooks; both default to nothing.
+    """
+
+    def __init__(self, name: str, servers: Sequence[asyncio.Server] = (), inflight: net.InFlight | None = None) -> None:
+        self.name = name
+        self.servers = list(servers)
+        self.inflight = inflight or net.InFlight()
+
+    async def close_idle(self) -> None:
+        """Close the sessions that have nothing in flight."""
+
+    async def close_all(self) -> None:
+        """Close every session left (the grace is over)."""
+
+    async def stop(self, grace: float) -> None:
+        for s in self.servers:
+            s.close()
+        await self.close_idle()
+        if not await self.inflight.wait_idle(grace):
+            log.warning("%s: %d transaction(s) still in flight after %gs; closing", self.name,
+                        self.inflight.count, grace)
+        await self.close_all()
+
+
+# ---------------------------------------------------------------------------
+# systemd
+
+
+def sd_notify(state: str) -> bool:
+    """Send ``state`` (e.g. ``READY=1``) to ``$NOTIFY_SOCKET``; False when unset or failed.
+
+    sd_notify(3) without libsystemd: one datagram on an AF_UNIX socket; a leading ``@``
+    names an abstract socket.
+    """
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address or address[0] not in "/@":
+        return False
+    target = "\0" + address[1:] if address[0] == "@" else address
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(target)
+            s.sendall(state.encode())
+    except OSError as e:
+        log.warning("cannot notify systemd at %s: %s", address, e.strerror or e)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# the registry
+
+
+def registry(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, str]:
+    """SERVICES plus ``$MAILSTACK_EXTRA_SERVICES`` (``name=module:function``, comma-separated)."""
+    env = os.environ if environ is None else environ
+    out = dict(SERVICES)
+    for item in filter(None, (p.strip() for p in env.get(EXTRA_SERVICES_ENV, "").split(","))):
+        name, sep, target = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9_-]*", name.strip()) or ":" not in target:
+            raise ServiceError(f"{EXTRA_SERVICES_ENV}: {item!r} is not name=module:function")
+        out[name.strip()] = target.strip()
+    return out
+
+
+def enabled_services(config: Config, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` the config enables: at least one listener; queue with smtp/submission.
+
+    Services without a config section (extras) count as enabled.
+    """
+    def has_listeners(service: str) -> bool:
+        return bool(config.listeners(service))
+
+    out = []
+    for name in names:
+        if name == "queue":
+            if has_listeners("smtp") or has_listeners("submission"):
+                out.append(name)
+        elif not hasattr(config, name) or has_listeners(name):
+            out.append(name)
+    return out
+
+
+class _NotAvailable(Exception):
+    pass
+
+
+def load_start(name: str, target: str) -> StartFunction:
+    """Import ``module:function``; _NotAvailable when the module is not in this build."""
+    module_name, _, func_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise _NotAvailable(name) from None
+        raise ServiceError(f"service {name} cannot be loaded: {e}") from None
+    start = getattr(module, func_name, None)
+    if start is None:
+        raise _NotAvailable(name)
+    return start  # type: ignore[no-any-return]
+
+
+def resolve(config: Config, names: Sequence[str]) -> list[tuple[str, StartFunction]]:
+    """Names -> start functions; ServiceError (``_UsageError`` for an unknown name)."""
+    reg = registry()
+    unknown = [n for n in names if n not in reg]
+    if unknown:
+        raise _UsageError(f"unknown service {unknown[0]!r} (choose from {', '.join(reg)})")
+    chosen = list(dict.fromkeys(names)) if names else enabled_services(config, reg)
+    out = []
+    for name in chosen:
+        try:
+            out.append((name, load_start(name, reg[name])))
+        except _NotAvailable:
+            if names:
+                raise ServiceError(f"service {name} is not available in this build") from None
+            log.warning("service %s is not available in this build; skipping it", name)
+    return out
+
+
+class _UsageError(ServiceError):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# first start
+
+
+def prepare(config: Config) -> Directory:
+    """Create what is missing: var dirs, Maildir root (0700), queue dir, schema, certificate.
+
+    Idempotent; returns the open (migrated) Directory. Raises ServiceError (one line).
+    """
+    db_path = _sqlite_path(config.database.url)
+    for path, mode in (
+        (config.storage.maildir_root, 0o700),
+        (config.queue.dir, 0o700),
+        *([(db_path.parent, 0o750)] if db_path else []),
+    ):
+        try:
+            path.mkdir(mode=mode, parents=True, exist_ok=True)
+        except OSError as e:
+            raise ServiceError(f"cannot create {path}: {(e.strerror or str(e)).lower()}") from None
+    try:
+        net.ensure_certificate(config.tls, config.hostname)  # logs when it makes one
+    except net.TLSError as e:
+        raise ServiceError(str(e)) from None
+
+    from mailstack.directory import Directory, DirectoryError
+
+    try:
+        directory = Directory.from_config(config)
+        try:
+            directory.migrate()
+        except BaseException:
+            directory.close()
+            raise
+    except DirectoryError as e:
+        raise ServiceError(f"database: {e}") from None
+    return directory
+
+
+def _sqlite_path(url: str) -> Path | None:
+    m = re.match(r"^sqlite(?:\+\w+)?:///([^?]+)", url)
+    if not m or m.group(1) in (":memory:",) or m.group(1).startswith("file:"):
+        return None
+    return Path(m.group(1))
+
+
+# ---------------------------------------------------------------------------
+# running
+
+
+def stop_grace(environ: dict[str, str] | os._Environ[str] | None = None) -> float:
+    env = os.environ if environ is None else environ
+    raw = env.get(STOP_GRACE_ENV)
+    if raw is None:
+        return DEFAULT_STOP_GRACE
+    try:
+        value = float(raw)
+        if not 0 <= value <= 3600:
+            raise ValueError
+    except ValueError:
+        raise ServiceError(f"{STOP_GRACE_ENV}: {raw!r} is not a number of seconds (0-3600)") from None
+    return value
+
+
+def limits_for(config: Config, name: str) -> net.ConnectionLimits:
+    if name == "smtp":
+        return net.ConnectionLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip)
+    return net.ConnectionLimits(DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP)
+
+
+def run(config: Config, services: Sequence[str]) -> int:
+    """Run the named services (empty: every enabled one) until SIGTERM/SIGINT; exit status."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        grace = stop_grace()
+        chosen = resolve(config, services)
+        directory = prepare(config)
+    except ServiceError as e:
+        return _fail(str(e), EXIT_USAGE if isinstance(e, _UsageError) else EXIT_FAILED)
+    try:
+        try:
+            tls = net.load_tls_contexts(config.tls)
+        except net.TLSError as e:
+            return _fail(str(e))
+        return asyncio.run(_serve(config, directory, tls, chosen, grace))
+    finally:
+        directory.close()
+
+
+def _fail(message: str, status: int = EXIT_FAILED) -> int:
+    print(f"mailstack: {message}", file=sys.stderr, flush=True)
+    return status
+
+
+async def _serve(
+    config: Config,
+    directory: Directory,
+    tls: net.TLSContexts,
+    chosen: Sequence[tuple[str, StartFunction]],
+    grace: float,
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    hurry = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.info("%s again: not waiting any longer", signal.Signals(signum).name)
+            hurry.set()
+        else:
+            log.info("%s: stopping", signal.Signals(signum).name)
+            stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    running: list[RunningService] = []
+    failure: str | None = None
+    for name, start in chosen:
+        if stop.is_set():
+            break
+        ctx = ServiceContext(config=config, directory=directory, tls=tls, limits=limits_for(config, name))
+        try:
+            running.append(await start(ctx))
+        except (net.ListenError, ServiceError) as e:
+            failure = f"{name}: {e}"
+        except OSError as e:
+            failure = f"{name}: {(e.strerror or str(e)).lower()}"
+        except Exception as e:
+            log.debug("%s failed to start", name, exc_info=True)
+            failure = f"{name}: failed to start: {type(e).__name__}: {e}"
+        if failure:
+            break
+
+    if failure is None and not stop.is_set():
+        names = ", ".join(s.name for s in running) or "no services"
+        sd_notify(f"READY=1\nSTATUS=serving {names}")
+        log.info("ready: %s", names)
+        await stop.wait()
+
+    sd_notify("STOPPING=1")
+    await _stop_all(running, grace, hurry)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    if failure is not None:
+        return _fail(failure)
+    log.info("stopped")
+    return EXIT_OK
+
+
+async def _stop_all(running: Sequence[RunningService], grace: float, hurry: asyncio.Event) -> None:
+    """Every ``stop(grace)`` at once; bounded by grace + 1 s, or cut short by ``hurry``."""
+    if not running:
+        return
+    tasks: dict[asyncio.Future[object], RunningService] = {
+        asyncio.ensure_future(_stop_one(s, grace)): s for s in running}
+    hurried: asyncio.Future[object] = asyncio.ensure_future(hurry.wait())
+    deadline = _loop_time() + grace + 1.0
+    pending = set(tasks)
+    while pending and not hurry.is_set():
+        timeout = deadline - _loop_time()
+        if timeout <= 0:
+            break
+        _, pending = await asyncio.wait(pending | {hurried}, timeout=timeout,
+                                        return_when=asyncio.FIRST_COMPLETED)
+        pending.discard(hurried)
+    hurried.cancel()
+    for t in pending:
+        log.warning("%s: did not stop within %.0fs; cancelled", tasks[t].name, grace)
+        t.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
+
+
+async def _stop_one(service: RunningService, grace: float) -> object:
+    try:
+        await service.stop(grace)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s: error while stopping", service.name)
+    return None
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
