@@ -18,6 +18,8 @@ import binascii
 from collections.abc import Callable
 from datetime import date, datetime
 
+from mailstack.storage import mutf7
+
 from .dates import DateError, parse_date, parse_datetime
 from .types import (
     FETCH_MACROS, AppendArgs, AuthenticateArgs, Command, CommandArgs, CopyArgs, EnableArgs,
@@ -54,10 +56,6 @@ SEARCH_CHARSETS = ("US-ASCII", "UTF-8")
 MAX_NUMBER = 2**32 - 1  # RFC 3501 §9 number: 32-bit unsigned
 MAX_NUMBER64 = 2**63 - 1  # RFC 7162 §7 mod-sequence-value
 MAX_ID_PAIRS = 30  # RFC 2971 §3.3
-
-
-def _identity(name: str) -> str:
-    return name
 
 
 class _Reader:
@@ -139,7 +137,9 @@ class _Reader:
                     self.i += 1
                     continue
                 raise GrammarError("Bad escape in quoted string")
-            if c in (0x0A, 0x0D) or c == 0 or c >= 0x80:
+            if c in (0x0A, 0x0D):
+                raise GrammarError("Unterminated quoted string")
+            if c == 0 or c >= 0x80:
                 raise GrammarError("Invalid character in quoted string")
             out.append(c)
 
@@ -591,6 +591,9 @@ _SEARCH_FLAGS = frozenset({
 })
 _SEARCH_STRINGS = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
 _SEARCH_DATES = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
+_SEARCH_WITH_ARGS = _SEARCH_STRINGS | _SEARCH_DATES | {
+    "KEYWORD", "UNKEYWORD", "LARGER", "SMALLER", "UID", "HEADER", "NOT", "OR", "MODSEQ",
+}
 MAX_SEARCH_DEPTH = 64
 
 
@@ -631,6 +634,8 @@ def _search_key(r: _Reader, depth: int) -> SearchKey:
     word = r.atom("search key").upper()
     if word in _SEARCH_FLAGS:
         return SearchKey(word)
+    if word not in _SEARCH_WITH_ARGS:
+        raise GrammarError(f"Unknown search key {word}")
     r.sp()
     if word in _SEARCH_STRINGS:
         return SearchKey(word, r.astr())
@@ -750,7 +755,7 @@ def parse_tag(data: bytes, complete: bool = True) -> str | None:
     return data[:end].decode("ascii")
 
 
-def parse_command(data: bytes, decode_mailbox: MailboxDecoder = _identity) -> Command:
+def parse_command(data: bytes, decode_mailbox: MailboxDecoder = mutf7.decode) -> Command:
     """Parse one framed command (ending in CRLF). Raises ``GrammarError``."""
     r = _Reader(data, decode_mailbox)
     tag_raw = r.run(TAG_CHARS)

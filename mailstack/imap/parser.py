@@ -26,8 +26,9 @@ Invariants:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from mailstack.storage import mutf7
 
 from .grammar import GrammarError, MailboxDecoder, decode_base64, parse_command, parse_tag
 from .responses import StatusResponse
@@ -84,15 +85,6 @@ _LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}\Z")
 _NAME = re.compile(rb"[^ \r\n]+ +(?:UID +)?([A-Za-z]+)", re.IGNORECASE)
 
 
-def _default_decoder() -> MailboxDecoder:
-    try:  # the storage package owns modified UTF-7 (RFC 3501 §5.1.3)
-        from mailstack.storage.mutf7 import decode  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # pragma: no cover - until storage lands
-        return lambda name: name
-    fn: Callable[[str], str] = decode
-    return fn
-
-
 def _literal_header(segment: bytes) -> tuple[int, bool] | None:
     """``(size, synchronising)`` if the line segment ends in a literal header outside quotes."""
     m = _LITERAL_AT_END.search(segment)
@@ -131,7 +123,7 @@ class CommandReader:
         self.max_literal = max_literal
         self.max_append = max_append
         self.max_literals = max_literals
-        self._decode = decode_mailbox or _default_decoder()
+        self._decode = decode_mailbox or mutf7.decode  # RFC 3501 §5.1.3
         self._buf = bytearray()
         self._parts: list[bytes] = []  # the current command so far, CRLF-normalised
         self._tag: str | None = None

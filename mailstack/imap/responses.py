@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Union
 
+from mailstack.storage import mutf7
+
 from .dates import format_datetime
 
 if TYPE_CHECKING:
@@ -88,6 +90,11 @@ def render_astring(s: str | bytes) -> bytes:
     if data and data.upper() != b"NIL" and all(c in _ASTRING_OK for c in data):
         return data
     return render_string(data)
+
+
+def render_mailbox(name: str) -> bytes:
+    """A mailbox name on the wire: modified UTF-7 (RFC 3501 §5.1.3), as an astring."""
+    return render_astring(mutf7.encode(name))
 
 
 def render(value: Value) -> bytes:

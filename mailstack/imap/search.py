@@ -1,0 +1,237 @@
+"""Evaluation of a parsed SEARCH program (RFC 3501 §6.4.4) against one message.
+
+``matches(key, message, context)`` is a pure function: ``message`` is any object with the
+``SearchableMessage`` attributes; its headers and body text are only asked for when a key
+needs them (so flag/UID/size searches never read the message file). ``MessageView`` is a
+ready implementation over the message bytes, loaded lazily through a callable.
+
+Invariants: string keys match case-insensitively as substrings (RFC 3501 §6.4.4) after
+MIME decoding of encoded words and of text bodies; dates ignore time and timezone
+(BEFORE/ON/SINCE on the internal date, SENT* on the Date: header); nothing raises on a
+broken message: an undecodable part just does not match.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.header
+import email.utils
+import quopri
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Protocol
+
+from .message import ParsedMessage
+from .types import SearchKey, SequenceSet
+
+
+class SearchableMessage(Protocol):
+    """What SEARCH needs from a message. ``flags`` holds system flags (``\\Seen``,
+    ``\\Recent``...) and keywords together."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def uid(self) -> int: ...
+    @property
+    def flags(self) -> frozenset[str]: ...
+    @property
+    def internaldate(self) -> datetime: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def modseq(self) -> int: ...
+
+    def headers(self) -> Sequence[tuple[str, str]]:
+        """(lower-case name, decoded value) of every top-level header field."""
+        ...
+
+    def body_text(self) -> str:
+        """The decoded text of the message's text parts."""
+        ...
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What ``*`` and ``$`` mean for this mailbox (RFC 3501 §9, RFC 5182)."""
+
+    max_seq: int
+    max_uid: int
+    saved_uids: frozenset[int] = frozenset()
+
+
+_FLAG_KEYS = {
+    "ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft",
+    "FLAGGED": "\\Flagged", "SEEN": "\\Seen", "RECENT": "\\Recent",
+}
+_HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+
+
+def _contains(haystack: str, needle: str) -> bool:
+    return needle.casefold() in haystack.casefold()
+
+
+def _in_set(seqs: object, n: int, largest: int, ctx: SearchContext) -> bool:
+    assert isinstance(seqs, SequenceSet)
+    if seqs.saved:
+        return n in ctx.saved_uids
+    return seqs.contains(n, largest)
+
+
+def _sent_date(message: SearchableMessage) -> date | None:
+    for name, value in message.headers():
+        if name == "date":
+            try:
+                return email.utils.parsedate_to_datetime(value).date()
+            except (TypeError, ValueError, IndexError):
+                return None
+    return None
+
+
+def matches(key: SearchKey, message: SearchableMessage, ctx: SearchContext) -> bool:
+    """Whether ``message`` satisfies ``key`` (RFC 3501 §6.4.4)."""
+    kind, value = key.kind, key.value
+    if kind == "AND":
+        return all(matches(k, message, ctx) for k in key.children)
+    if kind == "OR":
+        return any(matches(k, message, ctx) for k in key.children)
+    if kind == "NOT":
+        return not matches(key.children[0], message, ctx)
+    if kind == "ALL":
+        return True
+    if kind in _FLAG_KEYS:
+        return _FLAG_KEYS[kind] in message.flags
+    if kind.startswith("UN") and kind[2:] in _FLAG_KEYS:
+        return _FLAG_KEYS[kind[2:]] not in message.flags
+    if kind == "NEW":  # RFC 3501 §6.4.4: RECENT UNSEEN
+        return "\\Recent" in message.flags and "\\Seen" not in message.flags
+    if kind == "OLD":
+        return "\\Recent" not in message.flags
+    if kind in ("KEYWORD", "UNKEYWORD"):
+        assert isinstance(value, str)
+        present = value.lower() in {f.lower() for f in message.flags}
+        return present if kind == "KEYWORD" else not present
+    if kind == "SEQ":
+        return _in_set(value, message.seq, ctx.max_seq, ctx)
+    if kind == "UID":
+        return _in_set(value, message.uid, ctx.max_uid, ctx)
+    if kind == "LARGER":
+        assert isinstance(value, int)
+        return message.size > value
+    if kind == "SMALLER":
+        assert isinstance(value, int)
+        return message.size < value
+    if kind == "MODSEQ":  # RFC 7162 §3.1.5
+        assert isinstance(value, int)
+        return message.modseq >= value
+    if kind in ("BEFORE", "ON", "SINCE"):
+        assert isinstance(value, date)
+        return _compare(kind, message.internaldate.date(), value)
+    if kind in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        assert isinstance(value, date)
+        sent = _sent_date(message)
+        return sent is not None and _compare(kind[4:], sent, value)
+    if kind in _HEADER_KEYS:
+        assert isinstance(value, str)
+        name = _HEADER_KEYS[kind]
+        return any(n == name and _contains(v, value) for n, v in message.headers())
+    if kind == "HEADER":
+        assert isinstance(value, tuple)
+        name, text = value[0].lower(), value[1]
+        # RFC 3501 §6.4.4: an empty string matches every message that has the field
+        return any(n == name and (not text or _contains(v, text)) for n, v in message.headers())
+    if kind == "BODY":
+        assert isinstance(value, str)
+        return _contains(message.body_text(), value)
+    if kind == "TEXT":
+        assert isinstance(value, str)
+        return any(_contains(f"{n}: {v}", value) for n, v in message.headers()) or _contains(
+            message.body_text(), value
+        )
+    raise ValueError(f"unknown search key {kind}")
+
+
+def _compare(op: str, day: date, wanted: date) -> bool:
+    if op == "BEFORE":
+        return day < wanted
+    if op == "ON":
+        return day == wanted
+    return day >= wanted  # SINCE: "within or later than"
+
+
+def search(
+    key: SearchKey, messages: Sequence[SearchableMessage], ctx: SearchContext
+) -> list[SearchableMessage]:
+    """The messages (in the given order) that match ``key``."""
+    return [m for m in messages if matches(key, m, ctx)]
+
+
+# ------------------------------------------------------------------------- MessageView
+
+
+def decode_header_value(value: str) -> str:
+    """RFC 2047 encoded words decoded; raw 8-bit taken as UTF-8; never raises."""
+    text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if "=?" not in text:
+        return text
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (ValueError, LookupError, UnicodeError, binascii.Error, AssertionError):
+        return text
+
+
+def _decode_body(data: bytes, encoding: str | None, charset: str | None) -> str:
+    enc = (encoding or "7bit").lower()
+    try:
+        if enc == "base64":
+            data = base64.b64decode(b"".join(data.split()), validate=False)
+        elif enc == "quoted-printable":
+            data = quopri.decodestring(data)
+    except (binascii.Error, ValueError):
+        pass
+    try:
+        return data.decode(charset or "utf-8", "replace")
+    except LookupError:
+        return data.decode("utf-8", "replace")
+
+
+def body_text_of(parsed: ParsedMessage) -> str:
+    """The decoded text of every text/* (and untyped) leaf part."""
+    out: list[str] = []
+    for part in parsed.leaves():
+        if part.type.lower() != "text":
+            continue
+        data = parsed.data[part.body_start : part.body_end]
+        out.append(_decode_body(data, part.content("content-transfer-encoding"), part.param("charset")))
+    return "\n".join(out)
+
+
+@dataclass
+class MessageView:
+    """A ``SearchableMessage`` over stored metadata and lazily loaded bytes."""
+
+    seq: int
+    uid: int
+    flags: frozenset[str]
+    internaldate: datetime
+    size: int
+    load: Callable[[], bytes] = field(repr=False)
+    modseq: int = 0
+    _parsed: ParsedMessage | None = field(default=None, repr=False)
+    _headers: list[tuple[str, str]] | None = field(default=None, repr=False)
+
+    @property
+    def parsed(self) -> ParsedMessage:
+        if self._parsed is None:
+            self._parsed = ParsedMessage(self.load())
+        return self._parsed
+
+    def headers(self) -> Sequence[tuple[str, str]]:
+        if self._headers is None:
+            self._headers = [(f.name, decode_header_value(f.value)) for f in self.parsed.root.fields]
+        return self._headers
+
+    def body_text(self) -> str:
+        return body_text_of(self.parsed)
