@@ -4,7 +4,7 @@ Keys live in files, one per (domain, selector)::
 
     <keys dir>/<domain>/<selector>.key     0600, in a 0700 directory
 
-where ``<keys dir>`` is ``<[queue] dir>/../dkim`` (``keys_dir(config)``). An RSA key is a
+where ``<keys dir>`` is ``[queue] dkim_dir`` (default ``../var/dkim``, beside the queue). An RSA key is a
 PKCS#1 PEM (``-----BEGIN RSA PRIVATE KEY-----``), an Ed25519 key the base64 of its
 32-byte seed (dkimpy's and OpenDKIM's format). Every ``*.key`` of a domain signs its
 outbound mail, so an RSA and an Ed25519 key give the usual dual signature (RFC 8463
@@ -76,9 +76,9 @@ class DKIMKey:
 
 
 def keys_dir(config: object) -> Path:
-    """``<[queue] dir>/../dkim``: next to the queue, on the same (private) storage."""
-    queue_dir: Path = config.queue.dir  # type: ignore[attr-defined]
-    return queue_dir.parent / "dkim"
+    """``[queue] dkim_dir`` (default ``../var/dkim``, next to the queue)."""
+    path: Path = config.queue.dkim_dir  # type: ignore[attr-defined]
+    return path
 
 
 def _check_names(domain: str, selector: str) -> None:

@@ -1,0 +1,542 @@
+"""The outbound SMTP client: MX selection and delivery to a remote MX or a smarthost.
+
+``deliver_domain(route, jobs)`` delivers one or more queued messages whose recipients
+share a destination (one domain, or everything when a smarthost is configured) over as
+few connections as it can: one connection, one transaction per message carrying all of
+its recipients of that domain (RFC 5321 §3.3), ``RSET`` between messages.
+
+Routing (RFC 5321 §5.1): MX records in preference order, equal preferences shuffled; no
+MX record -> the domain's own A/AAAA ("implicit MX"); a null MX (RFC 7505 §3) or a domain
+that does not exist fails at once and permanently (``5.1.10`` / ``5.1.2``); a DNS failure
+is temporary. Each MX host's addresses are tried in turn until one answers; a server
+that fails before the transaction (connection refused, 4xx greeting, 4xx MAIL) passes
+the message on to the next address, as RFC 5321 §5.1 asks.
+
+TLS: opportunistic STARTTLS (RFC 3207, RFC 7435) with the unverifying client context
+from ``mailstack.net``; when the handshake fails the same host is retried in plaintext
+once (as Postfix does at ``smtp_tls_security_level = may``). A smarthost (``[relay]``)
+is different: it gets credentials, so TLS (STARTTLS or implicit) is required there and
+its certificate is verified unless ``[relay] verify_tls = false``.
+
+Invariants:
+- per-recipient results: every recipient of every job ends with exactly one outcome
+  (sent, temporary, permanent) and the reply that caused it; nothing raises out of
+  ``deliver_domain`` for a network or protocol problem;
+- data goes out dot-stuffed (RFC 5321 §4.5.2) with CRLF line ends, ending in CRLF.CRLF;
+- a message that needs SMTPUTF8 is not sent to a server that lacks it (permanent
+  ``5.6.7``, RFC 6531 §3.4); one bigger than an advertised SIZE fails ``5.3.4``
+  (RFC 1870 §6);
+- timeouts follow RFC 5321 §4.5.3.2 (greeting and commands 5 min, DATA end 10 min),
+  scaled by ``[queue] command_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import logging
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from mailstack.dns import DNSError, DNSTemporaryError, NXDomain, Resolver
+
+__all__ = [
+    "Outcome",
+    "RemoteReply",
+    "RecipientOutcome",
+    "Job",
+    "Route",
+    "RelaySettings",
+    "deliver_domain",
+    "dot_stuff",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(Enum):
+    SENT = "sent"
+    TEMPORARY = "temporary"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class RemoteReply:
+    """A reply from the remote server, or one we made up (``code`` 4xx/5xx, ``local=True``)."""
+
+    code: int
+    text: str
+    local: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}".strip()
+
+    @property
+    def outcome(self) -> Outcome:
+        if 200 <= self.code < 400:
+            return Outcome.SENT
+        return Outcome.TEMPORARY if self.code < 500 else Outcome.PERMANENT
+
+    @property
+    def status(self) -> str:
+        m = re.match(r"^([245])\.(\d{1,3})\.(\d{1,3})\b", self.text)
+        if m and m.group(1) == str(self.code)[0]:
+            return m.group(0)
+        return f"{str(self.code)[0]}.0.0"
+
+
+@dataclass(frozen=True)
+class RecipientOutcome:
+    recipient: str
+    reply: RemoteReply
+    remote_mta: str | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.reply.outcome
+
+
+@dataclass(frozen=True)
+class Job:
+    """One message to send to some of its recipients (all of one destination)."""
+
+    queue_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes  # CRLF line ends
+    smtputf8: bool = False
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    host: str
+    port: int = 587
+    tls: str = "starttls"  # "starttls" | "implicit" | "none"
+    username: str = ""
+    password: str = ""
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True)
+class Route:
+    """How to reach one destination."""
+
+    helo: str
+    resolver: Resolver
+    port: int = 25
+    client_tls: ssl.SSLContext | None = None
+    relay: RelaySettings | None = None
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+
+
+class _Fail(Exception):
+    """This server cannot take the message now: try the next address."""
+
+    def __init__(self, reply: RemoteReply, next_host: bool = True) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+        self.next_host = next_host
+
+
+class _TLSFailed(Exception):
+    pass
+
+
+def _local(code: int, text: str) -> RemoteReply:
+    return RemoteReply(code, text, local=True)
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """CRLF line ends, leading dots doubled, ends in CRLF (RFC 5321 §4.5.2)."""
+    data = re.sub(rb"\r?\n", b"\r\n", data)
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data
+
+
+def _needs_8bit(data: bytes) -> bool:
+    return any(b > 127 for b in data)
+
+
+# ---------------------------------------------------------------------------
+# one connection
+
+
+class Connection:
+    """A minimal, strict SMTP client session over asyncio streams."""
+
+    def __init__(self, host: str, address: str, port: int, route: Route) -> None:
+        self.host = host  # the MX name (for logs and Remote-MTA)
+        self.address = address
+        self.port = port
+        self.route = route
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.extensions: dict[str, str] = {}
+        self.tls = False
+
+    @property
+    def remote_mta(self) -> str:
+        return f"{self.host} [{self.address}]:{self.port}" if self.port != 25 else f"{self.host} [{self.address}]"
+
+    async def _read_lines(self, timeout: float | None = None) -> tuple[int, list[str]]:
+        """One (possibly multi-line) reply: its code and the text of each line."""
+        assert self.reader is not None
+        lines: list[str] = []
+        while True:
+            try:
+                raw = await asyncio.wait_for(self.reader.readline(), timeout or self.route.command_timeout)
+            except asyncio.TimeoutError:
+                raise _Fail(_local(451, f"4.4.2 timeout waiting for {self.host}")) from None
+            except (ConnectionError, OSError, asyncio.LimitOverrunError, ValueError) as e:
+                raise _Fail(_local(451, f"4.4.2 connection to {self.host} lost: {e}")) from None
+            if not raw:
+                raise _Fail(_local(451, f"4.4.2 {self.host} closed the connection"))
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            m = re.match(r"^([2-5]\d\d)([ -]?)(.*)$", line)
+            if not m:
+                raise _Fail(_local(451, f"4.5.0 {self.host} sent a malformed reply"))
+            lines.append(m.group(3))
+            if m.group(2) != "-":
+                return int(m.group(1)), lines
+            if len(lines) > 200:
+                raise _Fail(_local(451, f"4.5.0 {self.host} sent too long a reply"))
+
+    async def _read_reply(self, timeout: float | None = None) -> RemoteReply:
+        code, lines = await self._read_lines(timeout)
+        return RemoteReply(code, " ".join(t.strip() for t in lines).strip()[:1000])
+
+    async def _send(self, line: str) -> None:
+        assert self.writer is not None
+        try:
+            self.writer.write(line.encode("utf-8") + b"\r\n")
+            await self.writer.drain()
+        except (ConnectionError, OSError) as e:
+            raise _Fail(_local(451, f"4.4.2 connection to {self.host} lost: {e}")) from None
+
+    async def command(self, line: str, timeout: float | None = None) -> RemoteReply:
+        await self._send(line)
+        return await self._read_reply(timeout)
+
+    async def open(self, *, implicit_tls: ssl.SSLContext | None = None) -> None:
+        try:
+            self.reader, self.writer = await asyncio.wait_for(
+                asyncio.open_connection(self.address, self.port, ssl=implicit_tls,
+                                        server_hostname=self.host if implicit_tls else None),
+                self.route.connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise _Fail(_local(451, f"4.4.1 connect to {self.host}[{self.address}]:{self.port}: timed out")) from None
+        except ssl.SSLError as e:
+            raise _Fail(_local(451, f"4.7.5 TLS with {self.host}: {e.reason or e}")) from None
+        except OSError as e:
+            reason = (e.strerror or str(e)).lower()
+            raise _Fail(_local(451, f"4.4.1 connect to {self.host}[{self.address}]:{self.port}: {reason}")) from None
+        self.tls = implicit_tls is not None
+        greeting = await self._read_reply()
+        if greeting.code != 220:  # RFC 5321 §3.1: 554 = "no service here"
+            await self.close()
+            raise _Fail(greeting)
+
+    async def ehlo_ext(self) -> None:
+        """EHLO and parse the extension keywords (RFC 5321 §4.1.1.1); HELO if EHLO is refused."""
+        await self._send(f"EHLO {self.route.helo}")
+        code, lines = await self._read_lines()
+        if code == 250:
+            exts: dict[str, str] = {}
+            for text in lines[1:]:
+                kw, _, params = text.strip().partition(" ")
+                exts[kw.upper()] = params
+            self.extensions = exts
+            return
+        if 500 <= code < 600:  # RFC 5321 §3.2: fall back to HELO
+            reply = await self.command(f"HELO {self.route.helo}")
+            if reply.code == 250:
+                self.extensions = {}
+                return
+            raise _Fail(reply)
+        raise _Fail(RemoteReply(code, " ".join(lines)))
+
+    async def starttls(self, ctx: ssl.SSLContext, server_hostname: str | None) -> None:
+        reply = await self.command("STARTTLS")
+        if reply.code != 220:
+            raise _TLSFailed(str(reply))
+        assert self.writer is not None
+        try:
+            await asyncio.wait_for(self.writer.start_tls(ctx, server_hostname=server_hostname),
+                                   self.route.connect_timeout)
+        except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as e:
+            raise _TLSFailed(str(e) or type(e).__name__) from None
+        self.tls = True
+        await self.ehlo_ext()  # RFC 3207 §4.2: forget what was said before TLS
+
+    async def auth(self, username: str, password: str) -> None:
+        mechs = self.extensions.get("AUTH", "").upper().split()
+        if "PLAIN" in mechs or not mechs:
+            token = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
+            reply = await self.command(f"AUTH PLAIN {token}")
+        elif "LOGIN" in mechs:
+            reply = await self.command("AUTH LOGIN")
+            if reply.code == 334:
+                reply = await self.command(base64.b64encode(username.encode()).decode())
+            if reply.code == 334:
+                reply = await self.command(base64.b64encode(password.encode()).decode())
+        else:
+            raise _Fail(_local(451, f"4.7.0 {self.host} offers no usable AUTH mechanism"), next_host=False)
+        if reply.code != 235:
+            # a refused login is our configuration problem: keep the mail queued
+            raise _Fail(_local(451, f"4.7.0 relay {self.host} refused our login: {reply}"), next_host=False)
+
+    async def transaction(self, job: Job, recipients: Sequence[str]) -> list[RecipientOutcome]:
+        """MAIL, RCPT..., DATA for one message; per-recipient outcomes.
+
+        Raises _Fail when the server refused the whole transaction at MAIL (4xx: try the
+        next host) or when the connection broke before the end of DATA.
+        """
+        params = []
+        size = len(job.data)
+        if "SIZE" in self.extensions:
+            limit = self.extensions["SIZE"].strip()
+            if limit.isdigit() and int(limit) and size > int(limit):
+                r = _local(552, f"5.3.4 message too big for {self.host} (SIZE {limit})")
+                return [RecipientOutcome(rc, r, self.remote_mta) for rc in recipients]
+            params.append(f"SIZE={size}")
+        if job.smtputf8:
+            if "SMTPUTF8" not in self.extensions:
+                r = _local(553, f"5.6.7 {self.host} does not support SMTPUTF8 (RFC 6531)")
+                return [RecipientOutcome(rc, r, self.remote_mta) for rc in recipients]
+            params.append("SMTPUTF8")
+        if "8BITMIME" in self.extensions and _needs_8bit(job.data):
+            params.append("BODY=8BITMIME")
+        mail = f"MAIL FROM:<{job.sender}>" + "".join(" " + p for p in params)
+        pipelining = "PIPELINING" in self.extensions
+        if pipelining:  # RFC 2920 §3.1: MAIL and RCPTs in one group
+            assert self.writer is not None
+            lines = [mail] + [f"RCPT TO:<{r}>" for r in recipients]
+            try:
+                self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
+                await self.writer.drain()
+            except (ConnectionError, OSError) as e:
+                raise _Fail(_local(451, f"4.4.2 connection to {self.host} lost: {e}")) from None
+            mail_reply = await self._read_reply()
+            rcpt_replies = [await self._read_reply() for _ in recipients]
+        else:
+            mail_reply = await self.command(mail)
+            rcpt_replies = []
+            if mail_reply.code == 250:
+                for r in recipients:
+                    rcpt_replies.append(await self.command(f"RCPT TO:<{r}>"))
+        if mail_reply.code != 250:
+            if pipelining:
+                await self.command("RSET")
+            if mail_reply.code >= 500:
+                return [RecipientOutcome(rc, mail_reply, self.remote_mta) for rc in recipients]
+            raise _Fail(mail_reply)
+        results: dict[str, RecipientOutcome] = {}
+        accepted: list[str] = []
+        for rc, reply in zip(recipients, rcpt_replies):
+            if reply.code in (250, 251):
+                accepted.append(rc)
+            else:
+                results[rc] = RecipientOutcome(rc, reply, self.remote_mta)
+        if not accepted:
+            await self.command("RSET")
+            return [results[rc] for rc in recipients]
+        reply = await self.command("DATA")
+        if reply.code != 354:
+            for rc in accepted:
+                results[rc] = RecipientOutcome(rc, reply, self.remote_mta)
+            return [results[rc] for rc in recipients]
+        assert self.writer is not None
+        try:
+            self.writer.write(dot_stuff(job.data) + b".\r\n")
+            await self.writer.drain()
+        except (ConnectionError, OSError) as e:
+            raise _Fail(_local(451, f"4.4.2 connection to {self.host} lost during DATA: {e}"), next_host=False) from None
+        try:
+            # RFC 5321 §4.5.3.2.6: wait 10 minutes for the final reply
+            final = await self._read_reply(timeout=max(self.route.command_timeout * 2, 1.0))
+        except _Fail as f:
+            raise _Fail(f.reply, next_host=False) from None
+        for rc in accepted:
+            results[rc] = RecipientOutcome(rc, final, self.remote_mta)
+        return [results[rc] for rc in recipients]
+
+    async def reset(self) -> bool:
+        try:
+            return (await self.command("RSET")).code == 250
+        except _Fail:
+            return False
+
+    async def quit(self) -> None:
+        if self.writer is None:
+            return
+        try:
+            await asyncio.wait_for(self.command("QUIT"), 5.0)
+        except (_Fail, asyncio.TimeoutError):
+            pass
+        await self.close()
+
+    async def close(self) -> None:
+        if self.writer is None:
+            return
+        w, self.writer = self.writer, None
+        try:
+            w.close()
+            await asyncio.wait_for(w.wait_closed(), 2.0)
+        except (OSError, ConnectionError, asyncio.TimeoutError, ssl.SSLError):
+            pass
+
+
+# ---------------------------------------------------------------------------
+# routing
+
+
+@dataclass
+class _Target:
+    host: str
+    addresses: list[str] = field(default_factory=list)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+async def _targets(domain: str, route: Route) -> list[_Target] | RemoteReply:
+    """The hosts to try, in order, or the reply that ends it (null MX, NXDOMAIN, DNS down)."""
+    if route.relay is not None:
+        host = route.relay.host
+        return [_Target(host, [host])]  # resolved by the OS resolver at connect time
+    if domain.startswith("[") and domain.endswith("]"):  # address literal (RFC 5321 §4.1.3)
+        lit = domain[1:-1]
+        lit = lit[5:] if lit.lower().startswith("ipv6:") else lit
+        return [_Target(domain, [lit])] if _is_ip(lit) else _local(550, "5.1.2 bad address literal")
+    try:
+        mx = await route.resolver.mx(domain)
+    except NXDomain:
+        return _local(550, f"5.1.2 domain {domain} does not exist (DNS NXDOMAIN)")
+    except DNSError as e:
+        return _local(451, f"4.4.3 DNS lookup of MX for {domain} failed: {e}")
+    if mx.null_mx:  # RFC 7505 §3
+        return _local(556, f"5.1.10 domain {domain} does not accept mail (null MX, RFC 7505)")
+    targets: list[_Target] = []
+    temp_error: str | None = None
+    for rec in mx.records:
+        try:
+            addrs = [rec.host] if _is_ip(rec.host) else await route.resolver.addresses(rec.host)
+        except NXDomain:
+            addrs = []
+        except DNSTemporaryError as e:
+            temp_error = str(e)
+            addrs = []
+        if addrs:
+            targets.append(_Target(rec.host, addrs))
+    if not targets:
+        if temp_error:
+            return _local(451, f"4.4.3 cannot resolve the MX hosts of {domain}: {temp_error}")
+        if mx.implicit:
+            return _local(550, f"5.1.2 domain {domain} has no MX and no address record")
+        return _local(451, f"4.4.4 no address for any MX host of {domain}")  # may be fixed soon
+    return targets
+
+
+async def _open(target: _Target, address: str, route: Route) -> Connection:
+    """Connect, EHLO, STARTTLS (and AUTH for a relay)."""
+    relay = route.relay
+    port = relay.port if relay else route.port
+    if relay is not None:
+        verify = ssl.create_default_context()
+        if not relay.verify_tls:
+            verify.check_hostname = False
+            verify.verify_mode = ssl.CERT_NONE
+        conn = Connection(target.host, address, port, route)
+        await conn.open(implicit_tls=verify if relay.tls == "implicit" else None)
+        await conn.ehlo_ext()
+        if relay.tls == "starttls":
+            if "STARTTLS" not in conn.extensions:
+                await conn.quit()
+                raise _Fail(_local(451, f"4.7.0 relay {target.host} does not offer STARTTLS"), next_host=False)
+            try:
+                await conn.starttls(verify, target.host)
+            except _TLSFailed as e:
+                await conn.close()
+                raise _Fail(_local(451, f"4.7.5 STARTTLS with relay {target.host} failed: {e}"), next_host=False) from None
+        if relay.username:
+            await conn.auth(relay.username, relay.password)
+        return conn
+    conn = Connection(target.host, address, port, route)
+    await conn.open()
+    await conn.ehlo_ext()
+    if route.client_tls is not None and "STARTTLS" in conn.extensions:
+        try:
+            await conn.starttls(route.client_tls, target.host)
+        except _TLSFailed as e:
+            log.info("outbound: STARTTLS with %s failed (%s); retrying in plaintext", conn.remote_mta, e)
+            await conn.close()
+            conn = Connection(target.host, address, port, route)
+            await conn.open()
+            await conn.ehlo_ext()
+    return conn
+
+
+async def deliver_domain(domain: str, jobs: Sequence[Job], route: Route) -> dict[str, list[RecipientOutcome]]:
+    """Deliver ``jobs`` (recipients all at ``domain``); results per queue id, per recipient."""
+    results: dict[str, list[RecipientOutcome]] = {}
+    targets = await _targets(domain, route)
+    if isinstance(targets, RemoteReply):
+        for job in jobs:
+            results[job.queue_id] = [RecipientOutcome(r, targets) for r in job.recipients]
+        return results
+    pending = list(jobs)
+    last_error: RemoteReply = _local(451, f"4.4.1 no MX host of {domain} answered")
+    last_mta: str | None = None
+    for target in targets:
+        for address in target.addresses:
+            if not pending:
+                return results
+            try:
+                conn = await _open(target, address, route)
+            except _Fail as f:
+                last_error, last_mta = f.reply, f"{target.host} [{address}]"
+                log.info("outbound: %s [%s]: %s", target.host, address, f.reply)
+                if not f.next_host:
+                    break
+                continue
+            try:
+                while pending:
+                    job = pending[0]
+                    try:
+                        outcome = await conn.transaction(job, job.recipients)
+                    except _Fail as f:
+                        last_error, last_mta = f.reply, conn.remote_mta
+                        if not f.next_host:
+                            # broken mid-DATA: the message may or may not have arrived; retry later
+                            results[job.queue_id] = [RecipientOutcome(r, f.reply, conn.remote_mta)
+                                                     for r in job.recipients]
+                            pending.pop(0)
+                        break  # next address for what is left
+                    results[job.queue_id] = outcome
+                    pending.pop(0)
+                    if pending and not await conn.reset():
+                        break
+            finally:
+                await conn.quit()
+        if not pending:
+            break
+        if route.relay is not None:
+            break
+    for job in pending:
+        results[job.queue_id] = [RecipientOutcome(r, last_error, last_mta) for r in job.recipients]
+    return results
