@@ -147,6 +147,9 @@ class Folder:
         self._kw: dict[int, str] = {}
         self._kw_key: tuple[int, int, int] | None = None
         self._mtimes: dict[str, int] = {}
+        self._name_sizes: dict[str, tuple[int | None, int | None]] = {}
+        self._infos: dict[str, MessageInfo] = {}
+        self._infos_kw: dict[int, str] | None = None
         self._flag_memo: dict[str, tuple[frozenset[str], str]] = {}
         self._state: FolderState | None = None
 
@@ -187,9 +190,9 @@ class Folder:
     def _load_keywords(self) -> dict[int, str]:
         key = self._stat_key(self._keywords_path)
         if key is None:
-            if self._kw:
+            if self._kw_key is not None or self._kw:
                 self._flag_memo = {}
-            self._kw, self._kw_key = {}, None
+                self._kw, self._kw_key = {}, None
         elif key != self._kw_key:
             try:
                 self._kw = parse_keywords(self._keywords_path.read_bytes())
@@ -297,8 +300,9 @@ class Folder:
             records.append(UidRecord(ul.nextuid, base))
             ul.nextuid += 1
             changed = True
+        sizes = self._name_sizes
         for rec in records:
-            if "W" not in rec.ext and size_from_name(rec.base, "W") is None:
+            if "W" not in rec.ext and (sizes.get(rec.base) or self._parse_sizes(rec.base))[1] is None:
                 vsize = self._vsize_of(by_base[rec.base])
                 if vsize is not None:
                     rec.ext["W"] = str(vsize)
@@ -315,37 +319,58 @@ class Folder:
     def _build_state(self, ul: UidList, by_base: dict[str, str]) -> FolderState:
         mtimes = self._mtimes
         memo = self._flag_memo
+        name_sizes = self._name_sizes
         msgs: list[MessageInfo] = []
         live: dict[str, int] = {}
+        live_sizes: dict[str, tuple[int | None, int | None]] = {}
         utc = timezone.utc
+        cur = str(self.cur)
+        stat = os.stat
+        old_infos = self._infos if self._infos_kw is self._kw else {}
+        infos: dict[str, MessageInfo] = {}
         for rec in ul.records:
             base = rec.base
             name = by_base.get(base)
             if name is None:
                 continue
+            known = old_infos.get(name)
+            if known is not None and known.uid == rec.uid:
+                msgs.append(known)
+                infos[name] = known
+                live[base] = mtimes[base]
+                live_sizes[base] = name_sizes[base]
+                continue
             mtime = mtimes.get(base)
             if mtime is None:
                 try:
-                    mtime = int(os.stat(self.cur / name).st_mtime)
+                    mtime = int(stat(f"{cur}/{name}").st_mtime)
                 except FileNotFoundError:
                     continue  # expunged by someone else a moment ago
             live[base] = mtime
+            sizes = name_sizes.get(base) or self._parse_sizes(base)
+            live_sizes[base] = sizes
             letters = name[len(base) + 3 :] if name.startswith(":2,", len(base)) else ""
             decoded = memo.get(letters)
             if decoded is None:
                 flags, kws = self._decode_letters(letters)
                 memo[letters] = decoded = (flags, kws)  # type: ignore[assignment]
-            size = size_from_name(base, "S")
+            size, vsize = sizes
             if size is None:
                 size = int(rec.ext.get("S") or self._lstat_size(name))
-            vsize = size_from_name(base, "W")
             if vsize is None:
                 vsize = int(rec.ext.get("W") or size)
-            msgs.append(
-                MessageInfo(rec.uid, name, decoded[0], decoded[1], size, vsize, datetime.fromtimestamp(mtime, utc))
-            )
+            info = MessageInfo(rec.uid, name, decoded[0], decoded[1], size, vsize, datetime.fromtimestamp(mtime, utc))
+            msgs.append(info)
+            infos[name] = info
+        self._infos, self._infos_kw = infos, self._kw
         self._mtimes = live
+        self._name_sizes = live_sizes
         return FolderState(ul.uidvalidity, ul.nextuid, tuple(msgs))
+
+    def _parse_sizes(self, base: str) -> tuple[int | None, int | None]:
+        sizes = (size_from_name(base, "S"), size_from_name(base, "W"))
+        self._name_sizes[base] = sizes
+        return sizes
 
     def _lstat_size(self, name: str) -> int:
         try:
