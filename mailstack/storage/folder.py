@@ -284,6 +284,7 @@ class Folder:
 
     def _sync_locked(self) -> FolderState:
         ul = self._load_uidlist()
+        self._ul_key = None  # we change ul in place: re-read it if this sync fails half-way
         changed = False
         if ul is None:
             ul = UidList.new(next_uidvalidity(self.maildir.root))
@@ -474,6 +475,7 @@ class Folder:
         if ul is None:
             state = self._sync_locked()
             return {m.base: m.uid for m in state.messages if m.base in set(bases)}
+        self._ul_key = None  # changed in place below: re-read it if the write fails
         existing = {r.base: r.uid for r in ul.records}
         out: dict[str, int] = {}
         for base in bases:
