@@ -173,9 +173,11 @@ class Passwords:
             if allowed is not None and scheme_name not in allowed:
                 raise PasswordError(f"{{{prefix}}} hash is not a {prefix} hash")
         try:
-            self._context.handler(scheme_name).from_string(native)
+            parsed = self._context.handler(scheme_name).from_string(native)
         except (ValueError, TypeError) as exc:
             raise PasswordError(f"malformed {scheme_name} hash: {exc}") from None
+        if getattr(parsed, "checksum", True) is None:  # a bare salt/config string, no digest
+            raise PasswordError(f"malformed {scheme_name} hash: it has no digest")
         return native
 
 
