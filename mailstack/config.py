@@ -166,6 +166,8 @@ class SMTPConfig:
     max_connections_per_ip: int = 20
     command_timeout: Duration = 300.0  # RFC 5321 §4.5.3.2: at least 5 minutes
     max_received_headers: int = 50
+    # "" = local mail is written in-process; "unix:PATH" or "HOST:PORT" = handed to an LMTP server
+    mda: str = ""
 
 
 @dataclass(frozen=True)

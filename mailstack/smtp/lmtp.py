@@ -1,0 +1,142 @@
+"""The MDA as an LMTP service (RFC 2033, ``[lmtp]``): Postfix, Exim or our MX deliver here.
+
+- ``LHLO`` instead of EHLO/HELO (RFC 2033 §4.1); the same extensions as the MX
+  (PIPELINING, SIZE, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES), no STARTTLS (the
+  listener is a unix socket or a trusted TCP address).
+- RCPT resolves the recipient like the MX (aliases, catch-all, ``+tag``); a domain
+  that is not ours is ``550 5.1.1`` (an MDA never relays), over quota ``452 4.2.2``.
+- After DATA, one reply per accepted recipient in RCPT order (RFC 2033 §4.2), each
+  250 only once that recipient's copy is fsynced into its Maildir (or its alias's
+  remote targets into the queue).
+- Every delivery is a mail log line (service ``lmtp``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from aiosmtpd.smtp import syntax
+
+from mailstack import maillog, net
+from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, Resolver, ResolveError, received_header
+from mailstack.smtp import replies as R
+from mailstack.smtp.queue_store import QueueStore
+from mailstack.smtp.replies import Reply
+from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
+
+if TYPE_CHECKING:
+    from mailstack.serve import RunningService, ServiceContext
+
+__all__ = ["LMTPServer", "LMTPHandler", "start"]
+
+
+class LMTPServer(BaseSMTP):
+    """BaseSMTP speaking LMTP."""
+
+    is_lmtp = True
+
+    def ehlo_keywords(self) -> list[str]:
+        return [k for k in super().ehlo_keywords() if k != "STARTTLS"]
+
+    @syntax("LHLO hostname")
+    async def smtp_LHLO(self, hostname: str) -> None:
+        await self._ehlo(hostname, "LHLO")
+
+    async def smtp_EHLO(self, hostname: str) -> None:  # RFC 2033 §4.1
+        await self.push(Reply(500, "5.5.1", "Use LHLO (this is LMTP)"))
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        await self.push(Reply(500, "5.5.1", "Use LHLO (this is LMTP)"))
+
+    async def check_helo_needed(self, helo: str = "HELO") -> bool:
+        assert self.session is not None
+        if not self.session.host_name:
+            await self.push(Reply(503, "5.5.1", "Send LHLO first"))
+            return True
+        return False
+
+
+class LMTPHandler:
+    service = "lmtp"
+
+    def __init__(self, *, hostname: str, resolver: Resolver, delivery: LocalDelivery) -> None:
+        self.hostname = hostname
+        self.resolver = resolver
+        self.delivery = delivery
+
+    async def mail(self, server: BaseSMTP, txn: Transaction, sender: str) -> Reply:
+        return Reply(250, "2.1.0", "Sender OK")
+
+    async def rcpt(self, server: BaseSMTP, txn: Transaction, recipient: str) -> Reply:
+        try:
+            res = await asyncio.to_thread(self.resolver.resolve, recipient)
+        except ResolveError as e:
+            reply = R.UNKNOWN_USER if e.reply is NOT_LOCAL else e.reply
+            self._log(server, txn, "rejected", recipient, reply)
+            return reply
+        if not await self.delivery.quota_ok(res, txn.size_hint):
+            self._log(server, txn, "rejected", recipient, R.OVER_QUOTA)
+            return R.OVER_QUOTA
+        txn.resolutions.append(res)
+        return Reply(250, "2.1.5", "Recipient OK")
+
+    async def data_rejected(self, server: BaseSMTP, txn: Transaction, reply: Reply, size: int) -> None:
+        self._log(server, txn, "rejected", txn.recipients, reply, size=size)
+
+    async def data(self, server: BaseSMTP, txn: Transaction, content: bytes) -> Sequence[Reply]:
+        trace = received_header(
+            helo=server.helo_name,
+            client_ip=server.peer_ip,
+            by=self.hostname,
+            protocol="LMTP",
+            queue_id=txn.queue_id,
+            recipient=txn.recipients[0] if len(txn.recipients) == 1 else None,
+        )
+        data = trace + content
+        results = await self.delivery.deliver(txn.sender or "", txn.resolutions, data, queue_id=txn.queue_id,
+                                              client=server.peer_ip, smtputf8=bool(txn.smtp_utf8))
+        replies = []
+        for r in results:
+            event = {Outcome.OK: "delivered", Outcome.TEMPORARY: "deferred", Outcome.PERMANENT: "rejected"}[r.outcome]
+            self._log(server, txn, event, r.recipient, r.reply, size=len(data),
+                      mailbox=",".join(r.mailboxes) or None, forwarded=r.queued)
+            reply = r.reply
+            if reply.is_ok:
+                reply = Reply(250, "2.0.0", f"<{r.recipient}> delivered, id {txn.queue_id}")
+            replies.append(reply)
+        return replies
+
+    def _log(self, server: BaseSMTP, txn: Transaction, event: str, recipients: object, reply: Reply,
+             size: int | None = None, **extra: object) -> None:
+        maillog.log_event(event, queue_id=txn.queue_id or None, service=self.service,
+                          client=server.peer_ip or "unix", sender=txn.sender, recipients=recipients, size=size,
+                          status="ok" if reply.is_ok else event, reply=reply, **extra)
+
+
+async def start(ctx: ServiceContext) -> RunningService:
+    from mailstack.serve import open_listeners
+
+    cfg = ctx.config
+    queue = QueueStore(cfg.queue.dir)
+    delivery = LocalDelivery(cfg.storage.maildir_root, cfg.hostname, cfg.smtp.max_received_headers, queue)
+    handler = LMTPHandler(hostname=cfg.hostname, resolver=Resolver(ctx.directory), delivery=delivery)
+    settings = ServerSettings(
+        service="lmtp",
+        hostname=cfg.hostname,
+        max_message_size=cfg.smtp.max_message_size,
+        max_recipients=max(cfg.smtp.max_recipients, 1000),
+        timeout=cfg.smtp.command_timeout,
+        tls_context=None,
+        ident="LMTP mailstack",
+        protocol="LMTP",
+    )
+    inflight = net.InFlight()
+    conns = ConnectionSet()
+
+    def factory_for(address: object, implicit_tls: bool) -> net.ProtocolFactory:
+        return lambda: LMTPServer(handler, settings, limits=ctx.limits, inflight=inflight, connections=conns)
+
+    servers = await open_listeners("lmtp", cfg.listeners("lmtp"), factory_for, ctx.tls.server)
+    return SMTPService("lmtp", servers, inflight, conns)

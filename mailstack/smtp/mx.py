@@ -1,0 +1,215 @@
+"""The MX service (``[smtp]``): mail from other MTAs, for our domains only.
+
+Policy (``MXHandler``), each rule where it is enforced:
+
+- RCPT: the recipient is resolved against the directory (``delivery.Resolver``):
+  unknown ``550 5.1.1``, disabled ``550 5.2.1``, a domain that is not ours
+  ``554 5.7.1`` (never an open relay: the MX has no authenticated clients; the
+  submission service overrides ``may_relay``), over quota ``452 4.2.2`` (with the
+  SIZE= hint), directory down ``451 4.3.0``. More than ``max_recipients`` is
+  ``452 4.5.3`` in ``server.BaseSMTP``.
+- DATA: our ``Received:`` goes on top, then the MDA (in-process or LMTP, see ``mda``)
+  delivers; the reply is 250 only when every recipient is on disk or durably queued:
+    all OK -> 250; none OK -> the first temporary failure (the sender retries), else
+    the first permanent one; some OK and some temporary -> those are queued for a
+    retry (queue store) and 250; some OK and some permanent -> a DSN to the sender is
+    queued and 250. If that queueing fails, 451 (the sender retries; a duplicate is
+    better than a loss).
+- Every accepted, rejected, delivered, deferred and bounced message is one mail log line.
+
+No DNS is used: local delivery works on a host without a resolver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from mailstack import maillog, net
+from mailstack.config import Config, parse_listen
+from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, RecipientResult, Resolution, Resolver, ResolveError, received_header
+from mailstack.smtp import replies as R
+from mailstack.smtp.bounce import make_dsn
+from mailstack.smtp.mda import MDA, InProcessMDA, LMTPClient
+from mailstack.smtp.queue_store import QueueStore
+from mailstack.smtp.replies import Reply
+from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
+
+if TYPE_CHECKING:
+    from mailstack.serve import RunningService, ServiceContext
+
+__all__ = ["MXHandler", "start", "build_mda"]
+
+log = logging.getLogger(__name__)
+
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+
+
+class MXHandler:
+    """Recipient policy and delivery of the MX; reusable by submission (``may_relay``)."""
+
+    service = "smtp"
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        resolver: Resolver,
+        delivery: LocalDelivery,
+        mda: MDA,
+        queue: QueueStore,
+    ) -> None:
+        self.hostname = hostname
+        self.resolver = resolver
+        self.delivery = delivery
+        self.mda = mda
+        self.queue = queue
+
+    # -- hooks ------------------------------------------------------------------
+
+    def may_relay(self, server: BaseSMTP) -> bool:
+        """May this client send to domains that are not ours? Never on the MX."""
+        return False
+
+    async def mail(self, server: BaseSMTP, txn: Transaction, sender: str) -> Reply:
+        return SENDER_OK
+
+    async def rcpt(self, server: BaseSMTP, txn: Transaction, recipient: str) -> Reply:
+        try:
+            res = await asyncio.to_thread(self.resolver.resolve, recipient)
+        except ResolveError as e:
+            if e.reply is NOT_LOCAL and self.may_relay(server):
+                txn.resolutions.append(Resolution(recipient, forwards=(recipient,)))
+                return RECIPIENT_OK
+            self._log_reject(server, txn, recipient, e.reply)
+            return e.reply
+        if not await self.delivery.quota_ok(res, txn.size_hint):
+            self._log_reject(server, txn, recipient, R.OVER_QUOTA)
+            return R.OVER_QUOTA
+        txn.resolutions.append(res)
+        return RECIPIENT_OK
+
+    async def data_rejected(self, server: BaseSMTP, txn: Transaction, reply: Reply, size: int) -> None:
+        self._log_reject(server, txn, txn.recipients, reply, size=size)
+
+    async def data(self, server: BaseSMTP, txn: Transaction, content: bytes) -> Sequence[Reply]:
+        sender = txn.sender or ""
+        proto = ("UTF8SMTP" if txn.smtp_utf8 else "ESMTP") + ("S" if server.tls_active else "")
+        if not server.session or not server.session.extended_smtp:
+            proto = "SMTP"
+        trace = received_header(
+            helo=server.helo_name,
+            client_ip=server.peer_ip,
+            by=self.hostname,
+            protocol=proto,
+            queue_id=txn.queue_id,
+            recipient=txn.recipients[0] if len(txn.recipients) == 1 else None,
+            tls=server.tls_info,
+        )
+        data = trace + content
+        common = dict(queue_id=txn.queue_id, service=self.service, client=server.peer_ip, sender=sender,
+                      size=len(data))
+        results = await self.mda.deliver(
+            sender, txn.recipients, txn.resolutions, data, queue_id=txn.queue_id, client=server.peer_ip,
+            smtputf8=bool(txn.smtp_utf8), body_8bit=txn.body_type == "8BITMIME",
+        )
+        reply = await self._settle(txn, sender, data, results, common)
+        return [reply]
+
+    # -- helpers ----------------------------------------------------------------
+
+    async def _settle(
+        self, txn: Transaction, sender: str, data: bytes, results: Sequence[RecipientResult], common: dict[str, object]
+    ) -> Reply:
+        ok = [r for r in results if r.outcome is Outcome.OK]
+        temp = [r for r in results if r.outcome is Outcome.TEMPORARY]
+        perm = [r for r in results if r.outcome is Outcome.PERMANENT]
+        if not ok:
+            reply = temp[0].reply if temp else perm[0].reply
+            maillog.log_event("rejected" if reply.is_permanent else "deferred", recipients=txn.recipients,
+                              status="rejected" if reply.is_permanent else "deferred", reply=reply, **common)
+            return reply
+        extra_ids: list[str] = []
+        try:
+            if temp:
+                qid = await asyncio.to_thread(
+                    self.queue.enqueue, sender, [r.recipient for r in temp], data, smtputf8=bool(txn.smtp_utf8),
+                    client=str(common["client"]) if common["client"] else None, reason="deferred",
+                    extra={"orig_id": txn.queue_id, "last_reply": str(temp[0].reply)},
+                )
+                extra_ids.append(qid)
+                for r in temp:
+                    maillog.log_event("queued", recipients=r.recipient, status="deferred", reply=r.reply,
+                                      **{**common, "queue_id": qid})
+            if perm:
+                dsn = make_dsn(hostname=self.hostname, sender=sender, failures=[(r.recipient, r.reply) for r in perm],
+                               original=data, queue_id=txn.queue_id)
+                for r in perm:
+                    maillog.log_event("bounced", recipients=r.recipient, status="bounced", reply=r.reply, **common)
+                if dsn is not None:
+                    qid = await asyncio.to_thread(self.queue.enqueue, "", [sender], dsn, reason="dsn",
+                                                  extra={"orig_id": txn.queue_id})
+                    extra_ids.append(qid)
+        except OSError:
+            log.exception("cannot queue for %s", txn.queue_id)
+            maillog.log_event("deferred", recipients=txn.recipients, status="deferred", reply=R.LOCAL_ERROR, **common)
+            return R.LOCAL_ERROR
+        for r in ok:
+            maillog.log_event("delivered", recipients=r.recipient, status="ok", reply=r.reply, **common,
+                              mailbox=",".join(r.mailboxes) or None, forwarded=r.queued)
+        reply = Reply(250, "2.0.0", f"OK: queued as {txn.queue_id}")
+        maillog.log_event("accepted", recipients=txn.recipients, status="ok", reply=reply, **common)
+        return reply
+
+    def _log_reject(self, server: BaseSMTP, txn: Transaction, recipients: object, reply: Reply,
+                    size: int | None = None) -> None:
+        maillog.log_event("rejected", queue_id=txn.queue_id or None, service=self.service, client=server.peer_ip,
+                          sender=txn.sender, recipients=recipients, size=size, status="rejected", reply=reply)
+
+
+def build_mda(config: Config, delivery: LocalDelivery) -> MDA:
+    """``[smtp] mda``: "" = in-process; otherwise an LMTP address (unix:PATH or HOST:PORT)."""
+    target = config.smtp.mda.strip()
+    if not target:
+        return InProcessMDA(delivery)
+    address = parse_listen(target, config.base_dir)
+    return LMTPClient(address, helo=config.hostname)
+
+
+def make_delivery(config: Config) -> tuple[LocalDelivery, QueueStore]:
+    queue = QueueStore(config.queue.dir)
+    delivery = LocalDelivery(config.storage.maildir_root, config.hostname, config.smtp.max_received_headers, queue)
+    return delivery, queue
+
+
+async def start(ctx: ServiceContext) -> RunningService:
+    from mailstack.serve import ServiceError, open_listeners
+
+    cfg = ctx.config
+    delivery, queue = make_delivery(cfg)
+    try:
+        mda = build_mda(cfg, delivery)
+    except ValueError as e:
+        raise ServiceError(f"[smtp] mda: {e}") from None
+    handler = MXHandler(hostname=cfg.hostname, resolver=Resolver(ctx.directory), delivery=delivery, mda=mda,
+                        queue=queue)
+    settings = ServerSettings(
+        service="smtp",
+        hostname=cfg.hostname,
+        max_message_size=cfg.smtp.max_message_size,
+        max_recipients=cfg.smtp.max_recipients,
+        timeout=cfg.smtp.command_timeout,
+        tls_context=ctx.tls.server,
+    )
+    inflight = net.InFlight()
+    conns = ConnectionSet()
+
+    def factory_for(address: object, implicit_tls: bool) -> net.ProtocolFactory:
+        s = settings if not implicit_tls else ServerSettings(**{**settings.__dict__, "implicit_tls": True})
+        return lambda: BaseSMTP(handler, s, limits=ctx.limits, inflight=inflight, connections=conns)
+
+    servers = await open_listeners("smtp", cfg.listeners("smtp"), factory_for, ctx.tls.server)
+    return SMTPService("smtp", servers, inflight, conns)

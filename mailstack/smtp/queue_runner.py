@@ -1,0 +1,489 @@
+"""The ``queue`` service: delivers what waits in the spool, retries, bounces.
+
+The spool is ``mailstack.smtp.queue_store.QueueStore`` (``[queue] dir``). This module adds
+the delivery state, kept in each envelope (``QueueStore.save``, durable):
+
+- ``attempts``, ``next_attempt`` (the store's own fields): tries so far, when to try next;
+- ``extra["last_error"]``: the last temporary failure (one line), ``extra["last_attempt"]``
+  (unix time), ``extra["errors"]``: ``{recipient: reply}`` per recipient still pending,
+  ``extra["warned"]``: a delay warning was sent, ``extra["done"]``: recipients already
+  delivered or bounced (the envelope's ``recipients`` shrinks to those still pending).
+
+Claims: a message is worked on only under an exclusive ``flock`` on
+``<dir>/.locks/<id>`` (non-blocking; a claimed message is skipped), so several runners,
+in several processes or on several hosts sharing the directory, never send one twice at
+once. Wake-ups: ``notify(dir)`` in this process, or the mtime of ``<dir>/.wake`` (what
+``mailstack queue flush`` touches after setting every ``next_attempt`` to now) from
+another process; otherwise a scan every ``[queue] scan_interval`` seconds.
+
+Invariants:
+- a message leaves the spool only when every recipient is delivered or bounced, and a
+  recipient is marked done only after its result (a remote 2xx, a local Maildir write,
+  or a bounce durably queued) — kill -9 at any point means at worst one more attempt;
+- local recipients (``is_local_domain``) go to the MDA (``mailstack.delivery``), remote
+  ones to their MX (``mailstack.smtp.outbound``), grouped per domain, one transaction per
+  message and as few connections as possible, at most ``max_per_domain`` connections to
+  one domain and ``max_connections`` in total;
+- retries back off from ``retry_initial`` doubling up to ``retry_max_interval``; after
+  ``max_age`` the remaining recipients bounce (RFC 5321 §4.5.4.1), a 5xx bounces at once;
+- never a bounce for a null reverse-path (RFC 5321 §4.5.5); bounces and delay warnings
+  are RFC 3464 DSNs sent from ``<>``;
+- one mail-log line per message and outcome (``delivered``, ``deferred``, ``bounced``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mailstack.dns import Resolver, resolver_from_config
+from mailstack.mail import dkim
+from mailstack.mail.dsn import DSNRecipient, build_dsn, should_bounce
+from mailstack.maillog import log_event
+from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, RemoteReply, Route, deliver_domain
+from mailstack.smtp.queue_store import QueuedEnvelope, QueueStore
+
+if TYPE_CHECKING:
+    from mailstack.config import Config
+    from mailstack.serve import ServiceContext
+
+__all__ = ["QueueRunner", "start", "notify", "relay_settings", "WAKE_FILE", "LOCK_DIR", "claim"]
+
+log = logging.getLogger(__name__)
+
+WAKE_FILE = ".wake"
+LOCK_DIR = ".locks"
+_RUNNERS: "weakref.WeakSet[QueueRunner]" = weakref.WeakSet()
+
+
+def notify(queue_dir: Path) -> None:
+    """Wake the runners of this process that serve ``queue_dir`` (e.g. after an enqueue)."""
+    for r in list(_RUNNERS):
+        if r.store.dir == queue_dir:
+            r.wake()
+
+
+def touch_wake(queue_dir: Path) -> None:
+    """Wake runners in other processes (they watch this file's mtime)."""
+    p = queue_dir / WAKE_FILE
+    with open(p, "a"):
+        pass
+    os.utime(p)
+
+
+@contextlib.contextmanager
+def claim(queue_dir: Path, queue_id: str) -> Iterator[bool]:
+    """Exclusive, non-blocking claim of one message; yields False when someone else has it."""
+    d = queue_dir / LOCK_DIR
+    d.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(d / queue_id, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _unlink_lock(queue_dir: Path, queue_id: str) -> None:
+    with contextlib.suppress(OSError):
+        (queue_dir / LOCK_DIR / queue_id).unlink()
+
+
+def relay_settings(config: Config) -> RelaySettings | None:
+    """``[relay]`` as RelaySettings (None = direct MX delivery); ValueError names a bad key."""
+    r = config.relay
+    if not r.host:
+        return None
+    if r.tls not in ("starttls", "implicit", "none"):
+        raise ValueError(f"[relay] tls: {r.tls!r} is not starttls, implicit or none")
+    if not 0 < r.port < 65536:
+        raise ValueError(f"[relay] port: {r.port} out of range")
+    password = r.password
+    if r.password_file:
+        p = Path(r.password_file)
+        if not p.is_absolute():
+            p = config.base_dir / p
+        try:
+            password = p.read_text(encoding="utf-8").strip("\r\n")
+        except OSError as e:
+            raise ValueError(f"[relay] password_file: cannot read {p}: {(e.strerror or str(e)).lower()}") from None
+    if r.username and r.tls == "none":
+        raise ValueError("[relay] tls: credentials are never sent without TLS; use starttls or implicit")
+    return RelaySettings(r.host, r.port, r.tls, r.username, password, r.verify_tls)
+
+
+@dataclass
+class _Work:
+    env: QueuedEnvelope
+    data: bytes
+    results: dict[str, RecipientOutcome] = field(default_factory=dict)
+
+
+class QueueRunner:
+    """Delivers due messages; ``run_once`` for one pass (tests), ``start``/``stop`` as a service."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: QueueStore,
+        resolver: Resolver,
+        *,
+        directory: Any = None,
+        client_tls: Any = None,
+        relay: RelaySettings | None = None,
+    ) -> None:
+        self.config = config
+        self.q = config.queue
+        self.store = store
+        self.resolver = resolver
+        self.directory = directory
+        self.route = Route(helo=config.hostname, resolver=resolver, port=self.q.smtp_port, client_tls=client_tls,
+                           relay=relay, connect_timeout=self.q.connect_timeout,
+                           command_timeout=self.q.command_timeout)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._busy: set[str] = set()
+        self._rounds: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._total = asyncio.Semaphore(max(1, self.q.max_connections))
+        self._per_domain: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(max(1, self.q.max_per_domain)))
+        self._wake_mtime = self._wake_file_mtime()
+        self._local: Any = None
+        _RUNNERS.add(self)
+
+    # -- service ---------------------------------------------------------------------
+
+    name = "queue"
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start_background(self) -> None:
+        self.store.ensure()
+        self._task = asyncio.create_task(self._loop(), name="queue-runner")
+
+    async def stop(self, grace: float) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=1.0)
+        if self._rounds:
+            _done, pending = await asyncio.wait(set(self._rounds), timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        _RUNNERS.discard(self)
+
+    def _wake_file_mtime(self) -> float:
+        try:
+            return (self.store.dir / WAKE_FILE).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    async def _loop(self) -> None:
+        next_scan = 0.0
+        while not self._stopping:
+            now = time.time()
+            mtime = self._wake_file_mtime()
+            if mtime != self._wake_mtime:
+                self._wake_mtime = mtime
+                next_scan = 0.0
+            if self._wake.is_set() or now >= next_scan:
+                self._wake.clear()
+                try:
+                    due_in = await self._scan()
+                except Exception:
+                    log.exception("queue: scan failed")
+                    due_in = self.q.scan_interval
+                next_scan = time.time() + min(self.q.scan_interval, max(due_in, 0.05))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, max(0.05, next_scan - time.time())))
+
+    async def _scan(self) -> float:
+        """Start a round for every due, unclaimed message; seconds until the next one is due."""
+        ids = await asyncio.to_thread(self.store.list)
+        now = time.time()
+        due: list[str] = []
+        soonest = self.q.scan_interval
+        for qid in ids:
+            if qid in self._busy:
+                continue
+            try:
+                env = await asyncio.to_thread(self.store.envelope, qid)
+            except (OSError, ValueError):
+                continue
+            if env.next_attempt <= now:
+                due.append(qid)
+            else:
+                soonest = min(soonest, env.next_attempt - now)
+        if due:
+            self._busy.update(due)
+            task = asyncio.create_task(self._round(due))
+            self._rounds.add(task)
+            task.add_done_callback(self._rounds.discard)
+        return soonest
+
+    async def run_once(self) -> None:
+        """Deliver every due message once and return (for tests and ``queue flush --now``)."""
+        ids = [i for i in await asyncio.to_thread(self.store.list) if i not in self._busy]
+        now = time.time()
+        due = []
+        for qid in ids:
+            with contextlib.suppress(OSError, ValueError):
+                if (await asyncio.to_thread(self.store.envelope, qid)).next_attempt <= now:
+                    due.append(qid)
+        self._busy.update(due)
+        await self._round(due)
+
+    # -- one round -----------------------------------------------------------------------
+
+    async def _round(self, ids: Sequence[str]) -> None:
+        stack = contextlib.ExitStack()
+        works: list[_Work] = []
+        try:
+            for qid in ids:
+                held = stack.enter_context(claim(self.store.dir, qid))
+                if not held:
+                    continue
+                try:
+                    env, data = await asyncio.to_thread(self.store.load, qid)
+                except (OSError, ValueError):
+                    continue  # gone meanwhile (delivered by another runner, deleted)
+                works.append(_Work(env, data))
+            if works:
+                await self._deliver(works)
+                for w in works:
+                    try:
+                        await self._finish(w)
+                    except Exception:
+                        log.exception("queue: cannot update %s", w.env.id)
+        finally:
+            stack.close()
+            self._busy.difference_update(ids)
+
+    async def _is_local(self, domain: str) -> bool:
+        if self.directory is None:
+            return False
+        try:
+            return bool(await asyncio.to_thread(self.directory.is_local_domain, domain))
+        except Exception:
+            raise
+
+    async def _deliver(self, works: list[_Work]) -> None:
+        by_domain: dict[str, list[tuple[_Work, list[str]]]] = defaultdict(list)
+        local: list[tuple[_Work, list[str]]] = []
+        local_cache: dict[str, bool | None] = {}
+        for w in works:
+            remote: dict[str, list[str]] = defaultdict(list)
+            mine: list[str] = []
+            for rcpt in w.env.recipients:
+                domain = rcpt.rpartition("@")[2].lower()
+                if domain not in local_cache:
+                    try:
+                        local_cache[domain] = await self._is_local(domain)
+                    except Exception as e:
+                        log.warning("queue: directory lookup for %s failed: %s", domain, e)
+                        local_cache[domain] = None
+                is_local = local_cache[domain]
+                if is_local is None:
+                    w.results[rcpt] = RecipientOutcome(rcpt, RemoteReply(451, "4.3.0 directory unavailable", True))
+                elif is_local:
+                    mine.append(rcpt)
+                else:
+                    remote[domain].append(rcpt)
+            if mine:
+                local.append((w, mine))
+            for domain, rcpts in remote.items():
+                by_domain[domain].append((w, rcpts))
+        tasks = [self._deliver_remote(domain, items) for domain, items in by_domain.items()]
+        if local:
+            tasks.append(self._deliver_local(local))
+        await asyncio.gather(*tasks)
+
+    async def _deliver_remote(self, domain: str, items: list[tuple[_Work, list[str]]]) -> None:
+        lanes = max(1, min(self.q.max_per_domain, len(items)))
+        chunks: list[list[tuple[_Work, list[str]]]] = [items[i::lanes] for i in range(lanes)]
+        key = "*relay*" if self.route.relay else domain
+
+        async def lane(chunk: list[tuple[_Work, list[str]]]) -> None:
+            async with self._per_domain[key], self._total:
+                jobs = [Job(w.env.id, w.env.sender, tuple(rcpts), w.data, w.env.smtputf8) for w, rcpts in chunk]
+                try:
+                    results = await deliver_domain(domain, jobs, self.route)
+                except Exception as e:  # a bug must not lose mail: defer it
+                    log.exception("queue: delivery to %s failed", domain)
+                    results = {j.queue_id: [RecipientOutcome(r, RemoteReply(451, f"4.3.0 internal error: {type(e).__name__}", True))
+                                            for r in j.recipients] for j in jobs}
+                for w, _rcpts in chunk:
+                    for ro in results.get(w.env.id, []):
+                        w.results[ro.recipient] = ro
+
+        await asyncio.gather(*(lane(c) for c in chunks))
+
+    def _local_delivery(self) -> tuple[Any, Any]:
+        if self._local is None:
+            from mailstack.delivery import LocalDelivery
+            from mailstack.delivery import Resolver as RcptResolver
+
+            self._local = (
+                RcptResolver(self.directory),
+                LocalDelivery(self.config.storage.maildir_root, self.config.hostname,
+                              max_received=self.config.smtp.max_received_headers, queue=self.store),
+            )
+        return self._local  # type: ignore[no-any-return]
+
+    async def _deliver_local(self, items: list[tuple[_Work, list[str]]]) -> None:
+        from mailstack.delivery import ResolveError
+
+        resolver, delivery = self._local_delivery()
+        for w, rcpts in items:
+            resolutions = []
+            for rcpt in rcpts:
+                try:
+                    resolutions.append(await asyncio.to_thread(resolver.resolve, rcpt))
+                except ResolveError as e:
+                    w.results[rcpt] = RecipientOutcome(rcpt, RemoteReply(e.reply.code, f"{e.reply.enhanced} {e.reply.text}", True))
+            if not resolutions:
+                continue
+            try:
+                results = await delivery.deliver(w.env.sender, resolutions, w.data, queue_id=w.env.id,
+                                                 smtputf8=w.env.smtputf8)
+            except Exception as e:
+                log.exception("queue: local delivery of %s failed", w.env.id)
+                for res in resolutions:
+                    w.results[res.recipient] = RecipientOutcome(res.recipient, RemoteReply(451, f"4.3.0 local delivery failed: {type(e).__name__}", True))
+                continue
+            for r in results:
+                w.results[r.recipient] = RecipientOutcome(
+                    r.recipient, RemoteReply(r.reply.code, f"{r.reply.enhanced} {r.reply.text}".strip(), True), "local")
+
+    # -- after a round -------------------------------------------------------------------
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after ``attempts`` failed tries: initial, doubling, capped."""
+        return float(min(self.q.retry_initial * (2 ** max(0, attempts - 1)), self.q.retry_max_interval))
+
+    async def _finish(self, w: _Work) -> None:
+        env = w.env
+        now = time.time()
+        size = len(w.data)
+        sent = [r for r in env.recipients if r in w.results and w.results[r].outcome is Outcome.SENT]
+        failed = [r for r in env.recipients if r in w.results and w.results[r].outcome is Outcome.PERMANENT]
+        pending = [r for r in env.recipients if r not in sent and r not in failed]
+        expired = now - env.created >= self.q.max_age
+        for group in _group_by_reply(w, sent):
+            ro = w.results[group[0]]
+            log_event("delivered", queue_id=env.id, service="queue", client=None, sender=env.sender,
+                      recipients=group, size=size, status="sent", reply=str(ro.reply), relay=ro.remote_mta or "-",
+                      delay=f"{now - env.created:.1f}")
+        bounce: list[DSNRecipient] = []
+        for r in failed:
+            ro = w.results[r]
+            bounce.append(DSNRecipient(r, ro.reply.status, "failed", str(ro.reply), _mta(ro), last_attempt=now))
+        if expired and pending:
+            for r in pending:
+                ro = w.results.get(r)
+                diag = str(ro.reply) if ro else env.extra.get("last_error") or "4.4.7 delivery time expired"
+                bounce.append(DSNRecipient(r, ro.reply.status if ro else "4.4.7", "failed",
+                                           f"{diag} (gave up after {self.q.max_age / 86400:g} days)", _mta(ro) if ro else None,
+                                           last_attempt=now))
+            failed = failed + pending
+            pending = []
+        if bounce:
+            groups: dict[tuple[str, str | None], list[str]] = {}
+            for b in bounce:
+                groups.setdefault((b.diagnostic or b.status, b.remote_mta), []).append(b.address)
+            for (reply, mta), group in groups.items():
+                log_event("bounced", queue_id=env.id, service="queue", client=None, sender=env.sender,
+                          recipients=group, size=size, status="bounced", reply=reply, relay=mta or "-")
+            await self._send_dsn(env, w.data, bounce)
+        if not pending:
+            await asyncio.to_thread(self.store.remove, env.id)
+            _unlink_lock(self.store.dir, env.id)
+            return
+        attempts = env.attempts + 1
+        errors = {r: str(w.results[r].reply) for r in pending if r in w.results}
+        last_error = next(iter(errors.values()), env.extra.get("last_error"))
+        extra = dict(env.extra)
+        extra.update(last_error=last_error, last_attempt=now, errors=errors,
+                     done=sorted(set(extra.get("done", [])) | set(sent) | set(failed)))
+        next_attempt = now + self.backoff(attempts)
+        if (self.q.delay_warning and not extra.get("warned") and now - env.created >= self.q.delay_warning):
+            extra["warned"] = True
+            warn = [DSNRecipient(r, w.results[r].reply.status if r in w.results else "4.0.0", "delayed",
+                                 errors.get(r), _mta(w.results.get(r)), last_attempt=now,
+                                 will_retry_until=env.created + self.q.max_age) for r in pending]
+            await self._send_dsn(env, w.data, warn)
+        await asyncio.to_thread(self.store.save, QueueStore.updated(env, recipients=tuple(pending), attempts=attempts,
+                                                                     next_attempt=next_attempt, extra=extra))
+        for group in _group_by_reply(w, [r for r in pending if r in w.results]):
+            ro = w.results[group[0]]
+            log_event("deferred", queue_id=env.id, service="queue", client=None, sender=env.sender,
+                      recipients=group, size=size, status="deferred", reply=str(ro.reply), relay=_mta(ro),
+                      attempts=attempts, next=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(next_attempt)))
+
+    async def _send_dsn(self, env: QueuedEnvelope, data: bytes, recipients: list[DSNRecipient]) -> None:
+        if not should_bounce(env.sender):  # RFC 5321 §4.5.5: never bounce a bounce
+            log.info("queue: %s: no DSN for the null sender", env.id)
+            return
+        dsn = build_dsn(reporting_mta=self.config.hostname, sender=env.sender, original=data,
+                        recipients=recipients, queue_id=env.id, arrival=env.created)
+        try:
+            dsn = await asyncio.to_thread(dkim.sign_for_from, dsn, dkim.keys_dir(self.config))
+        except dkim.DKIMError as e:
+            log.warning("queue: DSN for %s goes unsigned: %s", env.id, e)
+        qid = await asyncio.to_thread(self.store.enqueue, "", [env.sender], dsn, reason="dsn",
+                                      extra={"dsn_for": env.id})
+        log.info("queue: %s: DSN %s queued for <%s> as %s", env.id,
+                 recipients[0].action if recipients else "", env.sender, qid)
+        self.wake()
+
+
+def _mta(ro: RecipientOutcome | None) -> str | None:
+    if ro is None or ro.reply.local and ro.remote_mta is None:
+        return None
+    return ro.remote_mta
+
+
+def _group_by_reply(w: _Work, rcpts: Sequence[str]) -> list[list[str]]:
+    groups: dict[tuple[str, str | None], list[str]] = {}
+    for r in rcpts:
+        ro = w.results.get(r)
+        if ro is None:
+            continue
+        groups.setdefault((str(ro.reply), ro.remote_mta), []).append(r)
+    return list(groups.values())
+
+
+async def start(ctx: ServiceContext) -> QueueRunner:
+    """The ``queue`` service (see ``mailstack.serve``)."""
+    from mailstack.serve import ServiceError
+
+    try:
+        relay = relay_settings(ctx.config)
+    except ValueError as e:
+        raise ServiceError(str(e)) from None
+    store = QueueStore(ctx.config.queue.dir)
+    runner = QueueRunner(ctx.config, store, resolver_from_config(ctx.config.dns), directory=ctx.directory,
+                         client_tls=ctx.tls.client, relay=relay)
+    runner.start_background()
+    log.info("queue running on %s%s", store.dir, f" via relay {relay.host}:{relay.port}" if relay else "")
+    return runner

@@ -1,0 +1,193 @@
+"""The durable outbound spool: messages waiting for remote delivery (or a retry).
+
+Only the store; the queue runner (retries, MX lookup, bounces) is built on top of it.
+
+On-disk format, all in one flat directory ``[queue] dir``:
+
+- ``<id>.msg``: the message exactly as received, CRLF line ends, with our Received:
+  line on top; never modified after enqueue.
+- ``<id>.env``: the envelope, UTF-8 JSON object::
+
+      {"version": 1, "id": "<id>", "sender": "a@example.org" | "",
+       "recipients": ["b@example.net", ...], "created": <unix seconds, float>,
+       "attempts": 0, "next_attempt": <unix seconds>, "smtputf8": false,
+       "client": "192.0.2.7" | null, "reason": null | "<why it was queued>",
+       "extra": {...}}
+
+  ``sender`` ``""`` is the null reverse-path (a bounce). Unknown keys are kept.
+- ``<id>`` is 18 upper-case hex digits: 13 of microseconds since the epoch, then 5
+  random, so ids sort by arrival time and never repeat across processes.
+
+Invariants:
+- A message is in the queue iff its ``.env`` exists. ``enqueue`` writes ``.msg`` and
+  ``.env`` as temp files (``.tmp-*``, fsynced), renames ``.msg`` first and ``.env``
+  last, then fsyncs the directory: after it returns both survive a crash, and a crash
+  before that leaves at most an orphan ``.msg``/temp file, never a half envelope.
+- ``remove`` deletes ``.env`` first (the message leaves the queue atomically), then
+  ``.msg``, then fsyncs the directory.
+- ``save`` rewrites an envelope with ``storage.safeio.write_durable`` (attempt counters).
+- Files are 0600; nothing here ever follows a name that is not a well-formed id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mailstack.storage.safeio import create_exclusive, fsync_dir, write_durable
+
+__all__ = ["QueueStore", "QueuedEnvelope", "new_queue_id", "QueueIdError"]
+
+_ID_RE = re.compile(r"^[0-9A-F]{18}$")
+
+
+class QueueIdError(ValueError):
+    """Not a well-formed queue id."""
+
+
+def new_queue_id() -> str:
+    return f"{time.time_ns() // 1000:013X}{secrets.randbelow(16**5):05X}"
+
+
+@dataclass(frozen=True)
+class QueuedEnvelope:
+    id: str
+    sender: str
+    recipients: tuple[str, ...]
+    created: float
+    attempts: int = 0
+    next_attempt: float = 0.0
+    smtputf8: bool = False
+    client: str | None = None
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["recipients"] = list(self.recipients)
+        return json.dumps(d, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> QueuedEnvelope:
+        d = json.loads(data.decode("utf-8"))
+        known = {f for f in cls.__dataclass_fields__}
+        extra = dict(d.get("extra") or {})
+        for k in list(d):
+            if k not in known:
+                extra[k] = d.pop(k)
+        d["extra"] = extra
+        d["recipients"] = tuple(d.get("recipients") or ())
+        return cls(**d)
+
+
+class QueueStore:
+    """A directory of queued messages (see module docstring for the format)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+
+    def ensure(self) -> None:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def _paths(self, queue_id: str) -> tuple[Path, Path]:
+        if not _ID_RE.match(queue_id):
+            raise QueueIdError(f"not a queue id: {queue_id!r}")
+        return self.dir / f"{queue_id}.msg", self.dir / f"{queue_id}.env"
+
+    def enqueue(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        *,
+        queue_id: str | None = None,
+        smtputf8: bool = False,
+        client: str | None = None,
+        reason: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        """Durably store one message for ``recipients``; returns its queue id."""
+        if not recipients:
+            raise ValueError("a queued message needs at least one recipient")
+        self.ensure()
+        qid = queue_id or new_queue_id()
+        msg_path, env_path = self._paths(qid)
+        if env_path.exists() or msg_path.exists():
+            qid = new_queue_id()
+            msg_path, env_path = self._paths(qid)
+        now = time.time()
+        env = QueuedEnvelope(
+            id=qid,
+            sender=sender,
+            recipients=tuple(recipients),
+            created=now,
+            next_attempt=now,
+            smtputf8=smtputf8,
+            client=client,
+            reason=reason,
+            extra=dict(extra or {}),
+        )
+        token = secrets.token_hex(4)
+        tmp_msg = self.dir / f".tmp-{qid}-{token}.msg"
+        tmp_env = self.dir / f".tmp-{qid}-{token}.env"
+        try:
+            create_exclusive(tmp_msg, data)
+            create_exclusive(tmp_env, env.to_json())
+            os.replace(tmp_msg, msg_path)
+            os.replace(tmp_env, env_path)  # the commit point
+        except BaseException:
+            for p in (tmp_msg, tmp_env):
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
+            raise
+        fsync_dir(self.dir)
+        return qid
+
+    def list(self) -> list[str]:
+        """Ids of queued messages, oldest first."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n[:-4] for n in names if n.endswith(".env") and _ID_RE.match(n[:-4]))
+
+    def load(self, queue_id: str) -> tuple[QueuedEnvelope, bytes]:
+        """(envelope, message bytes); FileNotFoundError if it is not (or no longer) queued."""
+        msg_path, env_path = self._paths(queue_id)
+        env = QueuedEnvelope.from_json(env_path.read_bytes())
+        return env, msg_path.read_bytes()
+
+    def envelope(self, queue_id: str) -> QueuedEnvelope:
+        _msg, env_path = self._paths(queue_id)
+        return QueuedEnvelope.from_json(env_path.read_bytes())
+
+    def save(self, env: QueuedEnvelope) -> None:
+        """Durably rewrite an envelope (e.g. attempts, next_attempt, fewer recipients)."""
+        _msg, env_path = self._paths(env.id)
+        if not env_path.exists():
+            raise FileNotFoundError(str(env_path))
+        write_durable(env_path, env.to_json())
+
+    def remove(self, queue_id: str) -> None:
+        """Take a message out of the queue (missing is not an error)."""
+        msg_path, env_path = self._paths(queue_id)
+        for p in (env_path, msg_path):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        fsync_dir(self.dir)
+
+    @staticmethod
+    def updated(env: QueuedEnvelope, **changes: Any) -> QueuedEnvelope:
+        return replace(env, **changes)

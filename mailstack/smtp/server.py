@@ -1,0 +1,575 @@
+"""The aiosmtpd subclass every mailstack SMTP-family server (MX, submission, LMTP) runs on.
+
+aiosmtpd parses commands; this class fills what it lacks and fixes what it gets wrong
+for an Internet-facing MTA; the policy lives in a ``Handler`` whose hooks return
+``Reply`` values (DESIGN.md §3):
+
+- EHLO advertises PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152),
+  SMTPUTF8 (RFC 6531), ENHANCEDSTATUSCODES (RFC 2034), STARTTLS (RFC 3207) until TLS
+  is on; every reply after the greeting carries an enhanced status code, aiosmtpd's
+  built-in ones included (``replies.add_enhanced``);
+- MAIL/RCPT are ours: SIZE= over the limit is ``552 5.3.4`` at MAIL, more than
+  ``max_recipients`` RCPTs ``452 4.5.3`` (RFC 5321 §4.5.3.1.10), unknown parameters
+  ``555 5.5.4``;
+- DATA is read by ``data.DataReceiver``: only ``<CRLF>.<CRLF>`` ends it (no SMTP
+  smuggling), the size is counted while reading and an oversize body is dropped as it
+  arrives, the idle timer is reset per line;
+- STARTTLS uses ``StreamWriter.start_tls`` (``loop.start_tls``), not aiosmtpd's use of
+  private ``asyncio.sslproto``; plaintext pipelined after STARTTLS is discarded and the
+  session is reset (RFC 3207 §4.2);
+- connection caps (``net.ConnectionLimits``: total and per IP) answer ``421 4.7.0`` and
+  close; the command/idle timeout answers ``421 4.4.2`` and closes (RFC 5321 §4.5.3.2);
+- an exception in our code is logged and answered ``451 4.3.0``; no traceback, nor an
+  exception text, ever reaches the client; an error while reading DATA closes the
+  connection (the rest of the body must never be read as commands);
+- a message is answered 250 only when the handler's ``data`` hook says so, and the
+  hook answers 250 only when the message is on disk (``delivery.LocalDelivery``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+
+from mailstack import net
+from mailstack.mail.address import AddressError, parse_address
+from mailstack.smtp import replies as R
+from mailstack.smtp.data import DataReceiver
+from mailstack.smtp.queue_store import new_queue_id
+from mailstack.smtp.replies import Reply, SMTPReplyError
+
+__all__ = ["BaseSMTP", "ServerSettings", "Handler", "Transaction", "ConnectionSet", "SMTPService"]
+
+log = logging.getLogger(__name__)
+
+# aiosmtpd logs every command line (AUTH data included) and per-connection chatter at
+# INFO on "mail.log"; our transcripts belong at DEBUG (DESIGN.md §9) and the mail log
+# is mailstack.maillog. An admin can lower this again in their logging config.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+_MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8"}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What one listener's protocol instances share."""
+
+    service: str  # "smtp", "submission", "lmtp": used in logs and the mail log
+    hostname: str
+    max_message_size: int
+    max_recipients: int = 100
+    timeout: float = 300.0
+    tls_context: ssl.SSLContext | None = None
+    implicit_tls: bool = False
+    ident: str = "ESMTP mailstack"
+    protocol: str = "ESMTP"  # for Received: "with ..."
+
+
+class Transaction(Envelope):
+    """aiosmtpd's Envelope plus what we need per mail transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sender: str | None = None  # "" is the null reverse-path; None = no MAIL yet
+        self.queue_id = ""
+        self.size_hint = 0
+        self.body_type = "7BIT"
+        self.recipients: list[str] = []
+        self.resolutions: list[Any] = []
+
+
+class Handler(Protocol):
+    """Policy hooks of a server: each returns the reply to send."""
+
+    async def mail(self, server: BaseSMTP, txn: Transaction, sender: str) -> Reply: ...
+
+    async def rcpt(self, server: BaseSMTP, txn: Transaction, recipient: str) -> Reply: ...
+
+    async def data(self, server: BaseSMTP, txn: Transaction, content: bytes) -> Sequence[Reply]:
+        """One reply (SMTP) or one per accepted recipient, in RCPT order (LMTP)."""
+        ...
+
+
+class ConnectionSet:
+    """The live protocol instances of one service, to close them on stop."""
+
+    def __init__(self) -> None:
+        self.live: set[BaseSMTP] = set()
+        self.closing = False
+
+    def close_idle(self) -> None:
+        """421 and close every session that is not inside DATA or a delivery."""
+        self.closing = True
+        for proto in list(self.live):
+            if not proto.busy:
+                proto.shutdown()
+
+    async def close_all(self) -> None:
+        self.closing = True
+        for proto in list(self.live):
+            proto.shutdown()
+        for _ in range(50):
+            if not self.live:
+                break
+            await asyncio.sleep(0.02)
+
+
+class SMTPService:
+    """The RunningService of an SMTP-family service (serve.RunningService protocol).
+
+    ``stop(grace)``: stop accepting, say 421 to idle sessions, let messages in DATA or
+    in delivery finish (up to ``grace``), then close what is left.
+    """
+
+    def __init__(self, name: str, servers: Sequence[asyncio.Server], inflight: net.InFlight,
+                 connections: ConnectionSet) -> None:
+        self.name = name
+        self.servers = list(servers)
+        self.inflight = inflight
+        self.connections = connections
+
+    async def stop(self, grace: float) -> None:
+        for s in self.servers:
+            s.close()
+        self.connections.close_idle()
+        if not await self.inflight.wait_idle(grace):
+            log.warning("%s: %d transaction(s) still in flight after %gs; closing", self.name,
+                        self.inflight.count, grace)
+        await self.connections.close_all()
+        for s in self.servers:
+            try:
+                await asyncio.wait_for(s.wait_closed(), 1.0)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+
+
+class BaseSMTP(SMTP):
+    """aiosmtpd.SMTP with mailstack's protocol rules (see module docstring)."""
+
+    # The StreamReader limit: DATA lines up to this are read whole; longer ones come in
+    # fragments. Command lines are still limited by command_size_limit (512, RFC 5321
+    # §4.5.3.1.4) plus the extension allowances.
+    line_length_limit = 65536
+    is_lmtp = False
+
+    def __init__(
+        self,
+        handler: Handler,
+        settings: ServerSettings,
+        *,
+        limits: net.ConnectionLimits | None = None,
+        inflight: net.InFlight | None = None,
+        connections: ConnectionSet | None = None,
+    ) -> None:
+        super().__init__(
+            object(),  # no aiosmtpd hooks: policy is in our Handler
+            data_size_limit=settings.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=settings.hostname,
+            ident=settings.ident,
+            tls_context=None if settings.implicit_tls else settings.tls_context,
+            timeout=settings.timeout,
+            auth_require_tls=True,
+            loop=asyncio.get_running_loop(),
+        )
+        self.handler = handler
+        self.settings = settings
+        self.limits = limits
+        self.inflight = inflight or net.InFlight()
+        self.connections = connections
+        self.peer_ip: str | None = None
+        self.tls_active = settings.implicit_tls
+        self.tls_info: str | None = None
+        self._acquired = False
+        self._refused = False
+        self._greeted = False
+        self._in_data = False
+        self.busy = False  # inside DATA or a delivery: a stop lets it finish
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _create_envelope(self) -> Transaction:
+        return Transaction()
+
+    @property
+    def txn(self) -> Transaction:
+        # (no assert: aiosmtpd's __init__ inspects every attribute before there is one)
+        return self.envelope  # type: ignore[return-value]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.peer_ip = net.peer_ip(transport)
+        if self.connections is not None and self.connections.closing:
+            self._refuse(transport, R.SHUTTING_DOWN)
+            return
+        if self.limits is not None:
+            if not self.limits.acquire(self.peer_ip):
+                total_full = self.limits.active >= self.limits.max_total
+                self._refuse(transport, R.TOO_MANY_CONNECTIONS if total_full else R.TOO_MANY_FROM_IP)
+                return
+            self._acquired = True
+        if self.connections is not None:
+            self.connections.live.add(self)
+        if self.settings.implicit_tls:
+            sslobj = transport.get_extra_info("ssl_object")
+            self.tls_info = _tls_description(sslobj)
+        super().connection_made(transport)
+        if self.settings.implicit_tls and self.session is not None:
+            self.session.ssl = transport.get_extra_info("ssl_object") or True
+
+    def _refuse(self, transport: asyncio.BaseTransport, reply: Reply) -> None:
+        self._refused = True
+        log.info("%s: refused %s: %s", self.settings.service, self.peer_ip or "local", reply)
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(f"{reply}\r\n".encode("ascii"))
+        transport.close()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._acquired and self.limits is not None:
+            self._acquired = False
+            self.limits.release(self.peer_ip)
+        if self.connections is not None:
+            self.connections.live.discard(self)
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()
+
+    def shutdown(self) -> None:
+        """Close this connection now (server stop), with a 421 when idle between commands."""
+        if self.transport is None:
+            return
+        if not self._in_data:
+            try:
+                self._writer.write(f"{R.SHUTTING_DOWN}\r\n".encode("ascii"))
+            except Exception:  # pragma: no cover - transport already gone
+                pass
+        self.transport.close()
+
+    def _timeout_cb(self) -> None:
+        # RFC 5321 §4.5.3.2: on a timeout, say why (421) before closing.
+        log.info("%s: %s timed out", self.settings.service, self.peer_ip or "local")
+        if self.transport is not None:
+            try:
+                self._writer.write(f"{R.TIMEOUT}\r\n".encode("ascii"))
+            except Exception:  # pragma: no cover
+                pass
+            self.transport.close()
+
+    async def push(self, status: Any) -> None:
+        """Send one reply line; adds an enhanced code to aiosmtpd's built-in replies."""
+        if isinstance(status, Reply):
+            status = str(status)
+        elif isinstance(status, bytes):
+            status = status.decode("utf-8", "replace")
+        if self._greeted:
+            status = R.add_enhanced(status)
+        else:
+            self._greeted = True  # the 220 greeting: RFC 5321 §4.2 form, no enhanced code
+        await super().push(status)
+
+    async def push_lines(self, code: int, lines: Sequence[str]) -> None:
+        """A multi-line reply (EHLO/LHLO), written in one go."""
+        out = [f"{code}-{line}" for line in lines[:-1]] + [f"{code} {lines[-1]}"]
+        self._writer.write(("\r\n".join(out) + "\r\n").encode("utf-8"))
+        await self._writer.drain()
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, SMTPReplyError):
+            return str(error.reply)
+        log.exception("%s: error in session with %s", self.settings.service, self.peer_ip or "local")
+        if self._in_data and self.transport is not None:
+            # The body is half read: what follows must never be parsed as commands.
+            self.transport.close()
+        return str(R.LOCAL_ERROR)
+
+    # ------------------------------------------------------------------ greeting
+
+    def ehlo_keywords(self) -> list[str]:
+        """Extension keywords after the host line; subclasses may add (AUTH ...)."""
+        kw = ["PIPELINING", f"SIZE {self.settings.max_message_size}", "8BITMIME", "SMTPUTF8",
+              "ENHANCEDSTATUSCODES"]
+        if self.tls_context is not None and not self.tls_active:
+            kw.append("STARTTLS")
+        return kw
+
+    async def _ehlo(self, hostname: str, verb: str) -> None:
+        if not hostname:
+            await self.push(f"501 5.5.4 Syntax: {verb} hostname")
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        self.command_size_limits["MAIL"] = self.command_size_limit + 26 + 10 + 20
+        self.command_size_limits["RCPT"] = self.command_size_limit + 10
+        await self.push_lines(250, [self.hostname, *self.ehlo_keywords()])
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        await self._ehlo(hostname, "EHLO")
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = False
+        self.session.host_name = hostname
+        await self.push(f"250 {self.hostname}")
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if arg:
+            await self.push("501 5.5.4 Syntax: STARTTLS")
+            return
+        if self.tls_context is None or self.tls_active:
+            await self.push(str(R.BAD_SEQUENCE.with_text("TLS already active")) if self.tls_active
+                            else str(R.TLS_UNAVAILABLE))
+            return
+        await self.push(str(R.READY_TLS))
+        # RFC 3207 §4.2: anything the client pipelined before the handshake is discarded.
+        buf = getattr(self._reader, "_buffer", None)
+        if buf:
+            buf.clear()
+        try:
+            await self._writer.start_tls(self.tls_context, ssl_handshake_timeout=30.0)
+        except (ssl.SSLError, OSError, ConnectionError, asyncio.TimeoutError, TimeoutError) as e:
+            log.info("%s: TLS handshake with %s failed: %s", self.settings.service, self.peer_ip, e)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        new_transport = self._writer.transport
+        self.transport = new_transport
+        self._reader._transport = new_transport  # type: ignore[attr-defined]
+        self.tls_active = True
+        sslobj = new_transport.get_extra_info("ssl_object")
+        self.tls_info = _tls_description(sslobj)
+        # RFC 3207 §4.2: forget everything learned before TLS; the client must EHLO again.
+        assert self.session is not None
+        old_peer = self.session.peer
+        self.session = self._create_session()
+        self.session.peer = old_peer
+        self.session.ssl = sslobj or True
+        self._set_rset_state()
+
+    # ------------------------------------------------------------------ transaction
+
+    @syntax("MAIL FROM:<address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("MAIL"):
+            return
+        txn = self.txn
+        if txn.sender is not None:
+            await self.push(R.BAD_SEQUENCE.with_text("Nested MAIL command"))
+            return
+        rest = self._strip_command_keyword("FROM:", arg or "")
+        if rest is None:
+            await self.push("501 5.5.4 Syntax: MAIL FROM:<address>")
+            return
+        address, params_text = self._getaddr(rest)
+        if address is None or params_text is None:
+            await self.push(Reply(501, "5.1.7", "Bad sender address syntax"))
+            return
+        if not rest.lstrip().startswith("<"):
+            await self.push(Reply(501, "5.1.7", "Sender address must be in angle brackets"))
+            return
+        sender = "" if address in ("", "<>") else address
+        if sender:
+            try:
+                parse_address(sender, allow_literal=True)
+            except AddressError as e:
+                await self.push(Reply(501, "5.1.7", f"Bad sender address syntax: {e}"))
+                return
+        params = self._getparams(params_text.split())
+        if params is None:
+            await self.push(R.BAD_SYNTAX)
+            return
+        assert self.session is not None
+        if params and not self.session.extended_smtp:
+            await self.push(R.BAD_SYNTAX.with_text("MAIL parameters need EHLO"))
+            return
+        params = {k.upper(): v for k, v in params.items()}
+        unknown = set(params) - _MAIL_PARAMS
+        if unknown:
+            await self.push(Reply(555, "5.5.4", f"MAIL parameter {sorted(unknown)[0]} not supported"))
+            return
+        size = params.get("SIZE")
+        if size is not None:
+            if not isinstance(size, str) or not size.isdigit() or len(size) > 20:
+                await self.push(R.BAD_SYNTAX.with_text("SIZE takes a number"))
+                return
+            if int(size) > self.settings.max_message_size:  # RFC 1870 §6.2
+                await self.push(R.TOO_BIG)
+                return
+            txn.size_hint = int(size)
+        body = params.get("BODY", "7BIT")
+        if not isinstance(body, str) or body.upper() not in ("7BIT", "8BITMIME"):
+            await self.push(Reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME"))
+            return
+        txn.body_type = body.upper()
+        smtputf8 = params.get("SMTPUTF8", False)
+        if smtputf8 is not True and smtputf8 is not False:
+            await self.push(R.BAD_SYNTAX.with_text("SMTPUTF8 takes no value"))
+            return
+        txn.smtp_utf8 = smtputf8
+        if not smtputf8 and not sender.isascii():
+            await self.push(Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8"))  # RFC 6531 §3.4
+            return
+        reply = await self.handler.mail(self, txn, sender)
+        if reply.is_ok:
+            txn.sender = sender
+            txn.mail_from = sender or "<>"
+            txn.queue_id = new_queue_id()
+        await self.push(reply)
+
+    @syntax("RCPT TO:<address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("RCPT"):
+            return
+        txn = self.txn
+        if txn.sender is None:
+            await self.push(R.BAD_SEQUENCE.with_text("Need MAIL command"))
+            return
+        rest = self._strip_command_keyword("TO:", arg or "")
+        if rest is None:
+            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
+            return
+        address, params_text = self._getaddr(rest)
+        if not address or address == "<>" or params_text is None:
+            await self.push(Reply(501, "5.1.3", "Bad recipient address syntax"))
+            return
+        params = self._getparams(params_text.split())
+        if params is None:
+            await self.push(R.BAD_SYNTAX)
+            return
+        if params:
+            await self.push(Reply(555, "5.5.4", f"RCPT parameter {sorted(params)[0].upper()} not supported"))
+            return
+        if not txn.smtp_utf8 and not address.isascii():
+            await self.push(Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8"))
+            return
+        if len(txn.recipients) >= self.settings.max_recipients:  # RFC 5321 §4.5.3.1.10
+            await self.push(R.TOO_MANY_RECIPIENTS)
+            return
+        reply = await self.handler.rcpt(self, txn, address)
+        if reply.is_ok:
+            txn.recipients.append(address)
+            txn.rcpt_tos.append(address)
+        await self.push(reply)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        if arg:
+            await self.push("501 5.5.4 Syntax: RSET")
+            return
+        self._set_rset_state()
+        await self.push(R.OK)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        # RFC 5321 §3.5.3: 252 when we will not verify; no address harvesting.
+        await self.push(Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"))
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        await self.push(Reply(502, "5.5.1", "EXPN not available"))
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        txn = self.txn
+        if txn.sender is None:
+            await self.push(R.BAD_SEQUENCE.with_text("Need MAIL command"))
+            return
+        if not txn.recipients:
+            await self.push(Reply(554, "5.5.1", "No valid recipients"))
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push(R.START_DATA)
+        receiver = DataReceiver(self.settings.max_message_size)
+        reader = self._reader
+        self._in_data = True
+        self.busy = True
+        try:
+            while True:
+                try:
+                    piece = await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as e:
+                    piece = await reader.readexactly(e.consumed)
+                except asyncio.IncompleteReadError:
+                    # connection closed mid-body: nothing is accepted
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
+                if receiver.feed(piece):
+                    break
+                self._reset_timeout()
+        finally:
+            self._in_data = False
+        self._reset_timeout()
+        if receiver.bare_lf:
+            log.info("%s: %s sent %d bare LF line end(s) in DATA; normalised", self.settings.service,
+                     self.peer_ip or "local", receiver.bare_lf)
+        if receiver.error is not None:
+            self.busy = False
+            await self.handler_rejected_data(txn, receiver.error, receiver.size)
+            self._set_post_data_state()
+            await self.push(receiver.error)
+            return
+        content = receiver.content()
+        try:
+            async with self.inflight.hold():
+                replies = list(await self.handler.data(self, txn, content))
+        except SMTPReplyError as e:
+            replies = [e.reply] * (len(txn.recipients) if self.is_lmtp else 1)
+        except Exception:
+            log.exception("%s: delivery failed", self.settings.service)
+            replies = [R.LOCAL_ERROR] * (len(txn.recipients) if self.is_lmtp else 1)
+        finally:
+            self.busy = False
+        self._set_post_data_state()
+        for reply in replies:
+            await self.push(reply)
+
+    async def handler_rejected_data(self, txn: Transaction, reply: Reply, size: int) -> None:
+        hook = getattr(self.handler, "data_rejected", None)
+        if hook is not None:
+            await hook(self, txn, reply, size)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def helo_name(self) -> str | None:
+        return self.session.host_name if self.session else None
+
+
+def _tls_description(sslobj: Any) -> str | None:
+    if sslobj is None:
+        return None
+    try:
+        version = sslobj.version()
+        cipher = sslobj.cipher()
+        return f"version={version} cipher={cipher[0] if cipher else '?'}"
+    except Exception:  # pragma: no cover
+        return "TLS"
