@@ -51,12 +51,13 @@ class MaildropInUse(Exception):
 class _SessionLock:
     def __init__(self, path: Path) -> None:
         self.path = str(path)
+        self._fd: int | None = None
         with _held_guard:
             if self.path in _held:
                 raise MaildropInUse(self.path)
             _held.add(self.path)
         try:
-            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
