@@ -1,0 +1,69 @@
+"""The state table (RFC 3501 §3, §6) and CAPABILITY per state."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailstack.imap.grammar import KNOWN_COMMANDS
+from mailstack.imap.responses import ImapError
+from mailstack.imap.states import ALLOWED, UID_COMMANDS, State, capabilities, check, is_allowed
+
+
+def test_every_known_command_has_a_state() -> None:
+    allowed_somewhere = set().union(*ALLOWED.values())
+    assert KNOWN_COMMANDS <= allowed_somewhere
+    assert UID_COMMANDS <= ALLOWED[State.SELECTED]
+
+
+@pytest.mark.parametrize(("state", "name", "expected"), [
+    (State.NOT_AUTHENTICATED, "LOGIN", True),
+    (State.NOT_AUTHENTICATED, "AUTHENTICATE", True),
+    (State.NOT_AUTHENTICATED, "STARTTLS", True),
+    (State.NOT_AUTHENTICATED, "SELECT", False),
+    (State.NOT_AUTHENTICATED, "ENABLE", False),
+    (State.NOT_AUTHENTICATED, "capability", True),
+    (State.NOT_AUTHENTICATED, "ID", True),
+    (State.AUTHENTICATED, "LOGIN", False),
+    (State.AUTHENTICATED, "STARTTLS", False),
+    (State.AUTHENTICATED, "SELECT", True),
+    (State.AUTHENTICATED, "APPEND", True),
+    (State.AUTHENTICATED, "IDLE", True),
+    (State.AUTHENTICATED, "FETCH", False),
+    (State.AUTHENTICATED, "CLOSE", False),
+    (State.SELECTED, "FETCH", True),
+    (State.SELECTED, "UNSELECT", True),
+    (State.SELECTED, "MOVE", True),
+    (State.SELECTED, "SELECT", True),
+    (State.SELECTED, "AUTHENTICATE", False),
+    (State.LOGOUT, "NOOP", False),
+])
+def test_table(state: State, name: str, expected: bool) -> None:
+    assert is_allowed(state, name) is expected
+
+
+def test_check_raises_bad() -> None:
+    check(State.SELECTED, "FETCH")
+    with pytest.raises(ImapError) as info:
+        check(State.NOT_AUTHENTICATED, "FETCH")
+    assert info.value.response("a").to_bytes() == b"a BAD FETCH not allowed in not authenticated state\r\n"
+
+
+def test_capabilities_before_tls_from_remote() -> None:
+    caps = capabilities(State.NOT_AUTHENTICATED, tls_active=False)
+    assert "STARTTLS" in caps and "LOGINDISABLED" in caps and "AUTH=PLAIN" not in caps
+    assert caps[0] == "IMAP4rev1"
+
+
+def test_capabilities_loopback_plaintext() -> None:
+    caps = capabilities(State.NOT_AUTHENTICATED, tls_active=False, plaintext_allowed=True)
+    assert "AUTH=PLAIN" in caps and "LOGINDISABLED" not in caps
+
+
+def test_capabilities_after_tls_and_login() -> None:
+    caps = capabilities(State.NOT_AUTHENTICATED, tls_active=True)
+    assert "STARTTLS" not in caps and "AUTH=PLAIN" in caps
+    caps = capabilities(State.AUTHENTICATED, tls_active=True, append_limit=52428800)
+    assert "AUTH=PLAIN" not in caps and "APPENDLIMIT=52428800" in caps
+    for ext in ("IDLE", "UIDPLUS", "MOVE", "NAMESPACE", "ID", "ENABLE", "UNSELECT", "SPECIAL-USE",
+                "LIST-EXTENDED", "LIST-STATUS", "LITERAL+", "CHILDREN", "CONDSTORE", "QUOTA", "SASL-IR"):
+        assert ext in caps
