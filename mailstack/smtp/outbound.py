@@ -36,6 +36,7 @@ import asyncio
 import base64
 import ipaddress
 import logging
+import os
 import re
 import ssl
 from collections.abc import Sequence
@@ -238,7 +239,7 @@ class Connection:
         except ssl.SSLError as e:
             raise _Fail(_local(451, f"4.7.5 TLS with {self.host}: {e.reason or e}")) from None
         except OSError as e:
-            reason = (e.strerror or str(e)).lower()
+            reason = (os.strerror(e.errno) if e.errno else str(e)).lower()
             raise _Fail(_local(451, f"4.4.1 connect to {self.host}[{self.address}]:{self.port}: {reason}")) from None
         self.tls = implicit_tls is not None
         greeting = await self._read_reply()
