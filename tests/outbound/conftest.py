@@ -144,3 +144,60 @@ def directory(cfg: Config) -> Iterator[Any]:
     d.add_alias("sales@example.test", ["alice@example.test"])
     yield d
     d.close()
+
+
+class Stack:
+    """Services started in an asyncio loop on a background thread (so tests can use smtplib)."""
+
+    def __init__(self, cfg: Config, directory: Any, services: tuple[str, ...]) -> None:
+        import asyncio
+
+        from mailstack import net
+        from mailstack.serve import ServiceContext, limits_for
+
+        self.cfg = cfg
+        net.ensure_certificate(cfg.tls, cfg.hostname)
+        self.tls = net.load_tls_contexts(cfg.tls)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.running: list[Any] = []
+
+        async def start_all() -> None:
+            import importlib
+
+            from mailstack.serve import SERVICES
+
+            for name in services:
+                mod, fn = SERVICES[name].split(":")
+                start = getattr(importlib.import_module(mod), fn)
+                ctx = ServiceContext(config=cfg, directory=directory, tls=self.tls, limits=limits_for(cfg, name))
+                self.running.append(await start(ctx))
+
+        asyncio.run_coroutine_threadsafe(start_all(), self.loop).result(15)
+
+    def stop(self) -> None:
+        import asyncio
+
+        async def stop_all() -> None:
+            for s in self.running:
+                await s.stop(2.0)
+
+        asyncio.run_coroutine_threadsafe(stop_all(), self.loop).result(15)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def submission_config(tmp_path: Path, dns: TestDNS, remote_port: int, **sections: dict[str, Any]) -> Config:
+    sub = {"listen": [f"127.0.0.1:{free_port()}"], "tls_listen": [f"127.0.0.1:{free_port()}"]}
+    sub.update(sections.pop("submission", {}))
+    return make_config(tmp_path, dns, remote_port, submission=sub, **sections)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, dns: TestDNS, remote: Remote, directory: Any, cfg: Config) -> Iterator[Stack]:
+    scfg = submission_config(tmp_path, dns, remote.port)
+    s = Stack(scfg, directory, ("submission", "queue"))
+    yield s
+    s.stop()

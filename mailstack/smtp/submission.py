@@ -1,0 +1,402 @@
+"""The submission service (``[submission]``): users sending mail (RFC 6409), 587 and 465.
+
+Built on ``server.BaseSMTP`` (protocol rules) and ``mx.MXHandler`` (recipient policy,
+local delivery, settling results); this module adds, each where it is enforced:
+
+- AUTH PLAIN (RFC 4616) and LOGIN against the directory, offered and accepted only
+  under TLS (STARTTLS on ``listen``, implicit on ``tls_listen``) or, when
+  ``[auth] allow_plaintext_on_loopback``, from a loopback peer (RFC 4954 §4: ``538
+  5.7.11`` otherwise); the password check runs in a thread; failed logins are throttled
+  per client IP and per account (``pop3.throttle.AuthThrottle``: after
+  ``[auth] max_failures`` in ``failure_window`` each attempt waits, doubling), and every
+  failure is a mail-log line (``status=auth_failed client=<ip>``) for fail2ban;
+- MAIL before AUTH: ``530 5.7.0`` (RFC 4954 §6); the envelope sender must be an
+  address the user owns: their own (``+tag`` too), or an alias whose targets include
+  them, else ``553 5.7.1``; the null sender is refused the same way;
+- at the end of DATA every From: address must be owned the same way (``553 5.7.1``);
+  ``Message-ID:`` and ``Date:`` are added when missing (RFC 6409 §8.2, §8.3), then our
+  ``Received:`` (``with ESMTPSA``, RFC 3848), then the DKIM signature of the From:
+  domain when it has a key (``mail.dkim``);
+- remote recipients go into the queue as ONE entry (one transaction per destination
+  domain later), before anything is delivered locally; local ones go to the MDA; 250
+  only when all of it is on disk (``MXHandler._settle``), and the queue runner of this
+  process is woken at once (``queue_runner.notify``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import logging
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import MISSING, syntax
+
+from mailstack import maillog, net
+from mailstack.delivery import NOT_LOCAL, Resolution, ResolveError, Resolver, received_header
+from mailstack.mail import dkim
+from mailstack.mail.address import AddressError, parse_address, split_tag
+from mailstack.pop3.throttle import AuthThrottle
+from mailstack.smtp import queue_runner
+from mailstack.smtp import replies as R
+from mailstack.smtp.mx import MXHandler, build_mda, make_delivery
+from mailstack.smtp.replies import Reply
+from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
+
+if TYPE_CHECKING:
+    from mailstack.serve import RunningService, ServiceContext
+
+__all__ = ["SubmissionHandler", "SubmissionSMTP", "start", "add_missing_headers"]
+
+log = logging.getLogger(__name__)
+
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_NEEDED = Reply(530, "5.7.0", "Authentication required")
+AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_TEMP = Reply(454, "4.7.0", "Temporary authentication failure")
+AUTH_ALREADY = Reply(503, "5.5.1", "Already authenticated")
+AUTH_MECH = Reply(504, "5.5.4", "Unrecognized authentication type")
+AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
+AUTH_SYNTAX = Reply(501, "5.5.2", "Cannot decode response")
+NOT_OWNER = Reply(553, "5.7.1", "Sender address rejected: not owned by user")
+FROM_NOT_OWNER = Reply(553, "5.7.1", "From: header address rejected: not owned by user")
+NO_FROM = Reply(550, "5.6.0", "Message has no From: header")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+MECHANISMS = ("PLAIN", "LOGIN")
+
+
+# ---------------------------------------------------------------------------
+# headers
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    i = data.find(b"\r\n\r\n")
+    if i < 0:
+        return data, b""
+    return data[: i + 2], data[i + 2:]
+
+
+def _has_field(head: bytes, name: bytes) -> bool:
+    return re.search(rb"(?im)^" + re.escape(name) + rb"[ \t]*:", head) is not None
+
+
+def add_missing_headers(data: bytes, hostname: str, now: float | None = None) -> bytes:
+    """Message-ID and Date when missing (RFC 6409 §8.2, §8.3); CRLF message in and out."""
+    head, rest = _split_head(data)
+    added = b""
+    if not _has_field(head, b"Date"):
+        added += f"Date: {email.utils.formatdate(now or time.time(), localtime=False)}\r\n".encode()
+    if not _has_field(head, b"Message-ID"):
+        added += f"Message-ID: <{time.strftime('%Y%m%d%H%M%S')}.{secrets.token_hex(8)}@{hostname}>\r\n".encode()
+    if not added:
+        return data
+    if not rest and not head.endswith(b"\r\n"):
+        head += b"\r\n"
+    return head + added + rest
+
+
+# ---------------------------------------------------------------------------
+# policy
+
+
+class SubmissionHandler(MXHandler):
+    """MXHandler that relays for authenticated users, checks ownership, signs."""
+
+    service = "submission"
+
+    def __init__(self, *, directory: Any, keys_dir: Any, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.directory = directory
+        self.keys_dir = keys_dir
+
+    def may_relay(self, server: BaseSMTP) -> bool:
+        return bool(server.session and server.session.authenticated)
+
+    async def owns(self, user: str, address: str) -> bool:
+        """Is ``address`` the user's own (``+tag`` too) or an alias that points to them?"""
+        try:
+            addr = parse_address(address)
+            me = parse_address(user)
+        except AddressError:
+            return False
+        if addr.key == me.key:
+            return True
+        base, tag = split_tag(addr.local)
+        if tag is not None and f"{base.casefold()}@{addr.domain}" == me.key:
+            return True
+        candidates = [addr.key] + ([f"{base}@{addr.domain}"] if tag is not None else [])
+        for source in candidates:
+            try:
+                alias = await asyncio.to_thread(self.directory.get_alias, source)
+            except Exception as e:
+                log.warning("submission: alias lookup for %s failed: %s", source, e)
+                return False
+            if alias is None:
+                continue
+            for target in alias.targets:
+                try:
+                    if parse_address(target).key == me.key:
+                        return True
+                except AddressError:
+                    continue
+        return False
+
+    async def mail(self, server: BaseSMTP, txn: Transaction, sender: str) -> Reply:
+        user = getattr(server, "auth_user", None)
+        if not server.session or not server.session.authenticated or user is None:
+            return AUTH_NEEDED  # RFC 4954 §6
+        if not sender or not await self.owns(user, sender):
+            self._log_reject(server, txn, None, NOT_OWNER)
+            maillog.log_event("rejected", queue_id=None, service=self.service, client=server.peer_ip, sender=sender,
+                              recipients=None, size=None, status="not_owner", reply=NOT_OWNER, user=user)
+            return NOT_OWNER
+        return SENDER_OK
+
+    async def rcpt(self, server: BaseSMTP, txn: Transaction, recipient: str) -> Reply:
+        if not self.may_relay(server):
+            return AUTH_NEEDED
+        try:
+            res = await asyncio.to_thread(self.resolver.resolve, recipient)
+        except ResolveError as e:
+            if e.reply is NOT_LOCAL:
+                txn.resolutions.append(Resolution(recipient, forwards=(recipient,)))
+                return Reply(250, "2.1.5", "Recipient OK")
+            self._log_reject(server, txn, recipient, e.reply)
+            return e.reply
+        txn.resolutions.append(res)
+        return Reply(250, "2.1.5", "Recipient OK")
+
+    async def data(self, server: BaseSMTP, txn: Transaction, content: bytes) -> Sequence[Reply]:
+        user = getattr(server, "auth_user", None)
+        sender = txn.sender or ""
+        common: dict[str, object] = dict(queue_id=txn.queue_id, service=self.service, client=server.peer_ip,
+                                          sender=sender, size=len(content))
+        froms = dkim.from_addresses(content)
+        if not froms:
+            maillog.log_event("rejected", recipients=txn.recipients, status="rejected", reply=NO_FROM, **common)
+            return [NO_FROM]
+        for a in froms:
+            if user is None or not await self.owns(user, a):
+                maillog.log_event("rejected", recipients=txn.recipients, status="not_owner", reply=FROM_NOT_OWNER,
+                                  user=user, header_from=a, **common)
+                return [FROM_NOT_OWNER]
+        content = add_missing_headers(content, self.hostname)
+        proto = "UTF8SMTPSA" if txn.smtp_utf8 else "ESMTPSA"  # RFC 3848
+        trace = received_header(helo=server.helo_name, client_ip=server.peer_ip, by=self.hostname, protocol=proto,
+                                queue_id=txn.queue_id, tls=server.tls_info)
+        data = trace + content
+        try:
+            data = await asyncio.to_thread(dkim.sign_for_from, data, self.keys_dir)
+        except dkim.DKIMError as e:
+            log.error("submission: %s", e)  # send unsigned rather than not at all
+        common["size"] = len(data)
+        remote = [r for r in txn.resolutions if not r.mailboxes and r.forwards == (r.recipient,) and not r.via_alias]
+        local = [r for r in txn.resolutions if r not in remote]
+        results = []
+        if remote:
+            try:
+                qid = await asyncio.to_thread(
+                    self.queue.enqueue, sender, [r.recipient for r in remote], data,
+                    queue_id=txn.queue_id, smtputf8=bool(txn.smtp_utf8), client=server.peer_ip,
+                    reason="submission", extra={"user": user},
+                )
+            except OSError:
+                log.exception("submission: cannot queue %s", txn.queue_id)
+                maillog.log_event("deferred", recipients=txn.recipients, status="deferred", reply=R.LOCAL_ERROR,
+                                  **common)
+                return [R.LOCAL_ERROR]
+            queue_runner.notify(self.queue.dir)
+            from mailstack.delivery import RecipientResult
+
+            queued = Reply(250, "2.0.0", f"Queued as {qid}")
+            results.extend(RecipientResult(r.recipient, queued, (), qid) for r in remote)
+            for r in remote:
+                maillog.log_event("queued", recipients=r.recipient, status="queued", reply=queued,
+                                  **{**common, "queue_id": qid})
+        if local:
+            results.extend(await self.mda.deliver(
+                sender, [r.recipient for r in local], local, data, queue_id=txn.queue_id, client=server.peer_ip,
+                smtputf8=bool(txn.smtp_utf8), body_8bit=txn.body_type == "8BITMIME",
+            ))
+            # the DSN of a local permanent failure, or a queued retry, may need the runner
+            queue_runner.notify(self.queue.dir)
+        if not local:
+            reply = Reply(250, "2.0.0", f"OK: queued as {txn.queue_id}")
+            maillog.log_event("accepted", recipients=txn.recipients, status="ok", reply=reply, user=user, **common)
+            return [reply]
+        order = {r: i for i, r in enumerate(txn.recipients)}
+        results.sort(key=lambda r: order.get(r.recipient, 0))
+        return [await self._settle(txn, sender, data, results, common)]
+
+
+# ---------------------------------------------------------------------------
+# protocol
+
+
+class SubmissionSMTP(BaseSMTP):
+    """BaseSMTP plus AUTH (see module docstring)."""
+
+    def __init__(self, handler: SubmissionHandler, settings: ServerSettings, *, directory: Any,
+                 throttle: AuthThrottle, allow_plaintext_on_loopback: bool, **kw: Any) -> None:
+        super().__init__(handler, settings, **kw)
+        self.directory = directory
+        self.throttle = throttle
+        self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
+        self.auth_user: str | None = None
+
+    @property
+    def auth_allowed(self) -> bool:
+        if self.tls_active:
+            return True
+        return self.allow_plaintext_on_loopback and self.transport is not None and net.is_loopback_peer(self.transport)
+
+    def ehlo_keywords(self) -> list[str]:
+        kw = super().ehlo_keywords()
+        if self.auth_allowed and not (self.session and self.session.authenticated):
+            kw.append("AUTH " + " ".join(MECHANISMS))
+        return kw
+
+    async def _read_b64(self, challenge: str) -> str | None:
+        """One SASL continuation (RFC 4954 §4); None when the client aborted or sent junk."""
+        raw = await self.challenge_auth(challenge)
+        if raw is MISSING:
+            return None  # challenge_auth already replied (501)
+        assert isinstance(raw, bytes)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            await self.push(AUTH_SYNTAX)
+            return None
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        if await self.check_helo_needed("EHLO"):
+            return
+        assert self.session is not None
+        if not self.session.extended_smtp:
+            await self.push(Reply(503, "5.5.1", "AUTH needs EHLO"))
+            return
+        if not self.auth_allowed:
+            await self.push(AUTH_NEEDS_TLS)
+            return
+        if self.session.authenticated:
+            await self.push(AUTH_ALREADY)
+            return
+        if self.txn.sender is not None:  # RFC 4954 §4: not during a mail transaction
+            await self.push(Reply(503, "5.5.1", "AUTH not allowed during a mail transaction"))
+            return
+        args = (arg or "").split()
+        if not args or len(args) > 2:
+            await self.push(R.BAD_SYNTAX.with_text("Syntax: AUTH mechanism [initial-response]"))
+            return
+        mech = args[0].upper()
+        if mech not in MECHANISMS:
+            await self.push(AUTH_MECH)
+            return
+        username: str | None
+        password: str | None
+        if mech == "PLAIN":
+            if len(args) == 2:
+                if args[1] == "=":
+                    raw = ""
+                else:
+                    try:
+                        raw = base64.b64decode(args[1], validate=True).decode("utf-8")
+                    except (binascii.Error, UnicodeDecodeError):
+                        await self.push(AUTH_SYNTAX)
+                        return
+            else:
+                got = await self._read_b64("")
+                if got is None:
+                    return
+                raw = got
+            parts = raw.split("\0")
+            if len(parts) != 3:  # RFC 4616 §2: [authzid] NUL authcid NUL passwd
+                await self.push(AUTH_SYNTAX)
+                return
+            authzid, username, password = parts
+            if authzid and authzid.casefold() != username.casefold():
+                await self.push(Reply(535, "5.7.8", "Authorization identity not allowed"))
+                return
+        else:  # LOGIN (draft-murchison-sasl-login)
+            if len(args) == 2:
+                try:
+                    username = base64.b64decode(args[1], validate=True).decode("utf-8")
+                except (binascii.Error, UnicodeDecodeError):
+                    await self.push(AUTH_SYNTAX)
+                    return
+            else:
+                username = await self._read_b64("Username:")
+                if username is None:
+                    return
+            password = await self._read_b64("Password:")
+            if password is None:
+                return
+        await self._check(username, password)
+
+    async def _check(self, username: str, password: str) -> None:
+        assert self.session is not None
+        delay = self.throttle.delay(self.peer_ip, username)
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            user = await asyncio.to_thread(self.directory.authenticate, username, password)
+        except Exception as e:
+            log.warning("submission: authentication lookup failed: %s", e)
+            await self.push(AUTH_TEMP)
+            return
+        if user is None:
+            self.throttle.failure(self.peer_ip, username)
+            maillog.log_event("rejected", queue_id=None, service="submission", client=self.peer_ip, sender=None,
+                              recipients=None, size=None, status="auth_failed", reply=AUTH_FAILED, user=username)
+            await self.push(AUTH_FAILED)
+            return
+        self.throttle.success(self.peer_ip, username)
+        self.session.authenticated = True
+        self.session.login_data = username
+        self.auth_user = str(user.address)
+        log.info("submission: %s authenticated as %s", self.peer_ip or "local", self.auth_user)
+        await self.push(AUTH_OK)
+
+
+async def start(ctx: ServiceContext) -> RunningService:
+    """The ``submission`` service (see ``mailstack.serve``)."""
+    from mailstack.serve import ServiceError, open_listeners
+
+    cfg = ctx.config
+    delivery, queue = make_delivery(cfg)
+    queue.ensure()
+    try:
+        mda = build_mda(cfg, delivery)
+    except ValueError as e:
+        raise ServiceError(f"[smtp] mda: {e}") from None
+    handler = SubmissionHandler(directory=ctx.directory, keys_dir=dkim.keys_dir(cfg), hostname=cfg.hostname,
+                                resolver=Resolver(ctx.directory), delivery=delivery, mda=mda, queue=queue)
+    settings = ServerSettings(
+        service="submission",
+        hostname=cfg.hostname,
+        max_message_size=cfg.smtp.max_message_size,
+        max_recipients=cfg.smtp.max_recipients,
+        timeout=cfg.smtp.command_timeout,
+        tls_context=ctx.tls.server,
+        protocol="ESMTPSA",
+    )
+    throttle = AuthThrottle(cfg.auth.max_failures, cfg.auth.failure_window)
+    inflight = net.InFlight()
+    conns = ConnectionSet()
+
+    def factory_for(address: object, implicit_tls: bool) -> net.ProtocolFactory:
+        s = settings if not implicit_tls else ServerSettings(**{**settings.__dict__, "implicit_tls": True})
+        return lambda: SubmissionSMTP(handler, s, directory=ctx.directory, throttle=throttle,
+                                      allow_plaintext_on_loopback=cfg.auth.allow_plaintext_on_loopback,
+                                      limits=ctx.limits, inflight=inflight, connections=conns)
+
+    servers = await open_listeners("submission", cfg.listeners("submission"), factory_for, ctx.tls.server)
+    return SMTPService("submission", servers, inflight, conns)
