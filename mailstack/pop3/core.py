@@ -80,6 +80,11 @@ MAX_BAD_COMMANDS = 20  # Dovecot's CLIENT_MAX_BAD_COMMANDS
 MAX_AUTH_ATTEMPTS = 3
 
 
+def _echo(text: str) -> str:
+    """Client text quoted back in a reply: at most 40 characters, control characters as '?'."""
+    return "".join(c if c.isprintable() else "?" for c in text[:40])
+
+
 def uidl_for(uid: int, uidvalidity: int) -> str:
     """Dovecot's default ``pop3_uidl_format = %08Xu%08Xv`` (CONTRACT: on disk)."""
     return f"{uid:08X}{uidvalidity:08X}"
@@ -340,7 +345,7 @@ class POP3Core:
             if verb in KNOWN_COMMANDS and verb != "APOP":
                 self._bad_command(R.err(f"{verb} not valid in this state."))
             else:
-                self._bad_command(R.err(f"Unknown command: {verb[:40]}"))
+                self._bad_command(R.err(f"Unknown command: {_echo(verb)}"))
             return
         if verb == "PASS":
             self._user = pending_user
@@ -476,7 +481,7 @@ class POP3Core:
 
     def _message_number(self, text: str) -> int | Reply:
         if not text.isdigit() or not text.isascii():
-            return R.err(f"Invalid message number: {text[:40]}")
+            return R.err(f"Invalid message number: {_echo(text)}")
         n = int(text)
         if not 1 <= n <= len(self._messages):
             return R.err(f"There's no message {n}.")
@@ -539,7 +544,7 @@ class POP3Core:
             self._reply(n)
             return
         if not parts[1].isdigit() or not parts[1].isascii():
-            self._bad_command(R.err(f"Invalid line count: {parts[1][:40]}"))
+            self._bad_command(R.err(f"Invalid line count: {_echo(parts[1])}"))
             return
         self._out.append(Retrieve(n, self._messages[n - 1], int(parts[1]), R.ok().to_bytes()))
 

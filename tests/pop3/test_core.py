@@ -401,3 +401,23 @@ def test_rset_forgets_seen() -> None:
     d.run(b"RETR 2\r\nRSET\r\n")
     assert d.run(b"QUIT\r\n") == b"+OK Logging out.\r\n"
     assert not any(isinstance(e, Update) for e in d.effects)
+
+
+COMMANDS = [b"USER a", b"PASS b", b"STAT", b"LIST", b"LIST 2", b"RETR 1", b"TOP 3 1", b"DELE 2", b"RSET",
+            b"UIDL", b"UIDL 9", b"NOOP", b"CAPA", b"AUTH PLAIN", b"AUTH", b"STLS", b"*", b"RETR -1", b"\xff"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(COMMANDS), st.binary(max_size=30)), max_size=30),
+       st.sampled_from([b"\r\n", b"\n"]))
+def test_any_input_gives_well_formed_replies(cmds: list[bytes], eol: bytes) -> None:
+    d = Driver(POP3Core("h", tls_available=True))
+    out = d.run()
+    for c in cmds:
+        out += d.run(c.replace(b"\n", b"") + eol)
+        if d.closed:
+            break
+    assert out.endswith(b"\r\n")
+    assert out.count(b"\n") == out.count(b"\r\n")  # never a bare LF
+    sends = [e.data for e in d.effects if isinstance(e, Send)]
+    assert all(s.startswith((b"+OK", b"-ERR", b"+ ")) for s in sends)
