@@ -52,6 +52,7 @@ def test_sync_100k_without_opening_messages(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(builtins, "open", spy_open)
     monkeypatch.setattr(io, "open", spy_io_open)
 
+    cpu0 = time.process_time()  # CPU time: other jobs on a busy CI host do not count
     t0 = time.monotonic()
     state = md.folder("INBOX").sync()  # first sync: assigns 100,000 UIDs
     t1 = time.monotonic()
@@ -62,6 +63,7 @@ def test_sync_100k_without_opening_messages(tmp_path: Path, monkeypatch: pytest.
     folder.set_flags(N // 2, {"\\Seen", "\\Deleted"})
     third = folder.sync()  # an IMAP session's re-sync
     t3 = time.monotonic()
+    cpu = time.process_time() - cpu0
     monkeypatch.undo()
 
     assert opened == []
@@ -71,5 +73,5 @@ def test_sync_100k_without_opening_messages(tmp_path: Path, monkeypatch: pytest.
     assert third.get(N // 2).flags == {"\\Seen", "\\Deleted"}  # type: ignore[union-attr]
     assert all(m.size == 10 and m.vsize == 11 for m in state.messages[:100])
     assert os.listdir(md.root / "new") == []
-    print(f"first sync {t1 - t0:.2f}s, fresh instance {t2 - t1:.2f}s, flag+resync {t3 - t2:.2f}s")
-    assert t3 - t0 < 20
+    print(f"first sync {t1 - t0:.2f}s, fresh instance {t2 - t1:.2f}s, flag+resync {t3 - t2:.2f}s, cpu {cpu:.2f}s")
+    assert cpu < 20
