@@ -47,7 +47,7 @@ class PostgresCluster:
 
         with psycopg.connect(host=str(self.socket_dir), port=self.port, user=self.user, dbname="postgres",
                              autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql.encode())
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

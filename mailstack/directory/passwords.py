@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from passlib.context import CryptContext
+from passlib.context import CryptContext  # type: ignore[import-untyped,unused-ignore]
 
 __all__ = ["PasswordError", "Passwords", "VerifyResult"]
 

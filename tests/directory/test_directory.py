@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timezone
 
 import pytest
@@ -142,12 +143,13 @@ def test_user_errors_write_nothing(directory: Directory) -> None:
         directory.add_user("carol@example.org", None, password_hash="{MD5}abc")
     assert [u.local for u in directory.list_users()] == ["bob"]
     assert count(directory, UserRow) == 1
-    for op in (
+    ops: list[Callable[[], object]] = [
         lambda: directory.set_password("nobody@example.org", "pw"),
         lambda: directory.set_enabled("nobody@example.org", False),
         lambda: directory.set_quota("nobody@example.org", 5),
         lambda: directory.remove_user("nobody@example.org"),
-    ):
+    ]
+    for op in ops:
         with pytest.raises(NotFound, match="nobody@example.org"):
             op()
     with pytest.raises(NotFound):
