@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -143,14 +146,69 @@ def _is_unavailable(e: BaseException) -> bool:
 
 
 class Resolver:
-    """Envelope recipient -> Resolution, over a (synchronous) directory."""
+    """Envelope recipient -> Resolution, over a (synchronous) directory.
 
-    def __init__(self, directory: DirectoryLike, tag_separator: str = TAG_SEPARATOR) -> None:
+    Answers (a Resolution, or a permanent refusal) are cached for ``cache_ttl`` seconds
+    per recipient (case-folded), like Postfix's proxymap: a directory lookup costs
+    0.5-0.7 ms of CPU and a hot MX asks for the same recipients all the time. A change
+    in the directory (new user, disabled user) is seen within ``cache_ttl``. Temporary
+    failures are never cached. ``cache_ttl = 0`` turns the cache off.
+    """
+
+    def __init__(self, directory: DirectoryLike, tag_separator: str = TAG_SEPARATOR, *,
+                 cache_ttl: float = 5.0, cache_size: int = 10000) -> None:
         self.directory = directory
         self.sep = tag_separator
+        self.cache_ttl = cache_ttl
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[float, Resolution | Reply]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, recipient: str) -> Resolution | None:
+        """The cached answer, without touching the directory: None = not cached;
+        raises ResolveError for a cached refusal. Safe to call on the event loop."""
+        if self.cache_ttl <= 0:
+            return None
+        hit = self._cache.get(recipient.casefold())
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        if isinstance(hit[1], Reply):
+            raise ResolveError(hit[1])
+        return hit[1]
+
+    def _remember(self, recipient: str, answer: Resolution | Reply) -> None:
+        if self.cache_ttl <= 0:
+            return
+        with self._lock:
+            if len(self._cache) >= self.cache_size:
+                now = time.monotonic()
+                for k in [k for k, v in self._cache.items() if v[0] < now] or list(self._cache)[: self.cache_size // 2]:
+                    self._cache.pop(k, None)
+            self._cache[recipient.casefold()] = (time.monotonic() + self.cache_ttl, answer)
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
 
     def resolve(self, recipient: str) -> Resolution:
         """Raises ResolveError with the reply for a recipient we will not take."""
+        try:
+            res = self._resolve(recipient)
+        except ResolveError as e:
+            if e.reply.is_permanent:
+                self._remember(recipient, e.reply)
+            raise
+        self._remember(recipient, res)
+        return res
+
+    async def resolve_async(self, recipient: str) -> Resolution:
+        """resolve() from the event loop: a cache hit costs no thread hop."""
+        hit = self.cached(recipient)
+        if hit is not None:
+            return hit
+        return await asyncio.to_thread(self.resolve, recipient)
+
+    def _resolve(self, recipient: str) -> Resolution:
         try:
             addr = parse_address(recipient)
         except AddressError as e:
@@ -311,6 +369,10 @@ def _header_safe(text: str) -> str:
 
 MaildirOpener = Callable[[Path, str, str], Any]
 
+# Maildir writes block in fsync. More threads than asyncio's default pool (cores + 4)
+# let concurrent deliveries share journal commits (group commit) instead of queueing.
+_WRITERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="mailstack-deliver")
+
 
 def _default_opener(root: Path, domain: str, local: str) -> Any:
     from mailstack.storage import Maildir
@@ -343,7 +405,7 @@ class LocalDelivery:
     async def quota_ok(self, resolution: Resolution, size: int) -> bool:
         if not any(mb.quota_bytes for mb in resolution.mailboxes):
             return True
-        return await asyncio.to_thread(self.quota_ok_sync, resolution, size)
+        return await asyncio.get_running_loop().run_in_executor(_WRITERS, self.quota_ok_sync, resolution, size)
 
     # -- DATA-time delivery -----------------------------------------------------------
 
@@ -358,9 +420,9 @@ class LocalDelivery:
         smtputf8: bool = False,
     ) -> list[RecipientResult]:
         """Deliver ``data`` (CRLF, our Received: on top) for each resolved recipient."""
-        return await asyncio.to_thread(
-            self.deliver_sync, sender, resolutions, data, queue_id=queue_id, client=client, smtputf8=smtputf8
-        )
+        call = functools.partial(self.deliver_sync, sender, resolutions, data, queue_id=queue_id, client=client,
+                                 smtputf8=smtputf8)
+        return await asyncio.get_running_loop().run_in_executor(_WRITERS, call)
 
     def deliver_sync(
         self,

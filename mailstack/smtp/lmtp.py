@@ -71,7 +71,7 @@ class LMTPHandler:
 
     async def rcpt(self, server: BaseSMTP, txn: Transaction, recipient: str) -> Reply:
         try:
-            res = await asyncio.to_thread(self.resolver.resolve, recipient)
+            res = await self.resolver.resolve_async(recipient)
         except ResolveError as e:
             reply = R.UNKNOWN_USER if e.reply is NOT_LOCAL else e.reply
             self._log(server, txn, "rejected", recipient, reply)

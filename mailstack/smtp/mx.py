@@ -79,7 +79,7 @@ class MXHandler:
 
     async def rcpt(self, server: BaseSMTP, txn: Transaction, recipient: str) -> Reply:
         try:
-            res = await asyncio.to_thread(self.resolver.resolve, recipient)
+            res = await self.resolver.resolve_async(recipient)
         except ResolveError as e:
             if e.reply is NOT_LOCAL and self.may_relay(server):
                 txn.resolutions.append(Resolution(recipient, forwards=(recipient,)))
