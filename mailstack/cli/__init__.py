@@ -19,7 +19,7 @@ from mailstack.cli import alias, domain, serve, user
 from mailstack.cli.common import EXIT_FAILED, EXIT_USAGE, CLIError, Context
 from mailstack.config import ConfigError
 
-NOUNS = (serve, domain, user, alias)
+NOUNS = (serve, domain, user, alias) + tuple(__import__(f"mailstack.cli.{m}", fromlist=["register"]) for m in ("queue", "dkim", "dns"))
 
 
 class _Parser(argparse.ArgumentParser):
