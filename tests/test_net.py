@@ -109,11 +109,28 @@ def _handshake(port: int, client: ssl.SSLContext, server_name: str = "localhost"
 
 
 class Echo(asyncio.Protocol):
+    open_transports: set[asyncio.BaseTransport] = set()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport
+        Echo.open_transports.add(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        Echo.open_transports.discard(self.transport)
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
+
+
+async def shut(*servers: asyncio.Server) -> None:
+    """Close listeners and the connections they accepted (3.11's Server.close() leaves those)."""
+    for s in servers:
+        s.close()
+    for t in list(Echo.open_transports):
+        t.abort()
+    for s in servers:
+        await s.wait_closed()
+    await asyncio.sleep(0.01)  # let connection_lost run
 
 
 def test_implicit_tls_listener_handshakes_and_refuses_tls11(tmp_path: Path) -> None:
@@ -134,11 +151,11 @@ def test_implicit_tls_listener_handshakes_and_refuses_tls11(tmp_path: Path) -> N
                 warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 is, on purpose
                 old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
                 old.maximum_version = ssl.TLSVersion.TLSv1_1
+            old.set_ciphers("DEFAULT:@SECLEVEL=0")  # so that this client really offers TLS 1.1
             with pytest.raises((ssl.SSLError, ConnectionError)):
                 await asyncio.to_thread(_handshake, port, old)
         finally:
-            server.close()
-            await server.wait_closed()
+            await shut(server)
 
     asyncio.run(main())
 
@@ -167,8 +184,7 @@ def test_tcp_listener_and_address_in_use() -> None:
                 await net.start_listener(address, Echo)
             assert str(e.value) == f"cannot listen on 127.0.0.1:{port}: address already in use"
         finally:
-            server.close()
-            await server.wait_closed()
+            await shut(server)
 
     asyncio.run(main())
 
@@ -193,9 +209,7 @@ def test_ipv6_listener_next_to_ipv4_on_the_same_port() -> None:
             assert await asyncio.to_thread(_echo_roundtrip, socket.AF_INET6, ("::1", port)) == b"hello"
             assert str(ListenAddress("tcp", "::1", port)) == f"[::1]:{port}"
         finally:
-            for s in (v4, v6):
-                s.close()
-                await s.wait_closed()
+            await shut(v4, v6)
 
     asyncio.run(main())
 
@@ -216,8 +230,7 @@ def test_unix_listener_makes_the_parent_and_is_0660(tmp_path: Path) -> None:
             assert stat.S_IMODE(path.stat().st_mode) == 0o660
             assert await asyncio.to_thread(_echo_roundtrip, socket.AF_UNIX, str(path)) == b"hello"
         finally:
-            server.close()
-            await server.wait_closed()
+            await shut(server)
 
     asyncio.run(main())
 
@@ -235,8 +248,7 @@ def test_unix_listener_replaces_a_stale_socket(tmp_path: Path) -> None:
         try:
             assert await asyncio.to_thread(_echo_roundtrip, socket.AF_UNIX, str(path)) == b"hello"
         finally:
-            server.close()
-            await server.wait_closed()
+            await shut(server)
 
     asyncio.run(main())
 
