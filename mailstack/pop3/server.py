@@ -305,7 +305,7 @@ class POP3Service:
         try:
             session = await asyncio.shield(fut)
         except asyncio.CancelledError:
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().close())
+            fut.add_done_callback(_close_if_opened)
             raise
         except MaildropInUse:
             log.info("pop3: maildrop in use user=%s client=%s", quote(user.address), ip or "unix")
@@ -343,6 +343,12 @@ class POP3Service:
                 out = enc.feed(chunk)
                 more = len(chunk) == _READ_CHUNK
             conn.write(out + enc.finish())
+
+
+def _close_if_opened(fut: asyncio.Future[MaildropSession]) -> None:
+    """A login cancelled (server stop) while the maildrop was opening: drop its lock."""
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()
 
 
 async def start(ctx: ServiceContext) -> POP3Service:
