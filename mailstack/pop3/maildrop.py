@@ -102,9 +102,10 @@ class MaildropSession:
                 for uid in seen:
                     info = state.get(uid)
                     if info is not None and "\\Seen" not in info.flags:
-                        self.folder.set_flags(uid, info.flags | {"\\Seen"})
-            except MessageNotFound:
-                pass
+                        try:
+                            self.folder.set_flags(uid, info.flags | {"\\Seen"})
+                        except MessageNotFound:
+                            pass  # expunged by another session meanwhile
             except (StorageError, OSError) as e:
                 log.warning("pop3: could not set \\Seen in %s: %s", self.folder.path, e)
         if not expunge:
