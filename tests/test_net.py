@@ -109,10 +109,11 @@ def _handshake(port: int, client: ssl.SSLContext, server_name: str = "localhost"
 
 
 class Echo(asyncio.Protocol):
-    open_transports: set[asyncio.BaseTransport] = set()
+    open_transports: set[asyncio.Transport] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport
+        assert isinstance(transport, asyncio.Transport)
         Echo.open_transports.add(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
