@@ -20,7 +20,10 @@ def register(nouns: Any) -> None:
 
 
 def _serve(args: argparse.Namespace, ctx: Context) -> int:
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Under systemd (JOURNAL_STREAM set) journald stamps each line itself.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=args.log_level, format=stamp + "%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations are logged by the directory
     from mailstack.serve import run
 
     return run(ctx.config, args.services)
