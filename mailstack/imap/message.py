@@ -261,25 +261,23 @@ class ParsedMessage:
 
     # -- parsing ------------------------------------------------------------------------
     def _find_boundary(self, pos: int, boundaries: list[bytes]) -> _Stop | None:
+        """The first boundary line at or after line start ``pos`` (RFC 2046 §5.1.1)."""
         if not boundaries:
             return None
         d = self.data
-        start = pos
-        while True:
-            if start == pos:
-                line_start = pos
-                if not d.startswith(b"--", pos):
-                    start = -1
-                    continue
-            else:
-                j = d.find(b"\r\n--", pos if start == -1 else start)
-                if j < 0:
-                    return None
-                line_start = j + 2
-            stop = self._match_boundary(line_start, boundaries)
+        if d.startswith(b"--", pos):
+            stop = self._match_boundary(pos, boundaries)
             if stop is not None:
                 return stop
-            start = line_start
+        search = pos
+        while True:
+            j = d.find(b"\r\n--", search)
+            if j < 0:
+                return None
+            stop = self._match_boundary(j + 2, boundaries)
+            if stop is not None:
+                return stop
+            search = j + 2
 
     def _match_boundary(self, line_start: int, boundaries: list[bytes]) -> _Stop | None:
         d = self.data

@@ -364,3 +364,10 @@ def test_top_level_message_rfc822() -> None:
     assert m.section(Section((1,))) == b"Subject: in\r\n\r\nhi\r\n"
     assert m.section(Section((1,), "HEADER")) == b"Subject: in\r\n\r\n"
     assert m.section(Section((1, 1))) == b"hi\r\n"
+
+
+def test_dash_line_that_is_not_the_boundary_at_body_start() -> None:
+    # regression (found by Hypothesis): a "--" line right at the body start that is not a
+    # boundary used to loop forever
+    m = ParsedMessage(b"Content-Type: multipart/mixed; boundary=b\n\n--x\n--b\n\nhi\n--b--\n")
+    assert m.section(Section((1,))) == b"hi"
