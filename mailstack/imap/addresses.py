@@ -89,12 +89,9 @@ def _phrase(tokens: list[tuple[str, str]]) -> str | None:
         if kind == "comment":
             continue
         if kind == "special" and text == "." and words:
-            words[-1] += "."
+            words[-1] += "."  # obs-phrase "John Q. Public" (RFC 5322 §4.1)
         elif kind != "special":
-            if words and words[-1].endswith(".") and kind == "atom":
-                words.append(text)
-            else:
-                words.append(text)
+            words.append(text)
     return " ".join(words) if words else None
 
 

@@ -14,7 +14,7 @@ without a space (RFC 3501 §9 ``1*address``, ``1*body``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Union
@@ -24,7 +24,8 @@ from mailstack.storage import mutf7
 from .dates import format_datetime
 
 if TYPE_CHECKING:
-    from .message import Address, BodyStructure, Envelope
+    from .addresses import Address
+    from .message import BodyStructure, Envelope
 
 STATUSES = frozenset({"OK", "NO", "BAD", "PREAUTH", "BYE"})
 MAX_QUOTED = 1024  # longer strings go as literals (Dovecot does the same)
@@ -118,7 +119,7 @@ def render(value: Value) -> bytes:
     return b"(" + b" ".join(render(v) for v in value) + b")"
 
 
-def render_flags(flags: Sequence[str] | frozenset[str]) -> bytes:
+def render_flags(flags: Collection[str]) -> bytes:
     """A flag list; system flags first in RFC order, then keywords sorted."""
     order = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")
     system = [f for f in order if f in flags]
