@@ -150,12 +150,23 @@ def load_keys(directory: Path, domain: str) -> list[DKIMKey]:
     out: list[DKIMKey] = []
     for path in sorted(ddir.glob("*.key")):
         try:
-            private = path.read_bytes()
-            algorithm = _algorithm_of(private)
-            out.append(DKIMKey(domain, path.stem, algorithm, private, _public_from_private(algorithm, private)))
+            st = path.stat()
+            stamp = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+            key = _CACHE.get(stamp)
+            if key is None:  # parsing a PEM costs ~30 ms: keep it while the file is unchanged
+                private = path.read_bytes()
+                algorithm = _algorithm_of(private)
+                key = DKIMKey(domain, path.stem, algorithm, private, _public_from_private(algorithm, private))
+                if len(_CACHE) > 1000:
+                    _CACHE.clear()
+                _CACHE[stamp] = key
+            out.append(key)
         except (OSError, ValueError) as e:
             log.error("dkim: cannot use key %s: %s", path, e)
     return out
+
+
+_CACHE: dict[tuple[str, int, int, int], DKIMKey] = {}
 
 
 def txt_record(key: DKIMKey) -> str:

@@ -62,6 +62,8 @@ __all__ = ["QueueRunner", "start", "notify", "relay_settings", "WAKE_FILE", "LOC
 log = logging.getLogger(__name__)
 
 WAKE_FILE = ".wake"
+BATCH_DELAY = 0.05  # seconds between a wake-up and the scan: messages arriving together share connections
+DNS_CACHE_TTL = 60.0
 LOCK_DIR = ".locks"
 _RUNNERS: "weakref.WeakSet[QueueRunner]" = weakref.WeakSet()
 
@@ -149,7 +151,7 @@ class QueueRunner:
         self.config = config
         self.q = config.queue
         self.store = store
-        self.resolver = resolver
+        self.resolver = resolver = CachingResolver(resolver)
         self.directory = directory
         self.route = Route(helo=config.hostname, resolver=resolver, port=self.q.smtp_port, client_tls=client_tls,
                            relay=relay, connect_timeout=self.q.connect_timeout,
@@ -207,6 +209,8 @@ class QueueRunner:
                 self._wake_mtime = mtime
                 next_scan = 0.0
             if self._wake.is_set() or now >= next_scan:
+                if self._wake.is_set() and not self._stopping:
+                    await asyncio.sleep(BATCH_DELAY)  # let a burst of submissions share one round
                 self._wake.clear()
                 try:
                     due_in = await self._scan()
@@ -455,6 +459,42 @@ class QueueRunner:
         log.info("queue: %s: DSN %s queued for <%s> as %s", env.id,
                  recipients[0].action if recipients else "", env.sender, qid)
         self.wake()
+
+
+class CachingResolver:
+    """Positive MX/address answers kept for ``DNS_CACHE_TTL`` seconds (errors never are)."""
+
+    def __init__(self, inner: Resolver, ttl: float = DNS_CACHE_TTL) -> None:
+        self.inner = inner
+        self.ttl = ttl
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+
+    async def _get(self, kind: str, name: str) -> Any:
+        key = (kind, name.lower())
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = await getattr(self.inner, kind)(name)
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[key] = (now + self.ttl, value)
+        return value
+
+    async def mx(self, domain: str) -> Any:
+        return await self._get("mx", domain)
+
+    async def addresses(self, host: str) -> list[str]:
+        return list(await self._get("addresses", host))
+
+    async def txt(self, name: str) -> list[str]:
+        return await self.inner.txt(name)
+
+    async def srv(self, name: str) -> Any:
+        return await self.inner.srv(name)
+
+    async def cname(self, name: str) -> list[str]:
+        return await self.inner.cname(name)
 
 
 def _mta(ro: RecipientOutcome | None) -> str | None:

@@ -360,7 +360,7 @@ class SubmissionSMTP(BaseSMTP):
             return
         self.throttle.success(self.peer_ip, username)
         self.session.authenticated = True
-        self.session.login_data = username
+        self.session.auth_data = username
         self.auth_user = str(user.address)
         log.info("submission: %s authenticated as %s", self.peer_ip or "local", self.auth_user)
         await self.push(AUTH_OK)
