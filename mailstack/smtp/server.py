@@ -139,7 +139,16 @@ class SMTPService:
         for s in self.servers:
             s.close()
         self.connections.close_idle()
-        if not await self.inflight.wait_idle(grace):
+        # Let every session inside DATA or a delivery get to its reply, then close it;
+        # a delivered message whose 250 was lost would be sent again (a duplicate).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while loop.time() < deadline:
+            self.connections.close_idle()
+            if self.inflight.count == 0 and not any(p.busy for p in self.connections.live):
+                break
+            await asyncio.sleep(0.02)
+        else:
             log.warning("%s: %d transaction(s) still in flight after %gs; closing", self.name,
                         self.inflight.count, grace)
         await self.connections.close_all()
@@ -287,7 +296,10 @@ class BaseSMTP(SMTP):
     def eof_received(self) -> bool | None:
         if self._refused:
             return False
-        return super().eof_received()
+        super().eof_received()  # cancels the session task
+        # False: the transport closes itself. aiosmtpd keeps it half-open, and when the
+        # session task had not started yet nobody ever closed it (a leaked socket).
+        return False
 
     def shutdown(self) -> None:
         """Close this connection now (server stop), with a 421 when idle between commands."""
@@ -596,11 +608,13 @@ class BaseSMTP(SMTP):
         except Exception:
             log.exception("%s: delivery failed", self.settings.service)
             replies = [R.LOCAL_ERROR] * (len(txn.recipients) if self.is_lmtp else 1)
-        finally:
-            self.busy = False
         self._set_post_data_state()
-        for reply in replies:
-            await self.push(reply)
+        try:
+            for reply in replies:
+                await self.push(reply)
+        finally:
+            # only now may a stop close us: the client has its answer (no duplicate on retry)
+            self.busy = False
 
     async def handler_rejected_data(self, txn: Transaction, reply: Reply, size: int) -> None:
         hook = getattr(self.handler, "data_rejected", None)

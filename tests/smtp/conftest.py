@@ -74,6 +74,7 @@ class MXServer:
 
     def close(self) -> None:
         self.stop()
+        self.call(asyncio.sleep(0.3))  # let the last connection_lost callbacks run
         self.loop.call_soon_threadsafe(self.loop.stop)
         if self.thread is not None:
             self.thread.join(10)
