@@ -1,0 +1,188 @@
+"""The selected mailbox as one IMAP session sees it (RFC 3501 §2.3.1, §7.3, §7.4).
+
+``MailboxView`` wraps a ``mailstack.storage.Folder`` and keeps what the client was last
+told: the UIDs in sequence-number order, each message's flags (system flags and keywords
+together, plus the session's ``\\Recent``), UIDVALIDITY and UIDNEXT. ``changes(state)``
+compares a fresh ``FolderState`` with that view and returns the untagged responses that
+bring the client up to date (EXPUNGE, EXISTS, RECENT, FETCH FLAGS), updating the view.
+
+Invariants:
+- ``uids`` is strictly increasing: sequence number n is ``uids[n - 1]`` (RFC 3501 §2.3.1.2),
+  and lookups from UID to sequence number are a bisection, never a scan.
+- The view changes only through ``changes``, ``set_flags`` and ``forget``; EXPUNGE
+  responses go out highest sequence number first, so each number is valid when sent.
+- Nothing here opens a message file: sizes, dates and flags come from the uidlist and
+  the file names (``FolderState``), so SELECT and ``FETCH 1:* (FLAGS)`` on a folder of
+  100,000 messages never read one.
+- ``\\Recent`` (RFC 3501 §2.3.2) is per session: messages that arrive while the mailbox
+  is selected are recent for this session; messages present at SELECT are not.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_left
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mailstack.storage import Folder, FolderState, MessageInfo
+
+from .responses import render_flags
+from .types import SequenceSet
+
+__all__ = ["MailboxView", "SYSTEM_FLAGS", "flags_of", "folder_stamp"]
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def flags_of(info: MessageInfo) -> frozenset[str]:
+    """System flags and keywords of a stored message, as IMAP shows them."""
+    return info.flags | info.keywords if info.keywords else info.flags
+
+
+def folder_stamp(folder: Folder) -> tuple[int, ...]:
+    """A cheap fingerprint of a folder's state: changes whenever a message arrives, is
+    renamed (flags) or removed, or the uidlist / keywords change (any process)."""
+    out: list[int] = []
+    for p in (folder.new, folder.cur, folder.path / "dovecot-uidlist", folder.path / "dovecot-keywords"):
+        try:
+            st = os.stat(p)
+            out.extend((st.st_mtime_ns, st.st_ino, st.st_size))
+        except FileNotFoundError:
+            out.extend((0, 0, 0))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One message as the client knows it."""
+
+    seq: int
+    uid: int
+    info: MessageInfo
+    flags: frozenset[str]  # incl. \\Recent
+
+
+class MailboxView:
+    """The selected mailbox of one session. Not thread-safe: one command at a time."""
+
+    def __init__(self, folder: Folder, state: FolderState, *, readonly: bool) -> None:
+        self.folder = folder
+        self.readonly = readonly
+        self.uidvalidity = state.uidvalidity
+        self.uidnext = state.uidnext
+        self.uids: list[int] = [m.uid for m in state.messages]
+        self.infos: dict[int, MessageInfo] = {m.uid: m for m in state.messages}
+        self.flags: dict[int, frozenset[str]] = {}  # only where they differ from flags_of(info)
+        self.recent: set[int] = set()
+        self.stamp = folder_stamp(folder)
+
+    # -- lookups ------------------------------------------------------------------------
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    @property
+    def max_uid(self) -> int:
+        return self.uids[-1] if self.uids else 0
+
+    def flags_for(self, uid: int) -> frozenset[str]:
+        f = self.flags.get(uid)
+        if f is None:
+            f = flags_of(self.infos[uid])
+        return f | {"\\Recent"} if uid in self.recent else f
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def resolve(self, seqs: SequenceSet, uid: bool, saved: Iterable[int] = ()) -> list[tuple[int, int]]:
+        """(seq, uid) pairs a sequence set names, in ascending order.
+
+        Sequence numbers beyond EXISTS raise ``ValueError`` (RFC 3501 §9: invalid);
+        UID sets simply skip UIDs that do not exist (RFC 3501 §6.4.8).
+        """
+        if seqs.saved:
+            wanted = set(saved)
+            return [(i + 1, u) for i, u in enumerate(self.uids) if u in wanted]
+        if uid:
+            largest = self.max_uid
+            if not self.uids:
+                return []
+            ranges = list(seqs._bounds(largest))
+            if len(ranges) == 1:  # the usual case: one range, cut out by bisection
+                lo, hi = ranges[0]
+                a, b = bisect_left(self.uids, lo), bisect_left(self.uids, hi + 1)
+                return [(i + 1, self.uids[i]) for i in range(a, b)]
+            return [(i + 1, u) for i, u in enumerate(self.uids) if any(lo <= u <= hi for lo, hi in ranges)]
+        n = self.exists
+        if seqs.max_number() > n:
+            raise ValueError("Invalid message sequence number")
+        if n == 0:
+            return []
+        return [(s, self.uids[s - 1]) for s in seqs.resolve(n)]
+
+    def info(self, uid: int) -> MessageInfo:
+        return self.infos[uid]
+
+    def keywords(self) -> list[str]:
+        """Keywords in use in this folder (for FLAGS / PERMANENTFLAGS)."""
+        seen: set[str] = set()
+        for info in self.infos.values():
+            if info.keywords:
+                seen |= info.keywords
+        return sorted(seen)
+
+    # -- changes ------------------------------------------------------------------------
+    def set_flags(self, uid: int, info: MessageInfo) -> None:
+        """A flag change this session made (already in storage)."""
+        self.infos[uid] = info
+        self.flags.pop(uid, None)
+
+    def forget_recent(self) -> None:
+        self.recent.clear()
+
+    def changes(self, state: FolderState, *, allow_expunge: bool = True, with_uid: bool = False) -> list[bytes]:
+        """Untagged responses for what changed since the client's view; updates the view.
+
+        With ``allow_expunge`` False (during FETCH, STORE, SEARCH: RFC 3501 §7.4.1) removed
+        messages stay in the view until a later call.
+        """
+        out: list[bytes] = []
+        new_uids = [m.uid for m in state.messages]
+        new_set = set(new_uids) if len(new_uids) != len(self.uids) or new_uids != self.uids else None
+        if new_set is not None and allow_expunge:
+            gone = [u for u in self.uids if u not in new_set]
+            for u in reversed(gone):
+                seq = self.seq_of(u)
+                assert seq is not None
+                out.append(b"* %d EXPUNGE\r\n" % seq)
+                del self.uids[seq - 1]
+                self.infos.pop(u, None)
+                self.flags.pop(u, None)
+                self.recent.discard(u)
+        # flag changes by others (FETCH FLAGS, RFC 3501 §7.4.2 unsolicited)
+        for m in state.messages:
+            old = self.infos.get(m.uid)
+            if old is None:
+                continue
+            if old.filename != m.filename or old.keywords != m.keywords:
+                before = self.flags_for(m.uid)
+                self.infos[m.uid] = m
+                self.flags.pop(m.uid, None)
+                after = self.flags_for(m.uid)
+                if after != before:
+                    seq = self.seq_of(m.uid)
+                    uid_part = b"UID %d " % m.uid if with_uid else b""
+                    out.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, render_flags(after)))
+        top = self.max_uid
+        added = [m for m in state.messages if m.uid > top]
+        if added:
+            for m in added:
+                self.uids.append(m.uid)
+                self.infos[m.uid] = m
+                self.recent.add(m.uid)
+            out.append(b"* %d EXISTS\r\n" % self.exists)
+            out.append(b"* %d RECENT\r\n" % len(self.recent))
+        self.uidnext = max(self.uidnext, state.uidnext)
+        return out

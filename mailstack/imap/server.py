@@ -1,0 +1,465 @@
+"""The thin asyncio adapter around the IMAP core (``mailstack.imap.server:start``).
+
+One ``asyncio.Protocol`` per connection feeds bytes to a ``parser.CommandReader`` and
+runs each parsed command through ``session.Session``, carrying out its effects: password
+checks (directory, in a thread, after the throttle's delay), STARTTLS (``loop.start_tls``),
+IDLE (``notify.Notifier``), LOGOUT. Commands that touch storage are stepped in a worker
+thread so one slow disk never stalls other clients.
+
+Invariants:
+- Commands of one connection run one at a time, in order; reading pauses while more
+  than ``_MAX_INBOX`` unprocessed bytes wait, which bounds the commands in flight per
+  connection. Line and literal limits are the reader's: a ``{999999999}`` literal is
+  refused from its header (RFC 7889 NO [TOOBIG] for APPEND) before any octet is kept.
+- Plaintext LOGIN / AUTHENTICATE PLAIN only under TLS, or from loopback with
+  ``[auth] allow_plaintext_on_loopback`` (RFC 3501 §6.2.3, §11.1); failed logins are
+  slowed down per IP and per account (``pop3.throttle.AuthThrottle``).
+- Bytes received before a STARTTLS handshake are dropped (RFC 3501 §6.2.1).
+- A silent client is logged out after ``[imap] idle_timeout`` (RFC 3501 §5.4: at least
+  30 minutes) once logged in, ``login_timeout`` before.
+- No traceback ever reaches a client: an unexpected error gives ``NO [SERVERBUG]`` for
+  that command and the session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mailstack import net
+from mailstack.maillog import quote
+from mailstack.pop3.throttle import AuthThrottle
+
+from .grammar import GrammarError
+from .index import IndexCache
+from .notify import Notifier
+from .parser import (
+    Command,
+    CommandReader,
+    ContinuationLine,
+    NeedContinuation,
+    NeedData,
+    ParseError,
+    decode_sasl_response,
+    is_idle_done,
+)
+from .responses import no
+from .session import Idle, Login, Logout, Output, SaslNeedResponse, Session, SessionConfig, StartTLS, UserInfo
+from .states import State
+
+if TYPE_CHECKING:
+    from mailstack.directory import Directory
+    from mailstack.serve import ServiceContext
+
+__all__ = ["IMAPService", "start"]
+
+log = logging.getLogger(__name__)
+
+_MAX_INBOX = 64 * 1024
+_PULL_BYTES = 256 * 1024
+DEFAULT_IDLE_TIMEOUT = 1800.0  # RFC 3501 §5.4: at least 30 minutes
+DEFAULT_LOGIN_TIMEOUT = 60.0
+# Commands that never touch storage run on the loop; the rest in a worker thread.
+_INLINE = frozenset({"CAPABILITY", "LOGOUT", "ID", "STARTTLS", "LOGIN", "AUTHENTICATE", "NAMESPACE", "ENABLE",
+                     "UNSELECT"})
+_END = object()
+
+
+class _Stop(Exception):
+    """The connection is over (LOGOUT, fatal error, timeout, EOF)."""
+
+
+class _Connection(asyncio.Protocol):
+    """Transport glue: an inbox, read/drain waiters, and the session task."""
+
+    def __init__(self, service: IMAPService, implicit_tls: bool) -> None:
+        self.service = service
+        self.implicit_tls = implicit_tls
+        self.transport: asyncio.Transport | None = None
+        self.inbox = bytearray()
+        self.eof = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.task = asyncio.get_running_loop().create_task(self.service.session(self))
+        self.service.connections.add(self)
+        self.task.add_done_callback(lambda _t: self.service.connections.discard(self))
+
+    def data_received(self, data: bytes) -> None:
+        self.inbox += data
+        if len(self.inbox) > _MAX_INBOX and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._wake_reader()
+        w, self._drain_waiter = self._drain_waiter, None
+        if w is not None and not w.done():
+            w.set_exception(ConnectionResetError("connection lost"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        w, self._drain_waiter = self._drain_waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _wake_reader(self) -> None:
+        w, self._read_waiter = self._read_waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait_readable(self) -> None:
+        while not self.inbox and not self.eof:
+            self._read_waiter = asyncio.get_running_loop().create_future()
+            await self._read_waiter
+
+    async def read(self) -> bytes:
+        """Everything received so far; b"" at EOF."""
+        await self.wait_readable()
+        data = bytes(self.inbox)
+        self.inbox.clear()
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        if self._write_paused:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        self.inbox.clear()  # RFC 3501 §6.2.1: nothing sent before the handshake counts
+        loop = asyncio.get_running_loop()
+        new = await loop.start_tls(self.transport, self, context, server_side=True, ssl_handshake_timeout=30)
+        if new is None:
+            raise ConnectionResetError("TLS handshake failed")
+        self.transport = new
+        self.inbox.clear()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _pull(gen: Iterator[Output]) -> list[object]:
+    """Step a session generator (in a worker thread) up to an effect or ~256 KB."""
+    out: list[object] = []
+    size = 0
+    for item in gen:
+        out.append(item)
+        if not isinstance(item, bytes):
+            return out
+        size += len(item)
+        if size >= _PULL_BYTES:
+            return out
+    out.append(_END)
+    return out
+
+
+class IMAPService:
+    """A running IMAP service: listeners, connections, throttle, notifier."""
+
+    name = "imap"
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        maildir_root: Path,
+        directory: Directory,
+        tls_context: ssl.SSLContext | None,
+        limits: net.ConnectionLimits,
+        allow_plaintext_on_loopback: bool = True,
+        throttle: AuthThrottle | None = None,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        login_timeout: float = DEFAULT_LOGIN_TIMEOUT,
+        append_limit: int = 50 * 1024 * 1024,
+        max_line: int = 64 * 1024,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.hostname = hostname
+        self.maildir_root = maildir_root
+        self.directory = directory
+        self.tls_context = tls_context
+        self.limits = limits
+        self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
+        self.throttle = throttle or AuthThrottle()
+        self.idle_timeout = idle_timeout
+        self.login_timeout = login_timeout
+        self.append_limit = append_limit
+        self.max_line = max_line
+        self.notifier = Notifier(poll_interval)
+        self.index = IndexCache()
+        self.servers: list[asyncio.Server] = []
+        self.connections: set[_Connection] = set()
+        self.inflight = net.InFlight()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def factory(self, implicit_tls: bool) -> net.ProtocolFactory:
+        return lambda: _Connection(self, implicit_tls)
+
+    async def stop(self, grace: float) -> None:
+        for s in self.servers:
+            s.close()
+        if not await self.inflight.wait_idle(grace):
+            log.warning("imap: %d command(s) still running after %.0fs", self.inflight.count, grace)
+        for conn in list(self.connections):
+            conn.write(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
+            conn.close()
+            if conn.task is not None:
+                conn.task.cancel()
+        tasks = [c.task for c in list(self.connections) if c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(grace, 1.0))
+        await self.notifier.close()
+        self.index.close()
+        for s in self.servers:
+            await s.wait_closed()
+
+    def _poke(self, path: Path) -> None:
+        """From a worker thread: a session changed a folder; wake the idlers of it."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.notifier.poke, path)
+
+    # -- one connection -----------------------------------------------------------------
+    async def session(self, conn: _Connection) -> None:
+        assert conn.transport is not None
+        self._loop = asyncio.get_running_loop()
+        ip = net.peer_ip(conn.transport)
+        if not self.limits.acquire(ip):
+            conn.write(b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
+            conn.close()
+            return
+        sess = Session(
+            SessionConfig(self.hostname, self.maildir_root, tls_available=self.tls_context is not None,
+                          append_limit=self.append_limit),
+            tls_active=conn.implicit_tls,
+            plaintext_allowed=self.allow_plaintext_on_loopback and net.is_loopback_peer(conn.transport),
+            index=self.index, on_change=self._poke,
+        )
+        try:
+            await self._run(conn, sess, ip)
+        except asyncio.CancelledError:
+            raise
+        except _Stop:
+            pass
+        except (ConnectionError, ssl.SSLError, TimeoutError, OSError) as e:
+            log.debug("imap: connection from %s ended: %s", ip, e)
+        except Exception:
+            log.exception("imap: internal error in a session from %s", ip)
+            conn.write(b"* BYE [SERVERBUG] Internal server error\r\n")
+        finally:
+            self.limits.release(ip)
+            conn.close()
+
+    def _reader(self) -> CommandReader:
+        return CommandReader(max_line=self.max_line, max_append=self.append_limit)
+
+    async def _next(self, conn: _Connection, sess: Session, reader: CommandReader) -> object:
+        """The next reader event other than NeedData, reading (with the timeout) as needed."""
+        while True:
+            ev = reader.next_event()
+            if not isinstance(ev, NeedData):
+                return ev
+            if reader.closed:
+                raise _Stop()
+            await conn.drain()
+            timeout = self.login_timeout if sess.state is State.NOT_AUTHENTICATED else self.idle_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await conn.read()
+            except TimeoutError:
+                conn.write(b"* BYE Autologout; idle for too long\r\n")  # RFC 3501 §5.4
+                raise _Stop() from None
+            if not data:
+                raise _Stop()
+            reader.feed(data)
+
+    async def _run(self, conn: _Connection, sess: Session, ip: str | None) -> None:
+        reader = self._reader()
+        conn.write(sess.greeting())
+        while True:
+            ev = await self._next(conn, sess, reader)
+            if isinstance(ev, NeedContinuation):
+                conn.write(b"+ Ready for literal data\r\n")  # RFC 3501 §7.5
+            elif isinstance(ev, ParseError):
+                conn.write(ev.response().to_bytes())
+                if ev.fatal:
+                    raise _Stop()
+            elif isinstance(ev, ContinuationLine):  # pragma: no cover - only in expect_line mode
+                conn.write(b"* BAD Unexpected line\r\n")
+            elif isinstance(ev, Command):
+                log.debug("imap: %s C: %s %s%s", ip, ev.tag, "UID " if ev.uid else "", ev.name)
+                reader = await self._execute(conn, sess, reader, ev, ip)
+
+    async def _execute(self, conn: _Connection, sess: Session, reader: CommandReader, cmd: Command,
+                       ip: str | None) -> CommandReader:
+        inline = cmd.name in _INLINE or sess.state is State.NOT_AUTHENTICATED
+        return await self._drive(conn, sess, reader, sess.run(cmd), cmd.tag, inline, ip)
+
+    async def _drive(self, conn: _Connection, sess: Session, reader: CommandReader, gen: Iterator[Output],
+                     tag: str, inline: bool, ip: str | None) -> CommandReader:
+        while True:
+            try:
+                if inline:
+                    items = _pull(gen)
+                else:
+                    async with self.inflight.hold():
+                        items = await asyncio.to_thread(_pull, gen)
+            except Exception:
+                log.exception("imap: internal error in command %s from %s", tag, ip)
+                conn.write(no(tag, "Internal server error", "SERVERBUG").to_bytes())
+                return reader
+            for item in items:
+                if item is _END:
+                    return reader
+                if isinstance(item, bytes):
+                    conn.write(item)
+                    continue
+                await conn.drain()
+                if isinstance(item, Login):
+                    conn.write(await self._login(sess, item, ip))
+                elif isinstance(item, SaslNeedResponse):
+                    conn.write(b"+ \r\n")  # RFC 4616: the empty challenge
+                    reader.expect_line()
+                    line = await self._next(conn, sess, reader)
+                    if not isinstance(line, ContinuationLine):  # pragma: no cover
+                        raise _Stop()
+                    try:
+                        data = decode_sasl_response(line)
+                    except GrammarError:
+                        conn.write(no(tag, "Invalid base64").to_bytes().replace(b" NO ", b" BAD ", 1))
+                        continue
+                    reader = await self._drive(conn, sess, reader, sess.sasl_response(tag, data), tag, True, ip)
+                elif isinstance(item, StartTLS):
+                    assert self.tls_context is not None
+                    await conn.start_tls(self.tls_context)
+                    sess.tls_started()
+                    reader = self._reader()  # RFC 3501 §6.2.1: forget anything buffered
+                elif isinstance(item, Idle):
+                    await self._idle(conn, sess, reader, item.tag)
+                elif isinstance(item, Logout):
+                    await conn.drain()
+                    raise _Stop()
+
+    async def _login(self, sess: Session, ev: Login, ip: str | None) -> bytes:
+        from mailstack.directory import DirectoryError, DirectoryUnavailable
+
+        delay = self.throttle.delay(ip, ev.username)
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            user = await asyncio.to_thread(self.directory.authenticate, ev.username, ev.password)
+        except DirectoryUnavailable as e:
+            log.warning("imap: directory unavailable: %s", e)
+            return sess.login_failed(ev.tag, temporary=True)
+        except (DirectoryError, ValueError):
+            user = None
+        if user is None:
+            self.throttle.failure(ip, ev.username)
+            log.info("imap: login failed user=%s client=%s mechanism=%s", quote(ev.username), ip or "unix",
+                     ev.mechanism)
+            return sess.login_failed(ev.tag)
+        self.throttle.success(ip, ev.username)
+        info = UserInfo(user.address, user.domain, user.local, user.quota_bytes)
+        try:
+            reply = await asyncio.to_thread(sess.login_ok, ev.tag, info)
+        except Exception as e:
+            log.error("imap: cannot open the Maildir of %s: %s", user.address, e)
+            return sess.login_failed(ev.tag, temporary=True)
+        log.info("imap: login user=%s client=%s mechanism=%s", quote(user.address), ip or "unix", ev.mechanism)
+        return reply
+
+    async def _idle(self, conn: _Connection, sess: Session, reader: CommandReader, tag: str) -> None:
+        """RFC 2177: push changes until DONE."""
+        watch = self.notifier.watch(sess.view.folder.path) if sess.view is not None else None
+        reader.expect_line()
+        try:
+            while True:
+                ev = reader.next_event()
+                if isinstance(ev, ContinuationLine):
+                    if is_idle_done(ev):
+                        conn.write(await asyncio.to_thread(sess.idle_done, tag))
+                    else:
+                        conn.write(b"%s BAD Expected DONE\r\n" % tag.encode("ascii"))
+                    return
+                await conn.drain()
+                read = asyncio.ensure_future(conn.wait_readable())
+                waits: set[asyncio.Future[object]] = {read}  # type: ignore[arg-type]
+                if watch is not None:
+                    waits.add(asyncio.ensure_future(watch.event.wait()))
+                try:
+                    done, _ = await asyncio.wait(waits, timeout=self.idle_timeout,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+                if not done:
+                    conn.write(b"* BYE Autologout; idle for too long\r\n")
+                    raise _Stop()
+                if watch is not None and watch.event.is_set():
+                    watch.event.clear()
+                    conn.write(await asyncio.to_thread(sess.idle_updates))
+                if conn.inbox or conn.eof:
+                    data = await conn.read()
+                    if not data:
+                        raise _Stop()
+                    reader.feed(data)
+        finally:
+            if watch is not None:
+                watch.close()
+
+
+async def start(ctx: ServiceContext) -> IMAPService:
+    """``mailstack serve imap``: ``[imap] listen`` (STARTTLS) and ``tls_listen`` (implicit TLS)."""
+    from mailstack.serve import open_listeners
+
+    cfg = ctx.config
+    icfg = cfg.imap
+    service = IMAPService(
+        hostname=cfg.hostname,
+        maildir_root=cfg.storage.maildir_root,
+        directory=ctx.directory,
+        tls_context=ctx.tls.server,
+        limits=ctx.limits,
+        allow_plaintext_on_loopback=cfg.auth.allow_plaintext_on_loopback,
+        throttle=AuthThrottle(cfg.auth.max_failures, cfg.auth.failure_window),
+        idle_timeout=icfg.idle_timeout,
+        login_timeout=icfg.login_timeout,
+        append_limit=icfg.append_limit,
+        max_line=icfg.max_line,
+        poll_interval=icfg.poll_interval,
+    )
+    service.servers = await open_listeners(
+        "imap", cfg.listeners("imap"), lambda _addr, tls: service.factory(tls), ctx.tls.server
+    )
+    return service
