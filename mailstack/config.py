@@ -238,6 +238,21 @@ class RelayConfig:
 class HTTPConfig:
     listen: Listeners = ()
     tls_listen: Listeners = ()
+    max_request_size: int = 65536  # bytes of request body (Autodiscover POST); more is refused with 400
+    mta_sts_mode: str = "testing"  # RFC 8461 §3.2: "enforce", "testing" or "none"
+    mta_sts_max_age: int = 604800  # seconds a sender caches the policy (RFC 8461 §3.2)
+    mta_sts_mx: tuple[str, ...] = ()  # MX host patterns in the policy; () = [hostname]
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """SPF, DKIM and DMARC on mail arriving at the MX (never on submission or LMTP)."""
+
+    enabled: bool = True
+    dmarc_reject: str = "reject"  # a failing DMARC p=reject: "reject" (550 5.7.1) or "quarantine" (Junk)
+    spf_fail: str = "mark"  # SPF fail without a DMARC policy: "mark", "junk" or "reject" (550 5.7.23)
+    junk_folder: str = "Junk"  # where quarantined mail goes (created when missing)
+    timeout: Duration = 30.0  # all lookups of one message together; over it -> 451 4.4.3
 
 
 @dataclass(frozen=True)
@@ -258,6 +273,7 @@ class Config:
     dns: DNSConfig = field(default_factory=DNSConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
     path: Path | None = None
 
     @property
@@ -451,6 +467,19 @@ def _check(cfg: Config) -> None:
                 raise ValueError
         except ValueError:
             raise _KeyError(f"[dns] nameservers[{i}]: {ns!r} is not IP or IP:PORT") from None
+    if cfg.checks.dmarc_reject not in ("reject", "quarantine"):
+        raise _KeyError(f"[checks] dmarc_reject: {cfg.checks.dmarc_reject!r} is not \"reject\" or \"quarantine\"")
+    if cfg.checks.spf_fail not in ("mark", "junk", "reject"):
+        raise _KeyError(f"[checks] spf_fail: {cfg.checks.spf_fail!r} is not \"mark\", \"junk\" or \"reject\"")
+    if not cfg.checks.junk_folder or "/" in cfg.checks.junk_folder or cfg.checks.junk_folder.startswith("."):
+        raise _KeyError(f"[checks] junk_folder: {cfg.checks.junk_folder!r} is not a folder name")
+    if cfg.http.mta_sts_mode not in ("enforce", "testing", "none"):
+        raise _KeyError(f"[http] mta_sts_mode: {cfg.http.mta_sts_mode!r} is not \"enforce\", \"testing\" or \"none\"")
+    if not 0 < cfg.http.mta_sts_max_age <= 31557600:  # RFC 8461 §3.2: at most one year
+        raise _KeyError("[http] mta_sts_max_age: must be between 1 and 31557600 seconds")
+    for i, mx in enumerate(cfg.http.mta_sts_mx):
+        if not _HOSTNAME_RE.match(mx.removeprefix("*.")):
+            raise _KeyError(f"[http] mta_sts_mx[{i}]: {mx!r} is not a host name (or *.domain)")
     seen: dict[ListenAddress, str] = {}
     for service in ("smtp", "submission", "lmtp", "imap", "pop3", "http"):
         for addr, tls in cfg.listeners(service):
