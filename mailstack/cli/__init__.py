@@ -15,11 +15,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mailstack import __version__
-from mailstack.cli import alias, domain, serve, user
+from mailstack.cli import alias, dkim, dns, domain, queue, serve, user
 from mailstack.cli.common import EXIT_FAILED, EXIT_USAGE, CLIError, Context
 from mailstack.config import ConfigError
 
-NOUNS = (serve, domain, user, alias) + tuple(__import__(f"mailstack.cli.{m}", fromlist=["register"]) for m in ("queue", "dkim", "dns"))
+NOUNS = (serve, domain, user, alias, queue, dkim, dns)
 
 
 class _Parser(argparse.ArgumentParser):

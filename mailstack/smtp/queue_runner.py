@@ -51,7 +51,7 @@ from mailstack.mail import dkim
 from mailstack.mail.dsn import DSNRecipient, build_dsn, should_bounce
 from mailstack.maillog import log_event
 from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, RemoteReply, Route, deliver_domain
-from mailstack.smtp.queue_store import QueuedEnvelope, QueueStore
+from mailstack.smtp.queue_store import WAKE_FILE, QueuedEnvelope, QueueStore, on_enqueue
 
 if TYPE_CHECKING:
     from mailstack.config import Config
@@ -61,7 +61,6 @@ __all__ = ["QueueRunner", "start", "notify", "relay_settings", "WAKE_FILE", "LOC
 
 log = logging.getLogger(__name__)
 
-WAKE_FILE = ".wake"
 BATCH_DELAY = 0.05  # seconds between a wake-up and the scan: messages arriving together share connections
 DNS_CACHE_TTL = 60.0
 LOCK_DIR = ".locks"
@@ -73,6 +72,9 @@ def notify(queue_dir: Path) -> None:
     for r in list(_RUNNERS):
         if r.store.dir == queue_dir:
             r.wake()
+
+
+on_enqueue(notify)  # an enqueue anywhere in this process wakes its runners at once
 
 
 def touch_wake(queue_dir: Path) -> None:

@@ -32,11 +32,12 @@ Invariants:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,16 @@ __all__ = ["QueueStore", "QueuedEnvelope", "new_queue_id", "QueueIdError"]
 
 _ID_RE = re.compile(r"^[0-9A-F]{18}$")
 
+
+
+WAKE_FILE = ".wake"  # runners watch its mtime; touched after every enqueue
+_ENQUEUE_HOOKS: list[Callable[[Path], None]] = []
+
+
+def on_enqueue(hook: Callable[[Path], None]) -> None:
+    """Call ``hook(queue_dir)`` after every durable enqueue in this process."""
+    if hook not in _ENQUEUE_HOOKS:
+        _ENQUEUE_HOOKS.append(hook)
 
 class QueueIdError(ValueError):
     """Not a well-formed queue id."""
@@ -151,7 +162,24 @@ class QueueStore:
                     pass
             raise
         fsync_dir(self.dir)
+        self._announce()
         return qid
+
+    def _announce(self) -> None:
+        """Wake queue runners: in this process through the hooks, in others through the
+        wake file whose mtime they watch (no fsync: a lost wake-up only waits for a scan)."""
+        try:
+            p = self.dir / WAKE_FILE
+            with open(p, "a"):
+                pass
+            os.utime(p)
+        except OSError:
+            pass
+        for hook in list(_ENQUEUE_HOOKS):
+            try:
+                hook(self.dir)
+            except Exception:  # a hook must never fail an enqueue that is already on disk
+                logging.getLogger(__name__).exception("queue: enqueue hook failed")
 
     def list(self) -> list[str]:
         """Ids of queued messages, oldest first."""
