@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""IMAP benchmark: operations/s for N concurrent clients, and memory per idle connection.
+
+Starts mailstack's IMAP service (``mailstack.imap.server.start``) in a child process on a
+free loopback port with a temporary store (users ``user1..userN@example.test`` / ``pass``,
+mailboxes filled through storage), then measures it with the reference tools of
+``/work/shared/reference`` run as subprocesses, which work against any host/port:
+
+- ``imap_load.py``: closed-loop sessions (LOGIN, SELECT INBOX, FETCH 1:* (FLAGS),
+  BODIES x FETCH n (BODY.PEEK[]), LOGOUT) for each client count: ops/s;
+- a STORE + SEARCH loop of our own (imaplib; per op: ``UID STORE n +/-FLAGS \\Flagged``,
+  ``UID SEARCH FLAGGED``, ``SEARCH SUBJECT``): ops/s;
+- ``imap_idle_mem.py``: 1,000 connections in LOGIN + SELECT + IDLE: memory per connection.
+
+When the reference Dovecot is up on 127.0.0.1:31143 (``reference-up.sh``, users
+``userN@example.test`` / ``pass``) the same loads run there too and the ratio is printed;
+without it only our figures appear. Our users get cheap argon2id hashes
+(``Passwords.fast()``), as the reference uses ``{PLAIN}``: the figure measures IMAP,
+not password hashing.
+
+    python benchmarks/imap_bench.py --clients 1,4,16 --seconds 15 --idle 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import imaplib
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+REFERENCE = Path(os.environ.get("MAILSTACK_REFERENCE_TOOLS", "/work/shared/reference"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+# ---------------------------------------------------------------------------- our server
+
+
+def serve(workdir: Path, port: int) -> None:
+    from mailstack import net
+    from mailstack.config import config_from_dict
+    from mailstack.directory import Directory, Passwords
+    from mailstack.imap.server import start
+    from mailstack.serve import ServiceContext
+
+    raise_nofile()
+    config = config_from_dict(
+        {
+            "hostname": "mx.example.test",
+            "database": {"url": f"sqlite:///{workdir / 'mailstack.db'}"},
+            "storage": {"maildir_root": str(workdir / "mailboxes")},
+            "tls": {"cert_file": str(workdir / "cert.pem"), "key_file": str(workdir / "key.pem")},
+            "imap": {"listen": [f"127.0.0.1:{port}"]},
+        },
+        workdir / "mailstack.toml",
+    )
+    net.ensure_certificate(config.tls, config.hostname)
+    directory = Directory(config.database.url, passwords=Passwords.fast())
+
+    async def main() -> None:
+        ctx = ServiceContext(config, directory, net.load_tls_contexts(config.tls), net.ConnectionLimits(20000, 20000))
+        service = await start(ctx)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print("ready", flush=True)
+        await stop.wait()
+        await service.stop(1.0)
+
+    asyncio.run(main())
+
+
+def prepare(workdir: Path, users: int, messages: int, size: int) -> None:
+    from mailstack.directory import Directory, Passwords
+    from mailstack.storage import Maildir
+
+    directory = Directory(f"sqlite:///{workdir / 'mailstack.db'}", passwords=Passwords.fast())
+    directory.migrate()
+    directory.add_domain("example.test")
+    body = (b"x" * 75 + b"\n") * max(1, size // 76)
+    for u in range(1, users + 1):
+        directory.add_user(f"user{u}@example.test", "pass")
+        md = Maildir.for_user(workdir / "mailboxes", "example.test", f"user{u}")
+        md.ensure()
+        for i in range(messages):
+            md.deliver(b"From: bench@example.org\nTo: user%d@example.test\nSubject: bench %d\n"
+                       b"Message-ID: <%d.%d@bench>\n\n" % (u, i, u, i) + body)
+    directory.close()
+
+
+# ---------------------------------------------------------------------------- loads
+
+
+def run_tool(args: list[str], timeout: float) -> dict[str, object]:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)  # type: ignore[no-any-return]
+    return {"error": (proc.stdout + proc.stderr)[-500:]}
+
+
+def session_load(port: int, clients: int, seconds: float, users: int, server_pid: int | None) -> dict[str, object]:
+    args = [str(REFERENCE / "imap_load.py"), "--port", str(port), "--seconds", str(seconds), "-c", str(clients),
+            "--user-range", f"1-{users}", "--password", "pass"]
+    if server_pid:
+        args += ["--server-pid", str(server_pid)]
+    return run_tool(args, seconds + 120)
+
+
+def _store_search_worker(port: int, user: str, deadline: float, seed: int, q: mp.Queue) -> None:  # type: ignore[type-arg]
+    rnd = random.Random(seed)
+    ops = errors = 0
+    try:
+        c = imaplib.IMAP4("127.0.0.1", port, timeout=10)
+        c.login(user, "pass")
+        n = int(c.select("INBOX")[1][0] or 0)
+        while time.monotonic() < deadline and n:
+            uid = str(rnd.randint(1, n))
+            for cmd in (lambda: c.uid("STORE", uid, "+FLAGS", "(\\Flagged)"),
+                        lambda: c.uid("SEARCH", "FLAGGED"),
+                        lambda: c.uid("STORE", uid, "-FLAGS", "(\\Flagged)"),
+                        lambda: c.search(None, "SUBJECT", '"bench 1"')):
+                typ, _ = cmd()
+                ops += 1
+                errors += typ != "OK"
+        c.logout()
+    except (OSError, imaplib.IMAP4.error) as e:
+        errors += 1
+        print(f"store/search worker: {e!r}", file=sys.stderr)
+    q.put((ops, errors))
+
+
+def store_search_load(port: int, clients: int, seconds: float, users: int) -> dict[str, object]:
+    ctx = mp.get_context("fork")
+    q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    deadline = time.monotonic() + seconds
+    procs = [ctx.Process(target=_store_search_worker,
+                         args=(port, f"user{(i % users) + 1}@example.test", deadline, i, q), daemon=True)
+             for i in range(clients)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=seconds + 60) for _ in procs]
+    for p in procs:
+        p.join(5)
+    ops = sum(r[0] for r in results)
+    return {"clients": clients, "ops_per_s": round(ops / seconds, 1), "errors": sum(r[1] for r in results)}
+
+
+def idle_memory(port: int, n: int, users: int, server_pid: int | None, pidfile: str | None) -> dict[str, object]:
+    args = [str(REFERENCE / "imap_idle_mem.py"), "--port", str(port), "-n", str(n), "--user-range", f"1-{users}",
+            "--password", "pass", "--max-seconds", "300"]
+    if server_pid:
+        args += ["--server-pid", str(server_pid)]
+    elif pidfile:
+        args += ["--server-pidfile", pidfile]
+    return run_tool(args, 360)
+
+
+def reference_up(port: int = 31143) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            return s.recv(100).startswith(b"* OK")
+    except OSError:
+        return False
+
+
+def dovecot_pidfile() -> str | None:
+    root = os.environ.get("ANCHORS_ROOT")
+    for base in ([root] if root else []) + ["/tmp/anchors", "/work/anchors"]:
+        p = Path(base) / "dovecot" / "run" / "master.pid"
+        if p.exists():
+            return str(p)
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", default="1,4,16", help="client counts, comma-separated")
+    ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--users", type=int, default=100)
+    ap.add_argument("--messages", type=int, default=100, help="messages per user")
+    ap.add_argument("--size", type=int, default=5000, help="bytes per message")
+    ap.add_argument("--idle", type=int, default=1000, help="idle connections to measure (0: skip)")
+    ap.add_argument("--no-reference", action="store_true", help="do not measure Dovecot even when it is up")
+    ap.add_argument("--json-out")
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.serve:
+        serve(Path(a.serve), a.port)
+        return 0
+    raise_nofile()
+    clients = [int(x) for x in a.clients.split(",") if x]
+    ref = not a.no_reference and reference_up()
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="imap-bench-") as tmp:
+        work = Path(tmp)
+        t0 = time.monotonic()
+        prepare(work, a.users, a.messages, a.size)
+        print(f"store: {a.users} users x {a.messages} messages of {a.size} B in {time.monotonic() - t0:.1f}s")
+        port = free_port()
+        server = subprocess.Popen([sys.executable, __file__, "--serve", str(work), "--port", str(port)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None
+            if server.stdout.readline().strip() != "ready":
+                print("server did not start", file=sys.stderr)
+                return 1
+            print(f"dovecot on 127.0.0.1:31143: {'up' if ref else 'not running (our figures only)'}")
+            for c in clients:
+                ours = session_load(port, c, a.seconds, a.users, server.pid)
+                line = f"sessions c={c:3d}: ours {ours.get('ops_per_s', '?'):>7} ops/s (errors {ours.get('errors')})"
+                row: dict[str, object] = {"test": "sessions", "clients": c, "ours": ours}
+                if ref:
+                    theirs = session_load(31143, c, a.seconds, 100, None)
+                    row["dovecot"] = theirs
+                    if isinstance(ours.get("ops_per_s"), (int, float)) and theirs.get("ops_per_s"):
+                        ratio = float(ours["ops_per_s"]) / float(theirs["ops_per_s"])  # type: ignore[arg-type]
+                        row["ratio"] = round(ratio, 2)
+                        line += f" | dovecot {theirs['ops_per_s']:>7} ops/s | ratio {ratio:.2f}"
+                print(line, flush=True)
+                rows.append(row)
+            for c in clients:
+                ours = store_search_load(port, c, a.seconds, a.users)
+                line = f"store+search c={c:3d}: ours {ours['ops_per_s']:>7} ops/s (errors {ours['errors']})"
+                row = {"test": "store_search", "clients": c, "ours": ours}
+                if ref:
+                    theirs = store_search_load(31143, c, a.seconds, 100)
+                    row["dovecot"] = theirs
+                    if theirs["ops_per_s"]:
+                        ratio = float(ours["ops_per_s"]) / float(theirs["ops_per_s"])  # type: ignore[arg-type]
+                        row["ratio"] = round(ratio, 2)
+                        line += f" | dovecot {theirs['ops_per_s']:>7} ops/s | ratio {ratio:.2f}"
+                print(line, flush=True)
+                rows.append(row)
+            if a.idle:
+                ours = idle_memory(port, a.idle, a.users, server.pid, None)
+                row = {"test": "idle", "connections": a.idle, "ours": ours}
+                line = f"idle n={a.idle}: ours {json.dumps({k: v for k, v in ours.items() if 'per' in k or k in ('established', 'error')})}"
+                if ref:
+                    theirs = idle_memory(31143, a.idle, 100, None, dovecot_pidfile())
+                    row["dovecot"] = theirs
+                    line += f" | dovecot {json.dumps({k: v for k, v in theirs.items() if 'per' in k})}"
+                print(line, flush=True)
+                rows.append(row)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    if a.json_out:
+        with open(a.json_out, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
