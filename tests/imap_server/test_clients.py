@@ -164,3 +164,52 @@ def test_mbsync_both_ways(imap: IMAPServer) -> None:
     before = {p.name for p in _local_messages(local / "INBOX")}
     _mbsync(cfg)
     assert {p.name for p in _local_messages(local / "INBOX")} == before
+
+
+def test_offlineimap_both_ways(imap: IMAPServer) -> None:
+    binary = require_tool("offlineimap")
+    for i in range(4):
+        imap.deliver(ALICE, message(f"oi {i}"))
+    local = imap.tmp / "oi-local"
+    meta = imap.tmp / "oi-meta"
+    rc = imap.tmp / "offlineimaprc"
+    rc.write_text(f"""[general]
+accounts = acc
+metadata = {meta}
+
+[Account acc]
+localrepository = local
+remoterepository = remote
+
+[Repository local]
+type = Maildir
+localfolders = {local}
+
+[Repository remote]
+type = IMAP
+remotehost = 127.0.0.1
+remoteport = {imap.port}
+remoteuser = {ALICE}
+remotepass = {PASSWORD}
+ssl = no
+starttls = yes
+sslcacertfile = {imap.cert_file}
+tls_level = tls_secure
+""")
+
+    def run() -> None:
+        proc = subprocess.run([binary, "-c", str(rc), "-o", "-u", "basic"], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0 and "ERROR" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+    run()
+    assert len(_local_messages(local / "INBOX")) == 4
+    assert (local / "Sent").is_dir()
+    new = local / "Drafts" / "new" / "1700000002.oi.host"
+    new.write_bytes(message("offline draft"))
+    first = _local_messages(local / "INBOX")[0]
+    first.rename(first.with_name(first.name.split(":2,")[0] + ":2,S"))
+    run()
+    md = imap.maildir()
+    assert len(md.folder("Drafts").sync().messages) == 1
+    assert sum(1 for m in md.folder("INBOX").sync().messages if "\\Seen" in m.flags) == 1
