@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import dkim as dkimpy
+import dkim as dkimpy  # type: ignore[import-untyped]
 
 from mailstack.dns import DNSError, NXDomain, Resolver
 from mailstack.mail import dmarc as dmarc_mod

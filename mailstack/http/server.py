@@ -1,0 +1,250 @@
+"""The ``http`` service (``mailstack.http.server:start``): autoconfig, Autodiscover, MTA-STS.
+
+An aiohttp application on the ``[http]`` listeners (``tls_listen`` with the ``[tls]``
+certificate), opened through ``serve.open_listeners`` like every other service.
+
+Routes:
+
+=========================================================  ======  ============================
+``/mail/config-v1.1.xml?emailaddress=A``                   GET     Thunderbird autoconfig
+``/.well-known/autoconfig/mail/config-v1.1.xml``           GET     the same (Thunderbird >= 45)
+``/autodiscover/autodiscover.xml``                         POST    Outlook POX Autodiscover
+``/Autodiscover/Autodiscover.xml``                         POST    the same (Outlook's casing)
+``/.well-known/mta-sts.txt``                               GET     MTA-STS policy (RFC 8461 §3.3)
+=========================================================  ======  ============================
+
+Invariants:
+- only our domains are described: an address or Host whose domain is not local is
+  ``404``; nothing tells whether a *user* exists (no enumeration);
+- anything else is ``404``; a wrong method ``405``; a malformed address, XML, or a body
+  over ``[http] max_request_size`` is ``400``; oversized request lines/headers are
+  refused by aiohttp's parser with ``400``;
+- no traceback ever reaches a client: an unexpected error is logged and answered with a
+  bare ``500``; a directory that cannot be reached is ``503``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from mailstack import net
+from mailstack.http import documents as docs
+
+if TYPE_CHECKING:
+    from mailstack.config import Config
+    from mailstack.serve import RunningService, ServiceContext
+
+__all__ = ["HTTPService", "make_app", "start"]
+
+log = logging.getLogger(__name__)
+
+XML = "text/xml"
+KEEPALIVE_TIMEOUT = 30.0
+MAX_LINE = 8190
+MAX_FIELD = 8190
+
+CONFIG_KEY: web.AppKey[Any] = web.AppKey("mailstack_config", object)
+DOMAINS_KEY: web.AppKey[Any] = web.AppKey("mailstack_is_local_domain", object)
+
+
+class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's protocol logger: a bad request is one INFO line, its traceback at DEBUG."""
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0] if exc is not None else ""
+        self.logger.info("http: %s%s", str(msg) % args, f": {text[:200]}" if text else "")
+        self.logger.debug("http: details", exc_info=exc_info)
+
+
+class _Problem(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+@web.middleware
+async def _no_tracebacks(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except _Problem as p:
+        resp = web.Response(status=p.status, text=p.text + "\n")
+        if p.status == 400:
+            resp.force_close()  # a body may be left unread: do not parse it as the next request
+        return resp
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("http: %s %s failed", request.method, request.path)
+        resp = web.Response(status=500, text="Internal server error\n")
+        resp.force_close()
+        return resp
+
+
+async def _is_local(request: web.Request, domain: str) -> bool:
+    from mailstack.directory.errors import DirectoryUnavailable
+
+    check = request.app[DOMAINS_KEY]
+    try:
+        return bool(await asyncio.to_thread(check, domain))
+    except DirectoryUnavailable:
+        raise _Problem(503, "Directory unavailable, try again later") from None
+
+
+def _address_domain(text: str) -> tuple[str, str]:
+    from mailstack.mail.address import AddressError, parse_address
+
+    try:
+        addr = parse_address(text.strip())
+    except AddressError as e:
+        raise _Problem(400, f"Bad email address: {e}") from None
+    return str(addr), addr.domain
+
+
+def _host_domain(request: web.Request) -> str | None:
+    from mailstack.mail.address import AddressError, normalize_domain
+
+    host = (request.host or "").strip()
+    if host.startswith("["):
+        return None
+    host = host.rpartition(":")[0] if host.count(":") == 1 else host
+    for prefix in ("autoconfig.", "autodiscover.", "mta-sts."):
+        if host.lower().startswith(prefix):
+            host = host[len(prefix):]
+            break
+    try:
+        return normalize_domain(host)
+    except AddressError:
+        return None
+
+
+async def autoconfig(request: web.Request) -> web.Response:
+    """Thunderbird: ``emailaddress`` names the domain; without it, the Host does."""
+    config: Config = request.app[CONFIG_KEY]
+    raw = request.query.get("emailaddress")
+    if raw is not None:
+        _address, domain = _address_domain(raw)
+    else:
+        found = _host_domain(request)
+        if found is None:
+            raise _Problem(404, "Unknown domain")
+        domain = found
+    if not await _is_local(request, domain):
+        raise _Problem(404, "Unknown domain")
+    body = docs.thunderbird_config([domain], config.hostname, docs.endpoints(config))
+    return web.Response(body=body, content_type=XML, charset="utf-8")
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise _Problem(400, "Request body too large")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise _Problem(400, "Request body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def autodiscover(request: web.Request) -> web.Response:
+    """Outlook POX Autodiscover ([MS-OXDSCLI])."""
+    config: Config = request.app[CONFIG_KEY]
+    body = await _read_body(request, config.http.max_request_size)
+    try:
+        req = docs.parse_autodiscover_request(body)
+    except docs.AutodiscoverError as e:
+        raise _Problem(400, f"Bad Autodiscover request: {e}") from None
+    address, domain = _address_domain(req.email)
+    if not await _is_local(request, domain):
+        raise _Problem(404, "Unknown domain")
+    return web.Response(body=docs.autodiscover_response(address, docs.endpoints(config)),
+                        content_type=XML, charset="utf-8")
+
+
+async def mta_sts(request: web.Request) -> web.Response:
+    """RFC 8461 §3.3: ``text/plain``; the MX names are ours (``[http] mta_sts_mx`` or hostname)."""
+    config: Config = request.app[CONFIG_KEY]
+    mx = list(config.http.mta_sts_mx) or [config.hostname]
+    body = docs.mta_sts_policy(config.http.mta_sts_mode, mx, config.http.mta_sts_max_age)
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+
+def make_app(config: Config, is_local_domain: Any) -> web.Application:
+    """The application; ``is_local_domain(domain) -> bool`` is called in a thread."""
+    app = web.Application(
+        middlewares=[_no_tracebacks],
+        client_max_size=config.http.max_request_size + 1,
+        # never a traceback in an error page, even with asyncio debug on; protocol errors
+        # (bad clients) logged in one line, not as tracebacks
+        handler_args={"debug": False, "logger": _ProtocolLog(log, {})},
+    )
+    app[CONFIG_KEY] = config
+    app[DOMAINS_KEY] = is_local_domain
+    app.router.add_get("/mail/config-v1.1.xml", autoconfig)
+    app.router.add_get("/.well-known/autoconfig/mail/config-v1.1.xml", autoconfig)
+    app.router.add_post("/autodiscover/autodiscover.xml", autodiscover)
+    app.router.add_post("/Autodiscover/Autodiscover.xml", autodiscover)
+    app.router.add_get("/.well-known/mta-sts.txt", mta_sts)
+    return app
+
+
+class HTTPService:
+    """A running http service. ``stop(grace)``: stop listening, finish requests, close."""
+
+    name = "http"
+
+    def __init__(self, runner: web.AppRunner, servers: list[asyncio.Server]) -> None:
+        self.runner = runner
+        self.servers = servers
+
+    async def stop(self, grace: float) -> None:
+        for s in self.servers:
+            s.close()
+        server = self.runner.server
+        if server is not None:
+            server.pre_shutdown()
+            await server.shutdown(grace)
+        await self.runner.cleanup()
+        for s in self.servers:
+            await s.wait_closed()
+
+
+async def start(ctx: ServiceContext) -> RunningService:
+    from mailstack.serve import open_listeners
+
+    cfg = ctx.config
+    app = make_app(cfg, ctx.directory.is_local_domain)
+    runner = web.AppRunner(
+        app,
+        access_log=logging.getLogger("mailstack.http.access"),
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        max_line_size=MAX_LINE,
+        max_field_size=MAX_FIELD,
+        handler_cancellation=True,
+    )
+    await runner.setup()
+    server = runner.server
+    assert server is not None
+
+    def factory_for(address: object, implicit_tls: bool) -> net.ProtocolFactory:
+        return server
+
+    try:
+        servers = await open_listeners("http", cfg.listeners("http"), factory_for, ctx.tls.server)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return HTTPService(runner, servers)
