@@ -171,8 +171,8 @@ class MailboxView:
                 self.infos[m.uid] = m
                 self.flags.pop(m.uid, None)
                 after = self.flags_for(m.uid)
-                if after != before:
-                    seq = self.seq_of(m.uid)
+                seq = self.seq_of(m.uid)
+                if after != before and seq is not None:
                     uid_part = b"UID %d " % m.uid if with_uid else b""
                     out.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, render_flags(after)))
         top = self.max_uid

@@ -161,8 +161,7 @@ class _Connection(asyncio.Protocol):
         new = await loop.start_tls(self.transport, self, context, server_side=True, ssl_handshake_timeout=30)
         if new is None:
             raise ConnectionResetError("TLS handshake failed")
-        self.transport = new
-        self.inbox.clear()
+        self.transport = new  # bytes already received here came over TLS: keep them
 
     def close(self) -> None:
         if self.transport is not None:

@@ -852,7 +852,7 @@ class Session:
             elif args.mode == "-":
                 new = current - given
             else:
-                new = set(given)
+                new = frozenset(given)
             if new != current:
                 sysf = [f for f in new if f in SYSTEM_FLAGS]
                 kws = sorted(f for f in new if not f.startswith("\\"))

@@ -388,3 +388,33 @@ def test_tls_client_context_is_real(imap: IMAPServer) -> None:
             assert t.version() in ("TLSv1.2", "TLSv1.3")
             assert t.recv(100).startswith(b"* OK")
     assert isinstance(ctx, ssl.SSLContext)
+
+
+def test_login_timeout_and_pipelined_commands(tmp_path: Path) -> None:
+    gen = make_server(tmp_path, imap={"login_timeout": 0.5})
+    imap = next(gen)
+    try:
+        s = raw(imap)
+        s.settimeout(5)
+        data = b""
+        while b"BYE" not in data:
+            chunk = s.recv(1000)
+            if not chunk:
+                break
+            data += chunk
+        assert b"* BYE Autologout" in data
+        s.close()
+        # many pipelined commands on one connection: answered in order, none lost
+        s = raw(imap)
+        s.sendall(b"a LOGIN alice@example.test secret\r\n" + b"".join(b"n%d NOOP\r\n" % i for i in range(300))
+                  + b"z LOGOUT\r\n")
+        out = b""
+        while not out.endswith(b"z OK Logout completed\r\n"):
+            chunk = s.recv(65536)
+            assert chunk
+            out += chunk
+        tags = re.findall(rb"^(n\d+) OK", out, re.M)
+        assert tags == [b"n%d" % i for i in range(300)]
+        s.close()
+    finally:
+        gen.close()
