@@ -15,14 +15,18 @@ Policy (``MXHandler``), each rule where it is enforced:
     retry (queue store) and 250; some OK and some permanent -> a DSN to the sender is
     queued and 250. If that queueing fails, 451 (the sender retries; a duplicate is
     better than a loss).
+- DATA, first: SPF, DKIM and DMARC (``[checks]``, ``mailstack.mail.authcheck``, MX only:
+  submission and LMTP never check): ``550 5.7.1`` for a failing DMARC ``p=reject``,
+  ``451 4.4.3`` when DNS cannot answer, Junk folder for ``p=quarantine``; forged
+  ``Authentication-Results:`` claiming our hostname are removed and ours goes on top
+  (RFC 8601 §5). With ``[checks] enabled = false`` no DNS is used at all.
 - Every accepted, rejected, delivered, deferred and bounced message is one mail log line.
-
-No DNS is used: local delivery works on a host without a resolver.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING
 from mailstack import maillog, net
 from mailstack.config import Config, parse_listen
 from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, RecipientResult, Resolution, Resolver, ResolveError, received_header
+from mailstack.mail.authcheck import Action, AuthChecker, CheckPolicy
 from mailstack.smtp import replies as R
 from mailstack.smtp.bounce import make_dsn
 from mailstack.smtp.mda import MDA, InProcessMDA, LMTPClient
@@ -61,12 +66,16 @@ class MXHandler:
         delivery: LocalDelivery,
         mda: MDA,
         queue: QueueStore,
+        checks: AuthChecker | None = None,
+        junk_folder: str = "Junk",
     ) -> None:
         self.hostname = hostname
         self.resolver = resolver
         self.delivery = delivery
         self.mda = mda
         self.queue = queue
+        self.checks = checks  # None: no SPF/DKIM/DMARC (submission, or [checks] enabled = false)
+        self.junk_folder = junk_folder
 
     # -- hooks ------------------------------------------------------------------
 
@@ -109,17 +118,54 @@ class MXHandler:
             recipient=txn.recipients[0] if len(txn.recipients) == 1 else None,
             tls=server.tls_info,
         )
+        resolutions = txn.resolutions
+        if self.checks is not None and server.peer_ip:
+            verdict = await self.checks.check(content, client_ip=server.peer_ip, helo=server.helo_name,
+                                              mail_from=sender)
+            if verdict.action in (Action.REJECT, Action.DEFER):
+                reply = Reply(verdict.code, verdict.status, verdict.text)
+                maillog.log_event("rejected" if reply.is_permanent else "deferred", queue_id=txn.queue_id,
+                                  service=self.service, client=server.peer_ip, sender=sender,
+                                  recipients=txn.recipients, size=len(content), auth=verdict.summary,
+                                  status="rejected" if reply.is_permanent else "deferred", reply=reply)
+                return [reply]
+            content = verdict.apply(content, self.hostname)  # RFC 8601 §5: ours on top, forged ones gone
+            if verdict.action is Action.JUNK:
+                resolutions = await asyncio.to_thread(self._to_junk, resolutions)
         data = trace + content
         common = dict(queue_id=txn.queue_id, service=self.service, client=server.peer_ip, sender=sender,
                       size=len(data))
         results = await self.mda.deliver(
-            sender, txn.recipients, txn.resolutions, data, queue_id=txn.queue_id, client=server.peer_ip,
+            sender, txn.recipients, resolutions, data, queue_id=txn.queue_id, client=server.peer_ip,
             smtputf8=bool(txn.smtp_utf8), body_8bit=txn.body_type == "8BITMIME",
         )
         reply = await self._settle(txn, sender, data, results, common)
         return [reply]
 
     # -- helpers ----------------------------------------------------------------
+
+    def _to_junk(self, resolutions: Sequence[Resolution]) -> list[Resolution]:
+        """The same recipients, their local mailboxes' Junk folder (made when missing)."""
+        from mailstack.storage import FolderExists, Maildir, StorageError
+
+        out = []
+        for res in resolutions:
+            boxes = []
+            for mb in res.mailboxes:
+                try:
+                    md = Maildir.for_user(self.delivery.maildir_root, mb.domain, mb.local)
+                    if not md.has_folder(self.junk_folder):
+                        try:
+                            md.create_folder(self.junk_folder)
+                            md.subscribe(self.junk_folder)
+                        except FolderExists:  # made by someone else meanwhile
+                            pass
+                    boxes.append(dataclasses.replace(mb, folder=self.junk_folder))
+                except (StorageError, OSError) as e:  # into INBOX rather than not at all
+                    log.warning("cannot use %s of %s: %s", self.junk_folder, mb.address, e)
+                    boxes.append(mb)
+            out.append(dataclasses.replace(res, mailboxes=tuple(boxes)))
+        return out
 
     async def _settle(
         self, txn: Transaction, sender: str, data: bytes, results: Sequence[RecipientResult], common: dict[str, object]
@@ -194,8 +240,16 @@ async def start(ctx: ServiceContext) -> RunningService:
         mda = build_mda(cfg, delivery)
     except ValueError as e:
         raise ServiceError(f"[smtp] mda: {e}") from None
+    checks = None
+    if cfg.checks.enabled:
+        from mailstack.dns import resolver_from_config
+
+        try:
+            checks = AuthChecker(resolver_from_config(cfg.dns), cfg.hostname, CheckPolicy.from_config(cfg.checks))
+        except Exception as e:  # e.g. no /etc/resolv.conf and no [dns] nameservers
+            raise ServiceError(f"[checks]: no DNS resolver: {e}") from None
     handler = MXHandler(hostname=cfg.hostname, resolver=Resolver(ctx.directory), delivery=delivery, mda=mda,
-                        queue=queue)
+                        queue=queue, checks=checks, junk_folder=cfg.checks.junk_folder)
     settings = ServerSettings(
         service="smtp",
         hostname=cfg.hostname,
