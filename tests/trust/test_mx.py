@@ -1,0 +1,132 @@
+"""End to end through the real MX (smtplib on loopback, test DNS): the checks at the end of DATA."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import authres
+import pytest
+
+from mailstack.dns import DNSPythonResolver
+from mailstack.mail import dkim
+from mailstack.mail.authcheck import verify_dkim
+from tests.dnsserver import TestDNS
+from tests.smtp.conftest import MXServer, make_server
+from tests.trust.conftest import REMOTE, message, publish_remote
+
+
+@pytest.fixture
+def mx_with_dns(tmp_path: Path, dns: TestDNS) -> Iterator[Any]:
+    made: list[MXServer] = []
+
+    def factory(**checks: Any) -> MXServer:
+        s = make_server(tmp_path / str(len(made)), dns={"nameservers": [dns.address], "timeout": 2},
+                        checks=checks)
+        made.append(s)
+        return s
+
+    try:
+        yield factory
+    finally:
+        for s in made:
+            s.close()
+
+
+def send(mx: MXServer, msg: bytes, mail_from: str = f"alice@{REMOTE}", to: str = "bob@example.test") -> None:
+    with mx.client() as c:
+        c.sendmail(mail_from, [to], msg)
+
+
+def top_fields(stored: bytes) -> list[bytes]:
+    head = stored.split(b"\n\n", 1)[0]
+    return head.replace(b"\n\t", b"\t").split(b"\n")  # one item per field, unfolded
+
+
+def test_signed_remote_mail_passes(mx_with_dns: Any, dns: TestDNS, remote_key: dkim.DKIMKey) -> None:
+    publish_remote(dns, remote_key)
+    mx = mx_with_dns()
+    signed = dkim.sign(message(), [remote_key])
+    send(mx, signed)
+    [stored] = mx.messages("bob")
+    fields = top_fields(stored)
+    ar = [f for f in fields if f.lower().startswith(b"authentication-results:")]
+    assert len(ar) == 1
+    parsed = authres.AuthenticationResultsHeader.parse(ar[0].decode())
+    assert parsed.authserv_id == "mx.example.test"
+    assert [(r.method, r.result) for r in parsed.results] == [("spf", "pass"), ("dkim", "pass"), ("dmarc", "pass")]
+    # the message as stored still verifies: our header did not break the signature
+    sigs = asyncio.run(verify_dkim(stored.replace(b"\n", b"\r\n"), DNSPythonResolver([dns.address])))
+    assert [s.result for s in sigs] == ["pass"]
+    assert mx.messages("bob", folder="Junk") == []
+
+
+def test_forged_from_of_reject_domain_is_refused(mx_with_dns: Any, dns: TestDNS, remote_key: dkim.DKIMKey) -> None:
+    publish_remote(dns, remote_key)
+    mx = mx_with_dns()
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        send(mx, message(), mail_from="attacker@evil.test")
+    assert e.value.smtp_code == 550 and e.value.smtp_error.startswith(b"5.7.1")
+    assert mx.messages("bob") == []
+
+
+def test_reject_as_quarantine_when_configured(mx_with_dns: Any, dns: TestDNS, remote_key: dkim.DKIMKey) -> None:
+    publish_remote(dns, remote_key)
+    mx = mx_with_dns(dmarc_reject="quarantine")
+    send(mx, message(), mail_from="attacker@evil.test")
+    assert mx.messages("bob") == [] and len(mx.messages("bob", folder="Junk")) == 1
+
+
+def test_quarantine_lands_in_junk(mx_with_dns: Any, dns: TestDNS, remote_key: dkim.DKIMKey) -> None:
+    publish_remote(dns, remote_key, policy="quarantine")
+    mx = mx_with_dns()
+    send(mx, message(), mail_from="attacker@evil.test", to="team@example.test")  # alias: alice and bob
+    for user in ("alice", "bob"):
+        assert mx.messages(user) == []
+        [stored] = mx.messages(user, folder="Junk")
+        assert b"dmarc=fail (p=quarantine dis=quarantine) header.from=remote.test" in stored
+        assert "Junk" in mx.maildir(user).list_folders()
+        assert "Junk" in mx.maildir(user).list_subscriptions()
+
+
+def test_spoofed_authentication_results_is_stripped(mx_with_dns: Any, dns: TestDNS,
+                                                    remote_key: dkim.DKIMKey) -> None:
+    publish_remote(dns, remote_key, policy="none")
+    mx = mx_with_dns()
+    forged = (b"Authentication-Results: mx.example.test; dkim=pass header.d=bank.test;\r\n"
+              b"\tdmarc=pass header.from=bank.test\r\n"
+              b"Authentication-Results: elsewhere.test; spf=pass smtp.mailfrom=x@elsewhere.test\r\n")
+    send(mx, forged + message(), mail_from="attacker@evil.test")
+    [stored] = mx.messages("bob")
+    assert b"bank.test" not in stored
+    assert b"Authentication-Results: elsewhere.test;" in stored
+    assert stored.count(b"Authentication-Results: mx.example.test;") == 1
+
+
+def test_dns_failure_is_451(mx_with_dns: Any, dns: TestDNS, remote_key: dkim.DKIMKey) -> None:
+    publish_remote(dns, remote_key)
+    dns.servfail.add(f"_dmarc.{REMOTE}")
+    mx = mx_with_dns()
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        send(mx, dkim.sign(message(), [remote_key]))
+    assert e.value.smtp_code == 451 and e.value.smtp_error.startswith(b"4.4.3")
+    assert mx.messages("bob") == []
+
+
+def test_spf_fail_without_dmarc_is_marked_and_delivered(mx_with_dns: Any, dns: TestDNS) -> None:
+    dns.add("plain.test", "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    mx = mx_with_dns()
+    send(mx, message(from_addr="carol@plain.test"), mail_from="carol@plain.test")
+    [stored] = mx.messages("bob")
+    assert b"spf=fail smtp.mailfrom=carol@plain.test" in stored
+
+
+def test_checks_can_be_turned_off(mx_with_dns: Any, dns: TestDNS, remote_key: dkim.DKIMKey) -> None:
+    publish_remote(dns, remote_key)
+    mx = mx_with_dns(enabled=False)
+    send(mx, message(), mail_from="attacker@evil.test")
+    [stored] = mx.messages("bob")
+    assert b"Authentication-Results" not in stored
