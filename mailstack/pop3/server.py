@@ -155,7 +155,8 @@ class _Connection(asyncio.Protocol):
         if new is None:
             raise ConnectionResetError("TLS handshake failed")
         self.transport = new
-        self.inbox.clear()
+        # Not cleared again: what arrives now came through TLS, and a client may send its
+        # first command the moment the handshake ends (TLS 1.3 especially).
 
     def close(self) -> None:
         if self.transport is not None:

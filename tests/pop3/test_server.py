@@ -400,3 +400,34 @@ def test_many_concurrent_sessions(pop3: POP3Server) -> None:
 def test_lock_file_mode(pop3: POP3Server) -> None:
     pop3.client(ALICE).quit()
     assert oct(os.stat(pop3.maildir(ALICE).root / LOCK_NAME).st_mode & 0o777) == "0o600"
+
+
+def test_command_in_the_same_segment_as_the_stls_handshake_end_is_answered(pop3: POP3Server) -> None:
+    """The client's TLS Finished and its first command arrive in one TCP segment: the
+    command came through TLS and must be answered (only pre-handshake bytes are dropped)."""
+    with socket.create_connection(("127.0.0.1", pop3.port), timeout=5) as s:
+        s.recv(1000)
+        s.sendall(b"STLS\r\n")
+        assert s.recv(1000).startswith(b"+OK")
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = pop3.client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    s.sendall(outgoing.read())
+                incoming.write(s.recv(65536))
+        tls.write(b"CAPA\r\n")
+        s.sendall(outgoing.read())  # client Finished + CAPA together
+        reply = b""
+        while not reply.endswith(b"\r\n.\r\n"):
+            incoming.write(s.recv(65536))  # a socket.timeout here = the command was dropped
+            try:
+                reply += tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+            if outgoing.pending:
+                s.sendall(outgoing.read())
+        assert reply.startswith(b"+OK") and b"USER" in reply
