@@ -131,11 +131,14 @@ def test_queue_list_show_flush_delete(tmp_path: Path, dns: TestDNS) -> None:
     assert cli(config, "queue", "delete", b).returncode == 0
 
 
-def _wait_port(port: int, timeout: float = 20.0) -> None:
+def _wait_port(port: int, timeout: float = 30.0, proc: "subprocess.Popen[bytes] | None" = None) -> None:
     import socket
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise AssertionError(f"serve exited with {proc.returncode}: {err}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.5).close()
             return
@@ -163,7 +166,7 @@ def test_queued_mail_survives_kill_9_and_is_delivered_after_flush(tmp_path: Path
     d.close()
     proc = _serve(config)
     try:
-        _wait_port(sub_port)
+        _wait_port(sub_port, proc=proc)
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         with smtplib.SMTP("127.0.0.1", sub_port, timeout=10) as c:
@@ -188,7 +191,7 @@ def test_queued_mail_survives_kill_9_and_is_delivered_after_flush(tmp_path: Path
     remote.start()
     proc = _serve(config)
     try:
-        _wait_port(sub_port)
+        _wait_port(sub_port, proc=proc)
         time.sleep(1.0)
         assert remote.messages == []  # not due yet (retry_initial = 600)
         assert cli(config, "queue", "flush").returncode == 0

@@ -281,22 +281,21 @@ def test_partial_recipients_mixed(mx_server: MXServer) -> None:
 
 
 def test_mda_failure_is_temporary_never_250(mx_server: MXServer) -> None:
-    root = mx_server.config.storage.maildir_root
     md = mx_server.maildir("bob")
     md.ensure()
-    (md.root / "new").chmod(0o500)  # cannot write: deliver fails
+    # new/ is not a directory any more: the real delivery code fails on the real file
+    # system (a chmod would not stop root, which CI runs as).
+    (md.root / "new").rmdir()
+    (md.root / "new").write_bytes(b"")
     try:
-        import os
-
-        if os.geteuid() == 0:
-            pytest.skip("root ignores directory permissions")
         with mx_server.client() as c:
             with pytest.raises(smtplib.SMTPDataError) as e:
                 c.sendmail("s@example.org", ["bob@example.test"], MSG)
             assert 400 <= e.value.smtp_code < 500
+        assert list((md.root / "cur").iterdir()) == []
     finally:
-        (md.root / "new").chmod(0o700)
-    del root
+        (md.root / "new").unlink()
+        (md.root / "new").mkdir()
 
 
 def test_mda_failure_breaks_storage(mx_server: MXServer, monkeypatch: pytest.MonkeyPatch) -> None:
