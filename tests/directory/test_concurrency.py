@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from mailstack.directory import Directory, Passwords
+from mailstack.directory import Directory
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = 3

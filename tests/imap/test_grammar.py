@@ -9,7 +9,7 @@ import pytest
 from mailstack.imap.grammar import GrammarError, parse_command
 from mailstack.imap.types import (
     FETCH_MACROS, AppendArgs, AuthenticateArgs, Command, CopyArgs, EnableArgs, ExpungeArgs,
-    FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, NoArgs, QuotaRootArgs,
+    FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, QuotaRootArgs,
     RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet, SetQuotaArgs, StatusArgs,
     StoreArgs,
 )

@@ -8,7 +8,6 @@ import email
 import subprocess
 from pathlib import Path
 
-import pytest
 from aioimaplib import aioimaplib
 from imapclient import IMAPClient
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, require_tool
+from tests.helpers import free_port, require_tool, require_root
 
 from .conftest import make_server, message
 
@@ -49,8 +49,7 @@ def _uid_flags(c: imaplib.IMAP4) -> list[tuple[int, set[str]]]:
 @pytest.fixture
 def dovecot_store() -> Iterator[tuple[Path, Path, int]]:
     binary = require_tool("dovecot")
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run a private Dovecot with its own uid")
+    require_root("needs root to run a private Dovecot with its own uid")
     top = Path(tempfile.mkdtemp(prefix="ms-dovecot-"))
     top.chmod(0o755)
     mail = top / "mailboxes"

@@ -11,9 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from mailstack.mail import dkim
 from mailstack.smtp.queue_store import QueueStore
 from tests.dnsserver import TestDNS
 from tests.helpers import free_port

@@ -21,7 +21,7 @@ from mailstack.mail import dkim
 from mailstack.smtp.queue_runner import QueueRunner
 from mailstack.smtp.queue_store import QueueStore
 from tests.dnsserver import TestDNS
-from tests.helpers import free_port, require_tool
+from tests.helpers import free_port, require_tool, require_root
 from tests.outbound.conftest import REMOTE_IP, make_config
 
 NOBODY = 65534
@@ -43,8 +43,7 @@ def _master_cf(port: int) -> str:
 @pytest.fixture
 def postfix(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     exe = require_tool("postfix")
-    if os.geteuid() != 0:
-        pytest.skip("a private Postfix instance needs root to start")
+    require_root("a private Postfix instance needs root to start")
     # Postfix checks the ownership and modes of its directories' parents: not under pytest's 0700 tmp
     root = Path(tempfile.mkdtemp(prefix="mailstack-pf-"))
     os.chmod(root, 0o755)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, require_tool
+from tests.helpers import free_port, require_tool, require_root
 from tests.smtp.conftest import MXServer
 
 MSG = b"From: a@example.org\r\nSubject: test\r\n\r\nhello\r\n"
@@ -283,8 +283,7 @@ def _port_open(port: int) -> bool:
 @pytest.fixture
 def postfix(mx_server: MXServer) -> Iterator[Postfix]:
     require_tool("postfix")
-    if os.geteuid() != 0:
-        pytest.skip("a private Postfix instance needs root to start")
+    require_root("a private Postfix instance needs root to start")
     root = Path(tempfile.mkdtemp(prefix="mailstack-postfix-", dir="/tmp"))
     pf = Postfix(root, free_port(), {
         "example.test": f"smtp:[127.0.0.1]:{mx_server.port}",      # relay into our MX
