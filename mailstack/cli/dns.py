@@ -4,8 +4,14 @@
 ``hostname``), SPF (``v=spf1 mx -all``), every DKIM key's TXT, DMARC (``p=quarantine``,
 aggregate reports to postmaster, RFC 7489 §6.3) and the RFC 6186 / RFC 8314 SRV
 records of the client services (a service without a listener gets the "not offered"
-target ``.``, RFC 6186 §4). ``check`` looks each one up through ``[dns]`` and says ok /
-missing / different per record; exit 1 when any is not ok.
+target ``.``, RFC 6186 §4). When the ``http`` service has a listener it adds what
+clients and senders find it by: ``autoconfig.`` and ``autodiscover.`` (Thunderbird,
+Outlook) and ``mta-sts.`` (RFC 8461 §3.3) as CNAMEs to ``hostname`` (an A record with
+the same address also counts as ok), ``_autodiscover._tcp`` SRV (with an HTTPS
+listener), ``_mta-sts`` TXT (RFC 8461 §3.1, ``id`` = a hash of the policy served, so it
+changes exactly when the policy does) and ``_smtp._tls`` TXT (TLS-RPT, RFC 8460 §3).
+``check`` looks each one up through ``[dns]`` and says ok / missing / different per
+record; exit 1 when any is not ok.
 """
 
 from __future__ import annotations
@@ -93,6 +99,33 @@ def domain_records(config: Any, domain: str) -> list[Record]:
         port = _port(config, service, tls, _standard)
         value = f"0 1 {port} {host}." if port else "0 0 0 ."
         out.append(Record(f"{label}.{domain}", "SRV", value, f"SRV {label}"))
+    out.extend(_http_records(config, domain, host))
+    return out
+
+
+def mta_sts_id(config: Any) -> str:
+    """RFC 8461 §3.1 ``id``: 1-32 alphanumerics; a hash of the policy we serve."""
+    import hashlib
+
+    from mailstack.http.documents import mta_sts_policy
+
+    http = config.http
+    policy = mta_sts_policy(http.mta_sts_mode, list(http.mta_sts_mx) or [config.hostname], http.mta_sts_max_age)
+    return hashlib.sha256(policy).hexdigest()[:20]
+
+
+def _http_records(config: Any, domain: str, host: str) -> list[Record]:
+    """Autoconfig/Autodiscover names, MTA-STS and TLS-RPT, when the http service runs."""
+    if not (config.http.listen or config.http.tls_listen):
+        return []
+    out = [Record(f"{label}.{domain}", "CNAME", f"{host}.", what)
+           for label, what in (("autoconfig", "autoconfig"), ("autodiscover", "Autodiscover"),
+                               ("mta-sts", "MTA-STS host"))]
+    https = _port(config, "http", True, 443)
+    if https:
+        out.append(Record(f"_autodiscover._tcp.{domain}", "SRV", f"0 1 {https} {host}.", "SRV _autodiscover._tcp"))
+    out.append(Record(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={mta_sts_id(config)}", "MTA-STS"))
+    out.append(Record(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:postmaster@{domain}", "TLS-RPT"))
     return out
 
 
@@ -141,6 +174,21 @@ async def _lookup(resolver: Any, rec: Record) -> tuple[str, str]:
             if any(_norm_txt(t) == _norm_txt(rec.value) for t in same_kind):
                 return "ok", same_kind[0]
             return "different", " | ".join(same_kind)
+        if rec.rtype == "CNAME":
+            want = rec.value.rstrip(".").lower()
+            targets = await resolver.cname(rec.name)
+            if targets:
+                return ("ok" if want in targets else "different"), ", ".join(f"CNAME {t}." for t in targets)
+            # no CNAME: an A/AAAA record pointing at the same host is as good
+            found_addrs = await resolver.addresses(rec.name)
+            if not found_addrs:
+                return "missing", ""
+            try:
+                host_addrs = set(await resolver.addresses(want))
+            except NXDomain:
+                host_addrs = set()
+            ok = bool(host_addrs) and set(found_addrs) <= host_addrs
+            return ("ok" if ok else "different"), ", ".join(found_addrs)
         if rec.rtype == "SRV":
             srvs = await resolver.srv(rec.name)
             if not srvs:
