@@ -159,6 +159,8 @@ async def verify_dkim(message: bytes, resolver: Resolver) -> tuple[DKIMSignature
             out.append((None, tags))
         return d, out
 
+    if not re.search(rb"(?im)^dkim-signature\s*:", _head(message)):
+        return ()  # unsigned: no thread hop, no parse
     d, parsed = await asyncio.to_thread(parse)
     if not parsed:
         return ()
@@ -214,6 +216,11 @@ async def verify_dkim(message: bytes, resolver: Resolver) -> tuple[DKIMSignature
 
     verified = iter(await asyncio.to_thread(run) if pending else [])
     return tuple(res if res is not None else next(verified) for res, _ in parsed)
+
+
+def _head(message: bytes) -> bytes:
+    m = re.search(rb"\r?\n\r?\n", message)
+    return message[: m.start()] if m else message
 
 
 def _short(e: BaseException) -> str:

@@ -36,7 +36,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Literal
 
-from mailstack.dns import DNSError, DNSTemporaryError, NXDomain, Resolver
+from mailstack.dns import DNSError, NXDomain, Resolver
 
 __all__ = ["SPFResult", "SPFOutcome", "check_host", "check", "MAX_DNS_TERMS", "MAX_VOID_LOOKUPS"]
 
@@ -148,9 +148,7 @@ async def _record(state: _State, domain: str) -> str | None:
         txts = await state.resolver.txt(domain)
     except NXDomain:
         return None
-    except DNSTemporaryError as e:
-        raise _Temp(str(e)) from None
-    except DNSError as e:
+    except DNSError as e:  # DNSTemporaryError and anything else that is not an answer
         raise _Temp(str(e)) from None
     records = [t for t in txts if t[:6].lower() == "v=spf1" and (len(t) == 6 or t[6] == " ")]
     if len(records) > 1:
