@@ -20,7 +20,11 @@ Invariants:
   over ``[http] max_request_size`` is ``400``; oversized request lines/headers are
   refused by aiohttp's parser with ``400``;
 - no traceback ever reaches a client: an unexpected error is logged and answered with a
-  bare ``500``; a directory that cannot be reached is ``503``.
+  bare ``500``; a directory that cannot be reached is ``503``;
+- connections are bounded like every service's (``ctx.limits``: in total and per client
+  IP; over the cap the connection is closed at once) and in time: idle keep-alive ends
+  after ``KEEPALIVE_TIMEOUT``, and no connection lives longer than ``MAX_CONNECTION_AGE``
+  (a client dribbling a request byte by byte cannot hold it forever).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ XML = "text/xml"
 KEEPALIVE_TIMEOUT = 30.0
 MAX_LINE = 8190
 MAX_FIELD = 8190
+MAX_CONNECTION_AGE = 120.0  # seconds; autoconfig clients make one or two requests
 
 CONFIG_KEY: web.AppKey[Any] = web.AppKey("mailstack_config", object)
 DOMAINS_KEY: web.AppKey[Any] = web.AppKey("mailstack_is_local_domain", object)
@@ -201,6 +206,51 @@ def make_app(config: Config, is_local_domain: Any) -> web.Application:
     return app
 
 
+class _Guard(asyncio.Protocol):
+    """Wraps aiohttp's protocol: connection limits and a maximum age (see the docstring)."""
+
+    def __init__(self, inner: asyncio.Protocol, limits: net.ConnectionLimits, max_age: float) -> None:
+        self.inner = inner
+        self.limits = limits
+        self.max_age = max_age
+        self.ip: str | None = None
+        self.admitted = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.ip = net.peer_ip(transport)
+        if not self.limits.acquire(self.ip):
+            log.info("http: refused %s: too many connections", self.ip or "local")
+            transport.abort()
+            return
+        self.admitted = True
+        self.timer = asyncio.get_running_loop().call_later(self.max_age, transport.abort)
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.admitted:
+            return
+        self.admitted = False
+        if self.timer is not None:
+            self.timer.cancel()
+        self.limits.release(self.ip)
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.admitted:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.admitted else None
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
 class HTTPService:
     """A running http service. ``stop(grace)``: stop listening, finish requests, close."""
 
@@ -240,7 +290,7 @@ async def start(ctx: ServiceContext) -> RunningService:
     assert server is not None
 
     def factory_for(address: object, implicit_tls: bool) -> net.ProtocolFactory:
-        return server
+        return lambda: _Guard(server(), ctx.limits, MAX_CONNECTION_AGE)
 
     try:
         servers = await open_listeners("http", cfg.listeners("http"), factory_for, ctx.tls.server)

@@ -25,7 +25,6 @@ from mailstack import net
 from mailstack.config import Config, config_from_dict
 from mailstack.directory import Directory, Passwords
 from mailstack.serve import ServiceContext, limits_for
-from tests.helpers import free_port
 
 
 @dataclass
@@ -74,9 +73,23 @@ class HTTPServer:
                 out += chunk
 
 
+def distinct_ports(n: int) -> list[int]:
+    """n different free ports (each socket stays bound until all are picked)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def make_config(tmp_path: Path, **http: Any) -> tuple[Config, int, int]:
-    port, tls_port = free_port(), free_port()
-    ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s", "sub", "subs")}
+    port, tls_port, *rest = distinct_ports(8)
+    ports = dict(zip(("imap", "imaps", "pop3", "pop3s", "sub", "subs"), rest))
     raw: dict[str, Any] = {
         "hostname": "mx.example.test",
         "database": {"url": f"sqlite:///{tmp_path / 'mailstack.db'}"},
@@ -95,6 +108,16 @@ def make_config(tmp_path: Path, **http: Any) -> tuple[Config, int, int]:
 
 @pytest.fixture
 def http_server(tmp_path: Path) -> Iterator[HTTPServer]:
+    yield from _serve(tmp_path, None)
+
+
+@pytest.fixture
+def http_limited(tmp_path: Path) -> Iterator[HTTPServer]:
+    """At most one connection per client IP."""
+    yield from _serve(tmp_path, net.ConnectionLimits(10, 1))
+
+
+def _serve(tmp_path: Path, limits: net.ConnectionLimits | None) -> Iterator[HTTPServer]:
     from mailstack.http import server as http_mod
 
     config, port, tls_port = make_config(tmp_path)
@@ -107,7 +130,7 @@ def http_server(tmp_path: Path) -> Iterator[HTTPServer]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="http-test-loop", daemon=True)
     thread.start()
-    ctx = ServiceContext(config=config, directory=directory, tls=tls, limits=limits_for(config, "http"))
+    ctx = ServiceContext(config=config, directory=directory, tls=tls, limits=limits or limits_for(config, "http"))
     service = asyncio.run_coroutine_threadsafe(http_mod.start(ctx), loop).result(10)
     server = HTTPServer(config, port, tls_port, loop, thread, service, directory)
     try:

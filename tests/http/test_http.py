@@ -287,3 +287,40 @@ def test_mailstack_serve_http(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
     assert b"Traceback" not in err
+
+
+def test_connections_per_ip_are_capped(http_limited: HTTPServer) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", http_limited.port), timeout=10) as first:
+        first.sendall(b"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert first.recv(100).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", http_limited.port), timeout=10) as second:
+            second.sendall(b"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                assert second.recv(100) == b""  # closed at once
+            except ConnectionResetError:
+                pass
+    # the first one ended: a new connection is admitted
+    assert http_limited.get("/.well-known/mta-sts.txt")[0] == 200
+
+
+def test_connection_age_is_bounded(http_server: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    from mailstack.http import server as http_mod
+
+    assert http_mod.MAX_CONNECTION_AGE <= 300
+    # a client that dribbles its request is cut off once the age is reached (shortened here)
+    monkeypatch.setattr(http_mod, "MAX_CONNECTION_AGE", 0.5)
+    with socket.create_connection(("127.0.0.1", http_server.port), timeout=10) as s:
+        s.sendall(b"GET /.well-known/mta-sts.txt HTTP/1.1\r\n")
+        start = time.monotonic()
+        try:
+            data = s.recv(100)
+        except ConnectionResetError:
+            data = b""
+        elapsed = time.monotonic() - start
+    assert data == b""  # aborted, no answer to half a request
+    assert 0.3 < elapsed < 10

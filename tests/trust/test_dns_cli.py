@@ -9,13 +9,13 @@ import pytest
 
 from mailstack.cli import main
 from tests.dnsserver import TestDNS
-from tests.helpers import free_port
 
 D = "example.test"
 
 
 @pytest.fixture
 def config(tmp_path: Path, dns: TestDNS) -> Path:
+    # nothing listens here: fixed, distinct ports
     p = tmp_path / "mailstack.toml"
     p.write_text(f"""
 hostname = "mx.example.test"
@@ -26,14 +26,14 @@ maildir_root = "mailboxes"
 [queue]
 dir = "var/queue"
 [smtp]
-listen = ["127.0.0.1:{free_port()}"]
+listen = ["127.0.0.1:10025"]
 [submission]
-listen = ["127.0.0.1:{free_port()}"]
-tls_listen = ["127.0.0.1:{free_port()}"]
+listen = ["127.0.0.1:10587"]
+tls_listen = ["127.0.0.1:10465"]
 [imap]
-tls_listen = ["127.0.0.1:{free_port()}"]
+tls_listen = ["127.0.0.1:10993"]
 [http]
-listen = ["127.0.0.1:{free_port()}"]
+listen = ["127.0.0.1:10080"]
 tls_listen = ["127.0.0.1:8443"]
 mta_sts_mode = "enforce"
 [dns]
