@@ -119,6 +119,7 @@ class MXHandler:
             tls=server.tls_info,
         )
         resolutions = txn.resolutions
+        auth: dict[str, object] = {}  # for the mail log: auth="spf=pass dkim=pass dmarc=pass", folder=Junk
         if self.checks is not None and server.peer_ip:
             verdict = await self.checks.check(content, client_ip=server.peer_ip, helo=server.helo_name,
                                               mail_from=sender)
@@ -130,11 +131,13 @@ class MXHandler:
                                   status="rejected" if reply.is_permanent else "deferred", reply=reply)
                 return [reply]
             content = verdict.apply(content, self.hostname)  # RFC 8601 §5: ours on top, forged ones gone
+            auth["auth"] = verdict.summary
             if verdict.action is Action.JUNK:
                 resolutions = await asyncio.to_thread(self._to_junk, resolutions)
+                auth["folder"] = self.junk_folder
         data = trace + content
         common = dict(queue_id=txn.queue_id, service=self.service, client=server.peer_ip, sender=sender,
-                      size=len(data))
+                      size=len(data), **auth)
         results = await self.mda.deliver(
             sender, txn.recipients, resolutions, data, queue_id=txn.queue_id, client=server.peer_ip,
             smtputf8=bool(txn.smtp_utf8), body_8bit=txn.body_type == "8BITMIME",
