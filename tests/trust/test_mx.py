@@ -130,3 +130,16 @@ def test_checks_can_be_turned_off(mx_with_dns: Any, dns: TestDNS, remote_key: dk
     send(mx, message(), mail_from="attacker@evil.test")
     [stored] = mx.messages("bob")
     assert b"Authentication-Results" not in stored
+
+
+def test_mail_log_has_the_results(mx_with_dns: Any, dns: TestDNS, remote_key: dkim.DKIMKey,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    publish_remote(dns, remote_key, policy="quarantine")
+    mx = mx_with_dns()
+    with caplog.at_level("INFO", logger="mailstack.maillog"):
+        send(mx, dkim.sign(message(), [remote_key]))
+        send(mx, message(), mail_from="attacker@evil.test")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=accepted")]
+    assert len(lines) == 2
+    assert 'auth="spf=pass dkim=pass dmarc=pass"' in lines[0] and "folder=" not in lines[0]
+    assert "dmarc=fail" in lines[1] and "folder=Junk" in lines[1]
