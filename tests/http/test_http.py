@@ -18,7 +18,7 @@ FIELDS = ("hostname", "port", "socketType", "authentication", "username")
 
 def port_of(server: HTTPServer, service: str, tls: bool) -> int:
     section = getattr(server.config, service)
-    return (section.tls_listen if tls else section.listen)[0].port
+    return int((section.tls_listen if tls else section.listen)[0].port)
 
 
 def expected_servers(server: HTTPServer) -> list[tuple[str, str, str, str, str, str]]:
@@ -113,7 +113,9 @@ def test_autodiscover(http_server: HTTPServer, path: str) -> None:
     assert account.findtext("o:Action", namespaces=ns) == "settings"
     protos = {}
     for p in account.findall("o:Protocol", ns):
-        get = lambda tag: p.findtext(f"o:{tag}", namespaces=ns)  # noqa: E731
+        def get(tag: str, p: ET.Element = p) -> str | None:
+            return p.findtext(f"o:{tag}", namespaces=ns)
+
         protos[get("Type")] = (get("Server"), get("Port"), get("LoginName"), get("SSL"), get("Encryption"),
                                get("AuthRequired"), get("SPA"), get("DomainRequired"))
     assert set(protos) == {"IMAP", "POP3", "SMTP"}
@@ -281,6 +283,7 @@ def test_mailstack_serve_http(tmp_path: Path) -> None:
                 if proc.poll() is not None:
                     break
                 time.sleep(0.1)
+        assert proc.stderr is not None
         assert b"<port>2993</port>" in body, proc.stderr.read().decode() if proc.poll() is not None else body
     finally:
         proc.send_signal(signal.SIGTERM)

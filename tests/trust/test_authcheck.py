@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-import authres
+import authres  # type: ignore[import-untyped]
 import pytest
 
 from mailstack.dns import DNSPythonResolver

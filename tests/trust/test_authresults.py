@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import authres
+import authres  # type: ignore[import-untyped]
 import pytest
 
 from mailstack.mail.authresults import ResInfo, authserv_id_of, format_header, strip_forged
