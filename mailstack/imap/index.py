@@ -15,6 +15,28 @@ Invariants:
   text is not cached (SEARCH BODY/TEXT reads the file).
 - Thread-safe: one connection per folder per process, used under a lock, in WAL mode
   with a busy timeout so several processes can write.
+
+The same file also keeps the folder's IMAP state that is *not* a cache (``ModseqState``
+below): per-message MODSEQ and the folder's HIGHESTMODSEQ (RFC 7162 §3.1) and the last
+UID claimed as ``\\Recent`` (RFC 3501 §2.3.2). Those writes run in ``BEGIN IMMEDIATE``
+transactions with ``synchronous=FULL`` (the cache rows stay ``OFF``), so concurrent
+sessions and processes serialize on them and a commit survives a crash.
+
+Modseq invariants (RFC 7162 §3.1.1: HIGHESTMODSEQ never goes backwards for one
+UIDVALIDITY):
+- Changes are found by comparison, not by being told: ``reconcile(state)`` compares the
+  flags storage reports with the flags the index remembers per UID; a message whose
+  flags differ, a new UID and a vanished UID each bump HIGHESTMODSEQ (one new value per
+  reconcile, shared by every message changed in it). So changes made by POP3, the MDA,
+  another process or a Dovecot on the same Maildir get new modseqs at the next sync.
+- Floor: a tiny file ``mailstack-modseq`` next to the index holds a ceiling that every
+  modseq handed out stays at or below; it is raised (``safeio.write_durable``) in steps
+  of ``MODSEQ_BLOCK`` before a modseq would pass it, so it costs one fsync per
+  ``MODSEQ_BLOCK`` changes. When the index is lost or rebuilt, modseqs restart *above*
+  that ceiling, hence above anything a client could have seen. (Chosen over a clock:
+  no dependence on the system time never going back.)
+- The ``\\Recent`` claim is not protected by the floor: losing the index makes the
+  folder's messages recent once more (harmless; RFC 3501 lets a server be generous).
 """
 
 from __future__ import annotations
@@ -24,23 +46,38 @@ import logging
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from mailstack.storage import FolderState, MessageInfo
+from mailstack.storage.safeio import write_durable
 
 from .message import ParsedMessage
 from .responses import render_body_structure, render_envelope
 from .search import decode_header_value
 
-__all__ = ["Entry", "FolderIndex", "IndexCache", "entry_from_message", "INDEX_NAME"]
+__all__ = ["Entry", "FolderIndex", "IndexCache", "entry_from_message", "INDEX_NAME", "FLOOR_NAME", "MODSEQ_BLOCK"]
 
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "mailstack-index.sqlite"
+FLOOR_NAME = "mailstack-modseq"
+MODSEQ_BLOCK = 4096  # modseqs handed out per durable write of the floor file
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS msg (base TEXT PRIMARY KEY, envelope BLOB NOT NULL, body BLOB NOT NULL, "
-    "bodystructure BLOB NOT NULL, headers TEXT NOT NULL)"
+    "bodystructure BLOB NOT NULL, headers TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS modseq (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL, flags TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
+
+
+def _flag_key(info: MessageInfo) -> frozenset[str]:
+    return info.flags | info.keywords if info.keywords else info.flags
+
+
+def _flag_text(flags: frozenset[str]) -> str:
+    return " ".join(sorted(flags))
 
 
 @dataclass(frozen=True)
@@ -66,6 +103,12 @@ class FolderIndex:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._broken = False
+        # modseq state, a per-process copy of the ``modseq`` / ``meta`` tables
+        self._mod: dict[int, tuple[int, frozenset[str]]] = {}
+        self._highest = 0  # 0: not loaded yet
+        self._uidvalidity = 0
+        self._ceiling = 0
+        self._recent_uid = 0
 
     def _connect(self) -> sqlite3.Connection | None:
         if self._db is not None or self._broken:
@@ -75,7 +118,8 @@ class FolderIndex:
                 db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=OFF")  # a cache: losing the tail is harmless
-                db.execute(_SCHEMA)
+                for stmt in _SCHEMA:
+                    db.execute(stmt)
                 self._db = db
                 return db
             except sqlite3.DatabaseError as e:
@@ -128,6 +172,176 @@ class FolderIndex:
             got = entry_from_message(ParsedMessage(load()))
             self.put(base, got)
         return got
+
+    # -- modseq and \\Recent state (RFC 7162, RFC 3501 §2.3.2) ----------------------------
+    @property
+    def floor_path(self) -> Path:
+        return self.path.parent / FLOOR_NAME
+
+    def _read_floor(self) -> int:
+        try:
+            return int(self.floor_path.read_text("ascii").split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _begin(self) -> sqlite3.Connection | None:
+        """Start a write transaction (other processes wait) and refresh the copy if stale."""
+        db = self._connect()
+        if db is not None:
+            try:
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute("BEGIN IMMEDIATE")
+                meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            except sqlite3.Error as e:
+                log.warning("imap index %s: %s", self.path, e)
+                self._rollback(db)
+                if self._highest == 0:
+                    self._highest = max(self._read_floor(), 1)
+                    self._ceiling = self._highest
+                return None
+            highest = int(meta.get("highestmodseq", 0))
+            if highest == 0:  # a new (or lost) index: start above anything ever handed out
+                floor = self._read_floor()
+                highest = max(floor, self._highest, 1)
+                self._mod.clear()
+                self._uidvalidity = int(meta.get("uidvalidity", 0))
+                self._ceiling = floor
+                self._recent_uid = 0
+            elif highest != self._highest or int(meta.get("uidvalidity", 0)) != self._uidvalidity:
+                self._mod = {int(u): (int(m), frozenset(f.split()) if f else frozenset())
+                             for u, m, f in db.execute("SELECT uid, modseq, flags FROM modseq")}
+                self._uidvalidity = int(meta.get("uidvalidity", 0))
+                self._ceiling = int(meta.get("ceiling", 0))
+            self._highest = max(highest, self._highest)  # memory ahead only after a failed commit
+            self._recent_uid = int(meta.get("recentuid", self._recent_uid))
+            return db
+        if self._highest == 0:  # no usable index: keep the state in memory, floor still honoured
+            self._highest = max(self._read_floor(), 1)
+            self._ceiling = self._highest
+        return None
+
+    def _commit(self, db: sqlite3.Connection | None, rows: dict[int, tuple[int, frozenset[str]]],
+                gone: Iterable[int], meta: dict[str, int]) -> None:
+        if db is None:
+            return
+        try:
+            db.executemany("DELETE FROM modseq WHERE uid = ?", ((u,) for u in gone))
+            db.executemany("INSERT OR REPLACE INTO modseq VALUES (?, ?, ?)",
+                           ((u, m, _flag_text(f)) for u, (m, f) in rows.items()))
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            log.warning("imap index %s: %s", self.path, e)
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        finally:
+            try:
+                db.execute("PRAGMA synchronous=OFF")
+            except sqlite3.Error:
+                pass
+
+    def _rollback(self, db: sqlite3.Connection | None) -> None:
+        if db is None:
+            return
+        for stmt in ("ROLLBACK", "PRAGMA synchronous=OFF"):
+            try:
+                db.execute(stmt)
+            except sqlite3.Error:
+                pass
+
+    def _next_modseq(self) -> int:
+        """A new HIGHESTMODSEQ, the floor file raised first when it would pass it."""
+        new = self._highest + 1
+        if new > self._ceiling:
+            ceiling = new + MODSEQ_BLOCK
+            try:
+                write_durable(self.floor_path, b"%d\n" % ceiling, 0o600)
+            except OSError as e:  # pragma: no cover - read-only folder and the like
+                log.warning("imap: cannot write %s: %s", self.floor_path, e)
+            self._ceiling = ceiling
+        self._highest = new
+        return new
+
+    def _meta(self) -> dict[str, int]:
+        return {"highestmodseq": self._highest, "uidvalidity": self._uidvalidity, "ceiling": self._ceiling,
+                "recentuid": self._recent_uid}
+
+    def reconcile(self, state: FolderState) -> int:
+        """Compare a freshly synced state with the remembered flags; new modseqs for what
+        differs (arrivals, flag changes, expunges, by anyone). Returns HIGHESTMODSEQ."""
+        with self._lock:
+            db = self._begin()
+            reset = state.uidvalidity != self._uidvalidity
+            gone_all: list[int] = []
+            if reset:  # RFC 3501 §2.3.1.1: new UIDs, start over (HIGHESTMODSEQ still only grows)
+                gone_all = list(self._mod)
+                self._mod = {}
+                self._uidvalidity = state.uidvalidity
+                self._recent_uid = 0
+            mod = self._mod
+            changed: list[tuple[int, frozenset[str]]] = []
+            for m in state.messages:
+                key = _flag_key(m)
+                old = mod.get(m.uid)
+                if old is None or old[1] != key:
+                    changed.append((m.uid, key))
+            gone = gone_all
+            if len(mod) + len(changed) > len(state.messages) or gone_all:
+                present = {m.uid for m in state.messages}
+                gone = gone_all + [u for u in mod if u not in present]
+            if not changed and not gone:
+                if reset:
+                    self._commit(db, {}, (), self._meta())
+                else:
+                    self._rollback(db)
+                return self._highest
+            new = self._next_modseq()
+            rows = {u: (new, key) for u, key in changed}
+            for u in gone:
+                mod.pop(u, None)
+            mod.update(rows)
+            self._commit(db, rows, gone, self._meta())
+            return self._highest
+
+    def record(self, infos: Iterable[MessageInfo]) -> int:
+        """This process changed these messages (their state as storage returned it): one new
+        modseq for those whose flags differ. Returns the modseq now current (HIGHESTMODSEQ)."""
+        with self._lock:
+            db = self._begin()
+            rows = {i.uid: _flag_key(i) for i in infos}
+            rows = {u: k for u, k in rows.items() if u in self._mod and self._mod[u][1] != k}
+            if not rows:
+                self._rollback(db)
+                return self._highest
+            new = self._next_modseq()
+            out = {u: (new, k) for u, k in rows.items()}
+            self._mod.update(out)
+            self._commit(db, out, (), self._meta())
+            return new
+
+    def modseq(self, uid: int) -> int:
+        """The last modseq of a message (as of the last ``reconcile``/``record``)."""
+        got = self._mod.get(uid)
+        return got[0] if got is not None else max(self._highest, 1)
+
+    @property
+    def highest(self) -> int:
+        return max(self._highest, 1)
+
+    def claim_recent(self, max_uid: int, claim: bool) -> int:
+        """RFC 3501 §2.3.2: UIDs above the returned value are recent for the caller; with
+        ``claim`` they are taken (no other session will see them as recent)."""
+        with self._lock:
+            db = self._begin()
+            before = self._recent_uid
+            if claim and max_uid > before:
+                self._recent_uid = max_uid
+                self._commit(db, {}, (), self._meta())
+            else:
+                self._rollback(db)
+            return before
 
     def close(self) -> None:
         with self._lock:

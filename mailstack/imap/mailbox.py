@@ -14,15 +14,19 @@ Invariants:
 - Nothing here opens a message file: sizes, dates and flags come from the uidlist and
   the file names (``FolderState``), so SELECT and ``FETCH 1:* (FLAGS)`` on a folder of
   100,000 messages never read one.
-- ``\\Recent`` (RFC 3501 §2.3.2) is per session: messages that arrive while the mailbox
-  is selected are recent for this session; messages present at SELECT are not.
+- ``\\Recent`` (RFC 3501 §2.3.2) is per session and each message is recent for one
+  session at most: the caller passes ``recent_floor`` (``FolderIndex.claim_recent``,
+  which claims UIDs atomically across sessions and processes) and only UIDs above the
+  floor it returns become recent here.
+- With ``modseq`` given (CONDSTORE enabled, RFC 7162 §3.2), unsolicited FETCH responses
+  for flag changes carry ``MODSEQ (n)``.
 """
 
 from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from mailstack.storage import Folder, FolderState, MessageInfo
@@ -142,11 +146,15 @@ class MailboxView:
     def forget_recent(self) -> None:
         self.recent.clear()
 
-    def changes(self, state: FolderState, *, allow_expunge: bool = True, with_uid: bool = False) -> list[bytes]:
+    def changes(self, state: FolderState, *, allow_expunge: bool = True, with_uid: bool = False,
+                modseq: Callable[[int], int] | None = None,
+                recent_floor: Callable[[int], int] | None = None) -> list[bytes]:
         """Untagged responses for what changed since the client's view; updates the view.
 
         With ``allow_expunge`` False (during FETCH, STORE, SEARCH: RFC 3501 §7.4.1) removed
-        messages stay in the view until a later call.
+        messages stay in the view until a later call. ``modseq(uid)`` adds MODSEQ to the
+        FETCH responses (RFC 7162 §3.2); ``recent_floor(max_uid)`` claims new arrivals as
+        ``\\Recent`` and returns the UID above which they are this session's.
         """
         out: list[bytes] = []
         new_uids = [m.uid for m in state.messages]
@@ -174,14 +182,17 @@ class MailboxView:
                 seq = self.seq_of(m.uid)
                 if after != before and seq is not None:
                     uid_part = b"UID %d " % m.uid if with_uid else b""
-                    out.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, render_flags(after)))
+                    mod_part = b" MODSEQ (%d)" % modseq(m.uid) if modseq is not None else b""
+                    out.append(b"* %d FETCH (%sFLAGS %s%s)\r\n" % (seq, uid_part, render_flags(after), mod_part))
         top = self.max_uid
         added = [m for m in state.messages if m.uid > top]
         if added:
+            floor = recent_floor(added[-1].uid) if recent_floor is not None else 0
             for m in added:
                 self.uids.append(m.uid)
                 self.infos[m.uid] = m
-                self.recent.add(m.uid)
+                if m.uid > floor:
+                    self.recent.add(m.uid)
             out.append(b"* %d EXISTS\r\n" % self.exists)
             out.append(b"* %d RECENT\r\n" % len(self.recent))
         self.uidnext = max(self.uidnext, state.uidnext)

@@ -16,12 +16,22 @@ Invariants:
 - Storage errors become NO with a response code (RFC 5530); names that could leave the
   user's Maildir are refused by storage (``UnsafeName``) and become ``NO [CANNOT]``.
 - Only implemented capabilities are advertised (``SUPPORTED`` filters the core's list).
+- CONDSTORE (RFC 7162 §3.1) is on for a session after ENABLE CONDSTORE or any
+  CONDSTORE-enabling command (§3.1: SELECT/EXAMINE (CONDSTORE), STATUS HIGHESTMODSEQ,
+  FETCH MODSEQ / CHANGEDSINCE, STORE UNCHANGEDSINCE, SEARCH MODSEQ); from then on every
+  sync of the selected folder is reconciled with the index (``FolderIndex.reconcile``)
+  so changes by any process get modseqs, SELECT reports ``[HIGHESTMODSEQ]`` and every
+  FETCH about flags carries MODSEQ. Sessions without it never pay for modseqs: changes
+  are found by comparison whenever someone next asks.
+- ``\\Recent`` (RFC 3501 §2.3.2): SELECT claims the folder's unclaimed UIDs (EXAMINE
+  only looks), so each message is recent in one session at most.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +69,7 @@ from .responses import (
 from .search import SearchContext, body_text_of, matches
 from .states import State
 from .types import (
+    SearchKey,
     AppendArgs,
     AuthenticateArgs,
     Command,
@@ -94,8 +105,10 @@ SPECIAL_USE: dict[str, str] = {
 SUPPORTED = frozenset({
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS",
     "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE",
-    "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED",
+    "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED", "CONDSTORE",
 })
+# What ENABLE can turn on (RFC 5161 §3.1).
+ENABLEABLE = frozenset({"CONDSTORE"})
 _CHUNK = 64 * 1024  # FETCH output is yielded in pieces of about this size
 
 
@@ -213,15 +226,19 @@ def _storage_error(e: StorageError) -> ImapError:
     return ImapError("NO", "Internal storage error", "SERVERBUG")
 
 
+def _has_modseq(key: SearchKey) -> bool:
+    return key.kind == "MODSEQ" or any(_has_modseq(c) for c in key.children)
+
+
 class _Searchable:
     """A ``search.SearchableMessage`` whose headers come from the index."""
 
     __slots__ = ("seq", "uid", "flags", "internaldate", "size", "modseq", "_entry", "_load")
 
     def __init__(self, seq: int, uid: int, flags: frozenset[str], info: MessageInfo,
-                 entry: Callable[[], Entry], load: Callable[[], bytes]) -> None:
+                 entry: Callable[[], Entry], load: Callable[[], bytes], modseq: int = 0) -> None:
         self.seq, self.uid, self.flags = seq, uid, flags
-        self.internaldate, self.size, self.modseq = info.internaldate, info.vsize, 0
+        self.internaldate, self.size, self.modseq = info.internaldate, info.vsize, modseq
         self._entry = entry
         self._load = load
 
@@ -248,6 +265,7 @@ class Session:
         self.on_change = on_change or (lambda _p: None)
         self.enabled: set[str] = set()
         self.client_id: dict[str, str | None] = {}
+        self._pending: list[bytes] = []  # untagged responses to send with the next updates
 
     # -- capabilities -------------------------------------------------------------------
     def capabilities(self) -> list[str]:
@@ -290,6 +308,9 @@ class Session:
 
     def _updates(self, cmd: Command | None = None, *, force: bool = False) -> Iterator[bytes]:
         """Untagged news about the selected mailbox (RFC 3501 §7.4.1 for EXPUNGE)."""
+        if self._pending:
+            yield b"".join(self._pending)
+            self._pending = []
         view = self.view
         if view is None:
             return
@@ -309,7 +330,13 @@ class Session:
             yield b"* BYE [UNAVAILABLE] UIDVALIDITY changed, please reconnect\r\n"
             return
         hold = cmd is not None and not cmd.uid and cmd.name in ("FETCH", "STORE", "SEARCH")
-        out = view.changes(state, allow_expunge=not hold)
+        idx = self.index.get(view.folder.path)
+        modseq: Callable[[int], int] | None = None
+        if self.condstore:  # RFC 7162 §3.2: changes by anyone get a modseq; FETCH carries it
+            idx.reconcile(state)
+            modseq = idx.modseq
+        out = view.changes(state, allow_expunge=not hold, modseq=modseq,
+                           recent_floor=lambda top: idx.claim_recent(top, not view.readonly))
         if hold and len(view.uids) != len(state.messages):
             view.stamp = ()  # expunges held back: look again after the next command
         if out:
@@ -321,6 +348,22 @@ class Session:
 
     def _changed(self, folder: Folder) -> None:
         self.on_change(folder.path)
+
+    # -- CONDSTORE (RFC 7162) -------------------------------------------------------------
+    @property
+    def condstore(self) -> bool:
+        return "CONDSTORE" in self.enabled
+
+    def _condstore_on(self) -> None:
+        """A CONDSTORE-enabling command (RFC 7162 §3.1): with a mailbox selected, the client
+        learns its HIGHESTMODSEQ now (untagged OK before the tagged response)."""
+        if self.condstore:
+            return
+        self.enabled.add("CONDSTORE")
+        view = self.view
+        if view is not None:
+            highest = self.index.get(view.folder.path).reconcile(view.folder.state)
+            self._pending.append(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % highest)
 
     # -- any state ----------------------------------------------------------------------
     def _cmd_capability(self, cmd: Command) -> Iterator[Output]:
@@ -426,8 +469,8 @@ class Session:
     def _cmd_enable(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, EnableArgs)
-        # RFC 5161 §3.1: only extensions we support and that need enabling; none so far
-        done = [c for c in args.capabilities if c in () and c not in self.enabled]
+        # RFC 5161 §3.1: only extensions we support and that need enabling, not yet enabled
+        done = list(dict.fromkeys(c for c in args.capabilities if c in ENABLEABLE and c not in self.enabled))
         self.enabled.update(done)
         yield ("* ENABLED" + "".join(" " + c for c in done) + "\r\n").encode("ascii")
         yield from self._done(cmd, "ENABLE completed")
@@ -446,6 +489,12 @@ class Session:
             raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT") from None
         view = MailboxView(folder, st, readonly=readonly)
         view.stamp = stamp
+        idx = self.index.get(folder.path)
+        # RFC 3501 §2.3.2: SELECT takes the unclaimed messages as its \Recent; EXAMINE only looks
+        floor = idx.claim_recent(view.max_uid, not readonly)
+        view.recent = set(view.uids[bisect_right(view.uids, floor):])
+        if args.condstore:  # RFC 7162 §3.2.5
+            self.enabled.add("CONDSTORE")
         kws = view.keywords()
         flag_list = " ".join(list(SYSTEM_FLAGS) + kws)
         first_unseen = next((i + 1 for i, m in enumerate(st.messages) if "\\Seen" not in m.flags), None)
@@ -454,12 +503,14 @@ class Session:
             f"* OK [PERMANENTFLAGS ({flag_list} \\*)] Flags permitted\r\n" if not readonly
             else "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n",
             f"* {view.exists} EXISTS\r\n",
-            "* 0 RECENT\r\n",
+            f"* {len(view.recent)} RECENT\r\n",
         ]
         if first_unseen is not None:
             out.append(f"* OK [UNSEEN {first_unseen}] First unseen\r\n")
         out.append(f"* OK [UIDVALIDITY {view.uidvalidity}] UIDs valid\r\n")
         out.append(f"* OK [UIDNEXT {view.uidnext}] Predicted next UID\r\n")
+        if self.condstore:  # RFC 7162 §3.1.2.1 (NOMODSEQ never: every folder has modseqs)
+            out.append(f"* OK [HIGHESTMODSEQ {idx.reconcile(st)}] Highest\r\n")
         self.view = view
         self.state = State.SELECTED
         yield "".join(out).encode("ascii")
@@ -587,15 +638,20 @@ class Session:
 
     def _status_line(self, name: str, items: Sequence[str]) -> bytes:
         if self.view is not None and self.view.folder.name == name:
-            st = self.view.folder.sync()
+            folder = self.view.folder
         else:
-            st = self._md.folder(name).sync()
+            folder = self._md.folder(name)
+        st = folder.sync()
         values: list[str] = []
         for item in items:
             if item == "MESSAGES":
                 v = len(st.messages)
-            elif item == "RECENT":
-                v = 0
+            elif item == "RECENT":  # RFC 3501 §2.3.2: not yet claimed by a SELECT
+                floor = self.index.get(folder.path).claim_recent(0, False)
+                v = sum(1 for m in st.messages if m.uid > floor)
+            elif item == "HIGHESTMODSEQ":  # RFC 7162 §3.1.6
+                self._condstore_on()
+                v = self.index.get(folder.path).reconcile(st)
             elif item == "UIDNEXT":
                 v = st.uidnext
             elif item == "UIDVALIDITY":
@@ -744,16 +800,20 @@ class Session:
     def _cmd_fetch(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, FetchArgs)
-        if args.changedsince is not None:
-            raise ImapError("BAD", "CHANGEDSINCE needs CONDSTORE")
         view = self._view
         folder = view.folder
         pairs = self._pairs(cmd, args.sequence_set)
         atts = list(args.attributes)
         if cmd.uid and not any(a.name == "UID" for a in atts):
             atts.insert(0, FetchAttribute("UID"))  # RFC 3501 §6.4.8
-        if any(a.name == "MODSEQ" for a in atts):
-            raise ImapError("BAD", "MODSEQ needs CONDSTORE")
+        idx = self.index.get(folder.path)
+        if args.changedsince is not None or any(a.name == "MODSEQ" for a in atts):
+            self._condstore_on()  # RFC 7162 §3.1
+        if args.changedsince is not None:  # RFC 7162 §3.1.4.1: only what changed; MODSEQ implied
+            if not any(a.name == "MODSEQ" for a in atts):
+                atts.append(FetchAttribute("MODSEQ"))
+            since = args.changedsince
+            pairs = [(s, u) for s, u in pairs if idx.modseq(u) > since]
         sets_seen = not view.readonly and any(a.sets_seen for a in atts)
         needs_raw = any(a.section is not None or a.name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT") for a in atts)
         has_flags = any(a.name == "FLAGS" for a in atts)
@@ -779,6 +839,8 @@ class Session:
                     view.set_flags(uid, info)
                     changed = True
                     add_flags = not has_flags
+                    if self.condstore:
+                        idx.record([info])
                 except MessageNotFound:
                     vanished += 1
                     continue
@@ -794,6 +856,8 @@ class Session:
                     items.append(("INTERNALDATE", info.internaldate))
                 elif n == "RFC822.SIZE":
                     items.append(("RFC822.SIZE", info.vsize))
+                elif n == "MODSEQ":  # RFC 7162 §3.1.4
+                    items.append(("MODSEQ", Raw(b"(%d)" % idx.modseq(uid))))
                 elif n in ("ENVELOPE", "BODYSTRUCTURE") or (n == "BODY" and a.section is None):
                     if entry is None:
                         try:
@@ -810,6 +874,8 @@ class Session:
             else:
                 if add_flags:
                     items.append(("FLAGS", Raw(render_flags(view.flags_for(uid)))))
+                    if self.condstore and not any(a.name == "MODSEQ" for a in atts):  # RFC 7162 §3.2
+                        items.append(("MODSEQ", Raw(b"(%d)" % idx.modseq(uid))))
                 line = fetch_response(seq, items)
                 buf.append(line)
                 size += len(line)
@@ -832,8 +898,6 @@ class Session:
     def _cmd_store(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, StoreArgs)
-        if args.unchangedsince is not None:
-            raise ImapError("BAD", "UNCHANGEDSINCE needs CONDSTORE")
         self._writable()
         view = self._view
         folder = view.folder
@@ -842,10 +906,24 @@ class Session:
         bad_flags = [f for f in given if f.startswith("\\") and f not in SYSTEM_FLAGS]
         if bad_flags:
             raise ImapError("BAD", f"Unknown system flag {bad_flags[0]}")
-        buf: list[bytes] = []
-        changed = False
+        idx = self.index.get(folder.path)
+        since = args.unchangedsince
+        fresh = None
+        if since is not None:  # RFC 7162 §3.1.3: compare with the modseqs as they are now
+            self._condstore_on()
+            fresh = folder.sync()
+            idx.reconcile(fresh)
+        condstore = self.condstore
+        done: list[tuple[int, int, bool]] = []  # (seq, uid, flags changed)
+        modified: list[int] = []
+        changed_infos: list[MessageInfo] = []
         for seq, uid in pairs:
             info = view.info(uid)
+            if fresh is not None:
+                info = fresh.get(uid) or info
+                if idx.modseq(uid) > since:
+                    modified.append(uid if cmd.uid else seq)
+                    continue
             current = info.flags | info.keywords
             if args.mode == "+":
                 new = current | given
@@ -861,18 +939,35 @@ class Session:
                 except MessageNotFound:
                     continue
                 view.set_flags(uid, info)
-                changed = True
-            if not args.silent:  # RFC 3501 §6.4.6
-                uid_part = b"UID %d " % uid if cmd.uid else b""
+                changed_infos.append(info)
+                done.append((seq, uid, True))
+            elif fresh is not None and info is not view.info(uid):
+                view.set_flags(uid, info)  # another process's change, now reported here
+                done.append((seq, uid, True))
+            else:
+                done.append((seq, uid, False))
+        if condstore and changed_infos:
+            idx.record(changed_infos)
+        buf: list[bytes] = []
+        for seq, uid, flag_change in done:
+            uid_part = b"UID %d " % uid if cmd.uid else b""
+            if condstore and (flag_change or not args.silent):
+                # RFC 7162 §3.1.3 / §3.2: MODSEQ in the FETCH, sent even for .SILENT when changed
+                flags = b"" if args.silent else b"FLAGS %s " % render_flags(view.flags_for(uid))
+                buf.append(b"* %d FETCH (%s%sMODSEQ (%d))\r\n" % (seq, uid_part, flags, idx.modseq(uid)))
+            elif not args.silent:  # RFC 3501 §6.4.6
                 buf.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, render_flags(view.flags_for(uid))))
-                if len(buf) >= 1000:
-                    yield b"".join(buf)
-                    buf = []
+            if len(buf) >= 1000:
+                yield b"".join(buf)
+                buf = []
         if buf:
             yield b"".join(buf)
-        if changed:
+        if changed_infos:
             self._changed(folder)
-        yield from self._done(cmd, "STORE completed")
+        if modified:  # RFC 7162 §3.1.3
+            yield from self._done(cmd, "Conditional STORE failed", f"MODIFIED {_uid_set(modified)}")
+        else:
+            yield from self._done(cmd, "STORE completed")
 
     # SEARCH -----------------------------------------------------------------------------
     def _cmd_search(self, cmd: Command) -> Iterator[Output]:
@@ -884,6 +979,10 @@ class Session:
         ctx = SearchContext(view.exists, view.max_uid)
         found: list[int] = []
         key = args.key
+        with_modseq = _has_modseq(key)
+        if with_modseq:
+            self._condstore_on()  # RFC 7162 §3.1
+        top_modseq = 0
         for i, uid in enumerate(view.uids):
             info = view.info(uid)
 
@@ -896,10 +995,14 @@ class Session:
             def entry(inf: MessageInfo = info, ld: Callable[[], bytes] = load) -> Entry:
                 return idx.entry(inf.base, ld)
 
-            m = _Searchable(i + 1, uid, view.flags_for(uid), info, entry, load)
+            m = _Searchable(i + 1, uid, view.flags_for(uid), info, entry, load,
+                            idx.modseq(uid) if with_modseq else 0)
             if matches(key, m, ctx):
                 found.append(uid if cmd.uid else i + 1)
-        yield ("* SEARCH" + "".join(f" {n}" for n in found) + "\r\n").encode("ascii")
+                top_modseq = max(top_modseq, m.modseq)
+        # RFC 7162 §3.1.5: with MODSEQ in the program, the highest modseq of what was found
+        tail = f" (MODSEQ {top_modseq})" if with_modseq and found else ""
+        yield ("* SEARCH" + "".join(f" {n}" for n in found) + tail + "\r\n").encode("ascii")
         yield from self._done(cmd, "SEARCH completed")
 
     # COPY / MOVE -----------------------------------------------------------------------
