@@ -187,6 +187,10 @@ async def mta_sts(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "mailstack"  # no library or Python versions to fingerprint
+
+
 def make_app(config: Config, is_local_domain: Any) -> web.Application:
     """The application; ``is_local_domain(domain) -> bool`` is called in a thread."""
     app = web.Application(
@@ -196,6 +200,7 @@ def make_app(config: Config, is_local_domain: Any) -> web.Application:
         # (bad clients) logged in one line, not as tracebacks
         handler_args={"debug": False, "logger": _ProtocolLog(log, {})},
     )
+    app.on_response_prepare.append(_server_header)
     app[CONFIG_KEY] = config
     app[DOMAINS_KEY] = is_local_domain
     app.router.add_get("/mail/config-v1.1.xml", autoconfig)
