@@ -148,3 +148,31 @@ def test_mail_log_has_the_results(mx_with_dns: Any, dns: TestDNS, remote_key: dk
     assert len(lines) == 2
     assert 'auth="spf=pass dkim=pass dmarc=pass"' in lines[0] and "folder=" not in lines[0]
     assert "dmarc=fail" in lines[1] and "folder=Junk" in lines[1]
+
+
+def test_submission_is_not_checked(dns: TestDNS, tmp_path: Path) -> None:
+    """Our own users' mail (submission, authenticated) skips the checks; the MX does not."""
+    from mailstack.serve import ServiceContext, limits_for
+    from mailstack.smtp import submission
+    from tests.helpers import free_port
+
+    dns.add("example.test", "TXT", "v=spf1 -all")  # nobody may send as example.test ...
+    dns.add("_dmarc.example.test", "TXT", "v=DMARC1; p=reject")  # ... and failures are refused
+    port = free_port()
+    mx = make_server(tmp_path / "sub", dns={"nameservers": [dns.address], "timeout": 2},
+                     submission={"listen": [f"127.0.0.1:{port}"]})
+    try:
+        ctx = ServiceContext(config=mx.config, directory=mx.directory, tls=mx.tls,
+                             limits=limits_for(mx.config, "submission"))
+        mx.services.append(mx.call(submission.start(ctx)))
+        msg = message(from_addr="alice@example.test")
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="laptop.example.org", timeout=15) as c:
+            c.login("alice@example.test", "secret")
+            c.sendmail("alice@example.test", ["bob@example.test"], msg)
+        [stored] = mx.messages("bob")
+        assert b"Authentication-Results" not in stored
+        with pytest.raises(smtplib.SMTPDataError) as e:  # the same mail from outside: refused
+            send(mx, msg, mail_from="alice@example.test")
+        assert e.value.smtp_code == 550
+    finally:
+        mx.close()
