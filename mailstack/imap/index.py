@@ -268,18 +268,24 @@ class FolderIndex:
         return {"highestmodseq": self._highest, "uidvalidity": self._uidvalidity, "ceiling": self._ceiling,
                 "recentuid": self._recent_uid}
 
+    def _new_validity(self, uidvalidity: int) -> list[int]:
+        """RFC 3501 §2.3.1.1: other UIDs, start over (HIGHESTMODSEQ still only grows).
+        Returns the UIDs to forget."""
+        if uidvalidity == self._uidvalidity:
+            return []
+        gone = list(self._mod)
+        self._mod = {}
+        self._uidvalidity = uidvalidity
+        self._recent_uid = 0
+        return gone
+
     def reconcile(self, state: FolderState) -> int:
         """Compare a freshly synced state with the remembered flags; new modseqs for what
         differs (arrivals, flag changes, expunges, by anyone). Returns HIGHESTMODSEQ."""
         with self._lock:
             db = self._begin()
             reset = state.uidvalidity != self._uidvalidity
-            gone_all: list[int] = []
-            if reset:  # RFC 3501 §2.3.1.1: new UIDs, start over (HIGHESTMODSEQ still only grows)
-                gone_all = list(self._mod)
-                self._mod = {}
-                self._uidvalidity = state.uidvalidity
-                self._recent_uid = 0
+            gone_all = self._new_validity(state.uidvalidity)
             mod = self._mod
             changed: list[tuple[int, frozenset[str]]] = []
             for m in state.messages:
@@ -330,15 +336,16 @@ class FolderIndex:
     def highest(self) -> int:
         return max(self._highest, 1)
 
-    def claim_recent(self, max_uid: int, claim: bool) -> int:
+    def claim_recent(self, uidvalidity: int, max_uid: int, claim: bool) -> int:
         """RFC 3501 §2.3.2: UIDs above the returned value are recent for the caller; with
         ``claim`` they are taken (no other session will see them as recent)."""
         with self._lock:
             db = self._begin()
+            gone = self._new_validity(uidvalidity)
             before = self._recent_uid
-            if claim and max_uid > before:
-                self._recent_uid = max_uid
-                self._commit(db, {}, (), self._meta())
+            if (claim and max_uid > before) or gone:
+                self._recent_uid = max(before, max_uid) if claim else before
+                self._commit(db, {}, gone, self._meta())
             else:
                 self._rollback(db)
             return before

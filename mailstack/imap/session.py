@@ -336,7 +336,7 @@ class Session:
             idx.reconcile(state)
             modseq = idx.modseq
         out = view.changes(state, allow_expunge=not hold, modseq=modseq,
-                           recent_floor=lambda top: idx.claim_recent(top, not view.readonly))
+                           recent_floor=lambda top: idx.claim_recent(view.uidvalidity, top, not view.readonly))
         if hold and len(view.uids) != len(state.messages):
             view.stamp = ()  # expunges held back: look again after the next command
         if out:
@@ -491,7 +491,7 @@ class Session:
         view.stamp = stamp
         idx = self.index.get(folder.path)
         # RFC 3501 §2.3.2: SELECT takes the unclaimed messages as its \Recent; EXAMINE only looks
-        floor = idx.claim_recent(view.max_uid, not readonly)
+        floor = idx.claim_recent(view.uidvalidity, view.max_uid, not readonly)
         view.recent = set(view.uids[bisect_right(view.uids, floor):])
         if args.condstore:  # RFC 7162 §3.2.5
             self.enabled.add("CONDSTORE")
@@ -647,7 +647,7 @@ class Session:
             if item == "MESSAGES":
                 v = len(st.messages)
             elif item == "RECENT":  # RFC 3501 §2.3.2: not yet claimed by a SELECT
-                floor = self.index.get(folder.path).claim_recent(0, False)
+                floor = self.index.get(folder.path).claim_recent(st.uidvalidity, 0, False)
                 v = sum(1 for m in st.messages if m.uid > floor)
             elif item == "HIGHESTMODSEQ":  # RFC 7162 §3.1.6
                 self._condstore_on()

@@ -232,6 +232,26 @@ def test_recent_is_claimed_once(imap: IMAPServer) -> None:
     c.close()
 
 
+def test_recent_claim_kept_when_modseqs_start_later(imap: IMAPServer) -> None:
+    """A claim made before any CONDSTORE session ever reconciled the folder stays made."""
+    imap.deliver(ALICE, message("x"))
+    a = login(imap)
+    assert b"* 1 RECENT" in cmd(a, "SELECT INBOX")
+    b = login(imap)
+    out = cmd(b, "SELECT INBOX (CONDSTORE)")
+    assert b"* 0 RECENT" in out and highest(out) >= 1
+    d = login(imap)
+    assert b"* 0 RECENT" in cmd(d, "SELECT INBOX")
+    d.close()
+    imap.deliver(ALICE, message("y"))
+    out = cmd(b, "NOOP")
+    assert b"* 2 EXISTS" in out and b"* 1 RECENT" in out
+    c = login(imap)
+    assert b"* 0 RECENT" in cmd(c, "SELECT INBOX")
+    for x in (a, b, c):
+        x.close()
+
+
 def test_big_search_does_not_block_other_sessions(imap: IMAPServer) -> None:
     """SEARCH BODY over 10,000 messages runs in a worker thread: another session's
     commands are answered meanwhile (requirement: no session blocks the others)."""
