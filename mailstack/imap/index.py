@@ -7,8 +7,8 @@ directory (next to ``dovecot-uidlist``; Dovecot ignores it), shared by every ses
 process; a client that asks for ENVELOPEs of 100,000 messages twice reads the files once.
 
 Invariants:
-- It is only a cache: losing it, or finding it corrupt, costs a re-read, never a wrong
-  answer or a failed command (a broken file is removed and rebuilt; any SQLite error
+- The ``msg`` table is only a cache: losing it, or finding it corrupt, costs a re-read,
+  never a wrong answer or a failed command (a broken file is removed and rebuilt; any SQLite error
   falls back to parsing the message).
 - Entries hold the wire form of ENVELOPE, BODY and BODYSTRUCTURE and the decoded
   top-level header fields (for SEARCH FROM/TO/SUBJECT/HEADER/SENT*); the message body
@@ -16,8 +16,8 @@ Invariants:
 - Thread-safe: one connection per folder per process, used under a lock, in WAL mode
   with a busy timeout so several processes can write.
 
-The same file also keeps the folder's IMAP state that is *not* a cache (``ModseqState``
-below): per-message MODSEQ and the folder's HIGHESTMODSEQ (RFC 7162 §3.1) and the last
+The same file also keeps the folder's IMAP state that is *not* a cache (``reconcile``,
+``record``, ``claim_recent``): per-message MODSEQ, the HIGHESTMODSEQ (RFC 7162 §3.1), the last
 UID claimed as ``\\Recent`` (RFC 3501 §2.3.2). Those writes run in ``BEGIN IMMEDIATE``
 transactions with ``synchronous=FULL`` (the cache rows stay ``OFF``), so concurrent
 sessions and processes serialize on them and a commit survives a crash.

@@ -921,7 +921,7 @@ class Session:
             info = view.info(uid)
             if fresh is not None:
                 info = fresh.get(uid) or info
-                if idx.modseq(uid) > since:
+                if since is not None and idx.modseq(uid) > since:
                     modified.append(uid if cmd.uid else seq)
                     continue
             current = info.flags | info.keywords
@@ -941,7 +941,7 @@ class Session:
                 view.set_flags(uid, info)
                 changed_infos.append(info)
                 done.append((seq, uid, True))
-            elif fresh is not None and info is not view.info(uid):
+            elif fresh is not None and info != view.info(uid):
                 view.set_flags(uid, info)  # another process's change, now reported here
                 done.append((seq, uid, True))
             else:
