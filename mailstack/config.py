@@ -253,6 +253,9 @@ class ChecksConfig:
     spf_fail: str = "mark"  # SPF fail without a DMARC policy: "mark", "junk" or "reject" (550 5.7.23)
     junk_folder: str = "Junk"  # where quarantined mail goes (created when missing)
     timeout: Duration = 30.0  # all lookups of one message together; over it -> 451 4.4.3
+    # Clients whose mail is not checked (OpenDMARC's IgnoreHosts): local programs and the
+    # tour's swaks on loopback. An empty list checks every client.
+    ignore_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True)
@@ -480,6 +483,11 @@ def _check(cfg: Config) -> None:
     for i, mx in enumerate(cfg.http.mta_sts_mx):
         if not _HOSTNAME_RE.match(mx.removeprefix("*.")):
             raise _KeyError(f"[http] mta_sts_mx[{i}]: {mx!r} is not a host name (or *.domain)")
+    for i, net in enumerate(cfg.checks.ignore_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise _KeyError(f"[checks] ignore_networks[{i}]: {net!r} is not a network like 127.0.0.0/8") from None
     seen: dict[ListenAddress, str] = {}
     for service in ("smtp", "submission", "lmtp", "imap", "pop3", "http"):
         for addr, tls in cfg.listeners(service):

@@ -120,6 +120,7 @@ BAD = [
     ('hostname = "mx.a.test"\n[smtp]\nlisten = ["127.0.0.1:2525"]\n[imap]\nlisten = ["127.0.0.1:2525"]\n',
      "[imap] listen: 127.0.0.1:2525 is already used by [smtp] listen"),
     ('hostname = "mx.a.test"\n[smtp\n', "invalid TOML"),
+    ('hostname = "mx.a.test"\n[checks]\nignore_networks = ["loopback"]\n', "[checks] ignore_networks[0]"),
 ]
 
 

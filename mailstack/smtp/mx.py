@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -68,6 +69,7 @@ class MXHandler:
         queue: QueueStore,
         checks: AuthChecker | None = None,
         junk_folder: str = "Junk",
+        ignore_networks: Sequence[str] = (),
     ) -> None:
         self.hostname = hostname
         self.resolver = resolver
@@ -76,6 +78,15 @@ class MXHandler:
         self.queue = queue
         self.checks = checks  # None: no SPF/DKIM/DMARC (submission, or [checks] enabled = false)
         self.junk_folder = junk_folder
+        self.ignore_networks = tuple(ipaddress.ip_network(n, strict=False) for n in ignore_networks)
+
+    def _ignored(self, ip: str) -> bool:
+        """A client in ``[checks] ignore_networks`` (loopback by default) is not checked."""
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.ignore_networks)
 
     # -- hooks ------------------------------------------------------------------
 
@@ -120,7 +131,7 @@ class MXHandler:
         )
         resolutions = txn.resolutions
         auth: dict[str, object] = {}  # for the mail log: auth="spf=pass dkim=pass dmarc=pass", folder=Junk
-        if self.checks is not None and server.peer_ip:
+        if self.checks is not None and server.peer_ip and not self._ignored(server.peer_ip):
             verdict = await self.checks.check(content, client_ip=server.peer_ip, helo=server.helo_name,
                                               mail_from=sender)
             if verdict.action in (Action.REJECT, Action.DEFER):
@@ -252,7 +263,8 @@ async def start(ctx: ServiceContext) -> RunningService:
         except Exception as e:  # e.g. no /etc/resolv.conf and no [dns] nameservers
             raise ServiceError(f"[checks]: no DNS resolver: {e}") from None
     handler = MXHandler(hostname=cfg.hostname, resolver=Resolver(ctx.directory), delivery=delivery, mda=mda,
-                        queue=queue, checks=checks, junk_folder=cfg.checks.junk_folder)
+                        queue=queue, checks=checks, junk_folder=cfg.checks.junk_folder,
+                        ignore_networks=cfg.checks.ignore_networks)
     settings = ServerSettings(
         service="smtp",
         hostname=cfg.hostname,

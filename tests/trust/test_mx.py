@@ -24,6 +24,7 @@ def mx_with_dns(tmp_path: Path, dns: TestDNS) -> Iterator[Any]:
     made: list[MXServer] = []
 
     def factory(**checks: Any) -> MXServer:
+        checks = {"ignore_networks": [], **checks}  # these tests' remote MTA is on loopback
         s = make_server(tmp_path / str(len(made)), dns={"nameservers": [dns.address], "timeout": 2},
                         checks=checks)
         made.append(s)
@@ -160,7 +161,7 @@ def test_submission_is_not_checked(dns: TestDNS, tmp_path: Path) -> None:
     dns.add("_dmarc.example.test", "TXT", "v=DMARC1; p=reject")  # ... and failures are refused
     port = free_port()
     mx = make_server(tmp_path / "sub", dns={"nameservers": [dns.address], "timeout": 2},
-                     submission={"listen": [f"127.0.0.1:{port}"]})
+                     submission={"listen": [f"127.0.0.1:{port}"]}, checks={"ignore_networks": []})
     try:
         ctx = ServiceContext(config=mx.config, directory=mx.directory, tls=mx.tls,
                              limits=limits_for(mx.config, "submission"))
@@ -176,3 +177,27 @@ def test_submission_is_not_checked(dns: TestDNS, tmp_path: Path) -> None:
         assert e.value.smtp_code == 550
     finally:
         mx.close()
+
+
+def test_loopback_clients_are_not_checked_by_default(tmp_path: Path) -> None:
+    """Like OpenDMARC's IgnoreHosts: local programs (and the README's tour) on loopback
+    deliver even with no working DNS at all; anyone else would get 451 4.4.3."""
+    from tests.helpers import free_port
+
+    dead_dns = f"127.0.0.1:{free_port()}"  # nothing answers there
+    for ignore, expect in ((None, 250), ([], 451)):
+        checks: dict[str, Any] = {} if ignore is None else {"ignore_networks": ignore}
+        mx = make_server(tmp_path / f"x{expect}", dns={"nameservers": [dead_dns], "timeout": 0.5}, checks=checks)
+        try:
+            assert mx.config.checks.enabled
+            with mx.client() as c:
+                code, _ = c.ehlo("client.example")
+                c.mail(f"alice@{REMOTE}")
+                c.rcpt("bob@example.test")
+                code, _ = c.data(message())
+            assert code == expect
+            if expect == 250:
+                (only,) = mx.messages("bob")
+                assert b"Authentication-Results" not in only
+        finally:
+            mx.close()
