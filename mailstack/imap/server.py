@@ -13,7 +13,7 @@ Invariants:
   refused from its header (RFC 7889 NO [TOOBIG] for APPEND) before any octet is kept.
 - Plaintext LOGIN / AUTHENTICATE PLAIN only under TLS, or from loopback with
   ``[auth] allow_plaintext_on_loopback`` (RFC 3501 §6.2.3, §11.1); failed logins are
-  slowed down per IP and per account (``pop3.throttle.AuthThrottle``).
+  slowed down per IP and per account (``mailstack.auth_throttle.AuthThrottle``).
 - Bytes received before a STARTTLS handshake are dropped (RFC 3501 §6.2.1).
 - A silent client is logged out after ``[imap] idle_timeout`` (RFC 3501 §5.4: at least
   30 minutes) once logged in, ``login_timeout`` before.
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from mailstack import net
 from mailstack.maillog import quote
-from mailstack.pop3.throttle import AuthThrottle
+from mailstack.auth_throttle import AuthThrottle
 
 from .grammar import GrammarError
 from .index import IndexCache

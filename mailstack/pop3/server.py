@@ -49,7 +49,7 @@ from .core import (
     Update,
 )
 from .maildrop import MaildropInUse, MaildropSession, open_maildrop
-from .throttle import AuthThrottle
+from mailstack.auth_throttle import AuthThrottle
 
 if TYPE_CHECKING:
     from mailstack.directory import Directory

@@ -7,7 +7,7 @@ local delivery, settling results); this module adds, each where it is enforced:
   under TLS (STARTTLS on ``listen``, implicit on ``tls_listen``) or, when
   ``[auth] allow_plaintext_on_loopback``, from a loopback peer (RFC 4954 §4: ``538
   5.7.11`` otherwise); the password check runs in a thread; failed logins are throttled
-  per client IP and per account (``pop3.throttle.AuthThrottle``: after
+  per client IP and per account (``mailstack.auth_throttle.AuthThrottle``: after
   ``[auth] max_failures`` in ``failure_window`` each attempt waits, doubling), and every
   failure is a mail-log line (``status=auth_failed client=<ip>``) for fail2ban;
 - MAIL before AUTH: ``530 5.7.0`` (RFC 4954 §6); the envelope sender must be an
@@ -42,7 +42,7 @@ from mailstack import maillog, net
 from mailstack.delivery import NOT_LOCAL, Resolution, ResolveError, Resolver, received_header
 from mailstack.mail import dkim
 from mailstack.mail.address import AddressError, parse_address, split_tag
-from mailstack.pop3.throttle import AuthThrottle
+from mailstack.auth_throttle import AuthThrottle
 from mailstack.smtp import queue_runner
 from mailstack.smtp import replies as R
 from mailstack.smtp.mx import MXHandler, build_mda, make_delivery

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mailstack.pop3.maildrop import LOCK_NAME
-from mailstack.pop3.throttle import AuthThrottle
+from mailstack.auth_throttle import AuthThrottle
 from mailstack.storage.errors import StorageError
 from mailstack.storage.folder import Folder
 

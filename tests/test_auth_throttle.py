@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailstack.pop3.throttle import AuthThrottle
+from mailstack.auth_throttle import AuthThrottle
 
 
 class Clock:

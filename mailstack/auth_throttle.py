@@ -4,8 +4,8 @@ Each failed login is remembered for ``window`` seconds under the client's IP and
 the account name tried. Once either key holds ``max_failures`` failures, every further
 attempt on it (right or wrong password) waits ``base_delay * 2**(n - max_failures)``
 seconds, capped at ``max_delay``, before the password is even checked; so a guesser is
-slowed down whichever of IP and account it varies. (Meant to move to a shared module
-next to ``mailstack.net`` so IMAP and submission use the same one.)
+slowed down whichever of IP and account it varies.
+POP3, IMAP and submission share this one class (each service keeps its own instance).
 
 Invariants:
 - event-loop confined, no I/O; time comes from an injectable monotonic clock;
