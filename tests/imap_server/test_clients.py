@@ -197,9 +197,18 @@ tls_level = tls_secure
 """)
 
     def run() -> None:
-        proc = subprocess.run([binary, "-c", str(rc), "-o", "-u", "basic"], capture_output=True, text=True,
-                              timeout=120)
-        assert proc.returncode == 0 and "ERROR" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        for attempt in (1, 2):
+            proc = subprocess.run([binary, "-c", str(rc), "-o", "-u", "basic"], capture_output=True, text=True,
+                                  timeout=120)
+            out = proc.stdout + proc.stderr
+            # Seen once in ~10 loaded full-suite runs, never alone: offlineimap's imaplib2 reads
+            # the socket from a second thread while it starts TLS. One retry for exactly that
+            # failure; any other error, or the same one twice, fails the test.
+            if attempt == 1 and "Failed to start TLS connection" in out:
+                print(f"offlineimap STARTTLS race, retrying once: {out[-300:]}")  # shown with -rA
+                continue
+            assert proc.returncode == 0 and "ERROR" not in out, out
+            return
 
     run()
     assert len(_local_messages(local / "INBOX")) == 4
