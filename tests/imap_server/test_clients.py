@@ -197,18 +197,9 @@ tls_level = tls_secure
 """)
 
     def run() -> None:
-        for attempt in (1, 2):
-            proc = subprocess.run([binary, "-c", str(rc), "-o", "-u", "basic"], capture_output=True, text=True,
-                                  timeout=120)
-            out = proc.stdout + proc.stderr
-            # Seen once in ~10 loaded full-suite runs, never alone: offlineimap's imaplib2 reads
-            # the socket from a second thread while it starts TLS. One retry for exactly that
-            # failure; any other error, or the same one twice, fails the test.
-            if attempt == 1 and "Failed to start TLS connection" in out:
-                print(f"offlineimap STARTTLS race, retrying once: {out[-300:]}")  # shown with -rA
-                continue
-            assert proc.returncode == 0 and "ERROR" not in out, out
-            return
+        proc = subprocess.run([binary, "-c", str(rc), "-o", "-u", "basic"], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0 and "ERROR" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
     run()
     assert len(_local_messages(local / "INBOX")) == 4
@@ -221,3 +212,28 @@ tls_level = tls_secure
     md = imap.maildir()
     assert len(md.folder("Drafts").sync().messages) == 1
     assert sum(1 for m in md.folder("INBOX").sync().messages if "\\Seen" in m.flags) == 1
+
+
+IMAPLIB2_SCRIPT = r"""
+import sys
+sys.path.insert(0, "/usr/lib/python3/dist-packages")
+import imaplib2
+port, user, password, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+for i in range(n):
+    c = imaplib2.IMAP4("127.0.0.1", port, timeout=10)
+    c.starttls(tls_level="tls_compat", ssl_version="ssl23")
+    c.capability()
+    c.login(user, password)
+    c.logout()
+print("ok", n)
+"""
+
+
+def test_imaplib2_starttls_never_hangs(imap: IMAPServer) -> None:
+    """offlineimap's imaplib2 reads and writes one SSL socket from two threads: TLS 1.3 session
+    tickets sent after the handshake made ~1 in 6 of its STARTTLS sessions hang (net.py sets
+    num_tickets = 0). 30 sessions in a row must all complete."""
+    require_tool("offlineimap")  # brings Debian's python3-imaplib2
+    proc = subprocess.run(["/usr/bin/python3", "-c", IMAPLIB2_SCRIPT, str(imap.port), ALICE, PASSWORD, "30"],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok 30", proc.stdout + proc.stderr[-2000:]
