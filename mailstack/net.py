@@ -27,8 +27,9 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 from pathlib import Path
 
 from mailstack.config import ListenAddress, TLSConfig
@@ -410,3 +411,118 @@ class InFlight:
         except TimeoutError:
             return False
         return True
+
+
+class SessionHost(Protocol):
+    """What a line-protocol service gives its connections: a session coroutine per
+    connection, and the set of live connections (for a bounded stop)."""
+
+    connections: set[Any]
+
+    def session(self, conn: Any) -> Coroutine[Any, Any, None]: ...
+
+
+class StreamConnection(asyncio.Protocol):
+    """One client connection of a line-protocol server (IMAP, POP3): an inbox, read and
+    drain waiters with flow control both ways, STARTTLS, and the session task.
+
+    Invariants: reading pauses while more than ``MAX_INBOX`` unprocessed bytes wait, so a
+    client cannot make the server buffer without bound; ``start_tls`` drops only what
+    arrived *before* the handshake (RFC 2595 §4, RFC 3501 §6.2.1), never what came through
+    TLS: a client may send its first command with the end of the handshake."""
+
+    MAX_INBOX = 64 * 1024
+
+    def __init__(self, host: SessionHost, implicit_tls: bool) -> None:
+        self.service = host
+        self.implicit_tls = implicit_tls
+        self.transport: asyncio.Transport | None = None
+        self.inbox = bytearray()
+        self.eof = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self.task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.task = asyncio.get_running_loop().create_task(self.service.session(self))
+        self.service.connections.add(self)
+        self.task.add_done_callback(lambda _t: self.service.connections.discard(self))
+
+    def data_received(self, data: bytes) -> None:
+        self.inbox += data
+        if len(self.inbox) > self.MAX_INBOX and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._wake_reader()
+        w, self._drain_waiter = self._drain_waiter, None
+        if w is not None and not w.done():
+            w.set_exception(ConnectionResetError("connection lost"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        w, self._drain_waiter = self._drain_waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- for the session
+    def _wake_reader(self) -> None:
+        w, self._read_waiter = self._read_waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait_readable(self) -> None:
+        """Until something is in the inbox, or the client is gone."""
+        while not self.inbox and not self.eof:
+            self._read_waiter = asyncio.get_running_loop().create_future()
+            await self._read_waiter
+
+    async def read(self) -> bytes:
+        """Everything received so far; b"" at EOF."""
+        await self.wait_readable()
+        data = bytes(self.inbox)
+        self.inbox.clear()
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        if self._write_paused:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        self.inbox.clear()  # nothing sent before the handshake counts
+        loop = asyncio.get_running_loop()
+        new = await loop.start_tls(self.transport, self, context, server_side=True, ssl_handshake_timeout=30)
+        if new is None:
+            raise ConnectionResetError("TLS handshake failed")
+        self.transport = new  # bytes received from here on came through TLS: keep them
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

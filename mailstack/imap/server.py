@@ -8,7 +8,7 @@ thread so one slow disk never stalls other clients.
 
 Invariants:
 - Commands of one connection run one at a time, in order; reading pauses while more
-  than ``_MAX_INBOX`` unprocessed bytes wait, which bounds the commands in flight per
+  than ``net.StreamConnection.MAX_INBOX`` unprocessed bytes wait, which bounds the commands in flight per
   connection. Line and literal limits are the reader's: a ``{999999999}`` literal is
   refused from its header (RFC 7889 NO [TOOBIG] for APPEND) before any octet is kept.
 - Plaintext LOGIN / AUTHENTICATE PLAIN only under TLS, or from loopback with
@@ -59,7 +59,6 @@ __all__ = ["IMAPService", "start"]
 
 log = logging.getLogger(__name__)
 
-_MAX_INBOX = 64 * 1024
 _PULL_BYTES = 256 * 1024
 DEFAULT_IDLE_TIMEOUT = 1800.0  # RFC 3501 §5.4: at least 30 minutes
 DEFAULT_LOGIN_TIMEOUT = 60.0
@@ -73,99 +72,8 @@ class _Stop(Exception):
     """The connection is over (LOGOUT, fatal error, timeout, EOF)."""
 
 
-class _Connection(asyncio.Protocol):
-    """Transport glue: an inbox, read/drain waiters, and the session task."""
-
-    def __init__(self, service: IMAPService, implicit_tls: bool) -> None:
-        self.service = service
-        self.implicit_tls = implicit_tls
-        self.transport: asyncio.Transport | None = None
-        self.inbox = bytearray()
-        self.eof = False
-        self._read_waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._write_paused = False
-        self._read_paused = False
-        self.task: asyncio.Task[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.task = asyncio.get_running_loop().create_task(self.service.session(self))
-        self.service.connections.add(self)
-        self.task.add_done_callback(lambda _t: self.service.connections.discard(self))
-
-    def data_received(self, data: bytes) -> None:
-        self.inbox += data
-        if len(self.inbox) > _MAX_INBOX and not self._read_paused and self.transport is not None:
-            self._read_paused = True
-            self.transport.pause_reading()
-        self._wake_reader()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self._wake_reader()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        self._wake_reader()
-        w, self._drain_waiter = self._drain_waiter, None
-        if w is not None and not w.done():
-            w.set_exception(ConnectionResetError("connection lost"))
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        w, self._drain_waiter = self._drain_waiter, None
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def _wake_reader(self) -> None:
-        w, self._read_waiter = self._read_waiter, None
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def wait_readable(self) -> None:
-        while not self.inbox and not self.eof:
-            self._read_waiter = asyncio.get_running_loop().create_future()
-            await self._read_waiter
-
-    async def read(self) -> bytes:
-        """Everything received so far; b"" at EOF."""
-        await self.wait_readable()
-        data = bytes(self.inbox)
-        self.inbox.clear()
-        if self._read_paused and self.transport is not None:
-            self._read_paused = False
-            self.transport.resume_reading()
-        return data
-
-    def write(self, data: bytes) -> None:
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    async def drain(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            raise ConnectionResetError("connection closed")
-        if self._write_paused:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            await self._drain_waiter
-
-    async def start_tls(self, context: ssl.SSLContext) -> None:
-        assert self.transport is not None
-        self.inbox.clear()  # RFC 3501 §6.2.1: nothing sent before the handshake counts
-        loop = asyncio.get_running_loop()
-        new = await loop.start_tls(self.transport, self, context, server_side=True, ssl_handshake_timeout=30)
-        if new is None:
-            raise ConnectionResetError("TLS handshake failed")
-        self.transport = new  # bytes already received here came over TLS: keep them
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+class _Connection(net.StreamConnection):
+    """A client connection (inbox, flow control, STARTTLS): ``net.StreamConnection``."""
 
 
 def _pull(gen: Iterator[Output]) -> list[object]:

@@ -12,7 +12,7 @@ Invariants:
   ``[auth] allow_plaintext_on_loopback`` (RFC 2595 §2.1 / Dovecot's rule).
 - Bytes received before a STLS handshake are dropped (RFC 2595 §4).
 - A client silent for ``[pop3] idle_timeout`` seconds is disconnected (RFC 1939 §3:
-  at least 10 minutes); input is paused while more than ``_MAX_INBOX`` bytes wait.
+  at least 10 minutes); input is paused while more than ``net.StreamConnection.MAX_INBOX`` bytes wait.
 - Messages are streamed in chunks with flow control: a large message is never held
   whole, let alone twice.
 - The maildrop lock is released whenever the session ends (QUIT, drop, timeout,
@@ -61,106 +61,11 @@ log = logging.getLogger(__name__)
 
 _READ_CHUNK = 256 * 1024  # file read size while streaming a message
 _FIRST_CHUNK = 128 * 1024  # read on the loop; a message this small goes out in one write
-_MAX_INBOX = 64 * 1024  # pause reading while this much unprocessed input waits
 DEFAULT_IDLE_TIMEOUT = 600.0  # RFC 1939 §3: "at least 10 minutes"
 
 
-class _Connection(asyncio.Protocol):
-    """Transport glue: an inbox, read/drain waiters, and the session task."""
-
-    def __init__(self, service: POP3Service, implicit_tls: bool) -> None:
-        self.service = service
-        self.implicit_tls = implicit_tls
-        self.transport: asyncio.Transport | None = None
-        self.inbox = bytearray()
-        self.eof = False
-        self._read_waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._write_paused = False
-        self._read_paused = False
-        self.task: asyncio.Task[None] | None = None
-
-    # -- asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.task = asyncio.get_running_loop().create_task(self.service.session(self))
-        self.service.connections.add(self)
-        self.task.add_done_callback(lambda _t: self.service.connections.discard(self))
-
-    def data_received(self, data: bytes) -> None:
-        self.inbox += data
-        if len(self.inbox) > _MAX_INBOX and not self._read_paused and self.transport is not None:
-            self._read_paused = True
-            self.transport.pause_reading()
-        self._wake_reader()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self._wake_reader()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        self._wake_reader()
-        w, self._drain_waiter = self._drain_waiter, None
-        if w is not None and not w.done():
-            w.set_exception(ConnectionResetError("connection lost"))
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        w, self._drain_waiter = self._drain_waiter, None
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    # -- for the session
-    def _wake_reader(self) -> None:
-        w, self._read_waiter = self._read_waiter, None
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def read(self) -> bytes:
-        """Everything received so far; b"" at EOF."""
-        while not self.inbox:
-            if self.eof:
-                return b""
-            self._read_waiter = asyncio.get_running_loop().create_future()
-            await self._read_waiter
-        data = bytes(self.inbox)
-        self.inbox.clear()
-        if self._read_paused and self.transport is not None:
-            self._read_paused = False
-            self.transport.resume_reading()
-        return data
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    async def drain(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            raise ConnectionResetError("connection closed")
-        if self._write_paused:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            await self._drain_waiter
-
-    async def start_tls(self, context: ssl.SSLContext) -> None:
-        assert self.transport is not None
-        self.inbox.clear()  # RFC 2595 §4: nothing sent before the handshake counts
-        loop = asyncio.get_running_loop()
-        new = await loop.start_tls(self.transport, self, context, server_side=True, ssl_handshake_timeout=30)
-        if new is None:
-            raise ConnectionResetError("TLS handshake failed")
-        self.transport = new
-        # Not cleared again: what arrives now came through TLS, and a client may send its
-        # first command the moment the handshake ends (TLS 1.3 especially).
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+class _Connection(net.StreamConnection):
+    """A client connection (inbox, flow control, STARTTLS): ``net.StreamConnection``."""
 
 
 class POP3Service:

@@ -150,7 +150,7 @@ class Folder:
         self._name_sizes: dict[str, tuple[int | None, int | None]] = {}
         self._infos: dict[str, MessageInfo] = {}
         self._infos_kw: dict[int, str] | None = None
-        self._flag_memo: dict[str, tuple[frozenset[str], str]] = {}
+        self._flag_memo: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         self._state: FolderState | None = None
 
     def __repr__(self) -> str:
@@ -354,7 +354,7 @@ class Folder:
             decoded = memo.get(letters)
             if decoded is None:
                 flags, kws = self._decode_letters(letters)
-                memo[letters] = decoded = (flags, kws)  # type: ignore[assignment]
+                memo[letters] = decoded = (flags, kws)
             size, vsize = sizes
             if size is None:
                 size = int(rec.ext.get("S") or self._lstat_size(name))
