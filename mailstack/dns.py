@@ -190,10 +190,10 @@ class DNSPythonResolver:
 
 def sort_mx(records: Sequence[MXRecord], rng: random.Random | None = None) -> list[MXRecord]:
     """Preference order, equal preferences shuffled (RFC 5321 §5.1), duplicates dropped."""
-    rng = rng or random
+    rand = rng.random if rng is not None else random.random
     seen: set[str] = set()
     unique = [r for r in records if not (r.host in seen or seen.add(r.host))]  # type: ignore[func-returns-value]
-    keyed = [(r.preference, rng.random(), r) for r in unique]
+    keyed = [(r.preference, rand(), r) for r in unique]
     keyed.sort(key=lambda t: (t[0], t[1]))
     return [t[2] for t in keyed]
 

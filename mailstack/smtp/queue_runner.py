@@ -406,10 +406,10 @@ class QueueRunner:
             bounce.append(DSNRecipient(r, ro.reply.status, "failed", str(ro.reply), _mta(ro), last_attempt=now))
         if expired and pending:
             for r in pending:
-                ro = w.results.get(r)
-                diag = str(ro.reply) if ro else env.extra.get("last_error") or "4.4.7 delivery time expired"
-                bounce.append(DSNRecipient(r, ro.reply.status if ro else "4.4.7", "failed",
-                                           f"{diag} (gave up after {self.q.max_age / 86400:g} days)", _mta(ro) if ro else None,
+                got = w.results.get(r)
+                diag = str(got.reply) if got else env.extra.get("last_error") or "4.4.7 delivery time expired"
+                bounce.append(DSNRecipient(r, got.reply.status if got else "4.4.7", "failed",
+                                           f"{diag} (gave up after {self.q.max_age / 86400:g} days)", _mta(got) if got else None,
                                            last_attempt=now))
             failed = failed + pending
             pending = []
