@@ -29,7 +29,7 @@ import ssl
 import stat
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import AbstractSet, Any, Protocol
 from pathlib import Path
 
 from mailstack.config import ListenAddress, TLSConfig
@@ -526,3 +526,24 @@ class StreamConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+async def stop_sessions(name: str, servers: list[asyncio.Server], inflight: "InFlight",
+                        connections: AbstractSet[StreamConnection], goodbye: bytes, grace: float) -> None:
+    """The bounded stop of a line-protocol service: stop accepting, let the work in flight
+    (an UPDATE, a command) finish for up to ``grace`` seconds, then say ``goodbye`` to every
+    client, close and cancel its session, and wait for the listeners to be gone."""
+    for s in servers:
+        s.close()
+    if not await inflight.wait_idle(grace):
+        log.warning("%s: %d operation(s) still running after %.0fs", name, inflight.count, grace)
+    for conn in list(connections):
+        conn.write(goodbye)
+        conn.close()
+        if conn.task is not None:
+            conn.task.cancel()
+    tasks = [c.task for c in list(connections) if c.task is not None]
+    if tasks:
+        await asyncio.wait(tasks, timeout=max(grace, 1.0))
+    for s in servers:
+        await s.wait_closed()

@@ -134,22 +134,10 @@ class IMAPService:
         return lambda: _Connection(self, implicit_tls)
 
     async def stop(self, grace: float) -> None:
-        for s in self.servers:
-            s.close()
-        if not await self.inflight.wait_idle(grace):
-            log.warning("imap: %d command(s) still running after %.0fs", self.inflight.count, grace)
-        for conn in list(self.connections):
-            conn.write(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
-            conn.close()
-            if conn.task is not None:
-                conn.task.cancel()
-        tasks = [c.task for c in list(self.connections) if c.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=max(grace, 1.0))
+        await net.stop_sessions("imap", self.servers, self.inflight, self.connections,
+                                b"* BYE [UNAVAILABLE] Server shutting down\r\n", grace)
         await self.notifier.close()
         self.index.close()
-        for s in self.servers:
-            await s.wait_closed()
 
     def _poke(self, path: Path) -> None:
         """From a worker thread: a session changed a folder; wake the idlers of it."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailstack import net
+from mailstack.auth_throttle import AuthThrottle
 from mailstack.maillog import quote
 from mailstack.storage.errors import MessageNotFound, StorageError
 
@@ -49,7 +50,6 @@ from .core import (
     Update,
 )
 from .maildrop import MaildropInUse, MaildropSession, open_maildrop
-from mailstack.auth_throttle import AuthThrottle
 
 if TYPE_CHECKING:
     from mailstack.directory import Directory
@@ -101,20 +101,8 @@ class POP3Service:
         return lambda: _Connection(self, implicit_tls)
 
     async def stop(self, grace: float) -> None:
-        for s in self.servers:
-            s.close()
-        if not await self.inflight.wait_idle(grace):
-            log.warning("pop3: %d UPDATE(s) still running after %.0fs", self.inflight.count, grace)
-        for conn in list(self.connections):
-            conn.write(R.err("Server shutting down.", "SYS/TEMP").to_bytes())
-            conn.close()
-            if conn.task is not None:
-                conn.task.cancel()
-        tasks = [c.task for c in list(self.connections) if c.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=max(grace, 1.0))
-        for s in self.servers:
-            await s.wait_closed()
+        await net.stop_sessions("pop3", self.servers, self.inflight, self.connections,
+                                R.err("Server shutting down.", "SYS/TEMP").to_bytes(), grace)
 
     # -- one connection ---------------------------------------------------------
 

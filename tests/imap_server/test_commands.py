@@ -420,3 +420,17 @@ def test_login_timeout_and_pipelined_commands(tmp_path: Path) -> None:
         s.close()
     finally:
         gen.close()
+
+
+def test_stop_says_bye_closes_sessions_and_listeners(imap: IMAPServer) -> None:
+    import asyncio
+
+    with socket.create_connection(("127.0.0.1", imap.port), timeout=5) as s:
+        assert s.recv(1000).startswith(b"* OK")
+        asyncio.run_coroutine_threadsafe(imap.service.stop(1.0), imap.loop).result(10)
+        data = b""
+        while chunk := s.recv(1000):
+            data += chunk
+    assert data == b"* BYE [UNAVAILABLE] Server shutting down\r\n"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", imap.port), timeout=2).close()

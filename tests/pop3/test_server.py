@@ -431,3 +431,15 @@ def test_command_in_the_same_segment_as_the_stls_handshake_end_is_answered(pop3:
             if outgoing.pending:
                 s.sendall(outgoing.read())
         assert reply.startswith(b"+OK") and b"USER" in reply
+
+
+def test_stop_says_goodbye_closes_sessions_and_listeners(pop3: POP3Server) -> None:
+    with socket.create_connection(("127.0.0.1", pop3.port), timeout=5) as s:
+        assert s.recv(1000).startswith(b"+OK")
+        pop3.call(pop3.service.stop(1.0))
+        data = b""
+        while chunk := s.recv(1000):
+            data += chunk
+    assert data == b"-ERR [SYS/TEMP] Server shutting down.\r\n"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", pop3.port), timeout=2).close()
