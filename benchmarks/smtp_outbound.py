@@ -20,6 +20,7 @@ import argparse
 import os
 import shutil
 import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from mailstack.mail import dkim  # noqa: E402
 from tests.dnsserver import TestDNS  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
-from tests.outbound.conftest import REMOTE_IP, Remote, Stack, submission_config  # noqa: E402
+from tests.outbound.conftest import REMOTE_IP, Remote  # noqa: E402
+from tests.outbound.test_cli_restart import write_config  # noqa: E402
 
 BODY = "From: Alice <alice@example.test>\r\nTo: x@remote.test\r\nSubject: bench\r\n\r\n" + ("x" * 70 + "\r\n") * 28
 
@@ -71,25 +73,44 @@ def wait_count(remote: Remote, n: int, timeout: float = 300) -> None:
 
 
 def bench_mailstack(tmp: Path, dns: TestDNS, remote: Remote, n: int, conns: int) -> float:
-    from mailstack.directory import Directory
+    """Our server as its own process (``mailstack serve submission queue``), as deployed:
+    the client threads, the test DNS and the sink stay in this process."""
+    from mailstack.config import load_config
+    from mailstack.directory import Directory, Passwords
 
-    cfg = submission_config(tmp, dns, remote.port, queue={"max_per_domain": 8})
-    d = Directory(cfg.database.url)
+    sub_port = free_port()
+    path = write_config(tmp, dns, remote.port, sub_port)
+    path.write_text(path.read_text().replace("connect_timeout = 3\n", "connect_timeout = 3\nmax_per_domain = 8\n"))
+    cfg = load_config(path)
+    d = Directory(cfg.database.url, passwords=Passwords.fast())
     d.migrate()
     d.add_domain("example.test")
     d.add_user("alice@example.test", "correct horse battery staple")
+    d.close()
     key = dkim.generate_key(cfg.queue.dkim_dir, "example.test", "bench")
     dns.add(key.record_name, "TXT", dkim.txt_record(key))
-    stack = Stack(cfg, d, ("submission", "queue"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "mailstack", "--config", str(path), "serve", "submission", "queue",
+                             "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", sub_port), 0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    raise SystemExit(f"mailstack did not start: {err}") from None
+                time.sleep(0.1)
         remote.handler.messages.clear()
         t0 = time.perf_counter()
-        send_load(cfg.submission.listen[0].port, n, conns, login=True)
+        send_load(sub_port, n, conns, login=True)
         wait_count(remote, n)
         return n / (time.perf_counter() - t0)
     finally:
-        stack.stop()
-        d.close()
+        proc.terminate()
+        proc.wait(30)
 
 
 def bench_postfix(tmp: Path, remote: Remote, n: int, conns: int) -> float | None:
