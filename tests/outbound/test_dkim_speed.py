@@ -1,0 +1,32 @@
+"""mailstack signs DKIM RSA on OpenSSL: the very bytes dkimpy's own (pure Python) signer
+makes, since RSASSA-PKCS1-v1_5 is deterministic; and the signed mail still verifies."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import dkim as dkimpy
+import dkim.crypto as dkim_crypto
+import pytest
+
+from mailstack.mail import dkim
+
+
+@pytest.mark.parametrize("hash_name", ["sha256", "sha1"])
+def test_openssl_signer_equals_dkimpy(tmp_path: Path, hash_name: str) -> None:
+    dkim.generate_key(tmp_path, "example.test", "s1")
+    pk = dkim_crypto.parse_pem_private_key(next(tmp_path.rglob("*.key")).read_bytes())
+    for text in (b"", b"hello", b"x" * 5000):
+        h1, h2 = hashlib.new(hash_name, text), hashlib.new(hash_name, text)
+        assert dkim.openssl_rsa_sign(h1, pk) == bytes(dkim_crypto.RSASSA_PKCS1_v1_5_sign(h2, pk))
+
+
+def test_dkimpy_signs_through_openssl_and_verifies(tmp_path: Path) -> None:
+    assert dkimpy.RSASSA_PKCS1_v1_5_sign is dkim.openssl_rsa_sign
+    key = dkim.generate_key(tmp_path, "example.test", "s1")
+    pem = next(tmp_path.rglob("*.key")).read_bytes()
+    msg = b"From: a@example.test\r\nTo: b@remote.test\r\nSubject: x\r\n\r\nbody\r\n"
+    sig = dkimpy.sign(msg, b"s1", b"example.test", pem, include_headers=[b"from", b"to", b"subject"])
+    record = dkim.txt_record(key).encode()
+    assert dkimpy.verify(sig + msg, dnsfunc=lambda name, timeout=5: record)
