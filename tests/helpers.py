@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import socket
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -39,3 +44,40 @@ def require_root(why: str) -> None:
     if IN_CI:
         pytest.fail(f"{why}; CI runs as root")
     pytest.skip(why)
+
+
+def require_ipv6_loopback() -> None:
+    """::1 must be bindable: under CI=true its absence fails the test instead of skipping it."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return
+    except OSError:
+        pass
+    if IN_CI:
+        pytest.fail("no IPv6 loopback (::1) on this CI machine")
+    pytest.skip("no IPv6 loopback on this host")
+
+
+@contextlib.contextmanager
+def running_service(start: Callable[[Any], Awaitable[Any]], config: Any, directory: Any,
+                    limits: Any) -> Iterator[tuple[asyncio.AbstractEventLoop, Any]]:
+    """A real service (``start(ctx)`` of mailstack.<service>.server) on its own event loop in
+    a thread, with the config's certificate made if missing; stopped (bounded) on exit."""
+    from mailstack import net
+    from mailstack.serve import ServiceContext
+
+    net.ensure_certificate(config.tls, config.hostname)
+    tls = net.load_tls_contexts(config.tls)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="service-test-loop", daemon=True)
+    thread.start()
+    ctx = ServiceContext(config=config, directory=directory, tls=tls, limits=limits)
+    service = asyncio.run_coroutine_threadsafe(start(ctx), loop).result(10)
+    try:
+        yield loop, service
+    finally:
+        asyncio.run_coroutine_threadsafe(service.stop(1.0), loop).result(15)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -17,7 +17,7 @@ from cryptography import x509
 
 from mailstack import net
 from mailstack.config import ListenAddress, TLSConfig
-from tests.helpers import free_port
+from tests.helpers import free_port, require_ipv6_loopback
 
 
 def tls_config(tmp_path: Path) -> TLSConfig:
@@ -190,17 +190,8 @@ def test_tcp_listener_and_address_in_use() -> None:
     asyncio.run(main())
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _has_ipv6_loopback() and os.environ.get("CI") != "true", reason="no IPv6 loopback on this host")
 def test_ipv6_listener_next_to_ipv4_on_the_same_port() -> None:
+    require_ipv6_loopback()
     port = free_port()
 
     async def main() -> None:

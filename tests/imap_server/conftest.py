@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import ssl
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +23,8 @@ from mailstack import net
 from mailstack.config import Config, config_from_dict
 from mailstack.directory import Directory, Passwords
 from mailstack.imap.server import IMAPService, start
-from mailstack.serve import ServiceContext
 from mailstack.storage import Maildir
-from tests.helpers import free_port
+from tests.helpers import free_port, running_service
 
 PASSWORD = "secret"
 USERS = ("alice@example.test", "bob@example.test")
@@ -94,8 +91,6 @@ def make_server(tmp_path: Path, **overrides: Any) -> Iterator[IMAPServer]:
         raw.setdefault(section, {}).update(values)
     config = config_from_dict(raw, tmp_path / "mailstack.toml")
     config.storage.maildir_root.mkdir(parents=True, exist_ok=True)
-    net.ensure_certificate(config.tls, config.hostname)
-    tls = net.load_tls_contexts(config.tls)
     directory = Directory(config.database.url, passwords=Passwords.fast())
     directory.migrate()
     if directory.get_domain("example.test") is None:  # a restart on the same store keeps them
@@ -103,20 +98,10 @@ def make_server(tmp_path: Path, **overrides: Any) -> Iterator[IMAPServer]:
         directory.add_user(USERS[0], PASSWORD)
         directory.add_user(USERS[1], PASSWORD, quota_bytes=1024 * 1024)
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="imap-test-loop", daemon=True)
-    thread.start()
-    ctx = ServiceContext(config=config, directory=directory, tls=tls, limits=net.ConnectionLimits(200, 100))
-    fut: Future[IMAPService] = asyncio.run_coroutine_threadsafe(start(ctx), loop)
-    service = fut.result(10)
-    server = IMAPServer(config, directory, loop, service, port, tls_port, config.tls.cert_file, tmp_path)
     try:
-        yield server
+        with running_service(start, config, directory, net.ConnectionLimits(200, 100)) as (loop, service):
+            yield IMAPServer(config, directory, loop, service, port, tls_port, config.tls.cert_file, tmp_path)
     finally:
-        asyncio.run_coroutine_threadsafe(service.stop(1.0), loop).result(15)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
         directory.close()
 
 

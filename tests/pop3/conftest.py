@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import poplib
 import ssl
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +23,8 @@ from mailstack import net
 from mailstack.config import Config, config_from_dict
 from mailstack.directory import Directory, Passwords
 from mailstack.pop3.server import POP3Service, start
-from mailstack.serve import ServiceContext
 from mailstack.storage import Maildir
-from tests.helpers import free_port
+from tests.helpers import free_port, running_service
 
 PASSWORD = "secret"
 USERS = ("alice@example.test", "bob@example.test")
@@ -91,28 +88,16 @@ def make_server(tmp_path: Path, **overrides: Any) -> Iterator[POP3Server]:
         raw.setdefault(section, {}).update(values)
     config = config_from_dict(raw, tmp_path / "mailstack.toml")
     config.storage.maildir_root.mkdir(parents=True, exist_ok=True)
-    net.ensure_certificate(config.tls, config.hostname)
-    tls = net.load_tls_contexts(config.tls)
     directory = Directory(config.database.url, passwords=Passwords.fast())
     directory.migrate()
     directory.add_domain("example.test")
     for u in USERS:
         directory.add_user(u, PASSWORD)
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="pop3-test-loop", daemon=True)
-    thread.start()
-    ctx = ServiceContext(config=config, directory=directory, tls=tls, limits=net.ConnectionLimits(100, 50))
-    fut: Future[POP3Service] = asyncio.run_coroutine_threadsafe(start(ctx), loop)
-    service = fut.result(10)
-    server = POP3Server(config, directory, loop, service, port, tls_port, config.tls.cert_file, tmp_path)
     try:
-        yield server
+        with running_service(start, config, directory, net.ConnectionLimits(100, 50)) as (loop, service):
+            yield POP3Server(config, directory, loop, service, port, tls_port, config.tls.cert_file, tmp_path)
     finally:
-        asyncio.run_coroutine_threadsafe(service.stop(1.0), loop).result(15)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
         directory.close()
 
 
