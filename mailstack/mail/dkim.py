@@ -60,7 +60,7 @@ Algorithm = Literal["rsa", "ed25519"]
 # dkimpy signs RSA with Python integers (~7 ms per message here, most of the cost of
 # sending). PKCS#1 v1.5 signatures are deterministic, so OpenSSL (through `cryptography`)
 # computes the very same bytes in a fraction of the time: dkimpy's signer is pointed at it.
-# tests/outbound/test_dkim_speed.py checks byte equality with dkimpy's own function.
+# tests/outbound/test_dkim_openssl_signer.py checks byte equality with dkimpy's own function.
 _OPENSSL_KEYS: dict[int, rsa.RSAPrivateKey] = {}
 _DIGESTS = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
 

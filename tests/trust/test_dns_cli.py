@@ -88,10 +88,13 @@ def test_mta_sts_id_follows_the_policy(capsys: pytest.CaptureFixture[str], confi
 
 
 def test_check_complete_zone(capsys: pytest.CaptureFixture[str], config: Path, dns: TestDNS) -> None:
-    publish(dns, records(capsys, config))
+    rows = records(capsys, config)
+    publish(dns, rows)
     status, out = run(capsys, config, "dns", "check", D)
     assert status == 0, out
-    assert all(line.startswith("ok") for line in out.splitlines() if line and not line.startswith(" ")), out
+    verdicts = [line for line in out.splitlines() if line and not line.startswith(" ")]
+    assert len(verdicts) == len(rows), out  # one verdict per record (an empty output is no pass)
+    assert all(line.startswith("ok") for line in verdicts), out
 
 
 def test_check_accepts_a_record_instead_of_cname(capsys: pytest.CaptureFixture[str], config: Path,
