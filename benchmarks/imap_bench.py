@@ -3,8 +3,10 @@
 
 Starts mailstack's IMAP service (``mailstack.imap.server.start``) in a child process on a
 free loopback port with a temporary store (users ``user1..userN@example.test`` / ``pass``,
-mailboxes filled through storage), then measures it with the reference tools of
-``/work/shared/reference`` run as subprocesses, which work against any host/port:
+mailboxes filled through storage), then measures it with two load generators that are
+not part of this repository, run as subprocesses against any host/port, found in the
+folder named by ``--tools`` or ``$MAILSTACK_REFERENCE_TOOLS`` (without one, the loads
+that need them are left out and the STORE + SEARCH loop still runs):
 
 - ``imap_load.py``: closed-loop sessions (LOGIN, SELECT INBOX, FETCH 1:* (FLAGS),
   BODIES x FETCH n (BODY.PEEK[]), LOGOUT) for each client count: ops/s;
@@ -12,9 +14,10 @@ mailboxes filled through storage), then measures it with the reference tools of
   ``UID SEARCH FLAGGED``, ``SEARCH SUBJECT``): ops/s;
 - ``imap_idle_mem.py``: 1,000 connections in LOGIN + SELECT + IDLE: memory per connection.
 
-When the reference Dovecot is up on 127.0.0.1:31143 (``reference-up.sh``, users
-``userN@example.test`` / ``pass``) the same loads run there too and the ratio is printed;
-without it only our figures appear. Our users get cheap argon2id hashes
+When a reference Dovecot is running on 127.0.0.1:31143 (users ``userN@example.test`` /
+``pass``) the same loads run there too and the ratio is printed; without it only our
+figures appear. For its memory figure, ``$MAILSTACK_REFERENCE_PIDFILE`` names that
+Dovecot's ``master.pid``. Our users get cheap argon2id hashes
 (``Passwords.fast()``), as the reference uses ``{PLAIN}``: the figure measures IMAP,
 not password hashing.
 
@@ -41,7 +44,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-REFERENCE = Path(os.environ.get("MAILSTACK_REFERENCE_TOOLS", "/work/shared/reference"))
+# The folder of imap_load.py / imap_idle_mem.py (--tools overrides); None = those loads are left out.
+REFERENCE: Path | None = Path(os.environ["MAILSTACK_REFERENCE_TOOLS"]) if os.environ.get("MAILSTACK_REFERENCE_TOOLS") else None
 
 
 def free_port() -> int:
@@ -123,6 +127,7 @@ def run_tool(args: list[str], timeout: float) -> dict[str, object]:
 
 
 def session_load(port: int, clients: int, seconds: float, users: int, server_pid: int | None) -> dict[str, object]:
+    assert REFERENCE is not None
     args = [str(REFERENCE / "imap_load.py"), "--port", str(port), "--seconds", str(seconds), "-c", str(clients),
             "--user-range", f"1-{users}", "--password", "pass"]
     if server_pid:
@@ -170,6 +175,7 @@ def store_search_load(port: int, clients: int, seconds: float, users: int) -> di
 
 
 def idle_memory(port: int, n: int, users: int, server_pid: int | None, pidfile: str | None) -> dict[str, object]:
+    assert REFERENCE is not None
     args = [str(REFERENCE / "imap_idle_mem.py"), "--port", str(port), "-n", str(n), "--user-range", f"1-{users}",
             "--password", "pass", "--max-seconds", "300"]
     if server_pid:
@@ -188,12 +194,9 @@ def reference_up(port: int = 31143) -> bool:
 
 
 def dovecot_pidfile() -> str | None:
-    root = os.environ.get("ANCHORS_ROOT")
-    for base in ([root] if root else []) + ["/tmp/anchors", "/work/anchors"]:
-        p = Path(base) / "dovecot" / "run" / "master.pid"
-        if p.exists():
-            return str(p)
-    return None
+    """The reference Dovecot's master.pid, from ``$MAILSTACK_REFERENCE_PIDFILE`` (None: unknown)."""
+    p = os.environ.get("MAILSTACK_REFERENCE_PIDFILE", "")
+    return p if p and Path(p).exists() else None
 
 
 def main() -> int:
@@ -205,6 +208,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=5000, help="bytes per message")
     ap.add_argument("--idle", type=int, default=1000, help="idle connections to measure (0: skip)")
     ap.add_argument("--no-reference", action="store_true", help="do not measure Dovecot even when it is up")
+    ap.add_argument("--tools", help="folder of imap_load.py and imap_idle_mem.py (default: $MAILSTACK_REFERENCE_TOOLS)")
     ap.add_argument("--json-out")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -213,6 +217,13 @@ def main() -> int:
         serve(Path(a.serve), a.port)
         return 0
     raise_nofile()
+    global REFERENCE
+    if a.tools:
+        REFERENCE = Path(a.tools)
+    tools = REFERENCE is not None and (REFERENCE / "imap_load.py").exists() and (REFERENCE / "imap_idle_mem.py").exists()
+    if not tools:
+        print("imap_load.py / imap_idle_mem.py not found (--tools or $MAILSTACK_REFERENCE_TOOLS): "
+              "session and IDLE-memory loads left out")
     clients = [int(x) for x in a.clients.split(",") if x]
     ref = not a.no_reference and reference_up()
     rows: list[dict[str, object]] = []
@@ -230,7 +241,7 @@ def main() -> int:
                 print("server did not start", file=sys.stderr)
                 return 1
             print(f"dovecot on 127.0.0.1:31143: {'up' if ref else 'not running (our figures only)'}")
-            for c in clients:
+            for c in clients if tools else []:
                 ours = session_load(port, c, a.seconds, a.users, server.pid)
                 line = f"sessions c={c:3d}: ours {ours.get('ops_per_s', '?'):>7} ops/s (errors {ours.get('errors')})"
                 row: dict[str, object] = {"test": "sessions", "clients": c, "ours": ours}
@@ -256,7 +267,7 @@ def main() -> int:
                         line += f" | dovecot {theirs['ops_per_s']:>7} ops/s | ratio {ratio:.2f}"
                 print(line, flush=True)
                 rows.append(row)
-            if a.idle:
+            if a.idle and tools:
                 ours = idle_memory(port, a.idle, a.users, server.pid, None)
                 row = {"test": "idle", "connections": a.idle, "ours": ours}
                 line = f"idle n={a.idle}: ours {json.dumps({k: v for k, v in ours.items() if 'per' in k or k in ('established', 'error')})}"

@@ -7,11 +7,12 @@ free loopback ports with a temporary store, fills the mailboxes through storage
 
     connect, USER+PASS (one "login" op), STAT, LIST, BODIES x RETR <random n>, QUIT
 
-= 7 ops per session with 3 bodies, like the reference ``imap_load.py --proto pop3``.
+= 7 ops per session with 3 bodies, like ``imap_load.py --proto pop3`` (the load
+generator ``imap_bench.py`` runs).
 Each worker has its own slice of users: one maildrop serves one POP3 session at a time
 (RFC 1939 §8; a second login gets ``[IN-USE]``), so workers never collide on a lock.
 
-When the reference Dovecot POP3 is up on 127.0.0.1:31110 (``shared/reference``,
+When a reference Dovecot POP3 is running on 127.0.0.1:31110 (``--reference-port``;
 users ``userN@example.test`` / ``pass``, already populated) the same load runs there,
 alternating with ours, and the ratio is printed. Without it only our figures appear.
 

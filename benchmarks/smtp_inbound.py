@@ -13,8 +13,9 @@ What it does:
    smtp-source does without -d); accepted msg/s = M / wall time; since mailstack answers
    250 only after the file is fsynced in new/ (and new/ is fsynced), accepted = durable;
    it then checks that exactly M files are in the Maildir;
-4. if the reference Postfix is up on 127.0.0.1:31025 (/work/shared/reference), runs the
-   same load against it and prints the ratio ours/Postfix per session count.
+4. if a reference Postfix is running on 127.0.0.1:31025 (one you set up to compare
+   with, same disk, same durability), runs the same load against it and prints the ratio
+   ours/Postfix per session count.
 
 Usage: python benchmarks/smtp_inbound.py [-m 2000] [--sessions 1,20] [--uvloop]
 """
