@@ -1,7 +1,7 @@
 """TOML configuration -> frozen, typed dataclasses.
 
 Invariants:
-- every key of ``shared/CONTRACT.md`` exists here with its documented default;
+- every key of ``docs/configuration.md`` exists here with its documented default;
 - an unknown key, a wrong type or a bad value is refused with one line that names
   the key (``[smtp] listen[0]: ...``), before anything starts;
 - relative paths (and relative SQLite database paths) resolve against the folder of

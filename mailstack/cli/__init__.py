@@ -1,6 +1,6 @@
 """The `mailstack` admin command line: one module per noun, argparse underneath.
 
-Exit status (CONTRACT.md): 0 done, 1 refused or failed (one clear line on stderr,
+Exit status (README.md, "The admin CLI"): 0 done, 1 refused or failed (one clear line on stderr,
 nothing half-written), 2 wrong usage. No traceback ever reaches the admin: every
 expected failure is a `CLIError` or a library error with a one-line `str()`; anything
 else is logged as one line and exits 1 (set MAILSTACK_DEBUG=1 for the traceback).

@@ -86,7 +86,7 @@ def _echo(text: str) -> str:
 
 
 def uidl_for(uid: int, uidvalidity: int) -> str:
-    """Dovecot's default ``pop3_uidl_format = %08Xu%08Xv`` (CONTRACT: on disk)."""
+    """Dovecot's default ``pop3_uidl_format = %08Xu%08Xv`` (docs/on-disk.md)."""
     return f"{uid:08X}{uidvalidity:08X}"
 
 

@@ -2,7 +2,7 @@
 
 aiosmtpd parses commands; this class fills what it lacks and fixes what it gets wrong
 for an Internet-facing MTA; the policy lives in a ``Handler`` whose hooks return
-``Reply`` values (DESIGN.md §3):
+``Reply`` values (docs/architecture.md, convention 3):
 
 - EHLO advertises PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152),
   SMTPUTF8 (RFC 6531), ENHANCEDSTATUSCODES (RFC 2034), STARTTLS (RFC 3207) until TLS
@@ -50,7 +50,7 @@ __all__ = ["parse_path", "BaseSMTP", "ServerSettings", "Handler", "Transaction",
 log = logging.getLogger(__name__)
 
 # aiosmtpd logs every command line (AUTH data included) and per-connection chatter at
-# INFO on "mail.log"; our transcripts belong at DEBUG (DESIGN.md §9) and the mail log
+# INFO on "mail.log"; our transcripts belong at DEBUG (docs/architecture.md, convention 9) and the mail log
 # is mailstack.maillog. An admin can lower this again in their logging config.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
 

@@ -97,7 +97,7 @@ class FolderState:
         return [m.uid for m in self.messages]
 
     def pop3_uidl(self, msg: MessageInfo) -> str:
-        """Dovecot's default POP3 UIDL `%08Xu%08Xv` (CONTRACT.md)."""
+        """Dovecot's default POP3 UIDL `%08Xu%08Xv` (docs/on-disk.md)."""
         return f"{msg.uid:08X}{self.uidvalidity:08X}"
 
     def _with(self, msg: MessageInfo) -> FolderState:

@@ -9,8 +9,8 @@ Invariants:
 - No path built here leaves the Maildir root: domains, local parts and folder names
   are checked component by component before any path is joined (`UnsafeName`).
 - `deliver` returns only after the message is fsynced in `tmp/`, renamed into
-  `new/`, and `new/` is fsynced (CONTRACT.md "Nothing is acknowledged before it is
-  on disk"). The stored bytes have LF line ends; the name carries S= and W=.
+  `new/`, and `new/` is fsynced (docs/on-disk.md "Every durable write": nothing is
+  acknowledged before it is on disk). The stored bytes have LF line ends; the name carries S= and W=.
 - Folder deletion is atomic for readers: the directory is renamed out of the way
   (into the root's `tmp/`) before it is removed.
 """

@@ -1,6 +1,6 @@
 """Durable file writes: the one helper every storage write goes through.
 
-Invariants (DESIGN.md §4, chasquid's safeio):
+Invariants (docs/architecture.md convention 4, chasquid's safeio):
 - `write_durable` never leaves a half-written target: data goes into a temp file in
   the same directory, is fsynced, renamed over the target, and the directory is
   fsynced, so after it returns the new content survives a crash.

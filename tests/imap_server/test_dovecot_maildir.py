@@ -1,6 +1,6 @@
 """A Maildir written by Dovecot (Debian's dovecot-imapd, run with its own config on a
 loopback port) is served by mailstack with the same UIDVALIDITY, UIDs, flags, keywords
-and folders (CONTRACT.md "On disk": either server can take over the other's mail)."""
+and folders (docs/on-disk.md: either server can take over the other's mail)."""
 
 from __future__ import annotations
 
