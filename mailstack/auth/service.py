@@ -76,6 +76,7 @@ log = logging.getLogger("mailstack.auth")
 # 4096-byte password, the longest the directory takes, is under 6 KB of base64).
 MAX_SASL_LINE = 12288
 STATE_FILE_NAME = "auth-throttle.sqlite"
+DEFAULT_MAX_HASH_WORKERS = 8
 _LOG_USER_MAX = 256
 
 
@@ -161,7 +162,8 @@ class Authenticator:
         policy = ThrottlePolicy(a.max_failures, a.failure_window, a.block_time, a.max_block_time)
         path = state_path(config)
         store: ThrottleStore = MemoryThrottleStore(policy) if path is None else SQLiteThrottleStore(path, policy)
-        workers = a.hash_workers or os.cpu_count() or 1
+        # 0: one per core, at most DEFAULT_MAX_HASH_WORKERS (each argon2id check holds 64 MiB)
+        workers = a.hash_workers or min(os.cpu_count() or 1, DEFAULT_MAX_HASH_WORKERS)
         return cls(directory, store=store,
                    limits=AuthLimits(workers, a.hash_queue, a.max_inflight_per_client))
 

@@ -310,3 +310,21 @@ def test_overlong_sasl_lines_get_a_clean_error(tmp_path: Path, caplog: pytest.Lo
     assert i[0] == b"+" and i[1].startswith(b"a1 BAD ") and i[2].startswith(b"a2 OK") and i[3].startswith(b"a3 OK"), i
     assert p[0] == b"+" and p[1].startswith(b"-ERR") and p[2].startswith(b"-ERR") and p[4] == b"+OK Logged in.", p
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_directory_down_is_a_temporary_failure_not_a_wrong_password(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from mailstack.auth import Authenticator, AuthStatus, MemoryThrottleStore, ThrottlePolicy, account_key
+
+    caplog.set_level(logging.INFO, logger="mailstack.maillog")
+    db = tmp_path / "broken.db"
+    db.write_bytes(b"this is not a SQLite database" * 100)
+    store = MemoryThrottleStore(ThrottlePolicy(max_failures=1))
+    auth = Authenticator(Directory(f"sqlite:///{db}"), store=store)
+    try:
+        result = asyncio.run(auth.authenticate("imap", ALICE, PASSWORD, "192.0.2.7"))
+    finally:
+        auth.close()
+    assert result.status is AuthStatus.UNAVAILABLE and result.temporary
+    assert store.blocked([account_key(ALICE)], time.time()) is None  # not counted as a failure
+    assert "status=auth_unavailable" in auth_lines(caplog)[0]
