@@ -24,7 +24,9 @@ What happens, in order:
 3. the hash pool: the directory lookup and the password hash run in this object's own
    ``ThreadPoolExecutor`` of ``[auth] hash_workers`` threads, never in the default
    executor that the MX, LMTP and IMAP storage use (so a login flood cannot delay a
-   ``RCPT``); at most ``hash_queue`` attempts wait for a thread, more are BUSY at once;
+   ``RCPT``); the lookup holds a database connection for its query only, never during
+   the hash (``Directory.authenticate``), so the MX's own lookups do not queue behind
+   it either; at most ``hash_queue`` attempts wait for a thread, more are BUSY at once;
 4. the result is counted in the throttle (failure: both keys; success: the account's
    key is cleared), and logged as ONE mail-log line (``mailstack.maillog``)::
 
