@@ -152,9 +152,15 @@ class TLSConfig:
 @dataclass(frozen=True)
 class AuthConfig:
     allow_plaintext_on_loopback: bool = True
-    # failed logins before a client IP or an account is slowed down (per 5 minutes)
+    # failed logins of one account or one client network (/24, /64) before it is blocked
     max_failures: int = 5
-    failure_window: Duration = 300.0
+    failure_window: Duration = 300.0  # a key is forgotten this long after its last failure and block
+    block_time: Duration = 60.0  # the first block; each further failure doubles it ...
+    max_block_time: Duration = 900.0  # ... up to this
+    hash_workers: int = 0  # threads that check passwords (per process); 0 = one per CPU core, at most 8
+    hash_queue: int = 64  # checks waiting for a thread; more get "try again later" at once
+    max_inflight_per_client: int = 3  # attempts of one client host at once; more get "try again later"
+    state_file: str = ""  # the shared throttle; "" = auth-throttle.sqlite next to a SQLite database
 
 
 @dataclass(frozen=True)
@@ -461,6 +467,14 @@ def _check(cfg: Config) -> None:
         raise _KeyError("[smtp] max_message_size: must be at least 1024 bytes")
     if not 1 <= cfg.smtp.max_recipients <= 100000:
         raise _KeyError("[smtp] max_recipients: must be between 1 and 100000")
+    if cfg.auth.max_failures < 1:
+        raise _KeyError("[auth] max_failures: must be at least 1")
+    if cfg.auth.hash_workers > 256:
+        raise _KeyError("[auth] hash_workers: must be at most 256")
+    if cfg.auth.max_inflight_per_client < 1:
+        raise _KeyError("[auth] max_inflight_per_client: must be at least 1")
+    if cfg.auth.max_block_time < cfg.auth.block_time:
+        raise _KeyError("[auth] max_block_time: must not be less than block_time")
     for i, ns in enumerate(cfg.dns.nameservers):
         host, _, port = ns.rpartition(":") if ns.count(":") == 1 or ns.startswith("[") else (ns, "", "")
         host = host.strip("[]")

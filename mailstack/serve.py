@@ -39,6 +39,7 @@ from mailstack.config import Config, ListenAddress
 if TYPE_CHECKING:
     import ssl
 
+    from mailstack.auth import Authenticator
     from mailstack.directory import Directory
 
 __all__ = [
@@ -89,6 +90,9 @@ class ServiceContext:
     directory: Directory
     tls: net.TLSContexts
     limits: net.ConnectionLimits
+    # The one login path of this process (mailstack.auth), shared by every login service;
+    # None (tests that start one service): the service makes its own.
+    auth: Authenticator | None = None
 
 
 @runtime_checkable
@@ -384,12 +388,15 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
+    from mailstack.auth import Authenticator
+
+    auth = Authenticator.from_config(config, directory)
     running: list[RunningService] = []
     failure: str | None = None
     for name, start in chosen:
         if stop.is_set():
             break
-        ctx = ServiceContext(config=config, directory=directory, tls=tls, limits=limits_for(config, name))
+        ctx = ServiceContext(config=config, directory=directory, tls=tls, limits=limits_for(config, name), auth=auth)
         try:
             running.append(await start(ctx))
         except (net.ListenError, ServiceError) as e:
@@ -410,6 +417,7 @@ async def _serve(
 
     sd_notify("STOPPING=1")
     await _stop_all(running, grace, hurry)
+    await asyncio.to_thread(auth.close)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     if failure is not None:

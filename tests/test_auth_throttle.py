@@ -1,48 +1,127 @@
-"""The failed-login throttle with a fake clock."""
+"""The throttle's policy, keys and both stores (a fake clock; real SQLite files).
+
+Server-level behaviour (one throttle for IMAP, POP3 and submission, blocks without
+hashing, two processes) is in tests/auth/test_login_path.py.
+"""
 
 from __future__ import annotations
 
-from mailstack.auth_throttle import AuthThrottle
+import multiprocessing
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailstack.auth import (
+    MemoryThrottleStore,
+    SQLiteThrottleStore,
+    ThrottlePolicy,
+    ThrottleStore,
+    account_key,
+    client_key,
+    network_key,
+    state_path,
+)
+from mailstack.config import Config, config_from_dict
+
+POLICY = ThrottlePolicy(max_failures=3, failure_window=300, block_time=60, max_block_time=240)
+ALICE = account_key("alice@example.test")
+NET = "net:192.0.2.0/24"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_delay_grows_after_max_failures_and_expires() -> None:
-    clock = Clock()
-    t = AuthThrottle(3, 300, base_delay=1.0, max_delay=8.0, clock=clock)
-    for _ in range(2):
-        t.failure("192.0.2.1", "a@example.test")
-    assert t.delay("192.0.2.1", "a@example.test") == 0
-    t.failure("192.0.2.1", "a@example.test")
-    assert t.delay("192.0.2.1", None) == 1.0
-    t.failure("192.0.2.1", "a@example.test")
-    assert t.delay("192.0.2.1", "other@example.test") == 2.0  # per IP
-    assert t.delay("198.51.100.9", "A@Example.test") == 2.0  # per account, case-insensitive
-    for _ in range(10):
-        t.failure("192.0.2.1", None)
-    assert t.delay("192.0.2.1", None) == 8.0  # capped
-    clock.now += 301
-    assert t.delay("192.0.2.1", "a@example.test") == 0  # the window passed
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ThrottleStore]:
+    s: ThrottleStore = MemoryThrottleStore(POLICY) if request.param == "memory" else \
+        SQLiteThrottleStore(tmp_path / "auth.sqlite", POLICY)
+    yield s
+    s.close()
 
 
-def test_success_clears_account_not_ip() -> None:
-    t = AuthThrottle(1, 300, clock=Clock())
-    t.failure("192.0.2.1", "a@example.test")
-    t.success("192.0.2.1", "a@example.test")
-    assert t.delay("198.51.100.9", "a@example.test") == 0
-    assert t.delay("192.0.2.1", "b@example.test") == 1.0
+def test_spellings_of_one_address_are_one_account() -> None:
+    same = ['"alice"@example.test', "ALICE@Example.Test", " alice@EXAMPLE.test ", '"Alice"@example.TEST']
+    assert {account_key(s) for s in same} == {"acct:alice@example.test"}
+    assert account_key("jörg@BÜCHER.example") == account_key("JÖRG@xn--bcher-kva.example")  # IDNA
+    assert account_key("bob@example.test") != ALICE
+    assert account_key("Alice") == account_key("alice")  # not an address: still one key
+    assert len(account_key("x" * 10000 + "@example.test")) < 100
 
 
-def test_memory_bounded() -> None:
-    t = AuthThrottle(1, 300, max_keys=10, clock=Clock())
+def test_networks_and_clients() -> None:
+    assert network_key("192.0.2.7") == network_key("192.0.2.200") == NET
+    assert network_key("192.0.3.7") != NET
+    assert network_key("::ffff:192.0.2.9") == NET  # IPv4-mapped counts as IPv4
+    assert network_key("2001:db8:1:2:aaaa::1") == network_key("2001:db8:1:2:ffff::9") == "net:2001:db8:1:2::/64"
+    assert network_key(None) is None and network_key("junk") is None
+    assert client_key("192.0.2.7") == "192.0.2.7" != client_key("192.0.2.8")
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2::2")  # one IPv6 host: a /64
+
+
+def test_block_after_max_failures_grows_and_expires(store: ThrottleStore) -> None:
+    now = 1_000_000.0
+    assert store.failure([ALICE, NET], now) == []
+    assert store.failure([ALICE, NET], now + 1) == []
+    assert store.blocked([ALICE], now + 1) is None
+    started = store.failure([ALICE, NET], now + 2)  # the 3rd: both keys blocked for 60 s
+    assert {(b.key, b.until) for b in started} == {(ALICE, now + 62), (NET, now + 62)}
+    assert store.blocked([account_key("ALICE@example.test")], now + 30) is not None
+    assert store.blocked([NET], now + 61) is not None
+    assert store.blocked([ALICE, NET], now + 63) is None  # the block is over ...
+    [b, _] = store.failure([ALICE, NET], now + 70)  # ... but the next failure doubles it
+    assert b.until == now + 70 + 120
+    store.failure([ALICE], now + 200)
+    store.failure([ALICE], now + 500)
+    assert store.blocked([ALICE], now + 500 + 239) is not None  # capped at max_block_time
+    assert store.blocked([ALICE], now + 500 + 241) is None
+    assert store.failure([ALICE], now + 500 + 240 + 301) == []  # forgotten: counting starts again
+
+
+def test_success_clears_the_account_not_the_network(store: ThrottleStore) -> None:
+    now = 2_000_000.0
+    for i in range(3):
+        store.failure([ALICE, NET], now + i)
+    store.success(ALICE)
+    assert store.blocked([ALICE], now + 3) is None
+    assert store.blocked([account_key("bob@example.test"), NET], now + 3) is not None
+
+
+def test_memory_store_is_bounded() -> None:
+    s = MemoryThrottleStore(POLICY, max_keys=10)
     for i in range(100):
-        t.failure(f"10.0.0.{i}", None)
-    assert len(t._fails) == 10
-    assert t.delay("10.0.0.99", None) == 1.0
-    assert t.delay("10.0.0.0", None) == 0
+        s.failure([f"net:10.0.{i}.0/24"], 1.0)
+    assert len(s) == 10
+
+
+def _fail_many(path: str, key: str, n: int) -> None:
+    s = SQLiteThrottleStore(Path(path), POLICY)
+    for i in range(n):
+        s.failure([key], 3_000_000.0 + i * 0.001)
+    s.close()
+
+
+def test_sqlite_store_is_shared_by_processes_without_lost_failures(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "auth.sqlite"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_fail_many, args=(str(path), ALICE, 50)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    s = SQLiteThrottleStore(path, POLICY)
+    try:
+        [b] = s.failure([ALICE], 3_000_001.0)  # 4 x 50 failures from 4 processes, none lost
+        assert b.failures == 201 and s.blocked([ALICE], 3_000_002.0) == b
+    finally:
+        s.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_state_path_follows_the_database(tmp_path: Path) -> None:
+    def cfg(url: str, **auth: str) -> Config:
+        return config_from_dict({"database": {"url": url}, "auth": auth}, tmp_path / "etc" / "mailstack.toml")
+
+    assert state_path(cfg("sqlite:///../var/m.db")) == (tmp_path / "var" / "auth-throttle.sqlite")
+    assert state_path(cfg("sqlite://")) is None
+    assert state_path(cfg("sqlite:///:memory:")) is None
+    assert state_path(cfg("postgresql+psycopg://h/db")) == (tmp_path / "var" / "auth-throttle.sqlite")
+    assert state_path(cfg("sqlite:///x.db", state_file="../run/t.sqlite")) == tmp_path / "run" / "t.sqlite"

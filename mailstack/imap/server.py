@@ -2,7 +2,7 @@
 
 One ``asyncio.Protocol`` per connection feeds bytes to a ``parser.CommandReader`` and
 runs each parsed command through ``session.Session``, carrying out its effects: password
-checks (directory, in a thread, after the throttle's delay), STARTTLS (``loop.start_tls``),
+checks (``mailstack.auth.Authenticator``: shared throttle, own hash pool), STARTTLS (``loop.start_tls``),
 IDLE (``notify.Notifier``), LOGOUT. Commands that touch storage are stepped in a worker
 thread so one slow disk never stalls other clients.
 
@@ -12,8 +12,11 @@ Invariants:
   connection. Line and literal limits are the reader's: a ``{999999999}`` literal is
   refused from its header (RFC 7889 NO [TOOBIG] for APPEND) before any octet is kept.
 - Plaintext LOGIN / AUTHENTICATE PLAIN only under TLS, or from loopback with
-  ``[auth] allow_plaintext_on_loopback`` (RFC 3501 §6.2.3, §11.1); failed logins are
-  slowed down per IP and per account (``mailstack.auth_throttle.AuthThrottle``).
+  ``[auth] allow_plaintext_on_loopback`` (RFC 3501 §6.2.3, §11.1); every login goes
+  through the one login path (``mailstack.auth``): blocked clients and accounts get the
+  normal ``NO [AUTHENTICATIONFAILED]``, a busy hash pool ``NO [UNAVAILABLE]`` (RFC 5530).
+- An AUTHENTICATE response line is at most ``mailstack.auth.MAX_SASL_LINE`` octets
+  (RFC 4954 §4's 12288); a longer one gets ``BAD`` and is discarded, never parsed.
 - Bytes received before a STARTTLS handshake are dropped (RFC 3501 §6.2.1).
 - A silent client is logged out after ``[imap] idle_timeout`` (RFC 3501 §5.4: at least
   30 minutes) once logged in, ``login_timeout`` before.
@@ -31,8 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailstack import net
+from mailstack.auth import MAX_SASL_LINE, Authenticator, MemoryThrottleStore, ThrottlePolicy
 from mailstack.maillog import quote
-from mailstack.auth_throttle import AuthThrottle
 
 from .grammar import GrammarError
 from .index import IndexCache
@@ -47,7 +50,7 @@ from .parser import (
     decode_sasl_response,
     is_idle_done,
 )
-from .responses import no
+from .responses import bad, no
 from .session import Idle, Login, Logout, Output, SaslNeedResponse, Session, SessionConfig, StartTLS, UserInfo
 from .states import State
 
@@ -105,7 +108,8 @@ class IMAPService:
         tls_context: ssl.SSLContext | None,
         limits: net.ConnectionLimits,
         allow_plaintext_on_loopback: bool = True,
-        throttle: AuthThrottle | None = None,
+        auth: Authenticator | None = None,
+        owns_auth: bool | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         login_timeout: float = DEFAULT_LOGIN_TIMEOUT,
         append_limit: int = 50 * 1024 * 1024,
@@ -118,7 +122,8 @@ class IMAPService:
         self.tls_context = tls_context
         self.limits = limits
         self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
-        self.throttle = throttle or AuthThrottle()
+        self.owns_auth = auth is None if owns_auth is None else owns_auth  # close it at stop
+        self.auth = auth or Authenticator(directory, store=MemoryThrottleStore(ThrottlePolicy()))
         self.idle_timeout = idle_timeout
         self.login_timeout = login_timeout
         self.append_limit = append_limit
@@ -138,6 +143,8 @@ class IMAPService:
                                 b"* BYE [UNAVAILABLE] Server shutting down\r\n", grace)
         await self.notifier.close()
         self.index.close()
+        if self.owns_auth:
+            await asyncio.to_thread(self.auth.close)
 
     def _poke(self, path: Path) -> None:
         """From a worker thread: a session changed a folder; wake the idlers of it."""
@@ -247,6 +254,13 @@ class IMAPService:
                     conn.write(b"+ \r\n")  # RFC 4616: the empty challenge
                     reader.expect_line()
                     line = await self._next(conn, sess, reader)
+                    if isinstance(line, ParseError) or (isinstance(line, ContinuationLine)
+                                                        and len(line.line) > MAX_SASL_LINE):
+                        # RFC 4954 §4 bound; the reader drops the rest of an overlong line
+                        conn.write(bad(tag, "Authentication response line too long").to_bytes())
+                        if isinstance(line, ParseError) and line.fatal:
+                            raise _Stop()
+                        continue
                     if not isinstance(line, ContinuationLine):  # pragma: no cover
                         raise _Stop()
                     try:
@@ -267,31 +281,18 @@ class IMAPService:
                     raise _Stop()
 
     async def _login(self, sess: Session, ev: Login, ip: str | None) -> bytes:
-        from mailstack.directory import DirectoryError, DirectoryUnavailable
-
-        delay = self.throttle.delay(ip, ev.username)
-        if delay:
-            await asyncio.sleep(delay)
-        try:
-            user = await asyncio.to_thread(self.directory.authenticate, ev.username, ev.password)
-        except DirectoryUnavailable as e:
-            log.warning("imap: directory unavailable: %s", e)
-            return sess.login_failed(ev.tag, temporary=True)
-        except (DirectoryError, ValueError):
-            user = None
-        if user is None:
-            self.throttle.failure(ip, ev.username)
-            log.info("imap: login failed user=%s client=%s mechanism=%s", quote(ev.username), ip or "unix",
-                     ev.mechanism)
+        outcome = await self.auth.authenticate("imap", ev.username, ev.password, ip, mechanism=ev.mechanism)
+        if outcome.temporary:  # RFC 5530 §3: UNAVAILABLE
+            return no(ev.tag, "Temporary authentication failure, try again later", "UNAVAILABLE").to_bytes()
+        user = outcome.user
+        if user is None:  # failed or throttled: the same answer (RFC 5530 AUTHENTICATIONFAILED)
             return sess.login_failed(ev.tag)
-        self.throttle.success(ip, ev.username)
         info = UserInfo(user.address, user.domain, user.local, user.quota_bytes)
         try:
             reply = await asyncio.to_thread(sess.login_ok, ev.tag, info)
         except Exception as e:
-            log.error("imap: cannot open the Maildir of %s: %s", user.address, e)
+            log.error("imap: cannot open the Maildir of %s: %s", quote(user.address), e)
             return sess.login_failed(ev.tag, temporary=True)
-        log.info("imap: login user=%s client=%s mechanism=%s", quote(user.address), ip or "unix", ev.mechanism)
         return reply
 
     async def _idle(self, conn: _Connection, sess: Session, reader: CommandReader, tag: str) -> None:
@@ -347,7 +348,8 @@ async def start(ctx: ServiceContext) -> IMAPService:
         tls_context=ctx.tls.server,
         limits=ctx.limits,
         allow_plaintext_on_loopback=cfg.auth.allow_plaintext_on_loopback,
-        throttle=AuthThrottle(cfg.auth.max_failures, cfg.auth.failure_window),
+        auth=ctx.auth or Authenticator.from_config(cfg, ctx.directory),
+        owns_auth=ctx.auth is None,
         idle_timeout=icfg.idle_timeout,
         login_timeout=icfg.login_timeout,
         append_limit=icfg.append_limit,

@@ -263,6 +263,7 @@ class POP3Core:
                 if len(self._buf) > self.max_line:
                     self._buf.clear()
                     self._discarding = True
+                    self._sasl_plain = False  # an overlong AUTH response ends the exchange
                     self._bad_command(R.err("Line too long."))
                     if self.state is State.CLOSED:
                         return None
@@ -273,6 +274,7 @@ class POP3Core:
             if line.endswith(b"\r"):
                 line = line[:-1]
             if len(line) > self.max_line:
+                self._sasl_plain = False
                 self._bad_command(R.err("Line too long."))
                 continue
             return line

@@ -1,7 +1,7 @@
 """The thin asyncio adapter around ``mailstack.pop3.core`` (``mailstack.pop3.server:start``).
 
 One ``asyncio.Protocol`` per connection feeds bytes to a ``POP3Core`` and carries out
-its effects: authentication (directory, in a thread, after the throttle's delay), the
+its effects: authentication (``mailstack.auth.Authenticator``: the one login path), the
 maildrop lock and snapshot (storage, in a thread), STLS (``loop.start_tls``), message
 streaming and the UPDATE.
 
@@ -9,7 +9,10 @@ Invariants:
 - Replies go out in command order; replies to pipelined commands are batched into one
   write (RFC 2449 §6.6).
 - Plaintext USER/PASS/AUTH PLAIN only under TLS, or from loopback when
-  ``[auth] allow_plaintext_on_loopback`` (RFC 2595 §2.1 / Dovecot's rule).
+  ``[auth] allow_plaintext_on_loopback`` (RFC 2595 §2.1 / Dovecot's rule). A blocked
+  client or account gets the normal ``-ERR [AUTH]``; a busy hash pool or a directory that
+  is down ``-ERR [SYS/TEMP]`` (RFC 3206 §4). Lines, AUTH continuations included, are
+  bounded by the core (``core.MAX_LINE``).
 - Bytes received before a STLS handshake are dropped (RFC 2595 §4).
 - A client silent for ``[pop3] idle_timeout`` seconds is disconnected (RFC 1939 §3:
   at least 10 minutes); input is paused while more than ``net.StreamConnection.MAX_INBOX`` bytes wait.
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailstack import net
-from mailstack.auth_throttle import AuthThrottle
+from mailstack.auth import Authenticator, MemoryThrottleStore, ThrottlePolicy
 from mailstack.maillog import quote
 from mailstack.storage.errors import MessageNotFound, StorageError
 
@@ -82,7 +85,8 @@ class POP3Service:
         tls_context: ssl.SSLContext | None,
         limits: net.ConnectionLimits,
         allow_plaintext_on_loopback: bool = True,
-        throttle: AuthThrottle | None = None,
+        auth: Authenticator | None = None,
+        owns_auth: bool | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self.hostname = hostname
@@ -91,7 +95,8 @@ class POP3Service:
         self.tls_context = tls_context
         self.limits = limits
         self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
-        self.throttle = throttle or AuthThrottle()
+        self.owns_auth = auth is None if owns_auth is None else owns_auth  # close it at stop
+        self.auth = auth or Authenticator(directory, store=MemoryThrottleStore(ThrottlePolicy()))
         self.idle_timeout = idle_timeout
         self.servers: list[asyncio.Server] = []
         self.connections: set[_Connection] = set()
@@ -103,6 +108,8 @@ class POP3Service:
     async def stop(self, grace: float) -> None:
         await net.stop_sessions("pop3", self.servers, self.inflight, self.connections,
                                 R.err("Server shutting down.", "SYS/TEMP").to_bytes(), grace)
+        if self.owns_auth:
+            await asyncio.to_thread(self.auth.close)
 
     # -- one connection ---------------------------------------------------------
 
@@ -177,24 +184,12 @@ class POP3Service:
                 raise RuntimeError("POP3 core paused without an effect")
 
     async def _login(self, ev: Authenticate, ip: str | None, drop: list[MaildropSession]) -> LoginOK | LoginFailed:
-        from mailstack.directory import DirectoryError, DirectoryUnavailable
-
-        delay = self.throttle.delay(ip, ev.username)
-        if delay:
-            await asyncio.sleep(delay)
-        try:
-            user = await asyncio.to_thread(self.directory.authenticate, ev.username, ev.password)
-        except DirectoryUnavailable as e:
-            log.warning("pop3: directory unavailable: %s", e)
-            return LoginFailed(R.SYS_TEMP)
-        except (DirectoryError, ValueError):
-            user = None
-        if user is None:
-            self.throttle.failure(ip, ev.username)
-            log.info("pop3: login failed user=%s client=%s mechanism=%s", quote(ev.username), ip or "unix",
-                     ev.mechanism)
+        outcome = await self.auth.authenticate("pop3", ev.username, ev.password, ip, mechanism=ev.mechanism)
+        if outcome.temporary:
+            return LoginFailed(R.SYS_TEMP)  # RFC 3206 §4: try again later
+        user = outcome.user
+        if user is None:  # failed or throttled: the same answer
             return LoginFailed(R.AUTH_FAILED)
-        self.throttle.success(ip, ev.username)
         fut = asyncio.ensure_future(asyncio.to_thread(open_maildrop, self.maildir_root, user.domain, user.local))
         try:
             session = await asyncio.shield(fut)
@@ -257,7 +252,8 @@ async def start(ctx: ServiceContext) -> POP3Service:
         tls_context=ctx.tls.server,
         limits=ctx.limits,
         allow_plaintext_on_loopback=cfg.auth.allow_plaintext_on_loopback,
-        throttle=AuthThrottle(cfg.auth.max_failures, cfg.auth.failure_window),
+        auth=ctx.auth or Authenticator.from_config(cfg, ctx.directory),
+        owns_auth=ctx.auth is None,
         idle_timeout=cfg.pop3.idle_timeout,
     )
     service.servers = await open_listeners(

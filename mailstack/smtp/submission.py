@@ -6,10 +6,12 @@ local delivery, settling results); this module adds, each where it is enforced:
 - AUTH PLAIN (RFC 4616) and LOGIN against the directory, offered and accepted only
   under TLS (STARTTLS on ``listen``, implicit on ``tls_listen``) or, when
   ``[auth] allow_plaintext_on_loopback``, from a loopback peer (RFC 4954 §4: ``538
-  5.7.11`` otherwise); the password check runs in a thread; failed logins are throttled
-  per client IP and per account (``mailstack.auth_throttle.AuthThrottle``: after
-  ``[auth] max_failures`` in ``failure_window`` each attempt waits, doubling), and every
-  failure is a mail-log line (``status=auth_failed client=<ip>``) for fail2ban;
+  5.7.11`` otherwise); the check is the one login path of every service
+  (``mailstack.auth.Authenticator``: shared throttle, own hash pool, one mail-log line
+  ``event=auth ... client=<ip> ... status=auth_failed`` for fail2ban); a blocked client
+  or account gets the normal ``535 5.7.8``, a busy hash pool or a directory that is down
+  ``454 4.7.0`` (RFC 4954 §6); a SASL line longer than ``mailstack.auth.MAX_SASL_LINE``
+  gets ``500 5.5.6`` (RFC 4954 §4) and is discarded;
 - MAIL before AUTH: ``530 5.7.0`` (RFC 4954 §6); the envelope sender must be an
   address the user owns: their own (``+tag`` too), or an alias whose targets include
   them, else ``553 5.7.1``; the null sender is refused the same way;
@@ -42,7 +44,7 @@ from mailstack import maillog, net
 from mailstack.delivery import NOT_LOCAL, Resolution, ResolveError, Resolver, received_header
 from mailstack.mail import dkim
 from mailstack.mail.address import AddressError, parse_address, split_tag
-from mailstack.auth_throttle import AuthThrottle
+from mailstack.auth import MAX_SASL_LINE, Authenticator
 from mailstack.smtp import queue_runner
 from mailstack.smtp import replies as R
 from mailstack.smtp.mx import MXHandler, build_mda, make_delivery
@@ -65,6 +67,8 @@ AUTH_ALREADY = Reply(503, "5.5.1", "Already authenticated")
 AUTH_MECH = Reply(504, "5.5.4", "Unrecognized authentication type")
 AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
 AUTH_SYNTAX = Reply(501, "5.5.2", "Cannot decode response")
+AUTH_TOO_LONG = Reply(500, "5.5.6", "Authentication Exchange line is too long")  # RFC 4954 §4
+AUTH_BUSY = Reply(454, "4.7.0", "Temporary authentication failure, try again later")  # RFC 4954 §6
 NOT_OWNER = Reply(553, "5.7.1", "Sender address rejected: not owned by user")
 FROM_NOT_OWNER = Reply(553, "5.7.1", "From: header address rejected: not owned by user")
 NO_FROM = Reply(550, "5.6.0", "Message has no From: header")
@@ -244,12 +248,15 @@ class SubmissionSMTP(BaseSMTP):
     """BaseSMTP plus AUTH (see module docstring)."""
 
     def __init__(self, handler: SubmissionHandler, settings: ServerSettings, *, directory: Any,
-                 throttle: AuthThrottle, allow_plaintext_on_loopback: bool, **kw: Any) -> None:
+                 auth: Authenticator, allow_plaintext_on_loopback: bool, **kw: Any) -> None:
         super().__init__(handler, settings, **kw)
         self.directory = directory
-        self.throttle = throttle
+        self.auth = auth
         self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
         self.auth_user: str | None = None
+        # AUTH with an initial response reaches smtp_AUTH up to the reader's limit, so an
+        # overlong one gets 500 5.5.6 there rather than a bare "500 Command line too long".
+        self.command_size_limits["AUTH"] = self.line_length_limit
 
     @property
     def auth_allowed(self) -> bool:
@@ -264,16 +271,50 @@ class SubmissionSMTP(BaseSMTP):
         return kw
 
     async def _read_b64(self, challenge: str) -> str | None:
-        """One SASL continuation (RFC 4954 §4); None when the client aborted or sent junk."""
-        raw = await self.challenge_auth(challenge)
-        if raw is MISSING:
-            return None  # challenge_auth already replied (501)
-        assert isinstance(raw, bytes)
+        """One SASL continuation (RFC 4954 §4); None when the client aborted, sent junk or
+        an overlong line (each already answered), or went away."""
+        await self.push(f"334 {base64.b64encode(challenge.encode()).decode('ascii')}")
+        line = await self._read_sasl_line()
+        if line is None:
+            return None
+        blob = line.strip()
+        if blob == b"*":  # RFC 4954 §4: the client cancels
+            await self.push(AUTH_ABORTED)
+            return None
         try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
+            return base64.b64decode(blob, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
             await self.push(AUTH_SYNTAX)
             return None
+
+    async def _read_sasl_line(self) -> bytes | None:
+        """A continuation line of at most MAX_SASL_LINE octets; longer: the rest of it is
+        read and dropped, 500 5.5.6 (RFC 4954 §4), None. None too when the client left."""
+        reader = self._reader
+        try:
+            try:
+                line: bytes = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as e:
+                await reader.readexactly(e.consumed)
+                while True:  # drop the rest of the line, a buffer at a time
+                    try:
+                        await reader.readuntil(b"\n")
+                        break
+                    except asyncio.LimitOverrunError as more:
+                        await reader.readexactly(more.consumed)
+                line = b""
+                too_long = True
+            else:
+                too_long = len(line.rstrip(b"\r\n")) > MAX_SASL_LINE
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if self.transport is not None:
+                self.transport.close()
+            return None
+        if too_long:
+            await self.push(AUTH_TOO_LONG)
+            return None
+        self._reset_timeout()
+        return line
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:
@@ -291,6 +332,9 @@ class SubmissionSMTP(BaseSMTP):
             return
         if self.txn.sender is not None:  # RFC 4954 §4: not during a mail transaction
             await self.push(Reply(503, "5.5.1", "AUTH not allowed during a mail transaction"))
+            return
+        if len(arg or "") > MAX_SASL_LINE:
+            await self.push(AUTH_TOO_LONG)
             return
         args = (arg or "").split()
         if not args or len(args) > 2:
@@ -339,30 +383,20 @@ class SubmissionSMTP(BaseSMTP):
             password = await self._read_b64("Password:")
             if password is None:
                 return
-        await self._check(username, password)
+        await self._check(username, password, mech)
 
-    async def _check(self, username: str, password: str) -> None:
+    async def _check(self, username: str, password: str, mechanism: str) -> None:
         assert self.session is not None
-        delay = self.throttle.delay(self.peer_ip, username)
-        if delay:
-            await asyncio.sleep(delay)
-        try:
-            user = await asyncio.to_thread(self.directory.authenticate, username, password)
-        except Exception as e:
-            log.warning("submission: authentication lookup failed: %s", e)
-            await self.push(AUTH_TEMP)
+        outcome = await self.auth.authenticate("submission", username, password, self.peer_ip, mechanism=mechanism)
+        if outcome.temporary:
+            await self.push(AUTH_BUSY)
             return
-        if user is None:
-            self.throttle.failure(self.peer_ip, username)
-            maillog.log_event("rejected", queue_id=None, service="submission", client=self.peer_ip, sender=None,
-                              recipients=None, size=None, status="auth_failed", reply=AUTH_FAILED, user=username)
+        if outcome.user is None:  # failed or throttled: the same answer
             await self.push(AUTH_FAILED)
             return
-        self.throttle.success(self.peer_ip, username)
         self.session.authenticated = True
-        self.session.auth_data = username
-        self.auth_user = str(user.address)
-        log.info("submission: %s authenticated as %s", self.peer_ip or "local", self.auth_user)
+        self.session.auth_data = username  # type: ignore[assignment]  # aiosmtpd types it None
+        self.auth_user = str(outcome.user.address)
         await self.push(AUTH_OK)
 
 
@@ -388,15 +422,28 @@ async def start(ctx: ServiceContext) -> RunningService:
         tls_context=ctx.tls.server,
         protocol="ESMTPSA",
     )
-    throttle = AuthThrottle(cfg.auth.max_failures, cfg.auth.failure_window)
+    auth = ctx.auth or Authenticator.from_config(cfg, ctx.directory)
     inflight = net.InFlight()
     conns = ConnectionSet()
 
     def factory_for(address: object, implicit_tls: bool) -> net.ProtocolFactory:
         s = settings if not implicit_tls else ServerSettings(**{**settings.__dict__, "implicit_tls": True})
-        return lambda: SubmissionSMTP(handler, s, directory=ctx.directory, throttle=throttle,
+        return lambda: SubmissionSMTP(handler, s, directory=ctx.directory, auth=auth,
                                       allow_plaintext_on_loopback=cfg.auth.allow_plaintext_on_loopback,
                                       limits=ctx.limits, inflight=inflight, connections=conns)
 
     servers = await open_listeners("submission", cfg.listeners("submission"), factory_for, ctx.tls.server)
-    return SMTPService("submission", servers, inflight, conns)
+    return _SubmissionService("submission", servers, inflight, conns, own_auth=None if ctx.auth else auth)
+
+
+class _SubmissionService(SMTPService):
+    """SMTPService that also closes the Authenticator it made (when the runner shared none)."""
+
+    def __init__(self, *args: Any, own_auth: Authenticator | None) -> None:
+        super().__init__(*args)
+        self._own_auth = own_auth
+
+    async def stop(self, grace: float) -> None:
+        await super().stop(grace)
+        if self._own_auth is not None:
+            await asyncio.to_thread(self._own_auth.close)

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from mailstack.pop3.maildrop import LOCK_NAME
-from mailstack.auth_throttle import AuthThrottle
 from mailstack.storage.errors import StorageError
 from mailstack.storage.folder import Folder
 
@@ -229,15 +228,27 @@ def test_wrong_password_and_unknown_user(pop3: POP3Server) -> None:
     assert out.endswith(b"+OK Logging out.\r\n")
 
 
-def test_throttle_slows_failures(pop3: POP3Server) -> None:
-    pop3.service.throttle = AuthThrottle(1, 300, base_delay=0.4)
-    raw_session(pop3, f"USER {ALICE}\r\nPASS nope\r\nQUIT\r\n".encode())
-    t0 = time.monotonic()
-    out = raw_session(pop3, f"USER {ALICE}\r\nPASS {PASSWORD}\r\nQUIT\r\n".encode())
-    assert time.monotonic() - t0 >= 0.4
-    assert b"+OK Logged in." in out
-    # the success cleared the account, but the IP is still over the limit
-    assert pop3.service.throttle.delay("127.0.0.1", "bob@example.test") == 0.4
+def test_blocked_after_max_failures_without_hashing(tmp_path: Path) -> None:
+    gen = make_server(tmp_path, auth={"max_failures": 2})
+    pop3 = next(gen)
+    try:
+        out = raw_session(pop3, f"USER {ALICE}\r\nPASS nope\r\nUSER {ALICE}\r\nPASS nope\r\nQUIT\r\n".encode())
+        assert out.count(b"-ERR [AUTH] Authentication failed.\r\n") == 2
+        checks = pop3.service.auth.hash_calls
+        # blocked now: the right password gets the same answer, and nothing is hashed
+        out = raw_session(pop3, f"USER {ALICE}\r\nPASS {PASSWORD}\r\nQUIT\r\n".encode())
+        assert b"-ERR [AUTH] Authentication failed.\r\n" in out and b"Logged in" not in out
+        assert pop3.service.auth.hash_calls == checks
+    finally:
+        gen.close()
+
+
+def test_overlong_sasl_line_ends_the_exchange(pop3: POP3Server) -> None:
+    # RFC 5034 §4 continuation longer than the line limit: -ERR, and the next line is a command again
+    out = raw_session(pop3, b"AUTH PLAIN\r\n" + b"A" * 70000 + b"\r\nCAPA\r\nQUIT\r\n")
+    assert out.split(b"\r\n")[1:3] == [b"+ ", b"-ERR Line too long."]
+    assert b"+OK Capability list follows" in out or b"\r\nUSER\r\n" in out
+    assert out.endswith(b"+OK Logging out.\r\n")
 
 
 def test_stls_on_plain_port(pop3: POP3Server) -> None:
@@ -377,9 +388,12 @@ def test_internal_error_never_leaks_a_traceback(pop3: POP3Server, monkeypatch: p
     assert b"secret" not in out and b"Traceback" not in out
 
 
-def test_many_concurrent_sessions(pop3: POP3Server) -> None:
+def test_many_concurrent_sessions(tmp_path: Path) -> None:
     import concurrent.futures
 
+    # 8 logins at once from one address: over [auth] max_inflight_per_client's default (3)
+    gen = make_server(tmp_path, auth={"max_inflight_per_client": 8})
+    pop3 = next(gen)
     users = []
     for i in range(8):
         u = f"user{i}@example.test"
@@ -393,8 +407,11 @@ def test_many_concurrent_sessions(pop3: POP3Server) -> None:
         c.quit()
         return lines[1]
 
-    with concurrent.futures.ThreadPoolExecutor(8) as ex:
-        assert sorted(ex.map(one, users)) == sorted(b"Subject: message %d" % i for i in range(8))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            assert sorted(ex.map(one, users)) == sorted(b"Subject: message %d" % i for i in range(8))
+    finally:
+        gen.close()
 
 
 def test_lock_file_mode(pop3: POP3Server) -> None:
