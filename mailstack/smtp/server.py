@@ -691,6 +691,7 @@ class BaseSMTP(SMTP):
         rate = self.settings.min_data_rate
         # the latest the body may end, before the bytes received buy more time
         data_deadline = last_reset + timeout
+        rearm_every = min(1.0, timeout / 4)
         self._in_data = True
         self.busy = True
         try:
@@ -707,10 +708,11 @@ class BaseSMTP(SMTP):
                 if feed(piece):
                     break
                 # RFC 5321 §4.5.3.2.5: the timeout runs per data block, not per message;
-                # re-arming a timer per line costs more than the line, so once a second;
+                # re-arming a timer per line costs more than the line, so once a second
+                # (or a quarter of a short timeout);
                 # never past the deadline that min_data_rate gives (a dribbled body ends).
                 now = clock()
-                if now - last_reset > 1.0:
+                if now - last_reset > rearm_every:
                     if rate:
                         left = data_deadline + receiver.size / rate - now
                         self._reset_timeout(max(min(timeout, left), 0.001))
