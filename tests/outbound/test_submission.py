@@ -263,3 +263,32 @@ def stack_queue(stack: Stack) -> list[str]:
     from mailstack.smtp.queue_store import QueueStore
 
     return QueueStore(stack.cfg.queue.dir).list()
+
+
+def test_nul_in_a_submitted_message_is_refused(stack: Stack, remote: Remote) -> None:
+    """One NUL rule everywhere (MX, LMTP, submission, IMAP APPEND): refused, nothing queued."""
+    code, text = _send_as(stack, "From: alice@example.test\r\nX-Bin: a\x00b")
+    assert (code, text[:5]) == (554, b"5.6.0")
+    bob_new = stack.cfg.storage.maildir_root / "example.test" / "bob" / "new"
+    assert not (bob_new.is_dir() and list(bob_new.iterdir()))
+    assert stack_queue(stack) == []
+
+
+def test_submission_has_its_own_connection_caps(tmp_path: Path, dns: TestDNS, remote: Remote,
+                                                directory: Any) -> None:
+    import socket
+
+    cfg = submission_config(tmp_path, dns, remote.port, submission={"max_connections_per_ip": 2})
+    s = Stack(cfg, directory, ("submission",))
+    socks = []
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", port(s)), timeout=10)
+            socks.append(sock)
+        replies = [sock.recv(1024) for sock in socks]
+        assert [r[:3] for r in replies] == [b"220", b"220", b"421"]
+        assert replies[2].startswith(b"421 4.7.0")
+    finally:
+        for sock in socks:
+            sock.close()
+        s.stop()
