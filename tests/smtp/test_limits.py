@@ -278,3 +278,59 @@ def test_lmtp_refuses_nul_for_every_recipient(mx_server: MXServer) -> None:
         code, text = c.getreply()
         assert code == 554 and text.startswith(b"5.6.0")
     assert mx_server.messages("alice") == [] and mx_server.messages("bob") == []
+
+
+# ------------------------------------------------------------------ the counter and its config
+
+
+def test_error_counter_follows_postfix() -> None:
+    from mailstack.smtp.limits import ErrorCounter, SessionLimits
+
+    c = ErrorCounter(SessionLimits(junk_command_limit=2, soft_error_limit=2, hard_error_limit=3, error_sleep=0.5))
+    for verb in ("NOOP", "RSET"):
+        c.command(verb)
+    c.command("MAIL")
+    assert (c.errors, c.delay, c.exhausted) == (0, 0.0, False)
+    c.command("VRFY")  # junk 3 > 2: an error
+    c.reply(250)
+    c.reply(354)
+    c.reply(421)  # the closing 421 is not counted
+    assert c.errors == 1 and c.delay == 0.0
+    c.reply(550)
+    assert c.errors == 2 and c.delay == 0.5 and not c.exhausted
+    c.reply(451)
+    assert c.exhausted
+    c.delivered()
+    assert (c.errors, c.junk, c.delay, c.exhausted) == (0, 0, 0.0, False)
+    off = ErrorCounter(SessionLimits.off())
+    for _ in range(1000):
+        off.command("NOOP")
+        off.reply(550)
+    assert off.delay == 0.0 and not off.exhausted
+
+
+@pytest.mark.parametrize("section, values, fragment", [
+    ("smtp", {"soft_error_limit": 30, "hard_error_limit": 20}, "[smtp] soft_error_limit"),
+    ("smtp", {"max_connections_per_ip": 0}, "[smtp] max_connections_per_ip"),
+    ("submission", {"max_connections": 0}, "[submission] max_connections"),
+    ("lmtp", {"max_connections_per_ip": "x"}, "[lmtp] max_connections_per_ip"),
+    ("smtp", {"error_sleep": -1}, "[smtp] error_sleep"),
+    ("smtp", {"junk_limit": 5}, "unknown key 'junk_limit'"),
+])
+def test_limit_keys_are_validated(tmp_path: object, section: str, values: dict[str, object], fragment: str) -> None:
+    from mailstack.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({section: values}, None)
+    assert fragment in str(e.value)
+
+
+def test_limit_defaults() -> None:
+    from mailstack.config import Config
+
+    cfg = Config()
+    assert (cfg.smtp.max_connections, cfg.smtp.max_connections_per_ip) == (200, 10)
+    assert (cfg.smtp.junk_command_limit, cfg.smtp.soft_error_limit, cfg.smtp.hard_error_limit,
+            cfg.smtp.error_sleep, cfg.smtp.min_data_rate) == (100, 10, 20, 1.0, 500)
+    assert (cfg.submission.max_connections, cfg.submission.max_connections_per_ip) == (200, 20)
+    assert (cfg.lmtp.max_connections, cfg.lmtp.max_connections_per_ip) == (200, 50)
