@@ -169,22 +169,35 @@ class SMTPConfig:
     max_message_size: int = 26214400
     max_recipients: int = 100
     max_connections: int = 200
-    max_connections_per_ip: int = 20
+    # 10 per IP: 20 addresses are needed to fill the 200 (Postfix: 50, but it also has
+    # anvil rate limits and stress mode); one MTA rarely opens more than a few at once
+    max_connections_per_ip: int = 10
     command_timeout: Duration = 300.0  # RFC 5321 §4.5.3.2: at least 5 minutes
     max_received_headers: int = 50
     # "" = local mail is written in-process; "unix:PATH" or "HOST:PORT" = handed to an LMTP server
     mda: str = ""
+    # per-session misbehaviour limits of the MX and submission (smtp/limits.py; Postfix's
+    # smtpd_junk_command_limit, smtpd_soft/hard_error_limit, smtpd_error_sleep_time); 0 = off
+    junk_command_limit: int = 100
+    soft_error_limit: int = 10
+    hard_error_limit: int = 20
+    error_sleep: Duration = 1.0
+    min_data_rate: int = 500  # bytes/s a DATA body must average (Postfix smtpd_min_data_rate); 0 = off
 
 
 @dataclass(frozen=True)
 class SubmissionConfig:
     listen: Listeners = ()
     tls_listen: Listeners = ()
+    max_connections: int = 200
+    max_connections_per_ip: int = 20  # users behind one NAT share an address
 
 
 @dataclass(frozen=True)
 class LMTPConfig:
     listen: Listeners = ()
+    max_connections: int = 200
+    max_connections_per_ip: int = 50  # a trusted MTA's delivery concurrency (unix socket peers: total only)
 
 
 @dataclass(frozen=True)
@@ -475,6 +488,12 @@ def _check(cfg: Config) -> None:
         raise _KeyError("[auth] max_inflight_per_client: must be at least 1")
     if cfg.auth.max_block_time < cfg.auth.block_time:
         raise _KeyError("[auth] max_block_time: must not be less than block_time")
+    for section in ("smtp", "submission", "lmtp"):
+        for key in ("max_connections", "max_connections_per_ip"):
+            if getattr(getattr(cfg, section), key) < 1:
+                raise _KeyError(f"[{section}] {key}: must be at least 1")
+    if cfg.smtp.hard_error_limit and cfg.smtp.soft_error_limit > cfg.smtp.hard_error_limit:
+        raise _KeyError("[smtp] soft_error_limit: must not be above hard_error_limit")
     for i, ns in enumerate(cfg.dns.nameservers):
         host, _, port = ns.rpartition(":") if ns.count(":") == 1 or ns.startswith("[") else (ns, "", "")
         host = host.strip("[]")

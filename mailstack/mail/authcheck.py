@@ -11,7 +11,9 @@ What it does:
   keys fetched through our resolver, never dkimpy's DNS code) run concurrently;
 - DMARC (``mailstack.mail.dmarc``) for every distinct From: domain (a message with
   several From: domains gets the strictest outcome, so a second From: cannot dodge a
-  policy); a message without any From: address gets no DMARC result (``none``);
+  policy); a message without any From: address gets no DMARC result (``none``); the
+  From: domains are read by ``mailstack.mail.author.from_domains``, the one reading of
+  From: that submission and DKIM signing use too (``From :`` is a From field);
 - the ``Authentication-Results:`` field (``mailstack.mail.authresults``) with our
   hostname as authserv-id, to be put on top after forged ones are removed
   (``AuthVerdict.apply``).
@@ -51,7 +53,7 @@ from mailstack.dns import DNSError, NXDomain, Resolver
 from mailstack.mail import dmarc as dmarc_mod
 from mailstack.mail import spf as spf_mod
 from mailstack.mail.authresults import ResInfo, format_header, strip_forged
-from mailstack.mail.dkim import from_addresses
+from mailstack.mail.author import from_domains
 
 __all__ = [
     "Action",
@@ -226,21 +228,6 @@ def _head(message: bytes) -> bytes:
 def _short(e: BaseException) -> str:
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     return text[:120]
-
-
-# ---------------------------------------------------------------------------
-# From: domains
-
-
-def from_domains(message: bytes) -> list[str]:
-    """The distinct domains of every From: address, lower case, in order (RFC 5322 §3.6.2)."""
-    out: list[str] = []
-    for addr in from_addresses(message):
-        if "@" in addr:
-            dom = addr.rpartition("@")[2].strip().rstrip(".").lower()
-            if dom and dom not in out:
-                out.append(dom)
-    return out
 
 
 # ---------------------------------------------------------------------------

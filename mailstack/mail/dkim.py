@@ -16,7 +16,8 @@ Invariants:
 - signing is relaxed/relaxed (RFC 6376 §3.4.2, §3.4.4) over dkimpy's default header
   set (RFC 6376 §5.4.1 "SHOULD" list, those present), with From: signed one extra time
   (oversigned) so that nobody can add a second From: without breaking the signature;
-- the signing domain ``d=`` is the From: domain (DMARC alignment, RFC 7489 §3.1.1);
+- the signing domain ``d=`` is the From: domain (DMARC alignment, RFC 7489 §3.1.1), as
+  ``mailstack.mail.author.signing_domain`` reads it (one From: with one mailbox);
   mail whose From: domain has no key goes out unsigned;
 - verification looks the key up through the ``mailstack.dns.Resolver`` it is given,
   never through dkimpy's own DNS code.
@@ -29,7 +30,6 @@ import base64
 import logging
 import re
 from dataclasses import dataclass
-from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 
 from mailstack.dns import DNSError, Resolver
+from mailstack.mail import author as author_mod
 from mailstack.storage.safeio import write_durable
 
 __all__ = [
@@ -212,40 +213,21 @@ def zone_line(key: DKIMKey) -> str:
     return f"{key.record_name}. 3600 IN TXT ( {parts} )" if len(value) > 250 else f"{key.record_name}. 3600 IN TXT {parts}"
 
 
-def _from_header_values(message: bytes) -> list[str]:
-    header_end = message.find(b"\r\n\r\n")
-    if header_end < 0:
-        header_end = message.find(b"\n\n")
-    head = message if header_end < 0 else message[:header_end]
-    values: list[list[str]] = []
-    current: list[str] | None = None
-    for raw in re.split(rb"\r?\n", head):
-        line = raw.decode("utf-8", "replace")
-        if line[:1] in (" ", "\t"):
-            if current is not None:
-                current.append(line)
-            continue
-        current = None
-        if line.lower().startswith("from:"):
-            current = [line[5:]]
-            values.append(current)
-    return ["".join(v) for v in values]
-
-
 def from_addresses(message: bytes) -> list[str]:
-    """The addresses of every From: header field, as written (RFC 5322 §3.6.2)."""
+    """The addresses of every From: header field, as ``mail.author`` reads them (lenient)."""
     out: list[str] = []
-    for value in _from_header_values(message):
-        out.extend(addr for _name, addr in getaddresses([value]) if addr)
+    for f in author_mod.header_fields(message, strict=False):
+        if f.key == "from":
+            try:
+                out.extend(str(m.address) for m in author_mod.parse_mailboxes(f.value))
+            except author_mod.AuthorError:
+                continue
     return out
 
 
 def from_domain(message: bytes) -> str | None:
-    """The domain of the single From: address, lower case; None when there is not exactly one."""
-    addrs = from_addresses(message)
-    if len(addrs) != 1 or "@" not in addrs[0]:
-        return None
-    return addrs[0].rpartition("@")[2].strip().rstrip(".").lower() or None
+    """The DKIM signing domain: the single From: mailbox's (``mail.author.signing_domain``)."""
+    return author_mod.signing_domain(message)
 
 
 def sign(message: bytes, keys: list[DKIMKey]) -> bytes:

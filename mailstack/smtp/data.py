@@ -14,6 +14,10 @@ Rules (the table of edge cases is in tests/smtp/test_data.py):
   it were CRLF (as Postfix's ``smtpd_forbid_bare_newline = normalize``), but a line
   after it is never the end-of-data dot. Bare CR is *refused* after the end of data
   (``550 5.6.0``): it has no meaning in a line and our Maildir files hold LF.
+- NUL is *refused* the same way (``554 5.6.0``, nothing stored), on the MX, submission
+  and LMTP alike, as IMAP APPEND refuses it: a message we store is one every IMAP and
+  POP3 client can be given unchanged (Dovecot instead rewrites NUL as 0x80 on IMAP,
+  which breaks DKIM signatures and changes the message; refusing tells the sender).
 - Dot-unstuffing (RFC 5321 §4.5.2): one leading dot of each content line is removed.
 - Size (RFC 1870): bytes are counted as they arrive (before unstuffing, as the client
   sent them); once over the limit nothing more is kept, the rest is read and dropped,
@@ -26,7 +30,12 @@ from __future__ import annotations
 from mailstack.smtp import replies as R
 from mailstack.smtp.replies import Reply
 
-__all__ = ["DataReceiver"]
+__all__ = ["DataReceiver", "NUL"]
+
+# RFC 5322 §3.5 text excludes NUL; RFC 2045 §2.7/§2.8: neither 7bit nor 8bit data holds
+# NUL (only BINARYMIME over BDAT may, RFC 3030, which we do not offer). IMAP cannot
+# carry it either (RFC 3501 §4.3), and IMAP APPEND refuses it: one rule everywhere.
+NUL = Reply(554, "5.6.0", "NUL character in message not allowed")
 
 
 class DataReceiver:
@@ -75,8 +84,8 @@ class DataReceiver:
             self._prev_crlf = False
             self.bare_lf += 1
         if self._error is None:
-            if b"\r" in content:
-                self._error = R.BARE_CR
+            if b"\r" in content or b"\0" in content:
+                self._error = R.BARE_CR if b"\r" in content else NUL
                 self._parts = []
                 return False
             if content[:1] == b".":  # RFC 5321 §4.5.2 transparency

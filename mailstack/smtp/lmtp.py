@@ -9,6 +9,8 @@
   250 only once that recipient's copy is fsynced into its Maildir (or its alias's
   remote targets into the queue).
 - Every delivery is a mail log line (service ``lmtp``).
+- Its own connection caps (``[lmtp] max_connections``, ``max_connections_per_ip``);
+  no junk command or error limits (see ``smtp/limits.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aiosmtpd.smtp import syntax
 from mailstack import maillog, net
 from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, Resolver, ResolveError, received_header
 from mailstack.smtp import replies as R
+from mailstack.smtp.limits import SessionLimits
 from mailstack.smtp.queue_store import QueueStore
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
@@ -130,12 +133,17 @@ async def start(ctx: ServiceContext) -> RunningService:
         tls_context=None,
         ident="LMTP mailstack",
         protocol="LMTP",
+        # no junk/error limits: the client is a trusted MTA and one delivery may name
+        # many unknown users legitimately (smtp/limits.py); the timeout still applies
+        limits=SessionLimits.off(),
+        min_data_rate=cfg.smtp.min_data_rate,
     )
+    limits = net.ConnectionLimits(cfg.lmtp.max_connections, cfg.lmtp.max_connections_per_ip)
     inflight = net.InFlight()
     conns = ConnectionSet()
 
     def factory_for(address: object, implicit_tls: bool) -> net.ProtocolFactory:
-        return lambda: LMTPServer(handler, settings, limits=ctx.limits, inflight=inflight, connections=conns)
+        return lambda: LMTPServer(handler, settings, limits=limits, inflight=inflight, connections=conns)
 
     servers = await open_listeners("lmtp", cfg.listeners("lmtp"), factory_for, ctx.tls.server)
     return SMTPService("lmtp", servers, inflight, conns)

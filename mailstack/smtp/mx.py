@@ -38,6 +38,7 @@ from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, RecipientResul
 from mailstack.mail.authcheck import Action, AuthChecker, CheckPolicy
 from mailstack.smtp import replies as R
 from mailstack.smtp.bounce import make_dsn
+from mailstack.smtp.limits import SessionLimits
 from mailstack.smtp.mda import MDA, InProcessMDA, LMTPClient
 from mailstack.smtp.queue_store import QueueStore
 from mailstack.smtp.replies import Reply
@@ -272,6 +273,8 @@ async def start(ctx: ServiceContext) -> RunningService:
         max_recipients=cfg.smtp.max_recipients,
         timeout=cfg.smtp.command_timeout,
         tls_context=ctx.tls.server,
+        limits=SessionLimits.from_config(cfg.smtp),
+        min_data_rate=cfg.smtp.min_data_rate,
     )
     inflight = net.InFlight()
     conns = ConnectionSet()

@@ -19,6 +19,23 @@ for an Internet-facing MTA; the policy lives in a ``Handler`` whose hooks return
   session is reset (RFC 3207 §4.2);
 - connection caps (``net.ConnectionLimits``: total and per IP) answer ``421 4.7.0`` and
   close; the command/idle timeout answers ``421 4.4.2`` and closes (RFC 5321 §4.5.3.2);
+- room for newcomers: when the total cap is reached, a new client (within its per-IP
+  cap) does not get 421 while some session is only holding a slot: the session that
+  has made no progress for longest is told ``421 4.7.0`` and closed to make room,
+  sessions without a mail transaction first, never one inside DATA or a delivery
+  (``ConnectionSet.evict_idle``; Postfix reaches the same end by cutting its timeouts
+  to 10 s under stress). So neither slow senders nor a connection flood from many
+  addresses can hold the service; the per-IP cap bounds what one address takes;
+- misbehaviour (``limits.ErrorCounter``, Postfix's junk command / soft / hard error
+  limits): junk commands beyond the limit and error replies are counted, from the
+  soft limit on every reply waits (``asyncio.sleep``: only this session waits), at the
+  hard limit ``421 4.7.0`` and close; an accepted message resets the counts;
+- time limits: a command line must be complete within ``timeout`` of the previous
+  command (bytes trickling in do not reset the timer; aiosmtpd resets it only when a
+  whole, known command arrives); in DATA the timer is re-armed per line, but never
+  past ``timeout`` plus the bytes received divided by ``min_data_rate`` from the start
+  of DATA (Postfix's ``smtpd_min_data_rate``), so a body dribbled one line at a time
+  ends in ``421 4.4.2`` too;
 - an exception in our code is logged and answered ``451 4.3.0``; no traceback, nor an
   exception text, ever reaches the client; an error while reading DATA closes the
   connection (the rest of the body must never be read as commands);
@@ -30,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import ssl
 from collections.abc import Sequence
@@ -38,10 +56,11 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, syntax
 
-from mailstack import net
+from mailstack import maillog, net
 from mailstack.mail.address import AddressError, parse_address
 from mailstack.smtp import replies as R
 from mailstack.smtp.data import DataReceiver
+from mailstack.smtp.limits import JUNK_COMMANDS, ErrorCounter, SessionLimits
 from mailstack.smtp.queue_store import new_queue_id
 from mailstack.smtp.replies import Reply, SMTPReplyError
 
@@ -55,6 +74,9 @@ log = logging.getLogger(__name__)
 logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 _MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8"}
+
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+EVICTED = Reply(421, "4.7.0", "Server busy, closing idle connection; try again later")
 
 
 @dataclass(frozen=True)
@@ -70,6 +92,8 @@ class ServerSettings:
     implicit_tls: bool = False
     ident: str = "ESMTP mailstack"
     protocol: str = "ESMTP"  # for Received: "with ..."
+    limits: SessionLimits = SessionLimits()  # junk command and error limits (limits.py)
+    min_data_rate: int = 0  # bytes/s a DATA body must keep up on average; 0 = no floor
 
 
 class Transaction(Envelope):
@@ -103,6 +127,20 @@ class ConnectionSet:
     def __init__(self) -> None:
         self.live: set[BaseSMTP] = set()
         self.closing = False
+
+    def evict_idle(self) -> bool:
+        """Close the session that holds a slot with the least to show for it; False if none may go.
+
+        Never one inside DATA or a delivery (``busy``); sessions without a mail
+        transaction go first, then the one whose last progress (connect, or a command
+        other than the junk ones) is oldest.
+        """
+        candidates = [p for p in self.live if p.evictable]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda p: (p.txn.sender is not None, p.progress_at))
+        victim.evict()
+        return True
 
     def close_idle(self) -> None:
         """421 and close every session that is not inside DATA or a delivery."""
@@ -191,6 +229,9 @@ class BaseSMTP(SMTP):
         self._greeted = False
         self._in_data = False
         self.busy = False  # inside DATA or a delivery: a stop lets it finish
+        self.errors = ErrorCounter(settings.limits)
+        self.progress_at = 0.0  # loop time of the last progress (connect, a non-junk command)
+        self._dropped = False  # closed by us (error limit, eviction): ignore what is still buffered
 
     # ------------------------------------------------------------------ plumbing
 
@@ -238,11 +279,28 @@ class BaseSMTP(SMTP):
         if methods is None:
             methods = tuple((name[5:], name) for name in dir(type(self)) if name.startswith("smtp_"))
             self._method_cache[type(self)] = methods
-        self._smtp_methods = {cmd: getattr(self, name) for cmd, name in methods}
+        self._smtp_methods = {cmd: self._guarded(cmd, getattr(self, name)) for cmd, name in methods}
         self._auth_methods = self.auth_methods()
         self._handle_hooks = {}
         self._ehlo_hook_ver = None
         self._enforce_call_limit = False
+
+    def _guarded(self, verb: str, method: Any) -> Any:
+        """``method`` behind the per-session accounting: junk commands are counted,
+        others are progress; nothing runs once we have closed the session."""
+        junk = verb in JUNK_COMMANDS
+        loop = self.loop
+
+        async def run(arg: Any) -> None:
+            if self._dropped:
+                return
+            self.errors.command(verb)
+            if not junk:
+                self.progress_at = loop.time()
+            await method(arg)
+
+        functools.update_wrapper(run, method.__func__)  # keeps @syntax's attributes for HELP
+        return run
 
     def auth_methods(self) -> dict[str, Any]:
         """SASL mechanisms offered (aiosmtpd's ``_auth_methods``); none on the MX/LMTP."""
@@ -264,9 +322,15 @@ class BaseSMTP(SMTP):
         if self.limits is not None:
             if not self.limits.acquire(self.peer_ip):
                 total_full = self.limits.active >= self.limits.max_total
-                self._refuse(transport, R.TOO_MANY_CONNECTIONS if total_full else R.TOO_MANY_FROM_IP)
-                return
+                ip_full = self.peer_ip is not None and self.limits.count(self.peer_ip) >= self.limits.max_per_ip
+                # room for newcomers: a client within its per-IP cap displaces a session
+                # that only holds a slot (see module docstring)
+                if not (total_full and not ip_full and self.connections is not None
+                        and self.connections.evict_idle() and self.limits.acquire(self.peer_ip)):
+                    self._refuse(transport, R.TOO_MANY_FROM_IP if ip_full else R.TOO_MANY_CONNECTIONS)
+                    return
             self._acquired = True
+        self.progress_at = self.loop.time()
         if self.connections is not None:
             self.connections.live.add(self)
         if self.settings.implicit_tls:
@@ -301,6 +365,37 @@ class BaseSMTP(SMTP):
         # session task had not started yet nobody ever closed it (a leaked socket).
         return False
 
+    @property
+    def evictable(self) -> bool:
+        return (self._acquired and not self.busy and not self._dropped and self.transport is not None
+                and self.envelope is not None)
+
+    def evict(self) -> None:
+        """Close this session to make room for a new client (its slot is free at once)."""
+        if self._acquired and self.limits is not None:
+            self._acquired = False
+            self.limits.release(self.peer_ip)
+        if self.connections is not None:
+            self.connections.live.discard(self)
+        self._drop(EVICTED, "evicted")
+
+    def _drop(self, reply: Reply, status: str) -> None:
+        """Say ``reply`` (a 421) and close; whatever the client pipelined is ignored."""
+        if self.transport is None or self._dropped:
+            return
+        self._dropped = True
+        log.info("%s: closing session with %s: %s", self.settings.service, self.peer_ip or "local", reply)
+        maillog.log_event("rejected", queue_id=None, service=self.settings.service, client=self.peer_ip,
+                          sender=None, recipients=None, size=None, status=status, reply=reply)
+        buf = getattr(self._reader, "_buffer", None)
+        if buf:
+            buf.clear()
+        try:
+            self._writer.write(f"{reply}\r\n".encode("ascii"))
+        except Exception:  # pragma: no cover - transport already gone
+            pass
+        self.transport.close()
+
     def shutdown(self) -> None:
         """Close this connection now (server stop), with a 421 when idle between commands."""
         if self.transport is None:
@@ -323,22 +418,48 @@ class BaseSMTP(SMTP):
             self.transport.close()
 
     async def push(self, status: Any) -> None:
-        """Send one reply line; adds an enhanced code to aiosmtpd's built-in replies."""
+        """Send one reply line; adds an enhanced code to aiosmtpd's built-in replies.
+
+        Counts error replies; waits first from the soft error limit on; closes with
+        ``421 4.7.0`` after the reply that reaches the hard limit (unless inside DATA's
+        replies: ``smtp_DATA`` checks once all are out).
+        """
+        if self._dropped:
+            return
         if isinstance(status, Reply):
             status = str(status)
         elif isinstance(status, bytes):
             status = status.decode("utf-8", "replace")
         if self._greeted:
             status = R.add_enhanced(status)
+            code = status[:3]
+            if code.isdigit():
+                self.errors.reply(int(code))
+            await self._tarpit()
         else:
             self._greeted = True  # the 220 greeting: RFC 5321 §4.2 form, no enhanced code
         await super().push(status)
+        if not self.busy:
+            self._check_errors()
+
+    async def _tarpit(self) -> None:
+        delay = self.errors.delay
+        if delay:
+            await asyncio.sleep(delay)  # only this session waits
+
+    def _check_errors(self) -> None:
+        if self.errors.exhausted:
+            self._drop(TOO_MANY_ERRORS, "too_many_errors")
 
     async def push_lines(self, code: int, lines: Sequence[str]) -> None:
         """A multi-line reply (EHLO/LHLO), written in one go."""
+        if self._dropped:
+            return
+        await self._tarpit()
         out = [f"{code}-{line}" for line in lines[:-1]] + [f"{code} {lines[-1]}"]
         self._writer.write(("\r\n".join(out) + "\r\n").encode("utf-8"))
         await self._writer.drain()
+        self._check_errors()  # junk EHLOs over the limit count as errors too
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, SMTPReplyError):
@@ -566,6 +687,11 @@ class BaseSMTP(SMTP):
         feed = receiver.feed
         clock = self.loop.time
         last_reset = clock()
+        timeout = self.settings.timeout
+        rate = self.settings.min_data_rate
+        # the latest the body may end, before the bytes received buy more time
+        data_deadline = last_reset + timeout
+        rearm_every = min(1.0, timeout / 4)
         self._in_data = True
         self.busy = True
         try:
@@ -582,10 +708,16 @@ class BaseSMTP(SMTP):
                 if feed(piece):
                     break
                 # RFC 5321 §4.5.3.2.5: the timeout runs per data block, not per message;
-                # re-arming a timer per line costs more than the line, so once a second.
+                # re-arming a timer per line costs more than the line, so once a second
+                # (or a quarter of a short timeout);
+                # never past the deadline that min_data_rate gives (a dribbled body ends).
                 now = clock()
-                if now - last_reset > 1.0:
-                    self._reset_timeout()
+                if now - last_reset > rearm_every:
+                    if rate:
+                        left = data_deadline + receiver.size / rate - now
+                        self._reset_timeout(max(min(timeout, left), 0.001))
+                    else:
+                        self._reset_timeout()
                     last_reset = now
         finally:
             self._in_data = False
@@ -609,12 +741,15 @@ class BaseSMTP(SMTP):
             log.exception("%s: delivery failed", self.settings.service)
             replies = [R.LOCAL_ERROR] * (len(txn.recipients) if self.is_lmtp else 1)
         self._set_post_data_state()
+        if any(r.is_ok for r in replies):
+            self.errors.delivered()  # Postfix: the error counts are about not delivering mail
         try:
             for reply in replies:
                 await self.push(reply)
         finally:
             # only now may a stop close us: the client has its answer (no duplicate on retry)
             self.busy = False
+        self._check_errors()
 
     async def handler_rejected_data(self, txn: Transaction, reply: Reply, size: int) -> None:
         hook = getattr(self.handler, "data_rejected", None)

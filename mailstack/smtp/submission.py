@@ -15,7 +15,11 @@ local delivery, settling results); this module adds, each where it is enforced:
 - MAIL before AUTH: ``530 5.7.0`` (RFC 4954 §6); the envelope sender must be an
   address the user owns: their own (``+tag`` too), or an alias whose targets include
   them, else ``553 5.7.1``; the null sender is refused the same way;
-- at the end of DATA every From: address must be owned the same way (``553 5.7.1``);
+- at the end of DATA the author is read by ``mail.author.author`` (the one From:
+  reading, shared with DMARC and DKIM signing): no From: ``550 5.6.0``; several From:
+  or Sender: fields, a From: that does not parse, a group, a malformed header line
+  ``554 5.6.0``; every From: mailbox and the Sender:, if any, must be owned the same
+  way (``553 5.7.1``, RFC 5322 §3.6.2: simplest safe reading of several authors);
   ``Message-ID:`` and ``Date:`` are added when missing (RFC 6409 §8.2, §8.3), then our
   ``Received:`` (``with ESMTPSA``, RFC 3848), then the DKIM signature of the From:
   domain when it has a key (``mail.dkim``);
@@ -42,11 +46,13 @@ from aiosmtpd.smtp import MISSING, syntax
 
 from mailstack import maillog, net
 from mailstack.delivery import NOT_LOCAL, Resolution, ResolveError, Resolver, received_header
+from mailstack.mail import author as author_mod
 from mailstack.mail import dkim
 from mailstack.mail.address import AddressError, parse_address, split_tag
 from mailstack.auth import MAX_SASL_LINE, Authenticator
 from mailstack.smtp import queue_runner
 from mailstack.smtp import replies as R
+from mailstack.smtp.limits import SessionLimits
 from mailstack.smtp.mx import MXHandler, build_mda, make_delivery
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
@@ -72,6 +78,7 @@ AUTH_BUSY = Reply(454, "4.7.0", "Temporary authentication failure, try again lat
 NOT_OWNER = Reply(553, "5.7.1", "Sender address rejected: not owned by user")
 FROM_NOT_OWNER = Reply(553, "5.7.1", "From: header address rejected: not owned by user")
 NO_FROM = Reply(550, "5.6.0", "Message has no From: header")
+BAD_AUTHOR = Reply(554, "5.6.0", "Message refused: malformed author header")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 MECHANISMS = ("PLAIN", "LOGIN")
 
@@ -182,14 +189,21 @@ class SubmissionHandler(MXHandler):
         sender = txn.sender or ""
         common: dict[str, object] = dict(queue_id=txn.queue_id, service=self.service, client=server.peer_ip,
                                           sender=sender, size=len(content))
-        froms = dkim.from_addresses(content)
-        if not froms:
-            maillog.log_event("rejected", recipients=txn.recipients, status="rejected", reply=NO_FROM, **common)
-            return [NO_FROM]
-        for a in froms:
-            if user is None or not await self.owns(user, a):
+        # RFC 5322 §3.6, §3.6.2: exactly one From:, every mailbox in it (and the Sender:,
+        # if any) owned by the user; read by the one From: parser (mail.author) that DMARC
+        # and DKIM signing use too, so what we check is what they see.
+        try:
+            who = author_mod.author(content)
+        except author_mod.AuthorError as e:
+            reply = NO_FROM if str(e) == author_mod.NO_FROM else BAD_AUTHOR.with_text(f"Message refused: {e}")
+            maillog.log_event("rejected", recipients=txn.recipients, status="rejected", reply=reply, user=user,
+                              **common)
+            return [reply]
+        owned = list(who.mailboxes) + ([who.sender] if who.sender is not None else [])
+        for mb in owned:
+            if user is None or not await self.owns(user, str(mb.address)):
                 maillog.log_event("rejected", recipients=txn.recipients, status="not_owner", reply=FROM_NOT_OWNER,
-                                  user=user, header_from=a, **common)
+                                  user=user, header_from=str(mb.address), **common)
                 return [FROM_NOT_OWNER]
         content = add_missing_headers(content, self.hostname)
         proto = "UTF8SMTPSA" if txn.smtp_utf8 else "ESMTPSA"  # RFC 3848
@@ -421,8 +435,12 @@ async def start(ctx: ServiceContext) -> RunningService:
         timeout=cfg.smtp.command_timeout,
         tls_context=ctx.tls.server,
         protocol="ESMTPSA",
+        limits=SessionLimits.from_config(cfg.smtp),
+        min_data_rate=cfg.smtp.min_data_rate,
     )
     auth = ctx.auth or Authenticator.from_config(cfg, ctx.directory)
+    # [submission]'s own connection caps (not the MX's: users behind one NAT share an IP)
+    limits = net.ConnectionLimits(cfg.submission.max_connections, cfg.submission.max_connections_per_ip)
     inflight = net.InFlight()
     conns = ConnectionSet()
 
@@ -430,7 +448,7 @@ async def start(ctx: ServiceContext) -> RunningService:
         s = settings if not implicit_tls else ServerSettings(**{**settings.__dict__, "implicit_tls": True})
         return lambda: SubmissionSMTP(handler, s, directory=ctx.directory, auth=auth,
                                       allow_plaintext_on_loopback=cfg.auth.allow_plaintext_on_loopback,
-                                      limits=ctx.limits, inflight=inflight, connections=conns)
+                                      limits=limits, inflight=inflight, connections=conns)
 
     servers = await open_listeners("submission", cfg.listeners("submission"), factory_for, ctx.tls.server)
     return _SubmissionService("submission", servers, inflight, conns, own_auth=None if ctx.auth else auth)

@@ -145,3 +145,149 @@ def test_no_auth_before_tls_when_plaintext_not_allowed(tmp_path: Path, dns: Test
             c.login(*ALICE)
     finally:
         s.stop()
+
+
+# ---------------------------------------------------------------------------
+# From: spoofing (issue 10 #3): each header section below is sent by alice (AUTH, STARTTLS)
+# with MAIL FROM:<alice@example.test>; every spoof must be refused and nothing stored or
+# queued; every legitimate way of writing one of her own addresses must be accepted.
+
+SPOOFS = [
+    # obsolete syntax (RFC 5322 §4.5.3): white space before the colon is still From:
+    "From: Alice <alice@example.test>\r\nFrom : CEO <bob@example.test>",
+    "From : CEO <bob@example.test>\r\nFrom: alice@example.test",
+    "FROM\t: bob@example.test\r\nFrom: alice@example.test",
+    "fRoM   :bob@example.test\r\nFrom: alice@example.test",
+    "From : CEO <bob@example.test>",
+    # several From: fields (RFC 5322 §3.6: exactly one), even when all are hers
+    "From: alice@example.test\r\nFrom: bob@example.test",
+    "From: alice@example.test\r\nFrom: alice@example.test",
+    # several mailboxes: every one must be hers
+    "From: alice@example.test, bob@example.test",
+    "From: bob@example.test, Alice <alice@example.test>",
+    # display-name / encoded-word / comment tricks: the address is what counts
+    "From: =?utf-8?q?alice@example.test?= <bob@example.test>",
+    "From: \"alice@example.test\" <bob@example.test>",
+    "From: bob@example.test (alice@example.test)",
+    "From: (alice@example.test) bob@example.test",
+    "From: =?utf-8?q?=3Calice@example.test=3E?=",
+    "From: =?utf-8?q?alice?=@example.test",
+    # malformed values a reader might take either way
+    "From: alice@example.test <bob@example.test>",
+    "From: <alice@example.test> bob@example.test",
+    "From: alice@example.test)<bob@example.test>",
+    "From: Alice <alice@example.test",
+    "From: alice@example.test\r\n bob@example.test",
+    "From: <>",
+    "From:",
+    "From: alice@[127.0.0.1]",
+    # folding hides nothing
+    "From: CEO\r\n <bob@example.test>",
+    "From: CEO\r\n\t<bob@example.test>",
+    # group syntax (From: is a mailbox-list)
+    "From: team: alice@example.test;",
+    "From: team: bob@example.test;",
+    "From: undisclosed-recipients:;",
+    # quoted local parts, case, IDNA: the same mailbox as bob's
+    "From: \"bob\"@example.test",
+    "From: BOB@EXAMPLE.TEST",
+    "From: Bob <bob@Example.Test>",
+    "From: bob@example.test.",
+    # Sender: (RFC 5322 §3.6.2) must be hers too, and there is at most one
+    "From: alice@example.test\r\nSender: bob@example.test",
+    "From: alice@example.test\r\nSender: alice@example.test\r\nSender: alice@example.test",
+    # a line that is no header field: refused rather than guessed at
+    "X-Junk no colon here\r\nFrom: alice@example.test",
+    "From\x00: bob@example.test\r\nFrom: alice@example.test",
+    # no From: at all
+    "Subject: anonymous",
+]
+
+LEGIT = [
+    "From: Alice <alice@example.test>",
+    "From: alice@example.test",
+    "From:alice@example.test",
+    "From: ALICE@Example.TEST",
+    "From: \"alice\"@example.test",
+    "From: \"Smith, Alice\" <alice@example.test>",
+    "From: =?utf-8?q?Al=C3=AFce?= <alice@example.test>",
+    "From: alice@example.test (Alice at work)",
+    "From: Alice\r\n <alice@example.test>",
+    "From: <alice+news@example.test>",
+    "From: sales@example.test",  # an alias that points to her
+    "From: alice@example.test, Sales <sales@example.test>",
+    "From : alice@example.test",  # obsolete syntax, her own address
+    "From: Sales <sales@example.test>\r\nSender: Alice <alice@example.test>",
+    "From: carl@xn--bcher-kva.test",  # IDNA: A-label ...
+    "From: carl@bücher.test",  # ... and U-label of the same domain (RFC 6532)
+]
+
+
+def _send_as(stack: Stack, headers: str) -> tuple[int, bytes]:
+    with client(stack) as c:
+        c.login(*ALICE)
+        assert c.mail("alice@example.test")[0] == 250
+        assert c.rcpt("bob@example.test")[0] == 250
+        assert c.rcpt("x@remote.test")[0] == 250
+        code, text = c.docmd("DATA")
+        assert code == 354
+        c.send(headers.encode("utf-8") + b"\r\nSubject: test\r\n\r\nbody\r\n.\r\n")
+        return c.getreply()
+
+
+def test_from_spoof_variants_are_refused(stack: Stack, remote: Remote, directory: Any) -> None:
+    bob_new = stack.cfg.storage.maildir_root / "example.test" / "bob" / "new"
+    for headers in SPOOFS:
+        code, text = _send_as(stack, headers)
+        assert code in (550, 553, 554) and text[:5] in (b"5.6.0", b"5.7.1"), (headers, code, text)
+        assert not (bob_new.is_dir() and list(bob_new.iterdir())), headers
+        assert stack_queue(stack) == [], headers
+    time.sleep(0.5)
+    assert remote.messages == []
+
+
+def test_from_legit_variants_are_accepted(stack: Stack, remote: Remote, directory: Any) -> None:
+    directory.add_domain("bücher.test")
+    directory.add_user("carl@bücher.test", "carl password 123")
+    directory.add_alias("carl@bücher.test", ["alice@example.test"])  # she may write as carl
+    bob_new = stack.cfg.storage.maildir_root / "example.test" / "bob" / "new"
+    for n, headers in enumerate(LEGIT, 1):
+        code, text = _send_as(stack, headers)
+        assert code == 250, (headers, code, text)
+        assert len(list(bob_new.iterdir())) == n, headers
+    assert wait_for(lambda: len(remote.messages) == len(LEGIT))
+
+
+def stack_queue(stack: Stack) -> list[str]:
+    from mailstack.smtp.queue_store import QueueStore
+
+    return QueueStore(stack.cfg.queue.dir).list()
+
+
+def test_nul_in_a_submitted_message_is_refused(stack: Stack, remote: Remote) -> None:
+    """One NUL rule everywhere (MX, LMTP, submission, IMAP APPEND): refused, nothing queued."""
+    code, text = _send_as(stack, "From: alice@example.test\r\nX-Bin: a\x00b")
+    assert (code, text[:5]) == (554, b"5.6.0")
+    bob_new = stack.cfg.storage.maildir_root / "example.test" / "bob" / "new"
+    assert not (bob_new.is_dir() and list(bob_new.iterdir()))
+    assert stack_queue(stack) == []
+
+
+def test_submission_has_its_own_connection_caps(tmp_path: Path, dns: TestDNS, remote: Remote,
+                                                directory: Any) -> None:
+    import socket
+
+    cfg = submission_config(tmp_path, dns, remote.port, submission={"max_connections_per_ip": 2})
+    s = Stack(cfg, directory, ("submission",))
+    socks = []
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", port(s)), timeout=10)
+            socks.append(sock)
+        replies = [sock.recv(1024) for sock in socks]
+        assert [r[:3] for r in replies] == [b"220", b"220", b"421"]
+        assert replies[2].startswith(b"421 4.7.0")
+    finally:
+        for sock in socks:
+            sock.close()
+        s.stop()

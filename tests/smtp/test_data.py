@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailstack.smtp import replies as R
-from mailstack.smtp.data import DataReceiver
+from mailstack.smtp.data import NUL, DataReceiver
 from mailstack.smtp.server import parse_path
 
 
@@ -130,7 +130,7 @@ def test_oversize_long_line_tail_is_not_end() -> None:
     assert r.error == R.TOO_BIG
 
 
-@given(st.lists(st.binary(max_size=80).filter(lambda b: b"\r" not in b and b"\n" not in b), max_size=30))
+@given(st.lists(st.binary(max_size=80).filter(lambda b: not set(b) & set(b"\r\n\0")), max_size=30))
 def test_roundtrip_property(lines: list[bytes]) -> None:
     """Dot-stuffed CRLF lines come back exactly, whatever they hold."""
     wire = b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines) + b".\r\n"
@@ -170,3 +170,22 @@ def test_ends_exactly_at_first_crlf_dot_crlf(body: bytes) -> None:
 )
 def test_parse_path(text: str, expected: tuple[str, str] | None) -> None:
     assert parse_path(text) == expected
+
+
+# NUL anywhere in the body (RFC 5322 §3.5, RFC 2045 §2.8): refused after the end of data,
+# nothing kept; the end of data is still found (the rest is never read as commands).
+NULS = [
+    b"a\0b\r\n.\r\n",
+    b"\0\r\n.\r\n",
+    b"Subject: x\0\r\n\r\nbody\r\n.\r\n",
+    b"..\0\r\n.\r\n",  # dot-stuffed line
+    b"x" * 70000 + b"\0" + b"\r\n.\r\n",  # in a fragment of an over-long line
+    b"a\n\0\n\r\n.\r\n",  # after bare LF line ends
+]
+
+
+@pytest.mark.parametrize("stream", NULS)
+def test_nul_is_refused(stream: bytes) -> None:
+    r, rest = run(stream, limit=None)
+    assert r.done and rest == b""
+    assert r.error == NUL and (r.error.code, r.error.enhanced) == (554, "5.6.0")

@@ -1,0 +1,252 @@
+"""Who wrote this message: the one reading of the From: (and Sender:) header fields.
+
+Every place that decides "who is this From:" uses this module, so that they cannot
+disagree: submission's ownership check (``author``), DMARC's RFC5322.From domains on the
+MX (``from_domains``) and the DKIM signing domain (``signing_domain``).
+
+How a header section is read (``header_fields``):
+
+- it ends at the first empty line (RFC 5322 §2.1); a line starting with SP/HTAB
+  continues the field before it and is unfolded (§2.2.3: the CRLF is removed);
+- a field name is ``1*ftext`` (printable US-ASCII but ``:``, §3.6.8), and, as the
+  obsolete syntax allows (§4.5.3, ``obs-from = "From" *WSP ":" ...``), white space may
+  come before the colon: ``From : x`` and ``FROM\\t: x`` ARE From fields. Names
+  compare case-insensitively (§1.2.2);
+- any other line (no colon, a space or a control byte inside the name) is malformed:
+  ``strict`` reading refuses the header section (``HeaderError``), so a client cannot
+  hide a field from us that a mail reader or DKIM verifier might still see.
+
+How a From: value is read (``parse_mailboxes``): Python's RFC 5322 parser
+(``email.headerregistry`` via ``email.policy.default``), which understands comments,
+quoted strings and local parts, encoded words in display names (RFC 2047: only the
+display name is decoded, never the address, so ``=?utf-8?q?alice@example.test?=
+<mallory@x>`` is mallory), route addresses and groups. Strictly, a value with any
+defect the parser reports does not parse; a group (``team: a@x;``) is refused because
+From: is a mailbox-list (§3.6.2); every address is then normalised by
+``mail.address.parse_address`` (IDNA A-label domain, case-insensitive key).
+
+Rules of ``author`` (the submission check, RFC 5322 §3.6 and §3.6.2): exactly one
+From: field, holding at least one mailbox; at most one Sender: field, holding exactly
+one mailbox. ``signing_domain`` is the From: domain only when ``author`` holds and the
+From: has exactly one mailbox (RFC 6376 / RFC 7489 alignment is about that one domain).
+``from_domains`` (DMARC on the MX, RFC 7489 §6.6.1) is lenient: every From: field is
+read, defects and all, and each domain found is returned, so a second From: or a
+broken one cannot dodge the policy of a domain it shows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.headerregistry import AddressHeader, BaseHeader
+from email.policy import default as _policy
+from email.utils import getaddresses
+
+from mailstack.mail.address import Address, AddressError, parse_address, quote_local
+
+__all__ = [
+    "Author",
+    "NO_FROM",
+    "AuthorError",
+    "HeaderError",
+    "HeaderField",
+    "Mailbox",
+    "author",
+    "from_domains",
+    "header_fields",
+    "parse_mailboxes",
+    "signing_domain",
+]
+
+# RFC 5322 §3.6.8 field-name = 1*ftext; §4.5.3 obsolete syntax allows *WSP before ":".
+_FIELD_RE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+NO_FROM = "message has no From: header"
+
+_HEAD_END = re.compile(rb"\n\r?\n")
+
+
+class AuthorError(ValueError):
+    """The author fields cannot be used; ``str()`` says why in one line (for a reply)."""
+
+
+class HeaderError(AuthorError):
+    """A header section line that is neither a field nor a continuation."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderField:
+    """One header field: its name as written (without trailing white space) and its
+    unfolded value (everything after the colon, CRLFs of folding removed)."""
+
+    name: str
+    value: str
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """One mailbox of From:/Sender:: the decoded display name and the normalised address."""
+
+    display_name: str
+    address: Address
+
+    @property
+    def domain(self) -> str:
+        return self.address.domain
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    """The From: mailboxes (at least one) and the Sender: mailbox, when there is one."""
+
+    mailboxes: tuple[Mailbox, ...]
+    sender: Mailbox | None = None
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m.domain for m in self.mailboxes))
+
+
+def header_fields(message: bytes, *, strict: bool = True) -> list[HeaderField]:
+    """Every header field of ``message`` in order (see module docstring).
+
+    ``strict``: a malformed line raises ``HeaderError``; otherwise it is skipped (and
+    continuation lines after it are dropped with it). Header bytes are read as UTF-8
+    (RFC 6532); strictly, bytes that are not UTF-8 raise ``HeaderError``.
+    """
+    fields: list[tuple[str, list[bytes]]] = []
+    current: list[bytes] | None = None
+    if message.startswith((b"\n", b"\r\n")):
+        return []
+    m = _HEAD_END.search(message)  # RFC 5322 §2.1: the empty line ends the header section
+    head = message if m is None else message[: m.start()]
+    for number, line in enumerate(head.split(b"\n"), 1):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line)
+            elif strict:
+                raise HeaderError(f"header line {number} continues no field")
+            continue
+        fm = _FIELD_RE.match(line)
+        if fm is None:
+            current = None
+            if strict:
+                raise HeaderError(f"header line {number} is not a header field")
+            continue
+        current = [line[fm.end():]]
+        fields.append((fm.group(1).decode("ascii"), current))
+    out = []
+    for name, parts in fields:
+        raw = b"".join(parts)
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if strict:
+                raise HeaderError(f"{name}: header is not UTF-8") from None
+            value = raw.decode("utf-8", "replace")
+        out.append(HeaderField(name, value))
+    return out
+
+
+def _normalise(local: str, domain: str) -> Address:
+    if not local or not domain:
+        raise AddressError("empty local part or domain")
+    return parse_address(f"{quote_local(local)}@{domain}")
+
+
+def parse_mailboxes(value: str, field: str = "From") -> tuple[Mailbox, ...]:
+    """A mailbox-list value (RFC 5322 §3.4) -> its mailboxes; ``AuthorError`` when it
+    does not parse cleanly, holds a group, holds nothing, or an address is not one
+    (``mail.address.parse_address``: no address literals, IDNA-valid domains)."""
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise AuthorError(f"{field}: header holds control characters")
+    try:
+        header = _policy.header_factory(field, value.strip())
+    except Exception:  # the parser must never let an exception reach a client
+        raise AuthorError(f"{field}: header does not parse") from None
+    assert isinstance(header, AddressHeader) and isinstance(header, BaseHeader)
+    if header.defects:
+        raise AuthorError(f"{field}: header does not parse")
+    out: list[Mailbox] = []
+    for group in header.groups:
+        if group.display_name is not None:  # RFC 5322 §3.6.2: From is a mailbox-list
+            raise AuthorError(f"{field}: group syntax is not allowed")
+        for a in group.addresses:
+            try:
+                out.append(Mailbox(a.display_name, _normalise(a.username, a.domain)))
+            except AddressError:
+                raise AuthorError(f"{field}: header holds an invalid address") from None
+    if not out:
+        raise AuthorError(f"{field}: header holds no address")
+    return tuple(out)
+
+
+def author(message: bytes) -> Author:
+    """The author of ``message``, read strictly (see module docstring); ``AuthorError``."""
+    fields = header_fields(message, strict=True)
+    froms = [f for f in fields if f.key == "from"]
+    senders = [f for f in fields if f.key == "sender"]
+    if not froms:
+        raise AuthorError(NO_FROM)
+    if len(froms) > 1:  # RFC 5322 §3.6: exactly one From:
+        raise AuthorError("message has several From: headers")
+    if len(senders) > 1:  # RFC 5322 §3.6: at most one Sender:
+        raise AuthorError("message has several Sender: headers")
+    mailboxes = parse_mailboxes(froms[0].value, "From")
+    sender = None
+    if senders:
+        found = parse_mailboxes(senders[0].value, "Sender")
+        if len(found) != 1:  # RFC 5322 §3.6.2: Sender is one mailbox
+            raise AuthorError("Sender: must hold exactly one address")
+        sender = found[0]
+    return Author(mailboxes, sender)
+
+
+def signing_domain(message: bytes) -> str | None:
+    """The domain to DKIM-sign for: the single From: mailbox's, or None."""
+    try:
+        a = author(message)
+    except AuthorError:
+        return None
+    return a.mailboxes[0].domain if len(a.mailboxes) == 1 else None
+
+
+def from_domains(message: bytes) -> list[str]:
+    """The distinct domains shown by every From: field, in order, lower-case A-labels.
+
+    Lenient, for DMARC on mail from elsewhere: malformed header lines are skipped and a
+    defective value still yields the domains found in it, both by the RFC 5322 parser
+    and by ``email.utils.getaddresses`` (so no reading of a broken field can hide a
+    domain from the policy check). A domain that is not a valid name is left out.
+    """
+    out: dict[str, None] = {}
+    for f in header_fields(message, strict=False):
+        if f.key != "from":
+            continue
+        candidates: list[str] = []
+        value = f.value.replace("\0", "")
+        try:
+            header = _policy.header_factory("From", value.strip())
+            assert isinstance(header, AddressHeader) and isinstance(header, BaseHeader)
+            candidates.extend(a.domain for a in header.addresses if a.domain)
+            defective = bool(header.defects)
+        except Exception:
+            defective = True
+        if defective:
+            candidates.extend(addr.rpartition("@")[2] for _n, addr in getaddresses([value]) if "@" in addr)
+        for dom in candidates:
+            try:
+                out[parse_address(f"x@{dom.strip().rstrip('.')}").domain] = None
+            except AddressError:
+                continue
+    return list(out)
