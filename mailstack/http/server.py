@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
@@ -230,11 +231,14 @@ def _stamping_request_factory(factory: Any) -> Any:
     """
 
     def make(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> Any:
-        write_headers = writer.write_headers
+        write_headers = type(writer).write_headers
+        ref = weakref.ref(writer)  # no writer -> stamped -> writer cycle: freed as before
 
         async def stamped(status_line: str, headers: Any) -> None:
             headers[hdrs.SERVER] = SERVER_NAME
-            await write_headers(status_line, headers)
+            w = ref()
+            if w is not None:
+                await write_headers(w, status_line, headers)
 
         writer.write_headers = stamped
         return factory(message, payload, protocol, writer, task)
