@@ -9,7 +9,11 @@ Invariants:
   helper (temp, fsync, rename, fsync dir), under a lock so that services starting at
   once never pair one run's key with another run's certificate;
 - a unix socket listener never removes a socket something still listens on, nor a file
-  that is not a socket; it is chmod 0660 before it accepts anything;
+  that is not a socket; it is chmod 0660 before it accepts anything (the MTA that
+  delivers over LMTP runs as another user: it joins our group, as with Dovecot's
+  ``unix_listener lmtp { mode = 0660 }``), and a folder made for it is 0750 (the group
+  may reach the socket, nobody else may even look); the TLS folder made for a
+  self-signed pair is 0700 and both files in it 0600;
 - every listener failure is a ``ListenError`` whose ``str()`` is one line naming the
   address: ``cannot listen on 127.0.0.1:2525: address already in use``.
 """
@@ -33,7 +37,7 @@ from typing import AbstractSet, Any, Protocol
 from pathlib import Path
 
 from mailstack.config import ListenAddress, TLSConfig
-from mailstack.storage.safeio import write_durable
+from mailstack.storage.safeio import make_dirs, write_durable
 
 __all__ = [
     "ConnectionLimits",
@@ -61,6 +65,8 @@ SERVER_CIPHERS = (
 )
 CERT_VALID_DAYS = 825  # Apple clients refuse TLS server certificates valid for longer
 UNIX_SOCKET_MODE = 0o660
+UNIX_SOCKET_DIR_MODE = 0o750  # a folder made for a unix socket: the group may reach it
+TLS_DIR_MODE = 0o700  # a folder made for the self-signed key and certificate
 
 
 class TLSError(Exception):
@@ -144,7 +150,7 @@ def ensure_certificate(tls: TLSConfig, hostname: str) -> bool:
         return state
     for d in {cert.parent, key.parent}:
         try:
-            d.mkdir(mode=0o750, parents=True, exist_ok=True)
+            make_dirs(d, TLS_DIR_MODE)
         except OSError as e:
             raise TLSError(f"[tls] cannot create {d}: {(e.strerror or str(e)).lower()}") from None
     with _locked_dir(key.parent):
@@ -154,7 +160,7 @@ def ensure_certificate(tls: TLSConfig, hostname: str) -> bool:
         key_pem, cert_pem = _self_signed(hostname)
         try:
             write_durable(key, key_pem, mode=0o600)
-            write_durable(cert, cert_pem, mode=0o644)
+            write_durable(cert, cert_pem, mode=0o600)  # public, but nobody else needs it
         except OSError as e:
             raise TLSError(f"[tls] cannot write {e.filename or key}: {(e.strerror or str(e)).lower()}") from None
     log.warning("made a self-signed certificate for %s in %s (replace it with a real one)", hostname, cert)
@@ -255,7 +261,7 @@ async def start_listener(
 
 def _bind_unix(address: ListenAddress, path: Path) -> socket.socket:
     try:
-        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        make_dirs(path.parent, UNIX_SOCKET_DIR_MODE)
     except OSError as e:
         raise ListenError(address, f"cannot create {path.parent}: {_reason(e)}") from None
     try:

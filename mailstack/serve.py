@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from mailstack import net
 from mailstack.config import Config, ListenAddress
+from mailstack.storage.safeio import PRIVATE_UMASK, make_dirs
 
 if TYPE_CHECKING:
     import ssl
@@ -288,7 +289,7 @@ def prepare(config: Config) -> Directory:
         *([(db_path.parent, 0o750)] if db_path else []),
     ):
         try:
-            path.mkdir(mode=mode, parents=True, exist_ok=True)
+            make_dirs(path, mode)  # exactly this mode (parents too), whatever the umask
         except OSError as e:
             raise ServiceError(f"cannot create {path}: {(e.strerror or str(e)).lower()}") from None
     try:
@@ -342,7 +343,12 @@ def limits_for(config: Config, name: str) -> net.ConnectionLimits:
 
 
 def run(config: Config, services: Sequence[str]) -> int:
-    """Run the named services (empty: every enabled one) until SIGTERM/SIGINT; exit status."""
+    """Run the named services (empty: every enabled one) until SIGTERM/SIGINT; exit status.
+
+    The process runs under umask 077 (``PRIVATE_UMASK``) whoever starts it: password
+    hashes, mail, queue and keys are created private even where a creating call forgot.
+    """
+    os.umask(PRIVATE_UMASK)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

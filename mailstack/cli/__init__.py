@@ -4,6 +4,10 @@ Exit status (README.md, "The admin CLI"): 0 done, 1 refused or failed (one clear
 nothing half-written), 2 wrong usage. No traceback ever reaches the admin: every
 expected failure is a `CLIError` or a library error with a one-line `str()`; anything
 else is logged as one line and exits 1 (set MAILSTACK_DEBUG=1 for the traceback).
+
+Every command runs under umask 077 (`storage.safeio.PRIVATE_UMASK`), whatever the
+caller's: the database, Maildirs, queue, keys it may create are nobody else's business.
+The creating calls give their modes explicitly as well; this is the backstop.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from mailstack import __version__
 from mailstack.cli import alias, dkim, dns, domain, queue, serve, user
 from mailstack.cli.common import EXIT_FAILED, EXIT_USAGE, CLIError, Context
 from mailstack.config import ConfigError
+from mailstack.storage.safeio import PRIVATE_UMASK
 
 NOUNS = (serve, domain, user, alias, queue, dkim, dns)
 
@@ -43,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(PRIVATE_UMASK)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace, Context], int] = args.handler

@@ -9,6 +9,12 @@ sessions, so a read-modify-write takes the write lock first and can neither lose
 update nor fail half-way with "database is locked"; read sessions use a deferred `BEGIN`
 and never wait for a writer. The parent folder of a SQLite file is created when missing.
 
+The SQLite file holds password hashes: before SQLite opens it, it is created 0600 (or
+an existing one loses any group/other bits), and so do its `-wal`, `-shm` and
+`-journal` if they exist; SQLite gives those it creates later the database file's
+mode, whatever the umask. Its folder, when made here, is 0750 (the group may need to
+reach the LMTP socket that sits beside it by default), like `mailstack serve` makes it.
+
 PostgreSQL (`postgresql+psycopg://...`) is used as is, with `pool_pre_ping` so that a
 restarted server costs one failed ping, not one failed request.
 
@@ -18,6 +24,9 @@ out frozen values built inside the transaction.
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +37,13 @@ from sqlalchemy.pool import StaticPool
 
 __all__ = ["WRITE_OPTION", "create_directory_engine", "is_sqlite", "make_sessions"]
 
+log = logging.getLogger(__name__)
+
 WRITE_OPTION = "mailstack_write"  # execution option: this connection's transactions write
 SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_FILE_MODE = 0o600
+SQLITE_DIR_MODE = 0o750
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def is_sqlite(engine: Engine | Connection) -> bool:
@@ -42,6 +56,27 @@ def _sqlite_file(url: URL) -> Path | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database)
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 (its folder 0750) or take group/other bits off it."""
+    from mailstack.storage.safeio import make_dirs
+
+    make_dirs(path.parent, SQLITE_DIR_MODE)
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, SQLITE_FILE_MODE))
+    except OSError:
+        return  # read-only place or no right: let SQLite say so in its own words
+    for p in (path, *(Path(f"{path}{suffix}") for suffix in _SQLITE_SIDE_FILES)):
+        try:
+            st = os.stat(p)
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(p, stat.S_IMODE(st.st_mode) & 0o700)
+                log.warning("%s was readable by group or others; it is now %o", p, stat.S_IMODE(st.st_mode) & 0o700)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log.warning("cannot make %s private: %s", p, e.strerror or e)
 
 
 def create_directory_engine(url: str | URL, **kwargs: Any) -> Engine:
@@ -60,7 +95,7 @@ def create_directory_engine(url: str | URL, **kwargs: Any) -> Engine:
         kwargs.setdefault("poolclass", StaticPool)
         kwargs.setdefault("connect_args", {"check_same_thread": False})
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_sqlite_file(path)
     engine = create_engine(parsed, **kwargs)
 
     @event.listens_for(engine, "connect")

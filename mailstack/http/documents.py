@@ -11,8 +11,10 @@
 - ``parse_autodiscover_request(body)`` / ``autodiscover_response(...)``: Outlook's POX
   Autodiscover ([MS-OXDSCLI] §2.2.3/§2.2.4): an ``Account`` of type ``email`` with one
   ``Protocol`` per type (IMAP, POP3, SMTP; the preferred endpoint of each), the login
-  name being the full address. A request with a DTD or entity declaration is refused
-  (no entity expansion is ever attempted).
+  name being the full address. The request is parsed by ``defusedxml`` with DTDs,
+  entity declarations and external references forbidden outright: a DOCTYPE in any
+  encoding the parser understands (UTF-8, UTF-16, UTF-32, ...) is refused before any
+  entity could be declared, so nothing is ever expanded or fetched.
 - ``mta_sts_policy(...)``: the policy file of RFC 8461 §3.2 (CRLF lines).
 
 Invariants: all text placed in XML goes through ElementTree (escaped); nothing here
@@ -22,6 +24,9 @@ consults the directory: whether a domain is ours is the server's question.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+
+import defusedxml
+import defusedxml.ElementTree as SafeET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -123,11 +128,15 @@ class AutodiscoverRequest:
 
 def parse_autodiscover_request(body: bytes) -> AutodiscoverRequest:
     """``EMailAddress`` and ``AcceptableResponseSchema`` of [MS-OXDSCLI] §2.2.3."""
-    if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
-        raise AutodiscoverError("DTDs and entities are not accepted")
+    # A byte search for "<!DOCTYPE" misses it in UTF-16/UTF-32: let the parser refuse
+    # the DTD itself, whatever the encoding (billion laughs, XXE).
     try:
-        root = ET.fromstring(body)
+        root = SafeET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except defusedxml.DefusedXmlException:
+        raise AutodiscoverError("DTDs and entities are not accepted") from None
     except ET.ParseError as e:
+        raise AutodiscoverError(f"not XML: {e}") from None
+    except (ValueError, LookupError) as e:  # an encoding expat cannot read (UTF-16LE without BOM, x-foo)
         raise AutodiscoverError(f"not XML: {e}") from None
 
     def local(tag: str) -> str:

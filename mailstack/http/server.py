@@ -10,7 +10,8 @@ Routes:
 ``/.well-known/autoconfig/mail/config-v1.1.xml``           GET     the same (Thunderbird >= 45)
 ``/autodiscover/autodiscover.xml``                         POST    Outlook POX Autodiscover
 ``/Autodiscover/Autodiscover.xml``                         POST    the same (Outlook's casing)
-``/.well-known/mta-sts.txt``                               GET     MTA-STS policy (RFC 8461 §3.3)
+``/.well-known/mta-sts.txt``                               GET     MTA-STS policy (RFC 8461 §3.3),
+                                                                   only for Host ``mta-sts.<local domain>``
 =========================================================  ======  ============================
 
 Invariants:
@@ -19,6 +20,12 @@ Invariants:
 - anything else is ``404``; a wrong method ``405``; a malformed address, XML, or a body
   over ``[http] max_request_size`` is ``400``; oversized request lines/headers are
   refused by aiohttp's parser with ``400``;
+- the MTA-STS policy is served only under ``mta-sts.<one of our domains>`` (RFC 8461
+  §3.2: that is where it lives); any other Host gets ``404``;
+- every response says ``Server: mailstack``, aiohttp's own error pages for requests it
+  cannot parse included (they never reach the application, so its
+  ``on_response_prepare`` signal does not see them: the header is set where each
+  connection's writer sends the status line);
 - no traceback ever reaches a client: an unexpected error is logged and answered with a
   bare ``500``; a directory that cannot be reached is ``503``;
 - connections are bounded like every service's (``ctx.limits``: in total and per client
@@ -31,9 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from mailstack import net
 from mailstack.http import documents as docs
@@ -47,6 +55,7 @@ __all__ = ["HTTPService", "make_app", "start"]
 log = logging.getLogger(__name__)
 
 XML = "text/xml"
+SERVER_NAME = "mailstack"  # no library or Python versions to fingerprint
 KEEPALIVE_TIMEOUT = 30.0
 MAX_LINE = 8190
 MAX_FIELD = 8190
@@ -114,15 +123,24 @@ def _address_domain(text: str) -> tuple[str, str]:
     return str(addr), addr.domain
 
 
+def _host_name(request: web.Request) -> str | None:
+    """The Host header without its port nor a final dot (an absolute FQDN), lower case;
+    None for an IP literal or nothing."""
+    host = (request.host or "").strip()
+    if not host or host.startswith("["):
+        return None
+    host = host.rpartition(":")[0] if host.count(":") == 1 else host
+    return host.removesuffix(".").lower() or None
+
+
 def _host_domain(request: web.Request) -> str | None:
     from mailstack.mail.address import AddressError, normalize_domain
 
-    host = (request.host or "").strip()
-    if host.startswith("["):
+    host = _host_name(request)
+    if host is None:
         return None
-    host = host.rpartition(":")[0] if host.count(":") == 1 else host
     for prefix in ("autoconfig.", "autodiscover.", "mta-sts."):
-        if host.lower().startswith(prefix):
+        if host.startswith(prefix):
             host = host[len(prefix):]
             break
     try:
@@ -180,15 +198,52 @@ async def autodiscover(request: web.Request) -> web.Response:
 
 
 async def mta_sts(request: web.Request) -> web.Response:
-    """RFC 8461 §3.3: ``text/plain``; the MX names are ours (``[http] mta_sts_mx`` or hostname)."""
+    """RFC 8461 §3.3: ``text/plain``; the MX names are ours (``[http] mta_sts_mx`` or hostname).
+
+    RFC 8461 §3.2: the policy of ``<domain>`` is fetched from
+    ``https://mta-sts.<domain>/.well-known/mta-sts.txt``; under any other name (our bare
+    hostname, an IP, a domain that is not ours) there is no policy: ``404``.
+    """
     config: Config = request.app[CONFIG_KEY]
+    host = _host_name(request)
+    domain = _host_domain(request) if host is not None and host.startswith("mta-sts.") else None
+    if domain is None or not await _is_local(request, domain):
+        raise _Problem(404, "No MTA-STS policy here")
     mx = list(config.http.mta_sts_mx) or [config.hostname]
     body = docs.mta_sts_policy(config.http.mta_sts_mode, mx, config.http.mta_sts_max_age)
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = "mailstack"  # no library or Python versions to fingerprint
+    response.headers[hdrs.SERVER] = SERVER_NAME
+
+
+def _stamping_request_factory(factory: Any) -> Any:
+    """Wrap a ``web.Server.request_factory`` so that every response on the request's
+    writer says ``Server: mailstack``.
+
+    aiohttp answers a request it cannot parse (bad request line, oversized header...)
+    itself, with a ``BaseRequest`` that never reaches the application and the default
+    ``Server: Python/3.x aiohttp/3.y`` (aiohttp issues #3287, #6463: no option for it).
+    Every request object, those included, is made by the server's ``request_factory``
+    with the writer its response will go through; the header is set on that writer's
+    ``write_headers``, the one place every response passes.
+    """
+
+    def make(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> Any:
+        write_headers = type(writer).write_headers
+        ref = weakref.ref(writer)  # no writer -> stamped -> writer cycle: freed as before
+
+        async def stamped(status_line: str, headers: Any) -> None:
+            headers[hdrs.SERVER] = SERVER_NAME
+            w = ref()
+            if w is not None:
+                await write_headers(w, status_line, headers)
+
+        writer.write_headers = stamped
+        return factory(message, payload, protocol, writer, task)
+
+    return make
 
 
 def make_app(config: Config, is_local_domain: Any) -> web.Application:
@@ -293,6 +348,7 @@ async def start(ctx: ServiceContext) -> RunningService:
     await runner.setup()
     server = runner.server
     assert server is not None
+    server.request_factory = _stamping_request_factory(server.request_factory)
 
     def factory_for(address: object, implicit_tls: bool) -> net.ProtocolFactory:
         return lambda: _Guard(server(), ctx.limits, MAX_CONNECTION_AGE)

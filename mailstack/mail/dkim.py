@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 
 from mailstack.dns import DNSError, Resolver
 from mailstack.mail import author as author_mod
-from mailstack.storage.safeio import write_durable
+from mailstack.storage.safeio import make_dirs, write_durable
 
 __all__ = [
     "DKIMError",
@@ -162,8 +162,7 @@ def generate_key(directory: Path, domain: str, selector: str = "mail", algorithm
     ddir = directory / domain
     path = ddir / f"{selector}.key"
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        ddir.mkdir(mode=0o700, exist_ok=True)
+        make_dirs(ddir, 0o700)  # <dkim_dir>/<domain>/ and any missing parent: 0700, umask or not
         if path.exists():
             raise DKIMError(f"{path} already exists; choose another --selector (rotation) or remove it")
         write_durable(path, private, mode=0o600)

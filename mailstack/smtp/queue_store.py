@@ -26,7 +26,13 @@ Invariants:
 - ``remove`` deletes ``.env`` first (the message leaves the queue atomically), then
   ``.msg``, then fsyncs the directory.
 - ``save`` rewrites an envelope with ``storage.safeio.write_durable`` (attempt counters).
-- Files are 0600; nothing here ever follows a name that is not a well-formed id.
+- Files are 0600 and the directory 0700 (its parents too, when it makes them), given
+  in each creating call, whatever the umask; nothing here ever follows a name that
+  is not a well-formed id.
+- What a crashed writer leaves (``.tmp-*`` of ``enqueue``, ``.<name>.<pid>.<hex>.tmp`` of
+  ``write_durable``, a ``<id>.msg`` whose ``.env`` never came or was removed first) is
+  removed by ``list()`` once it is older than 36 hours (as Maildir ``tmp/``), at most
+  once an hour per store; a symlink is never followed or removed.
 """
 
 from __future__ import annotations
@@ -42,12 +48,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mailstack.storage.safeio import create_exclusive, fsync_dir, write_durable
+from mailstack.storage.safeio import create_exclusive, fsync_dir, make_dirs, write_durable
+from mailstack.storage.tmpclean import TMP_MAX_AGE, is_stale
 
 __all__ = ["QueueStore", "QueuedEnvelope", "new_queue_id", "QueueIdError"]
 
 _ID_RE = re.compile(r"^[0-9A-F]{18}$")
-
+# Temp files: enqueue's ".tmp-<id>-<hex>.msg|env"; write_durable's ".<name>.<pid>.<hex>.tmp".
+_TEMP_RE = re.compile(r"^\.tmp-[0-9A-F]{18}-[0-9a-f]+\.(?:msg|env)$|^\.[0-9A-F]{18}\.env\.\d+\.[0-9a-f]+\.tmp$")
+CLEAN_INTERVAL = 3600.0  # seconds between two looks for leftovers, per store
 
 
 WAKE_FILE = ".wake"  # runners watch its mtime; touched after every enqueue
@@ -104,9 +113,10 @@ class QueueStore:
 
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
+        self._cleaned_at: float | None = None  # monotonic time of the last clean_leftovers
 
     def ensure(self) -> None:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(self.dir, 0o700)
 
     def _paths(self, queue_id: str) -> tuple[Path, Path]:
         if not _ID_RE.match(queue_id):
@@ -170,8 +180,7 @@ class QueueStore:
         wake file whose mtime they watch (no fsync: a lost wake-up only waits for a scan)."""
         try:
             p = self.dir / WAKE_FILE
-            with open(p, "a"):
-                pass
+            os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             os.utime(p)
         except OSError:
             pass
@@ -182,12 +191,53 @@ class QueueStore:
                 logging.getLogger(__name__).exception("queue: enqueue hook failed")
 
     def list(self) -> list[str]:
-        """Ids of queued messages, oldest first."""
+        """Ids of queued messages, oldest first (and, now and then, leftovers removed)."""
         try:
             names = os.listdir(self.dir)
         except FileNotFoundError:
             return []
-        return sorted(n[:-4] for n in names if n.endswith(".env") and _ID_RE.match(n[:-4]))
+        ids = sorted(n[:-4] for n in names if n.endswith(".env") and _ID_RE.match(n[:-4]))
+        now = time.monotonic()
+        if self._cleaned_at is None or now - self._cleaned_at >= CLEAN_INTERVAL:
+            self._cleaned_at = now
+            self.clean_leftovers(names, set(ids))
+        return ids
+
+    def clean_leftovers(self, names: Sequence[str] | None = None, ids: set[str] | None = None,
+                        max_age: float = TMP_MAX_AGE) -> int:
+        """Remove what crashed writers left (see the module docstring); how many went.
+
+        Old is as in a Maildir's tmp/ (storage.tmpclean): a regular file with one link,
+        neither modified nor accessed for ``max_age``. Never raises.
+        """
+        try:
+            if names is None:
+                names = os.listdir(self.dir)
+            if ids is None:
+                ids = {n[:-4] for n in names if n.endswith(".env") and _ID_RE.match(n[:-4])}
+        except OSError:
+            return 0
+        limit = time.time() - max_age
+        removed = 0
+        for n in names:
+            orphan = n.endswith(".msg") and _ID_RE.match(n[:-4]) is not None and n[:-4] not in ids
+            if not (orphan or _TEMP_RE.match(n)):
+                continue
+            p = self.dir / n
+            try:
+                if not is_stale(os.lstat(p), limit):
+                    continue
+                if orphan and (self.dir / f"{n[:-4]}.env").exists():
+                    continue  # enqueued since the listing
+                os.unlink(p)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                logging.getLogger(__name__).warning("queue: cannot remove %s: %s", p, e.strerror or e)
+                continue
+            removed += 1
+            logging.getLogger(__name__).info("queue: removed %s (left by a writer that died)", p)
+        return removed
 
     def load(self, queue_id: str) -> tuple[QueuedEnvelope, bytes]:
         """(envelope, message bytes); FileNotFoundError if it is not (or no longer) queued."""

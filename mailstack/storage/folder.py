@@ -24,14 +24,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import quota
+from . import quota, tmpclean
 from .errors import MessageNotFound, StorageError, TooManyKeywords
 from .filename import LETTER_TO_FLAG, flag_letters, lf_and_vsize, new_basename, size_from_name, split_name, with_flags
 from .lock import DotLock
@@ -497,7 +497,9 @@ class Folder:
             except FileExistsError:
                 continue
             if mtime is not None:
-                os.utime(self.tmp / base, (mtime, mtime))
+                # INTERNALDATE is the mtime; atime stays "now" so that the tmp/ cleaner
+                # (storage.tmpclean) never takes this file for a crashed writer's.
+                os.utime(self.tmp / base, (time.time(), mtime))
             return base
         raise StorageError(f"cannot create a unique file in {self.tmp}")
 
@@ -554,7 +556,7 @@ class Folder:
                         create_exclusive(dst, content)
                     except FileExistsError:
                         continue
-                    os.utime(dst, (mtime, mtime))
+                    os.utime(dst, (time.time(), mtime))  # atime now: see _new_tmp
                     return base
             # source renamed or removed by another session: look again
             try:
@@ -607,22 +609,6 @@ class Folder:
 
     # ------------------------------------------------------------------ housekeeping
 
-    def clean_tmp(self, older_than: float = 36 * 3600) -> int:
-        """Remove files left in tmp/ by crashed writers (Maildir: older than 36 hours)."""
-        import time
-
-        limit = time.time() - older_than
-        removed = 0
-        for name in os.listdir(self.tmp):
-            p = self.tmp / name
-            try:
-                st = os.lstat(p)
-                if st.st_mtime < limit and st.st_atime < limit:
-                    if os.path.isdir(p):
-                        shutil.rmtree(p)
-                    else:
-                        os.unlink(p)
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+    def clean_tmp(self, older_than: float = tmpclean.TMP_MAX_AGE) -> int:
+        """Remove what crashed writers left in tmp/ (see storage.tmpclean); how many went."""
+        return tmpclean.clean_dir(self.tmp, older_than)

@@ -11,6 +11,8 @@ Invariants:
 - `deliver` returns only after the message is fsynced in `tmp/`, renamed into
   `new/`, and `new/` is fsynced (docs/on-disk.md "Every durable write": nothing is
   acknowledged before it is on disk). The stored bytes have LF line ends; the name carries S= and W=.
+- Everything created here is private as in Dovecot: directories 0700, files 0600,
+  given in each creating call (not left to the umask).
 - Folder deletion is atomic for readers: the directory is renamed out of the way
   (into the root's `tmp/`) before it is removed.
 """
@@ -24,12 +26,12 @@ import shutil
 import unicodedata
 from pathlib import Path
 
-from . import mutf7, quota
+from . import mutf7, quota, tmpclean
 from .errors import FolderExists, FolderNotFound, StorageError, UnsafeName
 from .filename import lf_and_vsize, new_basename
 from .folder import Folder
 from .lock import DotLock
-from .safeio import create_exclusive, fsync_dir, write_durable
+from .safeio import create_exclusive, fsync_dir, make_dirs, write_durable
 
 __all__ = ["Maildir", "validate_folder_name"]
 
@@ -141,10 +143,11 @@ class Maildir:
         return created
 
     def ensure(self) -> None:
-        """Create the root and its `cur/ new/ tmp/` (0700) when missing."""
+        """Create the root and its `cur/ new/ tmp/` when missing: 0700 each, and so is a
+        missing `<domain>/` above it (its listing names the users), whatever the umask."""
         if (self.root / "cur").is_dir() and (self.root / "new").is_dir() and (self.root / "tmp").is_dir():
             return
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        make_dirs(self.root, 0o700)
         if self._make_maildir(self.root):
             fsync_dir(self.root)
             fsync_dir(self.root.parent)
@@ -164,7 +167,9 @@ class Maildir:
         return (path / "cur").is_dir()
 
     def folder(self, name: str = "INBOX") -> Folder:
-        """The Folder for an IMAP name; FolderNotFound if it does not exist."""
+        """The Folder for an IMAP name (IMAP SELECT/EXAMINE/STATUS/APPEND, the POP3
+        maildrop); FolderNotFound if it does not exist. Like Dovecot's mailbox open, it
+        removes what crashed writers left in tmp/, at most every few hours (tmpclean)."""
         canonical, path = self._folder_path(name)
         if canonical == "INBOX":
             self.ensure()
@@ -172,6 +177,7 @@ class Maildir:
             raise FolderNotFound(f"no folder {name!r}")
         else:
             self._make_maildir(path)  # a folder made by hand may lack tmp/
+        tmpclean.maybe_clean_tmp(path / "tmp")
         return Folder(self, canonical, path)
 
     def list_folders(self) -> list[str]:
@@ -222,7 +228,7 @@ class Maildir:
             raise FolderNotFound(f"no folder {name!r}")
         size, count = quota.sum_sizes([path])
         self.ensure()
-        trash = self.root / "tmp" / f".deleted.{secrets.token_hex(8)}"
+        trash = self.root / "tmp" / f"{tmpclean.TRASH_PREFIX}{secrets.token_hex(8)}"
         try:
             os.rename(path, trash)
         except FileNotFoundError:
@@ -326,6 +332,7 @@ class Maildir:
                 raise FolderNotFound(f"no folder {folder!r}")
         lf, vsize = lf_and_vsize(data)
         tmp = path / "tmp"
+        tmpclean.maybe_clean_tmp(tmp)  # delivery opens the folder too (Dovecot's LMTP does the same)
         for _ in range(100):
             base = new_basename(len(lf), vsize)
             try:

@@ -298,16 +298,16 @@ def test_connections_per_ip_are_capped(http_limited: HTTPServer) -> None:
     import socket
 
     with socket.create_connection(("127.0.0.1", http_limited.port), timeout=10) as first:
-        first.sendall(b"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        first.sendall(b"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: mta-sts.example.test\r\n\r\n")
         assert first.recv(100).startswith(b"HTTP/1.1 200")
         with socket.create_connection(("127.0.0.1", http_limited.port), timeout=10) as second:
-            second.sendall(b"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+            second.sendall(b"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: mta-sts.example.test\r\n\r\n")
             try:
                 assert second.recv(100) == b""  # closed at once
             except ConnectionResetError:
                 pass
     # the first one ended: a new connection is admitted
-    assert http_limited.get("/.well-known/mta-sts.txt")[0] == 200
+    assert http_limited.get("/.well-known/mta-sts.txt", host="mta-sts.example.test")[0] == 200
 
 
 def test_connection_age_is_bounded(http_server: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
