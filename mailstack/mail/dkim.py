@@ -29,7 +29,6 @@ import base64
 import logging
 import re
 from dataclasses import dataclass
-from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 
 from mailstack.dns import DNSError, Resolver
+from mailstack.mail.addrlist import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
 from mailstack.storage.safeio import write_durable
 
 __all__ = [
@@ -234,9 +234,18 @@ def _from_header_values(message: bytes) -> list[str]:
 
 def from_addresses(message: bytes) -> list[str]:
     """The addresses of every From: header field, as written (RFC 5322 §3.6.2)."""
+    # Not email.utils.getaddresses: it recurses per "(" and per group, so a From: with a
+    # thousand of them raises RecursionError; addrlist is linear and never raises.
     out: list[str] = []
     for value in _from_header_values(message):
-        out.extend(addr for _name, addr in getaddresses([value]) if addr)
+        for a in parse_address_list(value):
+            if a.host is None:  # a group marker
+                continue
+            mailbox = "" if a.mailbox in (None, MISSING_MAILBOX) else a.mailbox
+            host = "" if a.host == MISSING_DOMAIN else a.host
+            addr = f"{mailbox}@{host}" if host else (mailbox or "")
+            if addr:
+                out.append(addr)
     return out
 
 
