@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.header
 import email.utils
 import quopri
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Protocol
+
+from mailstack.mail.mimetext import decode_bytes, decode_words
 
 from .message import ParsedMessage
 from .types import SearchKey, SequenceSet
@@ -172,14 +173,8 @@ def search(
 
 
 def decode_header_value(value: str) -> str:
-    """RFC 2047 encoded words decoded; raw 8-bit taken as UTF-8; never raises."""
-    text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    if "=?" not in text:
-        return text
-    try:
-        return str(email.header.make_header(email.header.decode_header(text)))
-    except (ValueError, LookupError, UnicodeError, binascii.Error, AssertionError):
-        return text
+    """RFC 2047 encoded words decoded; raw 8-bit taken as UTF-8; never raises (``mail.mimetext``)."""
+    return decode_words(value)
 
 
 def _decode_body(data: bytes, encoding: str | None, charset: str | None) -> str:
@@ -191,10 +186,7 @@ def _decode_body(data: bytes, encoding: str | None, charset: str | None) -> str:
             data = quopri.decodestring(data)
     except (binascii.Error, ValueError):
         pass
-    try:
-        return data.decode(charset or "utf-8", "replace")
-    except LookupError:
-        return data.decode("utf-8", "replace")
+    return decode_bytes(data, charset)
 
 
 def body_text_of(parsed: ParsedMessage) -> str:
