@@ -73,14 +73,6 @@ def test_numbers_past_int_limit_are_bad() -> None:
         assert isinstance(event, ParseError) and event.status == "BAD" and event.tag == "a"
 
 
-def test_long_argument_lists_are_linear() -> None:
-    """at_end() sliced the rest of the command on every argument: quadratic."""
-    event = _one(b"a ENABLE " + b"X " * 4000 + b"X\r\n")
-    assert isinstance(event, Command)
-    event = _one(b"a SEARCH " + b"1 " * 900 + b"ALL\r\n")
-    assert isinstance(event, Command)
-
-
 def test_structural_limits() -> None:
     event = _one(b"a LIST \"\" (" + b" ".join([b"x%"] * (MAX_LIST_PATTERNS + 1)) + b")\r\n")
     assert isinstance(event, ParseError) and "LIST patterns" in event.message

@@ -61,7 +61,7 @@ def test_spf_records(record: str) -> None:
 
 def test_spf_macro_of_many_labels_is_linear() -> None:
     """Truncating the expansion to 253 octets re-joined all labels per label: quadratic."""
-    bounded(_spf, "v=spf1 exists:" + "%{d}." * 10_000 + " -all")
+    bounded(_spf, "v=spf1 exists:" + "%{d}." * 30_000 + " -all")  # was ~15 s
     bounded(_spf, "v=spf1 include:" + "a." * 30_000 + "example.test -all")
     bounded(_spf, "v=spf1 exists:%{d" + "9" * 5000 + "} -all")  # int() raised ValueError
 
