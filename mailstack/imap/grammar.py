@@ -56,6 +56,8 @@ SEARCH_CHARSETS = ("US-ASCII", "UTF-8")
 MAX_NUMBER = 2**32 - 1  # RFC 3501 §9 number: 32-bit unsigned
 MAX_NUMBER64 = 2**63 - 1  # RFC 7162 §7 mod-sequence-value
 MAX_ID_PAIRS = 30  # RFC 2971 §3.3
+MAX_LIST_PATTERNS = 100  # RFC 5258 sets none; each pattern is matched against every folder
+MAX_SEARCH_KEYS = 1000  # RFC 3501 sets none; every key may be evaluated on every message
 
 
 class _Reader:
@@ -65,6 +67,7 @@ class _Reader:
         self.d = data
         self.i = 0
         self.decode_mailbox = decode_mailbox
+        self.keys = 0  # search keys read so far (MAX_SEARCH_KEYS)
 
     # -- low level --------------------------------------------------------------------
     def peek(self) -> int:
@@ -89,7 +92,8 @@ class _Reader:
         self.i += 1
 
     def at_end(self) -> bool:
-        return self.d[self.i :] == b"\r\n"
+        # O(1): slicing the rest made every loop over arguments quadratic in the command
+        return self.i + 2 == len(self.d) and self.d.endswith(b"\r\n")
 
     def end(self) -> None:
         if not self.at_end():
@@ -112,6 +116,8 @@ class _Reader:
         raw = self.run(_DIGITS)
         if not raw:
             raise GrammarError("Expected number")
+        if len(raw.lstrip(b"0")) > 20:  # int() refuses > 4300 digits with ValueError; none fits anyway
+            raise GrammarError("Number out of range")
         n = int(raw)
         if n > limit or (nonzero and n == 0):
             raise GrammarError("Number out of range")
@@ -368,6 +374,8 @@ def _list(r: _Reader) -> ListArgs:
             if patterns:
                 r.sp()
             patterns.append(r.list_mailbox())
+            if len(patterns) > MAX_LIST_PATTERNS:
+                raise GrammarError("Too many LIST patterns")
         if not patterns:
             raise GrammarError("Empty pattern list")
     else:
@@ -621,6 +629,9 @@ def _search(r: _Reader) -> SearchArgs:
 def _search_key(r: _Reader, depth: int) -> SearchKey:
     if depth > MAX_SEARCH_DEPTH:
         raise GrammarError("Search program nested too deeply")
+    r.keys += 1
+    if r.keys > MAX_SEARCH_KEYS:
+        raise GrammarError("Search program too long")
     c = r.peek()
     if c == 0x28:
         r.i += 1

@@ -113,12 +113,11 @@ class MailboxView:
             largest = self.max_uid
             if not self.uids:
                 return []
-            ranges = list(seqs._bounds(largest))
-            if len(ranges) == 1:  # the usual case: one range, cut out by bisection
-                lo, hi = ranges[0]
+            out: list[tuple[int, int]] = []
+            for lo, hi in seqs.spans(largest):  # sorted and disjoint: each cut out by bisection
                 a, b = bisect_left(self.uids, lo), bisect_left(self.uids, hi + 1)
-                return [(i + 1, self.uids[i]) for i in range(a, b)]
-            return [(i + 1, u) for i, u in enumerate(self.uids) if any(lo <= u <= hi for lo, hi in ranges)]
+                out.extend((i + 1, self.uids[i]) for i in range(a, b))
+            return out
         n = self.exists
         if seqs.max_number() > n:
             raise ValueError("Invalid message sequence number")

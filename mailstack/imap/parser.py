@@ -136,6 +136,7 @@ class CommandReader:
         self._skip = 0  # octets of a refused line's {n+} literal still to drop
         self._line_mode = False
         self._closed = False
+        self._scanned = 0  # bytes at the start of _buf known to hold no LF
 
     # -- public API ---------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -183,11 +184,15 @@ class CommandReader:
                 if event is not None:
                     return event
                 continue
-            nl = self._buf.find(b"\n")
+            # only the bytes fed since the last look are searched: a line dribbled in one
+            # byte per packet is not rescanned from its start each time (quadratic)
+            nl = self._buf.find(b"\n", self._scanned)
             if nl < 0:
                 if len(self._buf) > self.max_line:
                     return self._start_discard()
+                self._scanned = len(self._buf)
                 return NeedData()
+            self._scanned = 0
             line = bytes(self._buf[:nl])
             del self._buf[: nl + 1]
             if line.endswith(b"\r"):
@@ -216,6 +221,7 @@ class CommandReader:
         error = ParseError(self._current_tag(bytes(self._buf[:256])), "Command line too long")
         self._discard_tail = bytes(self._buf[-32:])
         self._buf.clear()
+        self._scanned = 0
         self._discarding = True
         self._reset()
         self._line_mode = False

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.header
 import email.utils
 import quopri
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Protocol
+
+from mailstack.mail.mimetext import decode_bytes, decode_words
 
 from .message import ParsedMessage
 from .types import SearchKey, SequenceSet
@@ -69,8 +70,26 @@ _FLAG_KEYS = {
 _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
 
 
-def _contains(haystack: str, needle: str) -> bool:
-    return needle.casefold() in haystack.casefold()
+class _Folded:
+    """One message's headers and body text, decoded and case-folded once per ``matches``
+    call: a program of many string keys must not decode a big body once per key."""
+
+    __slots__ = ("message", "_headers", "_body")
+
+    def __init__(self, message: SearchableMessage) -> None:
+        self.message = message
+        self._headers: list[tuple[str, str]] | None = None
+        self._body: str | None = None
+
+    def headers(self) -> list[tuple[str, str]]:
+        if self._headers is None:
+            self._headers = [(n, v.casefold()) for n, v in self.message.headers()]
+        return self._headers
+
+    def body(self) -> str:
+        if self._body is None:
+            self._body = self.message.body_text().casefold()
+        return self._body
 
 
 def _in_set(seqs: object, n: int, largest: int, ctx: SearchContext) -> bool:
@@ -92,13 +111,17 @@ def _sent_date(message: SearchableMessage) -> date | None:
 
 def matches(key: SearchKey, message: SearchableMessage, ctx: SearchContext) -> bool:
     """Whether ``message`` satisfies ``key`` (RFC 3501 §6.4.4)."""
+    return _matches(key, message, ctx, _Folded(message))
+
+
+def _matches(key: SearchKey, message: SearchableMessage, ctx: SearchContext, folded: _Folded) -> bool:
     kind, value = key.kind, key.value
     if kind == "AND":
-        return all(matches(k, message, ctx) for k in key.children)
+        return all(_matches(k, message, ctx, folded) for k in key.children)
     if kind == "OR":
-        return any(matches(k, message, ctx) for k in key.children)
+        return any(_matches(k, message, ctx, folded) for k in key.children)
     if kind == "NOT":
-        return not matches(key.children[0], message, ctx)
+        return not _matches(key.children[0], message, ctx, folded)
     if kind == "ALL":
         return True
     if kind in _FLAG_KEYS:
@@ -136,20 +159,20 @@ def matches(key: SearchKey, message: SearchableMessage, ctx: SearchContext) -> b
     if kind in _HEADER_KEYS:
         assert isinstance(value, str)
         name = _HEADER_KEYS[kind]
-        return any(n == name and _contains(v, value) for n, v in message.headers())
+        needle = value.casefold()
+        return any(n == name and needle in v for n, v in folded.headers())
     if kind == "HEADER":
         assert isinstance(value, tuple)
-        name, text = value[0].lower(), value[1]
+        name, needle = value[0].lower(), value[1].casefold()
         # RFC 3501 §6.4.4: an empty string matches every message that has the field
-        return any(n == name and (not text or _contains(v, text)) for n, v in message.headers())
+        return any(n == name and needle in v for n, v in folded.headers())
     if kind == "BODY":
         assert isinstance(value, str)
-        return _contains(message.body_text(), value)
+        return value.casefold() in folded.body()
     if kind == "TEXT":
         assert isinstance(value, str)
-        return any(_contains(f"{n}: {v}", value) for n, v in message.headers()) or _contains(
-            message.body_text(), value
-        )
+        needle = value.casefold()
+        return any(needle in f"{n}: {v}" for n, v in folded.headers()) or needle in folded.body()
     raise ValueError(f"unknown search key {kind}")
 
 
@@ -172,14 +195,8 @@ def search(
 
 
 def decode_header_value(value: str) -> str:
-    """RFC 2047 encoded words decoded; raw 8-bit taken as UTF-8; never raises."""
-    text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    if "=?" not in text:
-        return text
-    try:
-        return str(email.header.make_header(email.header.decode_header(text)))
-    except (ValueError, LookupError, UnicodeError, binascii.Error, AssertionError):
-        return text
+    """RFC 2047 encoded words decoded; raw 8-bit taken as UTF-8; never raises (``mail.mimetext``)."""
+    return decode_words(value)
 
 
 def _decode_body(data: bytes, encoding: str | None, charset: str | None) -> str:
@@ -191,10 +208,7 @@ def _decode_body(data: bytes, encoding: str | None, charset: str | None) -> str:
             data = quopri.decodestring(data)
     except (binascii.Error, ValueError):
         pass
-    try:
-        return data.decode(charset or "utf-8", "replace")
-    except LookupError:
-        return data.decode("utf-8", "replace")
+    return decode_bytes(data, charset)
 
 
 def body_text_of(parsed: ParsedMessage) -> str:

@@ -30,7 +30,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from mailstack.storage.errors import (
 
 from . import states
 from .index import Entry, IndexCache, entry_from_message
+from .listmatch import compile_pattern
 from .mailbox import SYSTEM_FLAGS, MailboxView, folder_stamp
 from .message import ParsedMessage
 from .responses import (
@@ -197,17 +197,6 @@ def _uid_set(uids: Sequence[int]) -> str:
         out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
         i = j + 1
     return ",".join(out)
-
-
-def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
-    """RFC 3501 §6.3.8: ``*`` matches anything, ``%`` anything but the delimiter ``.``."""
-    full = pattern if not reference else (reference + pattern)
-    if full[:5].upper() == "INBOX" and (len(full) == 5 or full[5] in ".*%"):
-        full = "INBOX" + full[5:]
-    out = []
-    for c in full:
-        out.append(".*" if c == "*" else "[^.]*" if c == "%" else re.escape(c))
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
 
 
 def _storage_error(e: StorageError) -> ImapError:
@@ -589,7 +578,7 @@ class Session:
             parts = n.split(".")
             for i in range(1, len(parts)):
                 sub_children.add(".".join(parts[:i]))
-        regexes = [_pattern(args.reference, p) for p in args.patterns]
+        regexes = [compile_pattern(args.reference, p) for p in args.patterns]
         sel = args.selection
         want_subscribed = "SUBSCRIBED" in sel or "SUBSCRIBED" in args.returns
         lines: list[bytes] = []
@@ -626,7 +615,7 @@ class Session:
         args = cmd.args
         assert isinstance(args, ListArgs)
         md = self._md
-        regex = _pattern(args.reference, args.patterns[0])
+        regex = compile_pattern(args.reference, args.patterns[0])
         exists = set(md.list_folders())
         out: list[bytes] = []
         for name in md.list_subscriptions():

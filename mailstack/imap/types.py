@@ -11,12 +11,15 @@ Invariants: every value is immutable and hashable; a value that renders itself
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Union
 
 # --------------------------------------------------------------------------- sequence sets
+
+_INFINITY = float("inf")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class SequenceSet:
 
     ranges: tuple[tuple[int | None, int | None], ...]
     saved: bool = False
+    _spans: dict[int, list[tuple[int, int]]] = field(default_factory=dict, init=False, repr=False,
+                                                     compare=False, hash=False)
 
     def __str__(self) -> str:
         if self.saved:
@@ -46,9 +51,30 @@ class SequenceSet:
                 lo, hi = hi, lo
             yield lo, hi
 
+    def spans(self, largest: int) -> list[tuple[int, int]]:
+        """The set as sorted, disjoint, non-adjacent ``(lo, hi)`` spans (cached per ``largest``).
+
+        A client may send thousands of ranges (``1:*,1:*,...``): every use goes through
+        these merged spans, so the cost is O(ranges log ranges) once, then a bisection."""
+        got = self._spans.get(largest)
+        if got is None:
+            got = []
+            for lo, hi in sorted(self._bounds(largest)):
+                if got and lo <= got[-1][1] + 1:
+                    if hi > got[-1][1]:
+                        got[-1] = (got[-1][0], hi)
+                else:
+                    got.append((lo, hi))
+            if len(self._spans) > 8:
+                self._spans.clear()
+            self._spans[largest] = got
+        return got
+
     def contains(self, n: int, largest: int) -> bool:
         """Whether ``n`` is in the set, ``*`` being ``largest`` (the highest seq or UID)."""
-        return any(lo <= n <= hi for lo, hi in self._bounds(largest))
+        spans = self.spans(largest)
+        k = bisect_right(spans, (n, _INFINITY)) - 1
+        return k >= 0 and n <= spans[k][1]
 
     def resolve(self, largest: int) -> list[int]:
         """The sorted distinct numbers of the set that are <= ``largest``.
@@ -56,10 +82,10 @@ class SequenceSet:
         For UID sets this clips ranges to the existing UIDs, as RFC 3501 §6.4.8 asks
         (``UID FETCH 1:*`` on an empty mailbox is not an error).
         """
-        out: set[int] = set()
-        for lo, hi in self._bounds(largest):
-            out.update(range(max(lo, 1), min(hi, largest) + 1))
-        return sorted(out)
+        out: list[int] = []
+        for lo, hi in self.spans(largest):
+            out.extend(range(max(lo, 1), min(hi, largest) + 1))
+        return out
 
     def max_number(self) -> int:
         """The highest explicit number (to check seq numbers against the mailbox size)."""

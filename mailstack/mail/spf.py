@@ -336,11 +336,12 @@ def _expand(state: _State, spec: str, domain: str) -> str:
             raise _Perm(f"bad macro in {spec!r}")
         letter, digits, reverse, delims = m.group(1), m.group(2), m.group(3), m.group(4)
         value = letter_value(letter.lower())
-        parts = re.split("[" + re.escape(delims or ".") + "]", value)
+        # RFC 7208 §7.3 delimiters: each one splits like "."; no regex built from the record
+        parts = value.translate({ord(c): "." for c in delims}).split(".") if delims else value.split(".")
         if reverse:
             parts.reverse()
         if digits:
-            n = int(digits)
+            n = int(digits) if len(digits) <= 9 else 10**9  # int() raises past 4300 digits
             if n == 0:
                 raise _Perm(f"bad macro in {spec!r}")
             parts = parts[-n:]
@@ -351,8 +352,11 @@ def _expand(state: _State, spec: str, domain: str) -> str:
 
     expanded = _MACRO_RE.sub(repl, spec)
     if len(expanded) > 253:  # RFC 7208 §7.3: keep the right-hand labels
+        # counted down, not re-joined per label: that was quadratic in a record's labels
         labels = expanded.split(".")
-        while labels and len(".".join(labels)) > 253:
-            labels.pop(0)
-        expanded = ".".join(labels)
+        total, k = len(expanded), 0
+        while k < len(labels) and total > 253:
+            total -= len(labels[k]) + 1  # the label and the dot after it
+            k += 1
+        expanded = ".".join(labels[k:])
     return expanded

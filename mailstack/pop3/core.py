@@ -484,6 +484,8 @@ class POP3Core:
     def _message_number(self, text: str) -> int | Reply:
         if not text.isdigit() or not text.isascii():
             return R.err(f"Invalid message number: {_echo(text)}")
+        if len(text.lstrip("0")) > 10:  # no maildrop is that big; int() of it is wasted work
+            return R.err("There's no such message.")
         n = int(text)
         if not 1 <= n <= len(self._messages):
             return R.err(f"There's no message {n}.")
@@ -548,7 +550,8 @@ class POP3Core:
         if not parts[1].isdigit() or not parts[1].isascii():
             self._bad_command(R.err(f"Invalid line count: {_echo(parts[1])}"))
             return
-        self._out.append(Retrieve(n, self._messages[n - 1], int(parts[1]), R.ok().to_bytes()))
+        lines = int(parts[1]) if len(parts[1]) <= 18 else 10**18  # any huge count is "all"
+        self._out.append(Retrieve(n, self._messages[n - 1], lines, R.ok().to_bytes()))
 
     def _cmd_dele(self, args: str) -> None:
         n = self._one_number(args)
@@ -610,21 +613,29 @@ class MessageEncoder:
             return b""
         if self._limit is None:
             return self._encode(chunk)
+        # Each piece is encoded as it comes; of the line in progress only its first bytes
+        # are kept (all _line_done needs to tell a blank line), never the line itself: a
+        # long line re-joined with every chunk was quadratic.
         out = []
-        data = self._partial + chunk
         start = 0
         while not self.done:
-            nl = data.find(b"\n", start)
+            nl = chunk.find(b"\n", start)
             if nl < 0:
+                piece = chunk[start:]
+                if piece:
+                    out.append(self._encode(piece))
+                    self._partial = (self._partial + piece[:3])[:3]
                 break
-            line = data[start : nl + 1]
+            piece = chunk[start : nl + 1]
             start = nl + 1
-            out.append(self._encode(line))
-            self._line_done(line)
-        self._partial = b"" if self.done else data[start:]
+            out.append(self._encode(piece))
+            head = (self._partial + piece[:3])[:3]
+            self._partial = b""
+            self._line_done(head)
         return b"".join(out)
 
     def _line_done(self, line: bytes) -> None:
+        """A line ended; ``line`` holds (at least) its first three bytes."""
         if self._in_body:
             self._count += 1
         elif line in (b"\n", b"\r\n"):
@@ -634,8 +645,6 @@ class MessageEncoder:
 
     def finish(self) -> bytes:
         tail = b""
-        if self._limit is not None and not self.done and self._partial:
-            tail = self._encode(self._partial)
         if self._cr:
             tail += b"\r\n"
             self._cr = False
