@@ -4,7 +4,10 @@ One ``asyncio.Protocol`` per connection feeds bytes to a ``parser.CommandReader`
 runs each parsed command through ``session.Session``, carrying out its effects: password
 checks (``mailstack.auth.Authenticator``: shared throttle, own hash pool), STARTTLS (``loop.start_tls``),
 IDLE (``notify.Notifier``), LOGOUT. Commands that touch storage are stepped in a worker
-thread so one slow disk never stalls other clients.
+thread so one slow disk never stalls other clients, in the IMAP service's OWN thread pool
+(``IMAPService.pool``): never in the event loop's default executor, which the MX, LMTP and
+submission use for recipient lookups, so a user running heavy SEARCHes (or a hundred of
+them) can delay other IMAP commands at worst, never a message arriving by SMTP.
 
 Invariants:
 - Commands of one connection run one at a time, in order; reading pauses while more
@@ -27,11 +30,14 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import os
 import ssl
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailstack import net
 from mailstack.auth import MAX_SASL_LINE, Authenticator, MemoryThrottleStore, ThrottlePolicy
@@ -61,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = ["IMAPService", "start"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _PULL_BYTES = 256 * 1024
 DEFAULT_IDLE_TIMEOUT = 1800.0  # RFC 3501 §5.4: at least 30 minutes
@@ -69,6 +76,9 @@ DEFAULT_LOGIN_TIMEOUT = 60.0
 _INLINE = frozenset({"CAPABILITY", "LOGOUT", "ID", "STARTTLS", "LOGIN", "AUTHENTICATE", "NAMESPACE", "ENABLE",
                      "UNSELECT"})
 _END = object()
+# Threads of the IMAP pool: as many as asyncio's default executor would have (I/O-bound
+# steps overlap; CPU-bound ones share the GIL anyway), so one session per thread runs at once.
+POOL_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 
 class _Stop(Exception):
@@ -133,6 +143,7 @@ class IMAPService:
         self.servers: list[asyncio.Server] = []
         self.connections: set[_Connection] = set()
         self.inflight = net.InFlight()
+        self.pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="imap")
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def factory(self, implicit_tls: bool) -> net.ProtocolFactory:
@@ -142,9 +153,15 @@ class IMAPService:
         await net.stop_sessions("imap", self.servers, self.inflight, self.connections,
                                 b"* BYE [UNAVAILABLE] Server shutting down\r\n", grace)
         await self.notifier.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
         self.index.close()
         if self.owns_auth:
             await asyncio.to_thread(self.auth.close)
+
+    async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the IMAP pool (see the module docstring), with contextvars."""
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self.pool, ctx.run, fn, *args)
 
     def _poke(self, path: Path) -> None:
         """From a worker thread: a session changed a folder; wake the idlers of it."""
@@ -236,7 +253,7 @@ class IMAPService:
                     items = _pull(gen)
                 else:
                     async with self.inflight.hold():
-                        items = await asyncio.to_thread(_pull, gen)
+                        items = await self._in_pool(_pull, gen)
             except Exception:
                 log.exception("imap: internal error in command %s from %s", tag, ip)
                 conn.write(no(tag, "Internal server error", "SERVERBUG").to_bytes())
@@ -289,7 +306,7 @@ class IMAPService:
             return sess.login_failed(ev.tag)
         info = UserInfo(user.address, user.domain, user.local, user.quota_bytes)
         try:
-            reply = await asyncio.to_thread(sess.login_ok, ev.tag, info)
+            reply = await self._in_pool(sess.login_ok, ev.tag, info)
         except Exception as e:
             log.error("imap: cannot open the Maildir of %s: %s", quote(user.address), e)
             return sess.login_failed(ev.tag, temporary=True)
@@ -304,7 +321,7 @@ class IMAPService:
                 ev = reader.next_event()
                 if isinstance(ev, ContinuationLine):
                     if is_idle_done(ev):
-                        conn.write(await asyncio.to_thread(sess.idle_done, tag))
+                        conn.write(await self._in_pool(sess.idle_done, tag))
                     else:
                         conn.write(b"%s BAD Expected DONE\r\n" % tag.encode("ascii"))
                     return
@@ -324,7 +341,7 @@ class IMAPService:
                     raise _Stop()
                 if watch is not None and watch.event.is_set():
                     watch.event.clear()
-                    conn.write(await asyncio.to_thread(sess.idle_updates))
+                    conn.write(await self._in_pool(sess.idle_updates))
                 if conn.inbox or conn.eof:
                     data = await conn.read()
                     if not data:
