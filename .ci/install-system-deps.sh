@@ -3,7 +3,7 @@
 # Postfix is preseeded with "No configuration" so no system instance can start; tests run
 # their own instances with their own config directories on loopback ports.
 set -euo pipefail
-PKGS="postgresql postfix swaks libnet-ssleay-perl libio-socket-ssl-perl dovecot-imapd dovecot-pop3d dovecot-lmtpd isync fetchmail offlineimap3 getmail6 systemd"
+PKGS="postgresql postfix swaks libnet-ssleay-perl libio-socket-ssl-perl dovecot-imapd dovecot-pop3d dovecot-lmtpd isync fetchmail offlineimap3 getmail6 systemd fail2ban"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
@@ -20,4 +20,6 @@ fi
 # An install may have started default-config daemons on machines without policy-rc.d.
 if [ -f /etc/postfix/main.cf ] && postfix status >/dev/null 2>&1; then postfix stop || true; fi
 if [ -f /run/dovecot/master.pid ] && kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null; then dovecot stop || true; fi
+
+if command -v fail2ban-client >/dev/null && pgrep -x fail2ban-server >/dev/null 2>&1; then fail2ban-client stop >/dev/null 2>&1 || true; fi
 echo "system deps: ok"
