@@ -30,12 +30,12 @@ import dataclasses
 import ipaddress
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from mailstack import maillog, net
 from mailstack.config import Config, parse_listen
 from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, RecipientResult, Resolution, Resolver, ResolveError, received_header
 from mailstack.mail.authcheck import Action, AuthChecker, CheckPolicy
+from mailstack.service import RunningService, ServiceContext, ServiceError
 from mailstack.smtp import replies as R
 from mailstack.smtp.bounce import make_dsn
 from mailstack.smtp.limits import SessionLimits
@@ -43,9 +43,6 @@ from mailstack.smtp.mda import MDA, InProcessMDA, LMTPClient
 from mailstack.smtp.queue_store import QueueStore
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
-
-if TYPE_CHECKING:
-    from mailstack.serve import RunningService, ServiceContext
 
 __all__ = ["MXHandler", "start", "build_mda"]
 
@@ -247,8 +244,6 @@ def make_delivery(config: Config) -> tuple[LocalDelivery, QueueStore]:
 
 
 async def start(ctx: ServiceContext) -> RunningService:
-    from mailstack.serve import ServiceError, open_listeners
-
     cfg = ctx.config
     delivery, queue = make_delivery(cfg)
     try:
@@ -283,5 +278,5 @@ async def start(ctx: ServiceContext) -> RunningService:
         s = settings if not implicit_tls else ServerSettings(**{**settings.__dict__, "implicit_tls": True})
         return lambda: BaseSMTP(handler, s, limits=ctx.limits, inflight=inflight, connections=conns)
 
-    servers = await open_listeners("smtp", cfg.listeners("smtp"), factory_for, ctx.tls.server)
+    servers = await net.open_listeners("smtp", cfg.listeners("smtp"), factory_for, ctx.tls.server)
     return SMTPService("smtp", servers, inflight, conns)

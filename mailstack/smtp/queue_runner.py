@@ -50,12 +50,12 @@ from mailstack.dns import Resolver, resolver_from_config
 from mailstack.mail import dkim
 from mailstack.mail.dsn import DSNRecipient, build_dsn, should_bounce
 from mailstack.maillog import log_event
+from mailstack.service import ServiceContext, ServiceError
 from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, RemoteReply, Route, deliver_domain
 from mailstack.smtp.queue_store import WAKE_FILE, QueuedEnvelope, QueueStore, on_enqueue
 
 if TYPE_CHECKING:
     from mailstack.config import Config
-    from mailstack.serve import ServiceContext
 
 __all__ = ["QueueRunner", "start", "notify", "relay_settings", "WAKE_FILE", "LOCK_DIR", "claim"]
 
@@ -516,9 +516,7 @@ def _group_by_reply(w: _Work, rcpts: Sequence[str]) -> list[list[str]]:
 
 
 async def start(ctx: ServiceContext) -> QueueRunner:
-    """The ``queue`` service (see ``mailstack.serve``)."""
-    from mailstack.serve import ServiceError
-
+    """The ``queue`` service (see ``mailstack.service``)."""
     try:
         relay = relay_settings(ctx.config)
     except ValueError as e:

@@ -40,7 +40,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiosmtpd.smtp import MISSING, syntax
 
@@ -50,15 +50,13 @@ from mailstack.mail import author as author_mod
 from mailstack.mail import dkim
 from mailstack.mail.address import AddressError, parse_address, split_tag
 from mailstack.auth import MAX_SASL_LINE, Authenticator
+from mailstack.service import RunningService, ServiceContext, ServiceError
 from mailstack.smtp import queue_runner
 from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits
 from mailstack.smtp.mx import MXHandler, build_mda, make_delivery
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
-
-if TYPE_CHECKING:
-    from mailstack.serve import RunningService, ServiceContext
 
 __all__ = ["SubmissionHandler", "SubmissionSMTP", "start", "add_missing_headers"]
 
@@ -415,9 +413,7 @@ class SubmissionSMTP(BaseSMTP):
 
 
 async def start(ctx: ServiceContext) -> RunningService:
-    """The ``submission`` service (see ``mailstack.serve``)."""
-    from mailstack.serve import ServiceError, open_listeners
-
+    """The ``submission`` service (see ``mailstack.service``)."""
     cfg = ctx.config
     delivery, queue = make_delivery(cfg)
     queue.ensure()
@@ -450,7 +446,7 @@ async def start(ctx: ServiceContext) -> RunningService:
                                       allow_plaintext_on_loopback=cfg.auth.allow_plaintext_on_loopback,
                                       limits=limits, inflight=inflight, connections=conns)
 
-    servers = await open_listeners("submission", cfg.listeners("submission"), factory_for, ctx.tls.server)
+    servers = await net.open_listeners("submission", cfg.listeners("submission"), factory_for, ctx.tls.server)
     return _SubmissionService("submission", servers, inflight, conns, own_auth=None if ctx.auth else auth)
 
 

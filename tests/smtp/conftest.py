@@ -26,7 +26,7 @@ import pytest
 from mailstack import net
 from mailstack.config import Config, config_from_dict
 from mailstack.directory import Directory, Passwords
-from mailstack.serve import ServiceContext
+from mailstack.service import ServiceContext
 from mailstack.smtp import lmtp, mx
 from mailstack.smtp.queue_store import QueueStore
 from mailstack.storage import Maildir
@@ -57,7 +57,7 @@ class MXServer:
         for name, start in (("smtp", mx.start), ("lmtp", lmtp.start)):
             if not self.config.listeners(name):
                 continue
-            from mailstack.serve import limits_for
+            from mailstack.service import limits_for
 
             ctx = ServiceContext(config=self.config, directory=self.directory, tls=self.tls,
                                  limits=limits_for(self.config, name))
