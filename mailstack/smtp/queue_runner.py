@@ -51,7 +51,8 @@ from mailstack.mail import dkim
 from mailstack.mail.dsn import DSNRecipient, build_dsn, should_bounce
 from mailstack.maillog import log_event
 from mailstack.service import ServiceContext, ServiceError
-from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, RemoteReply, Route, deliver_domain
+from mailstack.replies import Reply
+from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, Route, deliver_domain
 from mailstack.smtp.queue_store import WAKE_FILE, QueuedEnvelope, QueueStore, on_enqueue
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ class QueueRunner:
                         local_cache[domain] = None
                 is_local = local_cache[domain]
                 if is_local is None:
-                    w.results[rcpt] = RecipientOutcome(rcpt, RemoteReply(451, "4.3.0 directory unavailable", True))
+                    w.results[rcpt] = RecipientOutcome(rcpt, Reply(451, "4.3.0", "directory unavailable"))
                 elif is_local:
                     mine.append(rcpt)
                 else:
@@ -336,7 +337,7 @@ class QueueRunner:
                     results = await deliver_domain(domain, jobs, self.route)
                 except Exception as e:  # a bug must not lose mail: defer it
                     log.exception("queue: delivery to %s failed", domain)
-                    results = {j.queue_id: [RecipientOutcome(r, RemoteReply(451, f"4.3.0 internal error: {type(e).__name__}", True))
+                    results = {j.queue_id: [RecipientOutcome(r, Reply(451, "4.3.0", f"internal error: {type(e).__name__}"))
                                             for r in j.recipients] for j in jobs}
                 for w, _rcpts in chunk:
                     for ro in results.get(w.env.id, []):
@@ -366,7 +367,7 @@ class QueueRunner:
                 try:
                     resolutions.append(await asyncio.to_thread(resolver.resolve, rcpt))
                 except ResolveError as e:
-                    w.results[rcpt] = RecipientOutcome(rcpt, RemoteReply(e.reply.code, f"{e.reply.enhanced} {e.reply.text}", True))
+                    w.results[rcpt] = RecipientOutcome(rcpt, e.reply)
             if not resolutions:
                 continue
             try:
@@ -375,11 +376,10 @@ class QueueRunner:
             except Exception as e:
                 log.exception("queue: local delivery of %s failed", w.env.id)
                 for res in resolutions:
-                    w.results[res.recipient] = RecipientOutcome(res.recipient, RemoteReply(451, f"4.3.0 local delivery failed: {type(e).__name__}", True))
+                    w.results[res.recipient] = RecipientOutcome(res.recipient, Reply(451, "4.3.0", f"local delivery failed: {type(e).__name__}"))
                 continue
             for r in results:
-                w.results[r.recipient] = RecipientOutcome(
-                    r.recipient, RemoteReply(r.reply.code, f"{r.reply.enhanced} {r.reply.text}".strip(), True), "local")
+                w.results[r.recipient] = RecipientOutcome(r.recipient, r.reply, "local")
 
     # -- after a round -------------------------------------------------------------------
 
@@ -500,9 +500,7 @@ class CachingResolver:
 
 
 def _mta(ro: RecipientOutcome | None) -> str | None:
-    if ro is None or ro.reply.local and ro.remote_mta is None:
-        return None
-    return ro.remote_mta
+    return ro.remote_mta if ro is not None else None
 
 
 def _group_by_reply(w: _Work, rcpts: Sequence[str]) -> list[list[str]]:
