@@ -47,7 +47,7 @@ from mailstack import replies as R
 from mailstack.replies import Reply
 
 if TYPE_CHECKING:
-    from mailstack.smtp.queue_store import QueueStore
+    from mailstack.queue import QueueStore
 
 __all__ = [
     "Mailbox",

@@ -24,7 +24,7 @@ from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, Resolver, Reso
 from mailstack.service import RunningService, ServiceContext
 from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits
-from mailstack.smtp.queue_store import QueueStore
+from mailstack.queue import QueueStore
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
 

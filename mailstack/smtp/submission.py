@@ -26,7 +26,7 @@ local delivery, settling results); this module adds, each where it is enforced:
 - remote recipients go into the queue as ONE entry (one transaction per destination
   domain later), before anything is delivered locally; local ones go to the MDA; 250
   only when all of it is on disk (``MXHandler._settle``), and the queue runner of this
-  process is woken at once (``queue_runner.notify``).
+  process is woken at once (``queue.wake.notify``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from mailstack.mail import dkim
 from mailstack.mail.address import AddressError, parse_address, split_tag
 from mailstack.auth import MAX_SASL_LINE, Authenticator
 from mailstack.service import RunningService, ServiceContext, ServiceError
-from mailstack.smtp import queue_runner
+from mailstack.queue import wake
 from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits
 from mailstack.smtp.mx import MXHandler, build_mda, make_delivery
@@ -121,9 +121,8 @@ class SubmissionHandler(MXHandler):
     service = "submission"
 
     def __init__(self, *, directory: Any, keys_dir: Any, **kw: Any) -> None:
-        super().__init__(**kw)
+        super().__init__(keys_dir=keys_dir, **kw)
         self.directory = directory
-        self.keys_dir = keys_dir
 
     def may_relay(self, server: BaseSMTP) -> bool:
         return bool(server.session and server.session.authenticated)
@@ -228,7 +227,7 @@ class SubmissionHandler(MXHandler):
                 maillog.log_event("deferred", recipients=txn.recipients, status="deferred", reply=R.LOCAL_ERROR,
                                   **common)
                 return [R.LOCAL_ERROR]
-            queue_runner.notify(self.queue.dir)
+            wake.notify(self.queue.dir)
             from mailstack.delivery import RecipientResult
 
             queued = Reply(250, "2.0.0", f"Queued as {qid}")
@@ -242,7 +241,7 @@ class SubmissionHandler(MXHandler):
                 smtputf8=bool(txn.smtp_utf8), body_8bit=txn.body_type == "8BITMIME",
             ))
             # the DSN of a local permanent failure, or a queued retry, may need the runner
-            queue_runner.notify(self.queue.dir)
+            wake.notify(self.queue.dir)
         if not local:
             reply = Reply(250, "2.0.0", f"OK: queued as {txn.queue_id}")
             maillog.log_event("accepted", recipients=txn.recipients, status="ok", reply=reply, user=user, **common)
