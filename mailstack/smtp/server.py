@@ -160,7 +160,7 @@ class ConnectionSet:
 
 
 class SMTPService:
-    """The RunningService of an SMTP-family service (serve.RunningService protocol).
+    """The RunningService of an SMTP-family service (service.RunningService protocol).
 
     ``stop(grace)``: stop accepting, say 421 to idle sessions, let messages in DATA or
     in delivery finish (up to ``grace``), then close what is left.
