@@ -69,7 +69,7 @@ def serve(workdir: Path, port: int) -> None:
     from mailstack.config import config_from_dict
     from mailstack.directory import Directory, Passwords
     from mailstack.imap.server import start
-    from mailstack.serve import ServiceContext
+    from mailstack.service import ServiceContext
 
     raise_nofile()
     config = config_from_dict(

@@ -59,7 +59,7 @@ def serve(workdir: Path, port: int) -> None:
     from mailstack.config import config_from_dict
     from mailstack.directory import Directory, Passwords
     from mailstack.pop3.server import start
-    from mailstack.serve import ServiceContext
+    from mailstack.service import ServiceContext
 
     config = config_from_dict(
         {

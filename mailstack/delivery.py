@@ -43,11 +43,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mailstack.mail.address import Address, AddressError, parse_address, split_tag
-from mailstack.smtp import replies as R
-from mailstack.smtp.replies import Reply
+from mailstack import replies as R
+from mailstack.replies import Reply
 
 if TYPE_CHECKING:
-    from mailstack.smtp.queue_store import QueueStore
+    from mailstack.queue import QueueStore
 
 __all__ = [
     "Mailbox",

@@ -31,7 +31,7 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Protocol
 from pathlib import Path
@@ -49,6 +49,8 @@ __all__ = [
     "ensure_certificate",
     "is_loopback_peer",
     "load_tls_contexts",
+    "log_listener",
+    "open_listeners",
     "peer_ip",
     "server_context",
     "start_listener",
@@ -257,6 +259,37 @@ async def start_listener(
                                         reuse_address=True, backlog=128)
     except OSError as e:
         raise ListenError(address, _reason(e)) from None
+
+
+def log_listener(name: str, address: ListenAddress | str, tls: bool) -> None:
+    """The one INFO line per listener opened: ``smtp listening on 127.0.0.1:2525``."""
+    log.info("%s listening on %s%s", name, address, " (implicit TLS)" if tls else "")
+
+
+async def open_listeners(
+    name: str,
+    listeners: Iterable[tuple[ListenAddress, bool]],
+    factory_for: Callable[[ListenAddress, bool], ProtocolFactory],
+    tls_context: ssl.SSLContext,
+) -> list[asyncio.Server]:
+    """Open every (address, implicit_tls) listener of service ``name`` and log each; all or none.
+
+    ``factory_for(address, implicit_tls)`` gives the protocol factory of that listener.
+    On a failure the listeners opened so far are closed and the ListenError propagates.
+    """
+    servers: list[asyncio.Server] = []
+    try:
+        for address, implicit_tls in listeners:
+            server = await start_listener(
+                address, factory_for(address, implicit_tls), ssl=tls_context if implicit_tls else None
+            )
+            servers.append(server)
+            log_listener(name, address, implicit_tls)
+    except BaseException:
+        for s in servers:
+            s.close()
+        raise
+    return servers
 
 
 def _bind_unix(address: ListenAddress, path: Path) -> socket.socket:

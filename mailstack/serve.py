@@ -14,6 +14,10 @@ Invariants:
   overrides) plus one second of slack, after which remaining stops are cancelled;
   a second signal cuts the grace short.
 
+Only ``mailstack.cli.serve`` imports this module: what a service needs from its runner
+is in ``mailstack.service`` and ``mailstack.net`` below every service, so services are
+imported here by name (``SERVICES``), never the other way round.
+
 Extension/testing hook: ``MAILSTACK_EXTRA_SERVICES="name=module:function[,name=...]"``
 adds services to the registry (they run when named, and with no names as well).
 """
@@ -28,30 +32,19 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from mailstack import net
-from mailstack.config import Config, ListenAddress
+from mailstack.auth import Authenticator
+from mailstack.config import Config
+from mailstack.directory import Directory, DirectoryError
+from mailstack.service import RunningService, ServiceContext, ServiceError, StartFunction, limits_for
 from mailstack.storage.safeio import PRIVATE_UMASK, make_dirs
-
-if TYPE_CHECKING:
-    import ssl
-
-    from mailstack.auth import Authenticator
-    from mailstack.directory import Directory
 
 __all__ = [
     "SERVICES",
-    "RunningService",
-    "ServiceContext",
-    "ServiceError",
-    "SimpleService",
     "enabled_services",
-    "log_listener",
-    "open_listeners",
     "prepare",
     "run",
     "sd_notify",
@@ -71,106 +64,8 @@ SERVICES: dict[str, str] = {
 EXTRA_SERVICES_ENV = "MAILSTACK_EXTRA_SERVICES"
 STOP_GRACE_ENV = "MAILSTACK_STOP_GRACE"
 DEFAULT_STOP_GRACE = 10.0
-# Services without their own limits in the config (IMAP clients keep several connections
-# each; NAT puts many users behind one address: generous per-IP caps).
-DEFAULT_MAX_CONNECTIONS = 1000
-DEFAULT_MAX_CONNECTIONS_PER_IP = 50
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class ServiceError(Exception):
-    """A service that cannot run; ``str()`` is one line for stderr."""
-
-
-@dataclass(frozen=True)
-class ServiceContext:
-    """What a service's ``start`` gets: all shared state it may use, passed in."""
-
-    config: Config
-    directory: Directory
-    tls: net.TLSContexts
-    limits: net.ConnectionLimits
-    # The one login path of this process (mailstack.auth), shared by every login service;
-    # None (tests that start one service): the service makes its own.
-    auth: Authenticator | None = None
-
-
-@runtime_checkable
-class RunningService(Protocol):
-    """What ``start`` returns. ``stop`` stops accepting, lets work in flight finish
-    within ``grace`` seconds, then closes everything; it should not raise."""
-
-    name: str
-
-    async def stop(self, grace: float) -> None: ...
-
-
-StartFunction = Callable[[ServiceContext], Awaitable[RunningService]]
-
-
-# ---------------------------------------------------------------------------
-# helpers for services
-
-
-def log_listener(name: str, address: ListenAddress | str, tls: bool) -> None:
-    """The one INFO line per listener opened: ``smtp listening on 127.0.0.1:2525``."""
-    log.info("%s listening on %s%s", name, address, " (implicit TLS)" if tls else "")
-
-
-async def open_listeners(
-    name: str,
-    listeners: Iterable[tuple[ListenAddress, bool]],
-    factory_for: Callable[[ListenAddress, bool], net.ProtocolFactory],
-    tls_context: ssl.SSLContext,
-) -> list[asyncio.Server]:
-    """Open every (address, implicit_tls) listener and log each; all or none.
-
-    ``factory_for(address, implicit_tls)`` gives the protocol factory of that listener.
-    On a failure the listeners opened so far are closed and the ListenError propagates.
-    """
-    servers: list[asyncio.Server] = []
-    try:
-        for address, implicit_tls in listeners:
-            server = await net.start_listener(
-                address, factory_for(address, implicit_tls), ssl=tls_context if implicit_tls else None
-            )
-            servers.append(server)
-            log_listener(name, address, implicit_tls)
-    except BaseException:
-        for s in servers:
-            s.close()
-        raise
-    return servers
-
-
-class SimpleService:
-    """A RunningService for the usual shape: some listeners plus an ``InFlight`` counter.
-
-    ``stop(grace)``: close the listeners, ``close_idle()`` (say goodbye to sessions with
-    nothing in flight: SMTP 421, IMAP BYE), wait for the in-flight work up to the grace,
-    then ``close_all()``. Subclasses override the two hooks; both default to nothing.
-    """
-
-    def __init__(self, name: str, servers: Sequence[asyncio.Server] = (), inflight: net.InFlight | None = None) -> None:
-        self.name = name
-        self.servers = list(servers)
-        self.inflight = inflight or net.InFlight()
-
-    async def close_idle(self) -> None:
-        """Close the sessions that have nothing in flight."""
-
-    async def close_all(self) -> None:
-        """Close every session left (the grace is over)."""
-
-    async def stop(self, grace: float) -> None:
-        for s in self.servers:
-            s.close()
-        await self.close_idle()
-        if not await self.inflight.wait_idle(grace):
-            log.warning("%s: %d transaction(s) still in flight after %gs; closing", self.name,
-                        self.inflight.count, grace)
-        await self.close_all()
 
 
 # ---------------------------------------------------------------------------
@@ -297,8 +192,6 @@ def prepare(config: Config) -> Directory:
     except net.TLSError as e:
         raise ServiceError(str(e)) from None
 
-    from mailstack.directory import Directory, DirectoryError
-
     try:
         directory = Directory.from_config(config)
         try:
@@ -334,12 +227,6 @@ def stop_grace(environ: dict[str, str] | os._Environ[str] | None = None) -> floa
     except ValueError:
         raise ServiceError(f"{STOP_GRACE_ENV}: {raw!r} is not a number of seconds (0-3600)") from None
     return value
-
-
-def limits_for(config: Config, name: str) -> net.ConnectionLimits:
-    if name == "smtp":
-        return net.ConnectionLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip)
-    return net.ConnectionLimits(DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP)
 
 
 def run(config: Config, services: Sequence[str]) -> int:
@@ -393,8 +280,6 @@ async def _serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-
-    from mailstack.auth import Authenticator
 
     auth = Authenticator.from_config(config, directory)
     running: list[RunningService] = []

@@ -65,7 +65,7 @@ def running_service(start: Callable[[Any], Awaitable[Any]], config: Any, directo
     """A real service (``start(ctx)`` of mailstack.<service>.server) on its own event loop in
     a thread, with the config's certificate made if missing; stopped (bounded) on exit."""
     from mailstack import net
-    from mailstack.serve import ServiceContext
+    from mailstack.service import ServiceContext
 
     net.ensure_certificate(config.tls, config.hostname)
     tls = net.load_tls_contexts(config.tls)

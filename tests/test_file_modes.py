@@ -222,7 +222,7 @@ def test_each_creating_call_gives_its_mode_without_the_umask(tmp_path: Path, no_
     from mailstack.config import ListenAddress, TLSConfig
     from mailstack.directory import Directory, Passwords
     from mailstack.mail.dkim import generate_key
-    from mailstack.smtp.queue_store import QueueStore
+    from mailstack.queue import QueueStore
     from mailstack.storage import Maildir
 
     base = tmp_path

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from mailstack import net, serve
+from mailstack import net, serve, service
 from mailstack.config import Config, ListenAddress, config_from_dict
 from tests.helpers import free_port
 
@@ -69,7 +69,7 @@ class DummyProtocol(asyncio.Protocol):
                 self.transport.write(b"OK\n")
 
 
-class DummyService(serve.SimpleService):
+class DummyService(service.SimpleService):
     def __init__(self) -> None:
         super().__init__("dummy")
         self.connections: set[DummyProtocol] = set()
@@ -85,16 +85,16 @@ class DummyService(serve.SimpleService):
                 c.transport.close()
 
 
-async def start_dummy(ctx: serve.ServiceContext) -> serve.RunningService:
+async def start_dummy(ctx: service.ServiceContext) -> service.RunningService:
     """Listens where [smtp] and [lmtp] say (the runner only knows it as "dummy")."""
-    service = DummyService()
+    dummy = DummyService()
     listeners = ctx.config.listeners("smtp") + ctx.config.listeners("lmtp")
-    service.servers = await serve.open_listeners(
-        "dummy", listeners, lambda address, tls: lambda: DummyProtocol(service), ctx.tls.server)
-    return service
+    dummy.servers = await net.open_listeners(
+        "dummy", listeners, lambda address, tls: lambda: DummyProtocol(dummy), ctx.tls.server)
+    return dummy
 
 
-async def start_broken(ctx: serve.ServiceContext) -> serve.RunningService:
+async def start_broken(ctx: service.ServiceContext) -> service.RunningService:
     raise RuntimeError("boom")
 
 
@@ -415,7 +415,7 @@ def load(path: Path) -> Config:
 def test_registry_reads_extra_services() -> None:
     reg = serve.registry({"MAILSTACK_EXTRA_SERVICES": "a=x.y:start, b-2=z:go"})
     assert reg["a"] == "x.y:start" and reg["b-2"] == "z:go" and reg["smtp"] == serve.SERVICES["smtp"]
-    with pytest.raises(serve.ServiceError, match="not name=module:function"):
+    with pytest.raises(service.ServiceError, match="not name=module:function"):
         serve.registry({"MAILSTACK_EXTRA_SERVICES": "nonsense"})
 
 
@@ -431,7 +431,7 @@ def test_enabled_services_follow_the_listeners() -> None:
 def test_a_broken_dependency_is_not_reported_as_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "svc_needs_dep.py").write_text("import no_such_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(serve.ServiceError, match="service x cannot be loaded: No module named 'no_such_dependency_xyz'"):
+    with pytest.raises(service.ServiceError, match="service x cannot be loaded: No module named 'no_such_dependency_xyz'"):
         serve.load_start("x", "svc_needs_dep:start")
 
 
@@ -459,7 +459,7 @@ def test_sd_notify_to_a_missing_socket_is_only_a_warning(tmp_path: Path, monkeyp
 def test_stop_grace_from_the_environment() -> None:
     assert serve.stop_grace({}) == serve.DEFAULT_STOP_GRACE
     assert serve.stop_grace({"MAILSTACK_STOP_GRACE": "2.5"}) == 2.5
-    with pytest.raises(serve.ServiceError):
+    with pytest.raises(service.ServiceError):
         serve.stop_grace({"MAILSTACK_STOP_GRACE": "soon"})
 
 
@@ -472,7 +472,7 @@ def test_open_listeners_is_all_or_nothing(tmp_path: Path) -> None:
 
         async def main() -> None:
             with pytest.raises(net.ListenError):
-                await serve.open_listeners(
+                await net.open_listeners(
                     "x", [(ListenAddress("tcp", "127.0.0.1", free), False),
                           (ListenAddress("tcp", "127.0.0.1", busy), False)],
                     lambda a, t: asyncio.Protocol, net.client_context())

@@ -1,15 +1,22 @@
 """`mailstack queue list|show|flush|delete`: the outbound queue (``[queue] dir``).
 
 Works beside a running ``serve``: ``flush`` rewrites every ``next_attempt`` to now under
-the runner's per-message claim (``queue_runner.claim``) and touches ``<dir>/.wake``,
+the runner's per-message claim (``queue.claim``) and touches ``<dir>/.wake``,
 which the runner watches; ``delete`` takes the same claim, so a message being
 delivered at that moment is refused ("busy, try again") rather than half-deleted.
+``delete --bounce`` bounces through ``queue.bounce`` like the MX and the runner do: an
+RFC 3464 DSN, DKIM-signed, queued from ``<>``, one ``event=bounced ... service=cli``
+mail-log line (on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from mailstack.cli.common import EXIT_OK, CLIError, Context, print_json, print_table
@@ -34,7 +41,7 @@ def register(nouns: Any) -> None:
 
 
 def _store(ctx: Context) -> Any:
-    from mailstack.smtp.queue_store import QueueStore
+    from mailstack.queue import QueueStore
 
     return QueueStore(ctx.config.queue.dir)
 
@@ -86,7 +93,7 @@ def _list(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _load(ctx: Context, qid: str) -> tuple[Any, bytes]:
-    from mailstack.smtp.queue_store import QueueIdError
+    from mailstack.queue import QueueIdError
 
     try:
         return _store(ctx).load(qid.upper())  # type: ignore[no-any-return]
@@ -115,8 +122,8 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _flush(args: argparse.Namespace, ctx: Context) -> int:
-    from mailstack.smtp.queue_runner import claim, touch_wake
-    from mailstack.smtp.queue_store import QueueStore
+    from mailstack.queue import claim, touch_wake
+    from mailstack.queue import QueueStore
 
     store = _store(ctx)
     n = 0
@@ -139,20 +146,48 @@ def _flush(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _delete(args: argparse.Namespace, ctx: Context) -> int:
-    from mailstack.mail.dsn import DSNRecipient, build_dsn, should_bounce
-    from mailstack.smtp.queue_runner import claim, touch_wake
+    from mailstack.mail import dkim
+    from mailstack.queue import claim, release_claim
+    from mailstack.queue.bounce import DSNRecipient, bounce
 
     env, data = _load(ctx, args.id)
     store = _store(ctx)
+    dsn_id = None
     with claim(store.dir, env.id) as held:
         if not held:
             raise CLIError(f"message {env.id} is being delivered right now; try again")
-        if args.bounce and should_bounce(env.sender):
-            dsn = build_dsn(reporting_mta=ctx.config.hostname, sender=env.sender, original=data,
-                            recipients=[DSNRecipient(r, "5.0.0", "failed", "deleted from the queue by the administrator")
-                                        for r in env.recipients], queue_id=env.id, arrival=env.created)
-            store.enqueue("", [env.sender], dsn, reason="dsn", extra={"dsn_for": env.id})
-            touch_wake(store.dir)
+        if args.bounce:
+            # The one bounce path (signed, logged, queued, runners woken); the log line
+            # goes to stderr, as the services' do, so the admin and the journal see it.
+            with _mail_log_to_stderr():
+                dsn_id = bounce(store, hostname=ctx.config.hostname, keys_dir=dkim.keys_dir(ctx.config),
+                                queue_id=env.id, sender=env.sender, original=data, service="cli",
+                                arrival=env.created, recipients=[
+                                    DSNRecipient(r, "5.0.0", "failed", "deleted from the queue by the administrator")
+                                    for r in env.recipients])
         store.remove(env.id)
-    print(f"message {env.id} deleted" + (" (bounced to the sender)" if args.bounce and should_bounce(env.sender) else ""))
+        release_claim(store.dir, env.id)
+    print(f"message {env.id} deleted" + (f" (bounced to the sender as {dsn_id})" if dsn_id else ""))
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _mail_log_to_stderr() -> Iterator[None]:
+    """The mail log (``mailstack.maillog``, INFO) on stderr while the block runs, unless
+    logging is set up already; ``INFO mailstack.maillog: event=...`` as under ``serve``."""
+    from mailstack.maillog import LOGGER_NAME
+
+    logger = logging.getLogger(LOGGER_NAME)
+    if logging.getLogger().handlers or logger.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -1,7 +1,7 @@
 """The ``http`` service (``mailstack.http.server:start``): autoconfig, Autodiscover, MTA-STS.
 
 An aiohttp application on the ``[http]`` listeners (``tls_listen`` with the ``[tls]``
-certificate), opened through ``serve.open_listeners`` like every other service.
+certificate), opened through ``net.open_listeners`` like every other service.
 
 Routes:
 
@@ -45,10 +45,10 @@ from aiohttp import hdrs, web
 
 from mailstack import net
 from mailstack.http import documents as docs
+from mailstack.service import RunningService, ServiceContext
 
 if TYPE_CHECKING:
     from mailstack.config import Config
-    from mailstack.serve import RunningService, ServiceContext
 
 __all__ = ["HTTPService", "make_app", "start"]
 
@@ -333,8 +333,6 @@ class HTTPService:
 
 
 async def start(ctx: ServiceContext) -> RunningService:
-    from mailstack.serve import open_listeners
-
     cfg = ctx.config
     app = make_app(cfg, ctx.directory.is_local_domain)
     runner = web.AppRunner(
@@ -354,7 +352,7 @@ async def start(ctx: ServiceContext) -> RunningService:
         return lambda: _Guard(server(), ctx.limits, MAX_CONNECTION_AGE)
 
     try:
-        servers = await open_listeners("http", cfg.listeners("http"), factory_for, ctx.tls.server)
+        servers = await net.open_listeners("http", cfg.listeners("http"), factory_for, ctx.tls.server)
     except BaseException:
         await runner.cleanup()
         raise

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mailstack import net
 from mailstack.auth import MAX_SASL_LINE, Authenticator, MemoryThrottleStore, ThrottlePolicy
 from mailstack.maillog import quote
+from mailstack.service import ServiceContext
 
 from .grammar import GrammarError
 from .index import IndexCache
@@ -62,7 +63,6 @@ from .states import State
 
 if TYPE_CHECKING:
     from mailstack.directory import Directory
-    from mailstack.serve import ServiceContext
 
 __all__ = ["IMAPService", "start"]
 
@@ -354,8 +354,6 @@ class IMAPService:
 
 async def start(ctx: ServiceContext) -> IMAPService:
     """``mailstack serve imap``: ``[imap] listen`` (STARTTLS) and ``tls_listen`` (implicit TLS)."""
-    from mailstack.serve import open_listeners
-
     cfg = ctx.config
     icfg = cfg.imap
     service = IMAPService(
@@ -373,7 +371,7 @@ async def start(ctx: ServiceContext) -> IMAPService:
         max_line=icfg.max_line,
         poll_interval=icfg.poll_interval,
     )
-    service.servers = await open_listeners(
+    service.servers = await net.open_listeners(
         "imap", cfg.listeners("imap"), lambda _addr, tls: service.factory(tls), ctx.tls.server
     )
     return service

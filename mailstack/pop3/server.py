@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from mailstack import net
 from mailstack.auth import Authenticator, MemoryThrottleStore, ThrottlePolicy
 from mailstack.maillog import quote
+from mailstack.service import ServiceContext
 from mailstack.storage.errors import MessageNotFound, StorageError
 
 from . import replies as R
@@ -56,7 +57,6 @@ from .maildrop import MaildropInUse, MaildropSession, open_maildrop
 
 if TYPE_CHECKING:
     from mailstack.directory import Directory
-    from mailstack.serve import ServiceContext
 
 __all__ = ["POP3Service", "start"]
 
@@ -242,8 +242,6 @@ def _close_if_opened(fut: asyncio.Future[MaildropSession]) -> None:
 
 async def start(ctx: ServiceContext) -> POP3Service:
     """``mailstack serve pop3``: listen on ``[pop3] listen`` (STLS) and ``tls_listen`` (implicit TLS)."""
-    from mailstack.serve import open_listeners
-
     cfg = ctx.config
     service = POP3Service(
         hostname=cfg.hostname,
@@ -256,7 +254,7 @@ async def start(ctx: ServiceContext) -> POP3Service:
         owns_auth=ctx.auth is None,
         idle_timeout=cfg.pop3.idle_timeout,
     )
-    service.servers = await open_listeners(
+    service.servers = await net.open_listeners(
         "pop3", cfg.listeners("pop3"), lambda _addr, tls: service.factory(tls), ctx.tls.server
     )
     return service

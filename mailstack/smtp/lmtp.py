@@ -16,20 +16,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import syntax
 
 from mailstack import maillog, net
 from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, Resolver, ResolveError, received_header
+from mailstack.service import RunningService, ServiceContext
 from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits
-from mailstack.smtp.queue_store import QueueStore
+from mailstack.queue import QueueStore
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
-
-if TYPE_CHECKING:
-    from mailstack.serve import RunningService, ServiceContext
 
 __all__ = ["LMTPServer", "LMTPHandler", "start"]
 
@@ -118,8 +115,6 @@ class LMTPHandler:
 
 
 async def start(ctx: ServiceContext) -> RunningService:
-    from mailstack.serve import open_listeners
-
     cfg = ctx.config
     queue = QueueStore(cfg.queue.dir)
     delivery = LocalDelivery(cfg.storage.maildir_root, cfg.hostname, cfg.smtp.max_received_headers, queue)
@@ -145,5 +140,5 @@ async def start(ctx: ServiceContext) -> RunningService:
     def factory_for(address: object, implicit_tls: bool) -> net.ProtocolFactory:
         return lambda: LMTPServer(handler, settings, limits=limits, inflight=inflight, connections=conns)
 
-    servers = await open_listeners("lmtp", cfg.listeners("lmtp"), factory_for, ctx.tls.server)
+    servers = await net.open_listeners("lmtp", cfg.listeners("lmtp"), factory_for, ctx.tls.server)
     return SMTPService("lmtp", servers, inflight, conns)

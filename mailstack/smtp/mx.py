@@ -12,9 +12,9 @@ Policy (``MXHandler``), each rule where it is enforced:
   delivers; the reply is 250 only when every recipient is on disk or durably queued:
     all OK -> 250; none OK -> the first temporary failure (the sender retries), else
     the first permanent one; some OK and some temporary -> those are queued for a
-    retry (queue store) and 250; some OK and some permanent -> a DSN to the sender is
-    queued and 250. If that queueing fails, 451 (the sender retries; a duplicate is
-    better than a loss).
+    retry (queue store) and 250; some OK and some permanent -> those bounce
+    (``queue.bounce``: a signed DSN to the sender is queued, one log line) and 250. If
+    that queueing fails, 451 (the sender retries; a duplicate is better than a loss).
 - DATA, first: SPF, DKIM and DMARC (``[checks]``, ``mailstack.mail.authcheck``, MX only:
   submission and LMTP never check): ``550 5.7.1`` for a failing DMARC ``p=reject``,
   ``451 4.4.3`` when DNS cannot answer, Junk folder for ``p=quarantine``; forged
@@ -30,22 +30,22 @@ import dataclasses
 import ipaddress
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from mailstack import maillog, net
 from mailstack.config import Config, parse_listen
 from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, RecipientResult, Resolution, Resolver, ResolveError, received_header
+from mailstack.mail import dkim
 from mailstack.mail.authcheck import Action, AuthChecker, CheckPolicy
+from mailstack.mail.dsn import DSNRecipient
+from mailstack.service import RunningService, ServiceContext, ServiceError
 from mailstack.smtp import replies as R
-from mailstack.smtp.bounce import make_dsn
 from mailstack.smtp.limits import SessionLimits
 from mailstack.smtp.mda import MDA, InProcessMDA, LMTPClient
-from mailstack.smtp.queue_store import QueueStore
+from mailstack.queue import QueueStore
+from mailstack.queue.bounce import bounce
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
-
-if TYPE_CHECKING:
-    from mailstack.serve import RunningService, ServiceContext
 
 __all__ = ["MXHandler", "start", "build_mda"]
 
@@ -68,6 +68,7 @@ class MXHandler:
         delivery: LocalDelivery,
         mda: MDA,
         queue: QueueStore,
+        keys_dir: Path,
         checks: AuthChecker | None = None,
         junk_folder: str = "Junk",
         ignore_networks: Sequence[str] = (),
@@ -77,6 +78,7 @@ class MXHandler:
         self.delivery = delivery
         self.mda = mda
         self.queue = queue
+        self.keys_dir = keys_dir  # [queue] dkim_dir: signs the DSNs of late failures
         self.checks = checks  # None: no SPF/DKIM/DMARC (submission, or [checks] enabled = false)
         self.junk_folder = junk_folder
         self.ignore_networks = tuple(ipaddress.ip_network(n, strict=False) for n in ignore_networks)
@@ -206,14 +208,15 @@ class MXHandler:
                     maillog.log_event("queued", recipients=r.recipient, status="deferred", reply=r.reply,
                                       **{**common, "queue_id": qid})
             if perm:
-                dsn = make_dsn(hostname=self.hostname, sender=sender, failures=[(r.recipient, r.reply) for r in perm],
-                               original=data, queue_id=txn.queue_id)
-                for r in perm:
-                    maillog.log_event("bounced", recipients=r.recipient, status="bounced", reply=r.reply, **common)
-                if dsn is not None:
-                    qid = await asyncio.to_thread(self.queue.enqueue, "", [sender], dsn, reason="dsn",
-                                                  extra={"orig_id": txn.queue_id})
-                    extra_ids.append(qid)
+                extra = {k: v for k, v in common.items() if k not in ("queue_id", "service", "client", "sender", "size")}
+                dsn_id = await asyncio.to_thread(
+                    bounce, self.queue, hostname=self.hostname, keys_dir=self.keys_dir, queue_id=txn.queue_id,
+                    sender=sender, original=data, service=self.service,
+                    client=str(common["client"]) if common["client"] else None, log_fields=extra,
+                    recipients=[DSNRecipient(r.recipient, r.reply.status, "failed", str(r.reply)) for r in perm],
+                )
+                if dsn_id is not None:
+                    extra_ids.append(dsn_id)
         except OSError:
             log.exception("cannot queue for %s", txn.queue_id)
             maillog.log_event("deferred", recipients=txn.recipients, status="deferred", reply=R.LOCAL_ERROR, **common)
@@ -247,8 +250,6 @@ def make_delivery(config: Config) -> tuple[LocalDelivery, QueueStore]:
 
 
 async def start(ctx: ServiceContext) -> RunningService:
-    from mailstack.serve import ServiceError, open_listeners
-
     cfg = ctx.config
     delivery, queue = make_delivery(cfg)
     try:
@@ -264,7 +265,7 @@ async def start(ctx: ServiceContext) -> RunningService:
         except Exception as e:  # e.g. no /etc/resolv.conf and no [dns] nameservers
             raise ServiceError(f"[checks]: no DNS resolver: {e}") from None
     handler = MXHandler(hostname=cfg.hostname, resolver=Resolver(ctx.directory), delivery=delivery, mda=mda,
-                        queue=queue, checks=checks, junk_folder=cfg.checks.junk_folder,
+                        queue=queue, keys_dir=dkim.keys_dir(cfg), checks=checks, junk_folder=cfg.checks.junk_folder,
                         ignore_networks=cfg.checks.ignore_networks)
     settings = ServerSettings(
         service="smtp",
@@ -283,5 +284,5 @@ async def start(ctx: ServiceContext) -> RunningService:
         s = settings if not implicit_tls else ServerSettings(**{**settings.__dict__, "implicit_tls": True})
         return lambda: BaseSMTP(handler, s, limits=ctx.limits, inflight=inflight, connections=conns)
 
-    servers = await open_listeners("smtp", cfg.listeners("smtp"), factory_for, ctx.tls.server)
+    servers = await net.open_listeners("smtp", cfg.listeners("smtp"), factory_for, ctx.tls.server)
     return SMTPService("smtp", servers, inflight, conns)

@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from mailstack.dns import DNSError, DNSTemporaryError, NXDomain, Resolver
+from mailstack.replies import Reply
 
 __all__ = [
     "Outcome",
-    "RemoteReply",
     "RecipientOutcome",
     "Job",
     "Route",
@@ -66,39 +66,19 @@ class Outcome(Enum):
 
 
 @dataclass(frozen=True)
-class RemoteReply:
-    """A reply from the remote server, or one we made up (``code`` 4xx/5xx, ``local=True``)."""
-
-    code: int
-    text: str
-    local: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}".strip()
-
-    @property
-    def outcome(self) -> Outcome:
-        if 200 <= self.code < 400:
-            return Outcome.SENT
-        return Outcome.TEMPORARY if self.code < 500 else Outcome.PERMANENT
-
-    @property
-    def status(self) -> str:
-        m = re.match(r"^([245])\.(\d{1,3})\.(\d{1,3})\b", self.text)
-        if m and m.group(1) == str(self.code)[0]:
-            return m.group(0)
-        return f"{str(self.code)[0]}.0.0"
-
-
-@dataclass(frozen=True)
 class RecipientOutcome:
+    """One recipient's result: the remote server's reply, or one we made up (no
+    ``remote_mta``, or the host that failed before answering for the recipient)."""
+
     recipient: str
-    reply: RemoteReply
+    reply: Reply
     remote_mta: str | None = None
 
     @property
     def outcome(self) -> Outcome:
-        return self.reply.outcome
+        if self.reply.is_ok:
+            return Outcome.SENT
+        return Outcome.TEMPORARY if self.reply.is_temporary else Outcome.PERMANENT
 
 
 @dataclass(frozen=True)
@@ -138,7 +118,7 @@ class Route:
 class _Fail(Exception):
     """This server cannot take the message now: try the next address."""
 
-    def __init__(self, reply: RemoteReply, next_host: bool = True) -> None:
+    def __init__(self, reply: Reply, next_host: bool = True) -> None:
         super().__init__(str(reply))
         self.reply = reply
         self.next_host = next_host
@@ -148,8 +128,9 @@ class _TLSFailed(Exception):
     pass
 
 
-def _local(code: int, text: str) -> RemoteReply:
-    return RemoteReply(code, text, local=True)
+def _local(code: int, text: str) -> Reply:
+    """A reply we make up: ``text`` starts with its enhanced code."""
+    return Reply.parse(code, text)
 
 
 def dot_stuff(data: bytes) -> bytes:
@@ -211,9 +192,9 @@ class Connection:
             if len(lines) > 200:
                 raise _Fail(_local(451, f"4.5.0 {self.host} sent too long a reply"))
 
-    async def _read_reply(self, timeout: float | None = None) -> RemoteReply:
+    async def _read_reply(self, timeout: float | None = None) -> Reply:
         code, lines = await self._read_lines(timeout)
-        return RemoteReply(code, " ".join(t.strip() for t in lines).strip()[:1000])
+        return Reply.parse(code, " ".join(t.strip() for t in lines).strip()[:1000])
 
     async def _send(self, line: str) -> None:
         assert self.writer is not None
@@ -223,7 +204,7 @@ class Connection:
         except (ConnectionError, OSError) as e:
             raise _Fail(_local(451, f"4.4.2 connection to {self.host} lost: {e}")) from None
 
-    async def command(self, line: str, timeout: float | None = None) -> RemoteReply:
+    async def command(self, line: str, timeout: float | None = None) -> Reply:
         await self._send(line)
         return await self._read_reply(timeout)
 
@@ -264,7 +245,7 @@ class Connection:
                 self.extensions = {}
                 return
             raise _Fail(reply)
-        raise _Fail(RemoteReply(code, " ".join(lines)))
+        raise _Fail(Reply.parse(code, " ".join(lines)))
 
     async def starttls(self, ctx: ssl.SSLContext, server_hostname: str | None) -> None:
         reply = await self.command("STARTTLS")
@@ -333,8 +314,8 @@ class Connection:
             mail_reply = await self.command(mail)
             rcpt_replies = []
             if mail_reply.code == 250:
-                for r in recipients:
-                    rcpt_replies.append(await self.command(f"RCPT TO:<{r}>"))
+                for rc in recipients:
+                    rcpt_replies.append(await self.command(f"RCPT TO:<{rc}>"))
         if mail_reply.code != 250:
             if pipelining:
                 await self.command("RSET")
@@ -415,7 +396,7 @@ def _is_ip(text: str) -> bool:
         return False
 
 
-async def _targets(domain: str, route: Route) -> list[_Target] | RemoteReply:
+async def _targets(domain: str, route: Route) -> list[_Target] | Reply:
     """The hosts to try, in order, or the reply that ends it (null MX, NXDOMAIN, DNS down)."""
     if route.relay is not None:
         host = route.relay.host
@@ -496,12 +477,12 @@ async def deliver_domain(domain: str, jobs: Sequence[Job], route: Route) -> dict
     """Deliver ``jobs`` (recipients all at ``domain``); results per queue id, per recipient."""
     results: dict[str, list[RecipientOutcome]] = {}
     targets = await _targets(domain, route)
-    if isinstance(targets, RemoteReply):
+    if isinstance(targets, Reply):
         for job in jobs:
             results[job.queue_id] = [RecipientOutcome(r, targets) for r in job.recipients]
         return results
     pending = list(jobs)
-    last_error: RemoteReply = _local(451, f"4.4.1 no MX host of {domain} answered")
+    last_error: Reply = _local(451, f"4.4.1 no MX host of {domain} answered")
     last_mta: str | None = None
     for target in targets:
         for address in target.addresses:

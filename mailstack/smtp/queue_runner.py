@@ -1,6 +1,6 @@
 """The ``queue`` service: delivers what waits in the spool, retries, bounces.
 
-The spool is ``mailstack.smtp.queue_store.QueueStore`` (``[queue] dir``). This module adds
+The spool is ``mailstack.queue.QueueStore`` (``[queue] dir``). This module adds
 the delivery state, kept in each envelope (``QueueStore.save``, durable):
 
 - ``attempts``, ``next_attempt`` (the store's own fields): tries so far, when to try next;
@@ -12,9 +12,13 @@ the delivery state, kept in each envelope (``QueueStore.save``, durable):
 Claims: a message is worked on only under an exclusive ``flock`` on
 ``<dir>/.locks/<id>`` (non-blocking; a claimed message is skipped), so several runners,
 in several processes or on several hosts sharing the directory, never send one twice at
-once. Wake-ups: ``notify(dir)`` in this process, or the mtime of ``<dir>/.wake`` (what
-``mailstack queue flush`` touches after setting every ``next_attempt`` to now) from
-another process; otherwise a scan every ``[queue] scan_interval`` seconds.
+once (``queue.claim``). Wake-ups (``mailstack.queue.wake``): every enqueue in this process
+wakes the runners of that directory, and the mtime of ``<dir>/.wake`` (touched by every
+enqueue, and by ``mailstack queue flush`` after setting every ``next_attempt`` to now)
+wakes them from another process; otherwise a scan every ``[queue] scan_interval`` seconds.
+
+This runner stays in ``smtp/`` (not in ``mailstack.queue``): it drives the outbound SMTP
+client and local delivery, both above the queue package, which it builds on.
 
 Invariants:
 - a message leaves the spool only when every recipient is delivered or bounced, and a
@@ -27,7 +31,7 @@ Invariants:
 - retries back off from ``retry_initial`` doubling up to ``retry_max_interval``; after
   ``max_age`` the remaining recipients bounce (RFC 5321 §4.5.4.1), a 5xx bounces at once;
 - never a bounce for a null reverse-path (RFC 5321 §4.5.5); bounces and delay warnings
-  are RFC 3464 DSNs sent from ``<>``;
+  are RFC 3464 DSNs sent from ``<>``, through ``queue.bounce`` (signed, logged, queued);
 - one mail-log line per message and outcome (``delivered``, ``deferred``, ``bounced``).
 """
 
@@ -35,76 +39,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import time
-import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mailstack.delivery import LocalDelivery, ResolveError
+from mailstack.delivery import Resolver as RcptResolver
 from mailstack.dns import Resolver, resolver_from_config
 from mailstack.mail import dkim
-from mailstack.mail.dsn import DSNRecipient, build_dsn, should_bounce
+from mailstack.mail.dsn import DSNRecipient
 from mailstack.maillog import log_event
-from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, RemoteReply, Route, deliver_domain
-from mailstack.smtp.queue_store import WAKE_FILE, QueuedEnvelope, QueueStore, on_enqueue
+from mailstack.queue import WAKE_FILE, QueuedEnvelope, QueueStore, claim, release_claim, wake
+from mailstack.queue.bounce import bounce, warn_delayed
+from mailstack.service import ServiceContext, ServiceError
+from mailstack.replies import Reply
+from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, Route, deliver_domain
 
 if TYPE_CHECKING:
     from mailstack.config import Config
-    from mailstack.serve import ServiceContext
 
-__all__ = ["QueueRunner", "start", "notify", "relay_settings", "WAKE_FILE", "LOCK_DIR", "claim"]
+__all__ = ["QueueRunner", "start", "relay_settings"]
 
 log = logging.getLogger(__name__)
 
 BATCH_DELAY = 0.05  # seconds between a wake-up and the scan: messages arriving together share connections
 DNS_CACHE_TTL = 60.0
-LOCK_DIR = ".locks"
-_RUNNERS: "weakref.WeakSet[QueueRunner]" = weakref.WeakSet()
-
-
-def notify(queue_dir: Path) -> None:
-    """Wake the runners of this process that serve ``queue_dir`` (e.g. after an enqueue)."""
-    for r in list(_RUNNERS):
-        if r.store.dir == queue_dir:
-            r.wake()
-
-
-on_enqueue(notify)  # an enqueue anywhere in this process wakes its runners at once
-
-
-def touch_wake(queue_dir: Path) -> None:
-    """Wake runners in other processes (they watch this file's mtime)."""
-    p = queue_dir / WAKE_FILE
-    with open(p, "a"):
-        pass
-    os.utime(p)
-
-
-@contextlib.contextmanager
-def claim(queue_dir: Path, queue_id: str) -> Iterator[bool]:
-    """Exclusive, non-blocking claim of one message; yields False when someone else has it."""
-    d = queue_dir / LOCK_DIR
-    d.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(d / queue_id, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
-def _unlink_lock(queue_dir: Path, queue_id: str) -> None:
-    with contextlib.suppress(OSError):
-        (queue_dir / LOCK_DIR / queue_id).unlink()
 
 
 def relay_settings(config: Config) -> RelaySettings | None:
@@ -155,6 +118,7 @@ class QueueRunner:
         self.store = store
         self.resolver = resolver = CachingResolver(resolver)
         self.directory = directory
+        self.keys_dir = dkim.keys_dir(config)  # signs our DSNs (queue.bounce)
         self.route = Route(helo=config.hostname, resolver=resolver, port=self.q.smtp_port, client_tls=client_tls,
                            relay=relay, connect_timeout=self.q.connect_timeout,
                            command_timeout=self.q.command_timeout)
@@ -167,17 +131,32 @@ class QueueRunner:
         self._per_domain: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(max(1, self.q.max_per_domain)))
         self._wake_mtime = self._wake_file_mtime()
         self._local: Any = None
-        _RUNNERS.add(self)
+        self._home: asyncio.AbstractEventLoop | None = None  # the loop start_background runs on
+        wake.register(store.dir, self)
 
     # -- service ---------------------------------------------------------------------
 
     name = "queue"
 
     def wake(self) -> None:
-        self._wake.set()
+        """Scan soon. Thread-safe: an enqueue in a worker thread (``asyncio.to_thread``)
+        wakes a runner whose loop is elsewhere (``queue.wake.notify``)."""
+        home = self._home
+        if home is None or home.is_closed():
+            self._wake.set()
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is home:
+            self._wake.set()
+        else:
+            home.call_soon_threadsafe(self._wake.set)
 
     def start_background(self) -> None:
         self.store.ensure()
+        self._home = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._loop(), name="queue-runner")
 
     async def stop(self, grace: float) -> None:
@@ -194,7 +173,7 @@ class QueueRunner:
                 await asyncio.wait(pending, timeout=1.0)
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        _RUNNERS.discard(self)
+        wake.unregister(self)
 
     def _wake_file_mtime(self) -> float:
         try:
@@ -310,7 +289,7 @@ class QueueRunner:
                         local_cache[domain] = None
                 is_local = local_cache[domain]
                 if is_local is None:
-                    w.results[rcpt] = RecipientOutcome(rcpt, RemoteReply(451, "4.3.0 directory unavailable", True))
+                    w.results[rcpt] = RecipientOutcome(rcpt, Reply(451, "4.3.0", "directory unavailable"))
                 elif is_local:
                     mine.append(rcpt)
                 else:
@@ -336,7 +315,7 @@ class QueueRunner:
                     results = await deliver_domain(domain, jobs, self.route)
                 except Exception as e:  # a bug must not lose mail: defer it
                     log.exception("queue: delivery to %s failed", domain)
-                    results = {j.queue_id: [RecipientOutcome(r, RemoteReply(451, f"4.3.0 internal error: {type(e).__name__}", True))
+                    results = {j.queue_id: [RecipientOutcome(r, Reply(451, "4.3.0", f"internal error: {type(e).__name__}"))
                                             for r in j.recipients] for j in jobs}
                 for w, _rcpts in chunk:
                     for ro in results.get(w.env.id, []):
@@ -346,9 +325,6 @@ class QueueRunner:
 
     def _local_delivery(self) -> tuple[Any, Any]:
         if self._local is None:
-            from mailstack.delivery import LocalDelivery
-            from mailstack.delivery import Resolver as RcptResolver
-
             self._local = (
                 RcptResolver(self.directory),
                 LocalDelivery(self.config.storage.maildir_root, self.config.hostname,
@@ -357,8 +333,6 @@ class QueueRunner:
         return self._local  # type: ignore[no-any-return]
 
     async def _deliver_local(self, items: list[tuple[_Work, list[str]]]) -> None:
-        from mailstack.delivery import ResolveError
-
         resolver, delivery = self._local_delivery()
         for w, rcpts in items:
             resolutions = []
@@ -366,7 +340,7 @@ class QueueRunner:
                 try:
                     resolutions.append(await asyncio.to_thread(resolver.resolve, rcpt))
                 except ResolveError as e:
-                    w.results[rcpt] = RecipientOutcome(rcpt, RemoteReply(e.reply.code, f"{e.reply.enhanced} {e.reply.text}", True))
+                    w.results[rcpt] = RecipientOutcome(rcpt, e.reply)
             if not resolutions:
                 continue
             try:
@@ -375,11 +349,10 @@ class QueueRunner:
             except Exception as e:
                 log.exception("queue: local delivery of %s failed", w.env.id)
                 for res in resolutions:
-                    w.results[res.recipient] = RecipientOutcome(res.recipient, RemoteReply(451, f"4.3.0 local delivery failed: {type(e).__name__}", True))
+                    w.results[res.recipient] = RecipientOutcome(res.recipient, Reply(451, "4.3.0", f"local delivery failed: {type(e).__name__}"))
                 continue
             for r in results:
-                w.results[r.recipient] = RecipientOutcome(
-                    r.recipient, RemoteReply(r.reply.code, f"{r.reply.enhanced} {r.reply.text}".strip(), True), "local")
+                w.results[r.recipient] = RecipientOutcome(r.recipient, r.reply, "local")
 
     # -- after a round -------------------------------------------------------------------
 
@@ -400,30 +373,26 @@ class QueueRunner:
             log_event("delivered", queue_id=env.id, service="queue", client=None, sender=env.sender,
                       recipients=group, size=size, status="sent", reply=str(ro.reply), relay=ro.remote_mta or "-",
                       delay=f"{now - env.created:.1f}")
-        bounce: list[DSNRecipient] = []
+        bounced: list[DSNRecipient] = []
         for r in failed:
             ro = w.results[r]
-            bounce.append(DSNRecipient(r, ro.reply.status, "failed", str(ro.reply), _mta(ro), last_attempt=now))
+            bounced.append(DSNRecipient(r, ro.reply.status, "failed", str(ro.reply), _mta(ro), last_attempt=now))
         if expired and pending:
             for r in pending:
                 got = w.results.get(r)
                 diag = str(got.reply) if got else env.extra.get("last_error") or "4.4.7 delivery time expired"
-                bounce.append(DSNRecipient(r, got.reply.status if got else "4.4.7", "failed",
+                bounced.append(DSNRecipient(r, got.reply.status if got else "4.4.7", "failed",
                                            f"{diag} (gave up after {self.q.max_age / 86400:g} days)", _mta(got) if got else None,
                                            last_attempt=now))
             failed = failed + pending
             pending = []
-        if bounce:
-            groups: dict[tuple[str, str | None], list[str]] = {}
-            for b in bounce:
-                groups.setdefault((b.diagnostic or b.status, b.remote_mta), []).append(b.address)
-            for (reply, mta), group in groups.items():
-                log_event("bounced", queue_id=env.id, service="queue", client=None, sender=env.sender,
-                          recipients=group, size=size, status="bounced", reply=reply, relay=mta or "-")
-            await self._send_dsn(env, w.data, bounce)
+        if bounced:
+            await asyncio.to_thread(bounce, self.store, hostname=self.config.hostname, keys_dir=self.keys_dir,
+                                    queue_id=env.id, sender=env.sender, original=w.data, recipients=bounced,
+                                    service="queue", arrival=env.created)
         if not pending:
             await asyncio.to_thread(self.store.remove, env.id)
-            _unlink_lock(self.store.dir, env.id)
+            release_claim(self.store.dir, env.id)
             return
         attempts = env.attempts + 1
         errors = {r: str(w.results[r].reply) for r in pending if r in w.results}
@@ -437,7 +406,9 @@ class QueueRunner:
             warn = [DSNRecipient(r, w.results[r].reply.status if r in w.results else "4.0.0", "delayed",
                                  errors.get(r), _mta(w.results.get(r)), last_attempt=now,
                                  will_retry_until=env.created + self.q.max_age) for r in pending]
-            await self._send_dsn(env, w.data, warn)
+            await asyncio.to_thread(warn_delayed, self.store, hostname=self.config.hostname, keys_dir=self.keys_dir,
+                                    queue_id=env.id, sender=env.sender, original=w.data, recipients=warn,
+                                    arrival=env.created)
         await asyncio.to_thread(self.store.save, QueueStore.updated(env, recipients=tuple(pending), attempts=attempts,
                                                                      next_attempt=next_attempt, extra=extra))
         for group in _group_by_reply(w, [r for r in pending if r in w.results]):
@@ -445,22 +416,6 @@ class QueueRunner:
             log_event("deferred", queue_id=env.id, service="queue", client=None, sender=env.sender,
                       recipients=group, size=size, status="deferred", reply=str(ro.reply), relay=_mta(ro),
                       attempts=attempts, next=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(next_attempt)))
-
-    async def _send_dsn(self, env: QueuedEnvelope, data: bytes, recipients: list[DSNRecipient]) -> None:
-        if not should_bounce(env.sender):  # RFC 5321 §4.5.5: never bounce a bounce
-            log.info("queue: %s: no DSN for the null sender", env.id)
-            return
-        dsn = build_dsn(reporting_mta=self.config.hostname, sender=env.sender, original=data,
-                        recipients=recipients, queue_id=env.id, arrival=env.created)
-        try:
-            dsn = await asyncio.to_thread(dkim.sign_for_from, dsn, dkim.keys_dir(self.config))
-        except dkim.DKIMError as e:
-            log.warning("queue: DSN for %s goes unsigned: %s", env.id, e)
-        qid = await asyncio.to_thread(self.store.enqueue, "", [env.sender], dsn, reason="dsn",
-                                      extra={"dsn_for": env.id})
-        log.info("queue: %s: DSN %s queued for <%s> as %s", env.id,
-                 recipients[0].action if recipients else "", env.sender, qid)
-        self.wake()
 
 
 class CachingResolver:
@@ -500,9 +455,7 @@ class CachingResolver:
 
 
 def _mta(ro: RecipientOutcome | None) -> str | None:
-    if ro is None or ro.reply.local and ro.remote_mta is None:
-        return None
-    return ro.remote_mta
+    return ro.remote_mta if ro is not None else None
 
 
 def _group_by_reply(w: _Work, rcpts: Sequence[str]) -> list[list[str]]:
@@ -516,9 +469,7 @@ def _group_by_reply(w: _Work, rcpts: Sequence[str]) -> list[list[str]]:
 
 
 async def start(ctx: ServiceContext) -> QueueRunner:
-    """The ``queue`` service (see ``mailstack.serve``)."""
-    from mailstack.serve import ServiceError
-
+    """The ``queue`` service (see ``mailstack.service``)."""
     try:
         relay = relay_settings(ctx.config)
     except ValueError as e:

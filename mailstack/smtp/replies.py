@@ -1,10 +1,14 @@
-"""SMTP replies as named values, and the exceptions that carry them.
+"""The SMTP family's replies: the shared ``Reply`` values plus the session's own.
+
+``Reply`` and the replies delivery decides (``OK``, ``UNKNOWN_USER``, ``OVER_QUOTA``,
+...) live in ``mailstack.replies``, below delivery and the queue; they are re-exported
+here so that ``replies.X`` names every reply an SMTP, submission or LMTP session can
+send. What is SMTP-only stays here: the session replies (greeting-time limits, DATA,
+STARTTLS, timeouts), ``SMTPReplyError`` and ``add_enhanced`` for aiosmtpd's own lines.
 
 Invariants:
 - every reply we send (after the greeting) carries an RFC 3463 enhanced status code
   whose class digit equals the first digit of the basic code (RFC 2034 §4);
-- a `Reply` renders to exactly one line (`str()`), or several with `lines()`; text never
-  holds CR or LF, so a reply can never smuggle a second one;
 - handlers return replies; code that cannot go on raises `SMTPReplyError(reply)`,
   which the server turns into that reply (never a traceback).
 """
@@ -12,7 +16,19 @@ Invariants:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from mailstack.replies import (
+    BAD_ADDRESS,
+    DIRECTORY_DOWN,
+    ENHANCED_RE,
+    LOCAL_ERROR,
+    LOOP,
+    OK,
+    OVER_QUOTA,
+    UNKNOWN_USER,
+    USER_DISABLED,
+    Reply,
+)
 
 __all__ = [
     "Reply",
@@ -42,44 +58,6 @@ __all__ = [
     "LINE_TOO_LONG",
     "SHUTTING_DOWN",
 ]
-
-_ENHANCED_RE = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One SMTP reply: basic code (RFC 5321 §4.2), enhanced code (RFC 3463), text."""
-
-    code: int
-    enhanced: str
-    text: str
-
-    def __post_init__(self) -> None:
-        if not 200 <= self.code <= 599:
-            raise ValueError(f"bad reply code {self.code}")
-        if self.enhanced and (not _ENHANCED_RE.match(self.enhanced) or self.enhanced[0] != str(self.code)[0]):
-            raise ValueError(f"bad enhanced code {self.enhanced!r} for {self.code}")
-        if "\r" in self.text or "\n" in self.text:
-            raise ValueError("reply text must be one line")
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}" if self.enhanced else f"{self.code} {self.text}"
-
-    @property
-    def is_ok(self) -> bool:
-        return 200 <= self.code < 400
-
-    @property
-    def is_temporary(self) -> bool:
-        return 400 <= self.code < 500
-
-    @property
-    def is_permanent(self) -> bool:
-        return self.code >= 500
-
-    def with_text(self, text: str) -> Reply:
-        return Reply(self.code, self.enhanced, text)
-
 
 class SMTPReplyError(Exception):
     """Raised where a command cannot go on; the server sends `reply`."""
@@ -127,7 +105,7 @@ def add_enhanced(line: str) -> str:
         return line
     code, sep, rest = m.groups()
     first = rest.split(" ", 1)[0]
-    if _ENHANCED_RE.match(first):
+    if ENHANCED_RE.match(first):
         return line
     enhanced = _DEFAULT_ENHANCED.get(int(code))
     if enhanced is None:
@@ -138,25 +116,17 @@ def add_enhanced(line: str) -> str:
     return f"{code}{sep}{enhanced} {rest}"
 
 
-OK = Reply(250, "2.0.0", "OK")
 BYE = Reply(221, "2.0.0", "Bye")
 READY_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
-UNKNOWN_USER = Reply(550, "5.1.1", "Recipient address rejected: user unknown")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
-USER_DISABLED = Reply(550, "5.2.1", "Recipient address rejected: mailbox disabled")
-OVER_QUOTA = Reply(452, "4.2.2", "Mailbox full")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")  # RFC 5321 §4.5.3.1.10
 TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
-LOOP = Reply(554, "5.4.6", "Mail loop detected")
 BARE_CR = Reply(550, "5.6.0", "Bare <CR> in message not allowed (RFC 5321 §2.3.8)")
-LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
-DIRECTORY_DOWN = Reply(451, "4.3.0", "Temporary lookup failure, try again later")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 TOO_MANY_FROM_IP = Reply(421, "4.7.0", "Too many connections from your address, try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
-BAD_ADDRESS = Reply(553, "5.1.3", "Malformed address")
 BAD_SYNTAX = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")

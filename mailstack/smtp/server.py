@@ -61,7 +61,7 @@ from mailstack.mail.address import AddressError, parse_address
 from mailstack.smtp import replies as R
 from mailstack.smtp.data import DataReceiver
 from mailstack.smtp.limits import JUNK_COMMANDS, ErrorCounter, SessionLimits
-from mailstack.smtp.queue_store import new_queue_id
+from mailstack.queue import new_queue_id
 from mailstack.smtp.replies import Reply, SMTPReplyError
 
 __all__ = ["parse_path", "BaseSMTP", "ServerSettings", "Handler", "Transaction", "ConnectionSet", "SMTPService"]
@@ -160,7 +160,7 @@ class ConnectionSet:
 
 
 class SMTPService:
-    """The RunningService of an SMTP-family service (serve.RunningService protocol).
+    """The RunningService of an SMTP-family service (service.RunningService protocol).
 
     ``stop(grace)``: stop accepting, say 421 to idle sessions, let messages in DATA or
     in delivery finish (up to ``grace``), then close what is left.

@@ -26,7 +26,7 @@ local delivery, settling results); this module adds, each where it is enforced:
 - remote recipients go into the queue as ONE entry (one transaction per destination
   domain later), before anything is delivered locally; local ones go to the MDA; 250
   only when all of it is on disk (``MXHandler._settle``), and the queue runner of this
-  process is woken at once (``queue_runner.notify``).
+  process is woken at once (``queue.wake.notify``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiosmtpd.smtp import MISSING, syntax
 
@@ -50,15 +50,13 @@ from mailstack.mail import author as author_mod
 from mailstack.mail import dkim
 from mailstack.mail.address import AddressError, parse_address, split_tag
 from mailstack.auth import MAX_SASL_LINE, Authenticator
-from mailstack.smtp import queue_runner
+from mailstack.service import RunningService, ServiceContext, ServiceError
+from mailstack.queue import wake
 from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits
 from mailstack.smtp.mx import MXHandler, build_mda, make_delivery
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
-
-if TYPE_CHECKING:
-    from mailstack.serve import RunningService, ServiceContext
 
 __all__ = ["SubmissionHandler", "SubmissionSMTP", "start", "add_missing_headers"]
 
@@ -123,9 +121,8 @@ class SubmissionHandler(MXHandler):
     service = "submission"
 
     def __init__(self, *, directory: Any, keys_dir: Any, **kw: Any) -> None:
-        super().__init__(**kw)
+        super().__init__(keys_dir=keys_dir, **kw)
         self.directory = directory
-        self.keys_dir = keys_dir
 
     def may_relay(self, server: BaseSMTP) -> bool:
         return bool(server.session and server.session.authenticated)
@@ -230,7 +227,7 @@ class SubmissionHandler(MXHandler):
                 maillog.log_event("deferred", recipients=txn.recipients, status="deferred", reply=R.LOCAL_ERROR,
                                   **common)
                 return [R.LOCAL_ERROR]
-            queue_runner.notify(self.queue.dir)
+            wake.notify(self.queue.dir)
             from mailstack.delivery import RecipientResult
 
             queued = Reply(250, "2.0.0", f"Queued as {qid}")
@@ -244,7 +241,7 @@ class SubmissionHandler(MXHandler):
                 smtputf8=bool(txn.smtp_utf8), body_8bit=txn.body_type == "8BITMIME",
             ))
             # the DSN of a local permanent failure, or a queued retry, may need the runner
-            queue_runner.notify(self.queue.dir)
+            wake.notify(self.queue.dir)
         if not local:
             reply = Reply(250, "2.0.0", f"OK: queued as {txn.queue_id}")
             maillog.log_event("accepted", recipients=txn.recipients, status="ok", reply=reply, user=user, **common)
@@ -415,9 +412,7 @@ class SubmissionSMTP(BaseSMTP):
 
 
 async def start(ctx: ServiceContext) -> RunningService:
-    """The ``submission`` service (see ``mailstack.serve``)."""
-    from mailstack.serve import ServiceError, open_listeners
-
+    """The ``submission`` service (see ``mailstack.service``)."""
     cfg = ctx.config
     delivery, queue = make_delivery(cfg)
     queue.ensure()
@@ -450,7 +445,7 @@ async def start(ctx: ServiceContext) -> RunningService:
                                       allow_plaintext_on_loopback=cfg.auth.allow_plaintext_on_loopback,
                                       limits=limits, inflight=inflight, connections=conns)
 
-    servers = await open_listeners("submission", cfg.listeners("submission"), factory_for, ctx.tls.server)
+    servers = await net.open_listeners("submission", cfg.listeners("submission"), factory_for, ctx.tls.server)
     return _SubmissionService("submission", servers, inflight, conns, own_auth=None if ctx.auth else auth)
 
 

@@ -24,7 +24,8 @@ from mailstack import net
 from mailstack.auth import Authenticator
 from mailstack.config import Config, config_from_dict
 from mailstack.directory import Directory, Passwords
-from mailstack.serve import SERVICES, ServiceContext, limits_for
+from mailstack.serve import SERVICES
+from mailstack.service import ServiceContext, limits_for
 from tests.helpers import free_port
 
 PASSWORD = "secret"

@@ -24,7 +24,7 @@ import pytest
 from mailstack import net
 from mailstack.config import Config, config_from_dict
 from mailstack.directory import Directory, Passwords
-from mailstack.serve import ServiceContext, limits_for
+from mailstack.service import ServiceContext, limits_for
 
 
 @dataclass

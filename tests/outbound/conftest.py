@@ -153,7 +153,7 @@ class Stack:
         import asyncio
 
         from mailstack import net
-        from mailstack.serve import ServiceContext, limits_for
+        from mailstack.service import ServiceContext, limits_for
 
         self.cfg = cfg
         net.ensure_certificate(cfg.tls, cfg.hostname)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from mailstack.smtp.queue_store import QueueStore
+from mailstack.queue import QueueStore
 from tests.dnsserver import TestDNS
 from tests.helpers import free_port
 from tests.outbound.conftest import REMOTE_IP, Remote

@@ -19,7 +19,7 @@ from mailstack.config import Config
 from mailstack.dns import DNSPythonResolver
 from mailstack.mail import dkim
 from mailstack.smtp.queue_runner import QueueRunner
-from mailstack.smtp.queue_store import QueueStore
+from mailstack.queue import QueueStore
 from tests.dnsserver import TestDNS
 from tests.helpers import free_port, require_tool, require_root
 from tests.outbound.conftest import REMOTE_IP, make_config

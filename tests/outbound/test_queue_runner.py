@@ -14,7 +14,7 @@ from mailstack.config import Config
 from mailstack.dns import DNSPythonResolver
 from mailstack.mail import dkim
 from mailstack.smtp.queue_runner import QueueRunner
-from mailstack.smtp.queue_store import QueueStore
+from mailstack.queue import QueueStore
 from tests.dnsserver import TestDNS
 from tests.outbound.conftest import Remote
 
@@ -235,7 +235,7 @@ def test_local_recipient_in_queue_goes_to_the_mda(cfg: Config, directory: Any) -
 
 
 def test_service_runner_wakes_on_notify(cfg: Config, remote: Remote, directory: Any) -> None:
-    from mailstack.smtp import queue_runner
+    from mailstack.queue import wake
 
     async def main() -> None:
         runner = runner_for(cfg, directory)
@@ -243,7 +243,7 @@ def test_service_runner_wakes_on_notify(cfg: Config, remote: Remote, directory: 
         try:
             await asyncio.sleep(0.3)
             QueueStore(cfg.queue.dir).enqueue("alice@example.test", ["x@remote.test"], MSG)
-            queue_runner.notify(cfg.queue.dir)
+            wake.notify(cfg.queue.dir)
             for _ in range(100):
                 if remote.messages:
                     break

@@ -259,7 +259,7 @@ def test_from_legit_variants_are_accepted(stack: Stack, remote: Remote, director
 
 
 def stack_queue(stack: Stack) -> list[str]:
-    from mailstack.smtp.queue_store import QueueStore
+    from mailstack.queue import QueueStore
 
     return QueueStore(stack.cfg.queue.dir).list()
 

@@ -26,9 +26,9 @@ import pytest
 from mailstack import net
 from mailstack.config import Config, config_from_dict
 from mailstack.directory import Directory, Passwords
-from mailstack.serve import ServiceContext
+from mailstack.queue import QueueStore
+from mailstack.service import ServiceContext, limits_for
 from mailstack.smtp import lmtp, mx
-from mailstack.smtp.queue_store import QueueStore
 from mailstack.storage import Maildir
 from tests.helpers import free_port
 
@@ -57,8 +57,6 @@ class MXServer:
         for name, start in (("smtp", mx.start), ("lmtp", lmtp.start)):
             if not self.config.listeners(name):
                 continue
-            from mailstack.serve import limits_for
-
             ctx = ServiceContext(config=self.config, directory=self.directory, tls=self.tls,
                                  limits=limits_for(self.config, name))
             self.services.append(self.call(start(ctx)))

@@ -153,7 +153,7 @@ def test_mail_log_has_the_results(mx_with_dns: Any, dns: TestDNS, remote_key: dk
 
 def test_submission_is_not_checked(dns: TestDNS, tmp_path: Path) -> None:
     """Our own users' mail (submission, authenticated) skips the checks; the MX does not."""
-    from mailstack.serve import ServiceContext, limits_for
+    from mailstack.service import ServiceContext, limits_for
     from mailstack.smtp import submission
     from tests.helpers import free_port
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mailstack.smtp.queue_store import QueueIdError, QueueStore
+from mailstack.queue import QueueIdError, QueueStore
 
 
 def test_enqueue_list_load_remove(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""The durable outbound spool: messages waiting for remote delivery (or a retry).
+"""The durable spool: messages waiting for remote delivery (or a retry, or a bounce).
 
-Only the store; the queue runner (retries, MX lookup, bounces) is built on top of it.
+The store and the per-message claims; the runner (``mailstack.smtp.queue_runner``:
+retries, MX lookup, bounces) is built on top of it, ``queue.wake`` wakes it.
 
 On-disk format, all in one flat directory ``[queue] dir``:
 
@@ -15,6 +16,8 @@ On-disk format, all in one flat directory ``[queue] dir``:
        "extra": {...}}
 
   ``sender`` ``""`` is the null reverse-path (a bounce). Unknown keys are kept.
+- ``.locks/<id>``: the claim of one message (``claim``): whoever holds an exclusive
+  ``flock`` on it works on that message; the file is only a lock, never data.
 - ``<id>`` is 18 upper-case hex digits: 13 of microseconds since the epoch, then 5
   random, so ids sort by arrival time and never repeat across processes.
 
@@ -37,36 +40,31 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mailstack.queue import wake
 from mailstack.storage.safeio import create_exclusive, fsync_dir, make_dirs, write_durable
 from mailstack.storage.tmpclean import TMP_MAX_AGE, is_stale
 
-__all__ = ["QueueStore", "QueuedEnvelope", "new_queue_id", "QueueIdError"]
+__all__ = ["LOCK_DIR", "QueueStore", "QueuedEnvelope", "QueueIdError", "claim", "new_queue_id", "release_claim"]
 
 _ID_RE = re.compile(r"^[0-9A-F]{18}$")
 # Temp files: enqueue's ".tmp-<id>-<hex>.msg|env"; write_durable's ".<name>.<pid>.<hex>.tmp".
 _TEMP_RE = re.compile(r"^\.tmp-[0-9A-F]{18}-[0-9a-f]+\.(?:msg|env)$|^\.[0-9A-F]{18}\.env\.\d+\.[0-9a-f]+\.tmp$")
 CLEAN_INTERVAL = 3600.0  # seconds between two looks for leftovers, per store
+LOCK_DIR = ".locks"
 
-
-WAKE_FILE = ".wake"  # runners watch its mtime; touched after every enqueue
-_ENQUEUE_HOOKS: list[Callable[[Path], None]] = []
-
-
-def on_enqueue(hook: Callable[[Path], None]) -> None:
-    """Call ``hook(queue_dir)`` after every durable enqueue in this process."""
-    if hook not in _ENQUEUE_HOOKS:
-        _ENQUEUE_HOOKS.append(hook)
 
 class QueueIdError(ValueError):
     """Not a well-formed queue id."""
@@ -172,23 +170,8 @@ class QueueStore:
                     pass
             raise
         fsync_dir(self.dir)
-        self._announce()
+        wake.announce(self.dir)
         return qid
-
-    def _announce(self) -> None:
-        """Wake queue runners: in this process through the hooks, in others through the
-        wake file whose mtime they watch (no fsync: a lost wake-up only waits for a scan)."""
-        try:
-            p = self.dir / WAKE_FILE
-            os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            os.utime(p)
-        except OSError:
-            pass
-        for hook in list(_ENQUEUE_HOOKS):
-            try:
-                hook(self.dir)
-            except Exception:  # a hook must never fail an enqueue that is already on disk
-                logging.getLogger(__name__).exception("queue: enqueue hook failed")
 
     def list(self) -> list[str]:
         """Ids of queued messages, oldest first (and, now and then, leftovers removed)."""
@@ -269,3 +252,32 @@ class QueueStore:
     @staticmethod
     def updated(env: QueuedEnvelope, **changes: Any) -> QueuedEnvelope:
         return replace(env, **changes)
+
+
+@contextlib.contextmanager
+def claim(queue_dir: Path, queue_id: str) -> Iterator[bool]:
+    """Exclusive, non-blocking claim of one message; yields False when someone else has it.
+
+    ``flock`` on ``<dir>/.locks/<id>``: several runners (processes, hosts sharing the
+    directory) and the CLI never work on one message at once; a crash drops the lock.
+    """
+    if not _ID_RE.match(queue_id):
+        raise QueueIdError(f"not a queue id: {queue_id!r}")
+    d = Path(queue_dir) / LOCK_DIR
+    d.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(d / queue_id, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def release_claim(queue_dir: Path, queue_id: str) -> None:
+    """Remove the lock file of a message that has left the queue (while still holding it)."""
+    with contextlib.suppress(OSError):
+        (Path(queue_dir) / LOCK_DIR / queue_id).unlink()
