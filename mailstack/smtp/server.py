@@ -121,24 +121,49 @@ class Handler(Protocol):
         ...
 
 
+# A session is not closed to make room until it has made no progress for this long.
+EVICT_AFTER = 1.0
+# A client address that lost a session to eviction may not evict others for this long, and
+# at most this many such addresses are remembered (oldest forgotten first).
+EVICTED_MEMORY = 60.0
+EVICTED_MAX = 10_000
+
+
 class ConnectionSet:
     """The live protocol instances of one service, to close them on stop."""
 
     def __init__(self) -> None:
         self.live: set[BaseSMTP] = set()
         self.closing = False
+        self._evicted: collections.OrderedDict[str, float] = collections.OrderedDict()  # ip -> when
+
+    def may_evict(self, ip: str | None) -> bool:
+        """False for an address that lost a session to eviction in the last ``EVICTED_MEMORY`` s."""
+        if ip is None:
+            return True
+        when = self._evicted.get(ip)
+        return when is None or asyncio.get_running_loop().time() - when >= EVICTED_MEMORY
 
     def evict_idle(self) -> bool:
         """Close the session that holds a slot with the least to show for it; False if none may go.
 
-        Never one inside DATA or a delivery (``busy``); sessions without a mail
-        transaction go first, then the one whose last progress (connect, or a command
-        other than the junk ones) is oldest.
+        Never one inside DATA or a delivery (``busy``), nor one that made progress in the
+        last ``EVICT_AFTER`` seconds (a newcomer at work is not closed for the next one).
+        Sessions without a mail transaction go first, then the one whose last progress
+        (connect, or a command other than the junk ones) is oldest. The victim's address
+        may not evict anyone itself for a while (``may_evict``): clients that reconnect at
+        once when closed cannot set off a chain of evictions that ends on a real sender.
         """
-        candidates = [p for p in self.live if p.evictable]
+        now = asyncio.get_running_loop().time()
+        candidates = [p for p in self.live if p.evictable and now - p.progress_at >= EVICT_AFTER]
         if not candidates:
             return False
         victim = min(candidates, key=lambda p: (p.txn.sender is not None, p.progress_at))
+        if victim.peer_ip is not None:
+            self._evicted[victim.peer_ip] = now
+            self._evicted.move_to_end(victim.peer_ip)
+            while len(self._evicted) > EVICTED_MAX:
+                self._evicted.popitem(last=False)
         victim.evict()
         return True
 
@@ -326,6 +351,7 @@ class BaseSMTP(SMTP):
                 # room for newcomers: a client within its per-IP cap displaces a session
                 # that only holds a slot (see module docstring)
                 if not (total_full and not ip_full and self.connections is not None
+                        and self.connections.may_evict(self.peer_ip)
                         and self.connections.evict_idle() and self.limits.acquire(self.peer_ip)):
                     self._refuse(transport, R.TOO_MANY_FROM_IP if ip_full else R.TOO_MANY_CONNECTIONS)
                     return

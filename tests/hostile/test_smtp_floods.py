@@ -102,7 +102,7 @@ def test_noop_tricklers_cannot_hold_the_mx(mx_factory: Any) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and sum(t.connects for t in tricklers) < 20:
             time.sleep(0.05)
-        time.sleep(0.5)  # every slot taken, trickling
+        time.sleep(1.5)  # every slot taken, trickling, and idle for longer than EVICT_AFTER
         for i in range(5):
             took = deliver(mx.port, f"127.0.2.{i + 1}")
             assert took < 10, f"a newcomer waited {took:.1f}s"

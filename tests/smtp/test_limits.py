@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from mailstack.smtp.server import EVICT_AFTER
+
 from tests.smtp.conftest import MXServer
 from tests.smtp.test_mx import MSG, Raw, session
 
@@ -186,6 +188,7 @@ def test_full_server_drops_the_idlest_session_for_a_newcomer(mx_factory: object)
     assert busy.cmd(b"EHLO a.example.org\r\n")[0] == 250
     assert busy.cmd(b"MAIL FROM:<s@example.org>\r\n")[0] == 250  # inside a transaction
     assert noop.cmd(b"NOOP\r\n")[0] == 250  # junk is no progress
+    time.sleep(EVICT_AFTER + 0.2)  # nobody has made progress for EVICT_AFTER
     new = raw_from(mx.port, "127.0.0.5")
     code, lines = new.reply()
     assert code == 220, lines  # got in
@@ -199,6 +202,43 @@ def test_full_server_drops_the_idlest_session_for_a_newcomer(mx_factory: object)
     for r in (noop, busy, new):
         r.close()
     assert new_messages(mx) == 1
+
+
+def test_sessions_at_work_are_not_evicted(mx_factory: object) -> None:
+    """Sessions that made progress within EVICT_AFTER stay: the newcomer gets 421 instead."""
+    mx = mx_factory(smtp={"max_connections": 2, "max_connections_per_ip": 2})  # type: ignore[operator]
+    held = [raw_from(mx.port, ip) for ip in ("127.0.0.2", "127.0.0.3")]
+    for r in held:
+        assert r.reply()[0] == 220
+        assert r.cmd(b"EHLO a.example.org\r\n")[0] == 250
+    new = raw_from(mx.port, "127.0.0.4")
+    code, lines = new.reply()
+    assert code == 421 and lines[0].startswith(b"421 4.7.0"), lines
+    for r in held:
+        assert r.cmd(b"NOOP\r\n")[0] == 250  # still there
+        r.close()
+    new.close()
+
+
+def test_an_evicted_address_cannot_evict_in_turn(mx_factory: object) -> None:
+    """A client closed to make room that reconnects at once finds no room (no chain of
+    evictions that could end on a real sender); another address still gets in."""
+    mx = mx_factory(smtp={"max_connections": 2, "max_connections_per_ip": 2})  # type: ignore[operator]
+    a = raw_from(mx.port, "127.0.0.2")
+    assert a.reply()[0] == 220
+    time.sleep(0.05)
+    b = raw_from(mx.port, "127.0.0.3")
+    assert b.reply()[0] == 220
+    time.sleep(EVICT_AFTER + 0.2)
+    c = raw_from(mx.port, "127.0.0.4")
+    assert c.reply()[0] == 220
+    assert read_until_closed(a)[0].startswith(b"421 4.7.0")  # the idlest made room
+    again = raw_from(mx.port, "127.0.0.2")  # a, back at once
+    code, lines = again.reply()
+    assert code == 421, lines
+    assert b.cmd(b"NOOP\r\n")[0] == 250  # b was not evicted for a
+    for r in (b, c, again):
+        r.close()
 
 
 def test_per_ip_cap_is_not_bypassed_by_eviction(mx_factory: object) -> None:
