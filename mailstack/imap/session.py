@@ -32,9 +32,9 @@ from __future__ import annotations
 import logging
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from mailstack.storage import Folder, Maildir, MessageInfo
 from mailstack.storage.errors import (
@@ -48,13 +48,14 @@ from mailstack.storage.errors import (
 )
 
 from . import states
+from .commands import COMMANDS, auth
+from .commands.auth import ENABLEABLE, parse_sasl_plain
+from .effects import Effect, Idle, Login, Logout, Output, SaslNeedResponse, StartTLS
 from .index import Entry, IndexCache, entry_from_message
 from .listmatch import compile_pattern
 from .mailbox import SYSTEM_FLAGS, MailboxView, folder_stamp
 from .message import ParsedMessage
 from .responses import (
-    Atom,
-    DataResponse,
     ImapError,
     Literal,
     Raw,
@@ -71,16 +72,12 @@ from .states import State
 from .types import (
     SearchKey,
     AppendArgs,
-    AuthenticateArgs,
     Command,
     CopyArgs,
-    EnableArgs,
     ExpungeArgs,
     FetchArgs,
     FetchAttribute,
-    IdArgs,
     ListArgs,
-    LoginArgs,
     MailboxArgs,
     QuotaRootArgs,
     RenameArgs,
@@ -91,8 +88,8 @@ from .types import (
 )
 
 __all__ = [
-    "Session", "SessionConfig", "Login", "StartTLS", "Idle", "Logout", "SaslNeedResponse", "Effect",
-    "SPECIAL_USE", "SUPPORTED", "parse_sasl_plain",
+    "Session", "SessionConfig", "UserInfo", "Login", "StartTLS", "Idle", "Logout", "SaslNeedResponse", "Effect",
+    "Output", "SPECIAL_USE", "SUPPORTED", "ENABLEABLE", "parse_sasl_plain",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,50 +104,7 @@ SUPPORTED = frozenset({
     "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE",
     "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED", "CONDSTORE",
 })
-# What ENABLE can turn on (RFC 5161 §3.1).
-ENABLEABLE = frozenset({"CONDSTORE"})
 _CHUNK = 64 * 1024  # FETCH output is yielded in pieces of about this size
-
-
-# ----------------------------------------------------------------------------- effects
-
-
-@dataclass(frozen=True)
-class Login:
-    """Check these credentials; then call ``login_ok`` or ``login_failed``."""
-
-    tag: str
-    username: str
-    password: str = field(repr=False)
-    mechanism: str
-
-
-@dataclass(frozen=True)
-class SaslNeedResponse:
-    """AUTHENTICATE PLAIN without SASL-IR: send ``+ `` and pass the next line to ``sasl_response``."""
-
-    tag: str
-
-
-@dataclass(frozen=True)
-class StartTLS:
-    """The tagged OK is out: start TLS now (RFC 3501 §6.2.1), then ``tls_started()``."""
-
-
-@dataclass(frozen=True)
-class Idle:
-    """``+ idling`` is out: wait for DONE or changes (``idle_updates``), then ``idle_done``."""
-
-    tag: str
-
-
-@dataclass(frozen=True)
-class Logout:
-    """The BYE and tagged OK are out: close the connection."""
-
-
-Effect = Union[Login, SaslNeedResponse, StartTLS, Idle, Logout]
-Output = Union[bytes, Effect]
 
 
 @dataclass(frozen=True)
@@ -170,20 +124,6 @@ class UserInfo:
     domain: str
     local: str
     quota_bytes: int | None = None
-
-
-def parse_sasl_plain(data: bytes) -> tuple[str, str] | None:
-    """RFC 4616: ``[authzid] NUL authcid NUL passwd``; None if malformed or authzid differs."""
-    parts = data.split(b"\0")
-    if len(parts) != 3:
-        return None
-    try:
-        authz, authc, pw = (p.decode("utf-8") for p in parts)
-    except UnicodeDecodeError:
-        return None
-    if not authc or (authz and authz != authc):
-        return None
-    return authc, pw
 
 
 def _uid_set(uids: Sequence[int]) -> str:
@@ -279,23 +219,24 @@ class Session:
     def run(self, cmd: Command) -> Iterator[Output]:
         """Execute one command: yields response bytes and effects (see module docstring)."""
         name = cmd.name
+        spec = COMMANDS.get(name)
+        legacy = getattr(self, "_cmd_" + name.lower(), None)
         if not states.is_allowed(self.state, name):
             yield bad(cmd.tag, f"{'UID ' if cmd.uid else ''}{name} not allowed now").to_bytes()
             return
-        handler = getattr(self, "_cmd_" + name.lower(), None)
-        if handler is None:  # pragma: no cover - grammar and table agree
+        if spec is None and legacy is None:  # pragma: no cover - grammar and table agree
             yield bad(cmd.tag, f"Unknown command {name}").to_bytes()
             return
         try:
-            yield from handler(cmd)
+            yield from (spec.handler(self, cmd) if spec is not None else legacy(cmd))  # type: ignore[misc]
         except ImapError as e:
-            yield from self._updates(cmd)
+            yield from self.updates(cmd)
             yield e.response(cmd.tag).to_bytes()
         except StorageError as e:
-            yield from self._updates(cmd)
+            yield from self.updates(cmd)
             yield _storage_error(e).response(cmd.tag).to_bytes()
 
-    def _updates(self, cmd: Command | None = None, *, force: bool = False) -> Iterator[bytes]:
+    def updates(self, cmd: Command | None = None, *, force: bool = False) -> Iterator[bytes]:
         """Untagged news about the selected mailbox (RFC 3501 §7.4.1 for EXPUNGE)."""
         if self._pending:
             yield b"".join(self._pending)
@@ -331,11 +272,11 @@ class Session:
         if out:
             yield b"".join(out)
 
-    def _done(self, cmd: Command, text: str = "Completed", code: str | None = None) -> Iterator[bytes]:
-        yield from self._updates(cmd)
+    def done(self, cmd: Command, text: str = "Completed", code: str | None = None) -> Iterator[bytes]:
+        yield from self.updates(cmd)
         yield ok(cmd.tag, text, code).to_bytes()
 
-    def _changed(self, folder: Folder) -> None:
+    def changed(self, folder: Folder) -> None:
         self.on_change(folder.path)
 
     # -- CONDSTORE (RFC 7162) -------------------------------------------------------------
@@ -343,7 +284,7 @@ class Session:
     def condstore(self) -> bool:
         return "CONDSTORE" in self.enabled
 
-    def _condstore_on(self) -> None:
+    def condstore_on(self) -> None:
         """A CONDSTORE-enabling command (RFC 7162 §3.1): with a mailbox selected, the client
         learns its HIGHESTMODSEQ now (untagged OK before the tagged response)."""
         if self.condstore:
@@ -354,115 +295,30 @@ class Session:
             highest = self.index.get(view.folder.path).reconcile(view.folder.state)
             self._pending.append(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % highest)
 
-    # -- any state ----------------------------------------------------------------------
-    def _cmd_capability(self, cmd: Command) -> Iterator[Output]:
-        yield DataResponse((Atom("CAPABILITY"), *[Atom(c) for c in self.capabilities()])).to_bytes()
-        yield ok(cmd.tag, "Capability completed").to_bytes()
-
-    def _cmd_noop(self, cmd: Command) -> Iterator[Output]:
-        yield from self._done(cmd, "NOOP completed")
-
-    def _cmd_check(self, cmd: Command) -> Iterator[Output]:
-        yield from self._done(cmd, "CHECK completed")
-
-    def _cmd_logout(self, cmd: Command) -> Iterator[Output]:
-        self.state = State.LOGOUT
-        yield b"* BYE Logging out\r\n" + ok(cmd.tag, "Logout completed").to_bytes()
-        yield Logout()
-
-    def _cmd_id(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, IdArgs)
-        if args.params:  # RFC 2971: remembered for the log only
-            self.client_id = dict(args.params)
-            log.debug("imap: client id %s", self.client_id)
-        yield b'* ID ("name" "mailstack" "vendor" "mailstack")\r\n'
-        yield from self._done(cmd, "ID completed")
-
-    # -- not authenticated --------------------------------------------------------------
-    def _cmd_starttls(self, cmd: Command) -> Iterator[Output]:
-        if self.tls_active or not self.config.tls_available:
-            yield bad(cmd.tag, "TLS not available now").to_bytes()
-            return
-        yield ok(cmd.tag, "Begin TLS negotiation now").to_bytes()
-        yield StartTLS()
-
+    # -- the adapter's calls back (see ``effects``) ----------------------------------------
     def tls_started(self) -> None:
         self.tls_active = True
 
-    def _cmd_login(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, LoginArgs)
-        if not self.login_allowed:  # RFC 3501 §6.2.3, §11.1
-            yield no(cmd.tag, "Plaintext authentication disallowed without TLS", "PRIVACYREQUIRED").to_bytes()
-            return
-        yield Login(cmd.tag, args.userid, args.password, "LOGIN")
-
-    def _cmd_authenticate(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, AuthenticateArgs)
-        if args.mechanism != "PLAIN":
-            yield no(cmd.tag, "Unsupported authentication mechanism").to_bytes()
-            return
-        if not self.login_allowed:
-            yield no(cmd.tag, "Plaintext authentication disallowed without TLS", "PRIVACYREQUIRED").to_bytes()
-            return
-        if args.initial_response is None:
-            yield SaslNeedResponse(cmd.tag)
-            return
-        yield from self.sasl_response(cmd.tag, args.initial_response)
-
     def sasl_response(self, tag: str, data: bytes | None) -> Iterator[Output]:
         """The client's AUTHENTICATE PLAIN response (None: it cancelled with ``*``)."""
-        if data is None:
-            yield bad(tag, "Authentication cancelled").to_bytes()  # RFC 3501 §6.2.2
-            return
-        creds = parse_sasl_plain(data)
-        if creds is None:
-            yield bad(tag, "Malformed PLAIN response").to_bytes()
-            return
-        yield Login(tag, creds[0], creds[1], "PLAIN")
+        return auth.sasl_response(self, tag, data)
 
     def login_failed(self, tag: str, temporary: bool = False) -> bytes:
-        if temporary:
-            return no(tag, "Temporary authentication failure, try again later", "UNAVAILABLE").to_bytes()
-        return no(tag, "Authentication failed", "AUTHENTICATIONFAILED").to_bytes()
+        return auth.login_failed(tag, temporary)
 
     def login_ok(self, tag: str, user: UserInfo) -> bytes:
         """Blocking (creates the Maildir and the special-use folders on first login)."""
-        maildir = Maildir.for_user(self.config.maildir_root, user.domain, user.local)
-        maildir.ensure()
-        for name in self.config.special_use:  # RFC 6154
-            if not maildir.has_folder(name):
-                try:
-                    maildir.create_folder(name)
-                    maildir.subscribe(name)
-                except FolderExists:
-                    pass
-                except StorageError as e:
-                    log.warning("imap: cannot create %s for %s: %s", name, user.address, e)
-        self.user, self.maildir = user, maildir
-        self.state = State.AUTHENTICATED
-        return ok(tag, "Logged in", "CAPABILITY " + " ".join(self.capabilities())).to_bytes()
+        return auth.login_ok(self, tag, user)
 
     # -- authenticated ------------------------------------------------------------------
     @property
-    def _md(self) -> Maildir:
+    def md(self) -> Maildir:
         assert self.maildir is not None
         return self.maildir
 
     def _cmd_namespace(self, cmd: Command) -> Iterator[Output]:
         yield b'* NAMESPACE (("" ".")) NIL NIL\r\n'  # RFC 2342: one personal namespace
-        yield from self._done(cmd, "NAMESPACE completed")
-
-    def _cmd_enable(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, EnableArgs)
-        # RFC 5161 §3.1: only extensions we support and that need enabling, not yet enabled
-        done = list(dict.fromkeys(c for c in args.capabilities if c in ENABLEABLE and c not in self.enabled))
-        self.enabled.update(done)
-        yield ("* ENABLED" + "".join(" " + c for c in done) + "\r\n").encode("ascii")
-        yield from self._done(cmd, "ENABLE completed")
+        yield from self.done(cmd, "NAMESPACE completed")
 
     def _cmd_select(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
@@ -471,7 +327,7 @@ class Session:
         self.view = None  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
         self.state = State.AUTHENTICATED
         try:
-            folder = self._md.folder(args.mailbox)
+            folder = self.md.folder(args.mailbox)
             stamp = folder_stamp(folder)
             st = folder.sync()
         except FolderNotFound:
@@ -513,8 +369,8 @@ class Session:
         name = args.mailbox.rstrip(".")  # RFC 3501 §6.3.3: a trailing delimiter is dropped
         if name.upper() == "INBOX":
             raise ImapError("NO", "INBOX always exists", "ALREADYEXISTS")
-        self._md.create_folder(name)
-        yield from self._done(cmd, "CREATE completed")
+        self.md.create_folder(name)
+        yield from self.done(cmd, "CREATE completed")
 
     def _cmd_delete(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
@@ -524,42 +380,42 @@ class Session:
         if self.view is not None and self.view.folder.name == args.mailbox:
             self.view = None
             self.state = State.AUTHENTICATED
-        self._md.delete_folder(args.mailbox)
+        self.md.delete_folder(args.mailbox)
         try:
-            self._md.unsubscribe(args.mailbox)
+            self.md.unsubscribe(args.mailbox)
         except StorageError:
             pass
-        yield from self._done(cmd, "DELETE completed")
+        yield from self.done(cmd, "DELETE completed")
 
     def _cmd_rename(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, RenameArgs)
-        self._md.rename_folder(args.old, args.new.rstrip("."))
+        self.md.rename_folder(args.old, args.new.rstrip("."))
         if self.view is not None and self.view.folder.name == args.old and args.old != "INBOX":
             self.view = None
             self.state = State.AUTHENTICATED
-        yield from self._done(cmd, "RENAME completed")
+        yield from self.done(cmd, "RENAME completed")
 
     def _cmd_subscribe(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, MailboxArgs)
-        self._md.subscribe(args.mailbox)
-        yield from self._done(cmd, "SUBSCRIBE completed")
+        self.md.subscribe(args.mailbox)
+        yield from self.done(cmd, "SUBSCRIBE completed")
 
     def _cmd_unsubscribe(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, MailboxArgs)
-        self._md.unsubscribe(args.mailbox)
-        yield from self._done(cmd, "UNSUBSCRIBE completed")
+        self.md.unsubscribe(args.mailbox)
+        yield from self.done(cmd, "UNSUBSCRIBE completed")
 
     # LIST / LSUB ---------------------------------------------------------------------
     def _cmd_list(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, ListArgs)
-        md = self._md
+        md = self.md
         if args.patterns == ("",) and not args.extended:  # RFC 3501 §6.3.8: the delimiter
             yield b'* LIST (\\Noselect) "." ""\r\n'
-            yield from self._done(cmd, "LIST completed")
+            yield from self.done(cmd, "LIST completed")
             return
         existing = md.list_folders()
         exists = set(existing)
@@ -609,12 +465,12 @@ class Session:
             if "STATUS" in args.returns and name in exists:  # RFC 5819
                 lines.append(self._status_line(name, args.status_items))
         yield b"".join(lines)
-        yield from self._done(cmd, "LIST completed")
+        yield from self.done(cmd, "LIST completed")
 
     def _cmd_lsub(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, ListArgs)
-        md = self._md
+        md = self.md
         regex = compile_pattern(args.reference, args.patterns[0])
         exists = set(md.list_folders())
         out: list[bytes] = []
@@ -623,13 +479,13 @@ class Session:
                 attrs = "" if name in exists else "\\Noselect"
                 out.append(b"* LSUB (" + attrs.encode() + b') "." ' + render_mailbox(name) + b"\r\n")
         yield b"".join(out)
-        yield from self._done(cmd, "LSUB completed")
+        yield from self.done(cmd, "LSUB completed")
 
     def _status_line(self, name: str, items: Sequence[str]) -> bytes:
         if self.view is not None and self.view.folder.name == name:
             folder = self.view.folder
         else:
-            folder = self._md.folder(name)
+            folder = self.md.folder(name)
         st = folder.sync()
         values: list[str] = []
         for item in items:
@@ -639,7 +495,7 @@ class Session:
                 floor = self.index.get(folder.path).claim_recent(st.uidvalidity, 0, False)
                 v = sum(1 for m in st.messages if m.uid > floor)
             elif item == "HIGHESTMODSEQ":  # RFC 7162 §3.1.6
-                self._condstore_on()
+                self.condstore_on()
                 v = self.index.get(folder.path).reconcile(st)
             elif item == "UIDNEXT":
                 v = st.uidnext
@@ -662,18 +518,18 @@ class Session:
         except FolderNotFound:
             raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT") from None
         yield line
-        yield from self._done(cmd, "STATUS completed")
+        yield from self.done(cmd, "STATUS completed")
 
     def _check_quota(self, extra: int) -> None:
         user = self.user
-        if user is not None and user.quota_bytes and not self._md.quota_check(extra, user.quota_bytes):
+        if user is not None and user.quota_bytes and not self.md.quota_check(extra, user.quota_bytes):
             raise ImapError("NO", "Quota exceeded", "OVERQUOTA")  # RFC 9208 §4.3.1 / RFC 5530
 
     def _cmd_append(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, AppendArgs)
         try:
-            folder = self._md.folder(args.mailbox)
+            folder = self.md.folder(args.mailbox)
         except FolderNotFound:
             raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.3.11
         if len(args.message) > self.config.append_limit:
@@ -684,13 +540,13 @@ class Session:
         uid = folder.append(args.message, sysf, args.internaldate, kws)
         validity = self.view.uidvalidity if (self.view and self.view.folder.path == folder.path) else \
             folder.state.uidvalidity
-        self._changed(folder)
-        yield from self._done(cmd, "APPEND completed", f"APPENDUID {validity} {uid}")  # RFC 4315 §3
+        self.changed(folder)
+        yield from self.done(cmd, "APPEND completed", f"APPENDUID {validity} {uid}")  # RFC 4315 §3
 
     # quota (RFC 9208) -------------------------------------------------------------------
     def _quota_line(self) -> bytes:
         assert self.user is not None
-        used, _count = self._md.quota_usage()
+        used, _count = self.md.quota_usage()
         limit = self.user.quota_bytes
         res = f"STORAGE {used // 1024} {limit // 1024}" if limit else ""
         return f'* QUOTA "" ({res})\r\n'.encode("ascii")
@@ -698,10 +554,10 @@ class Session:
     def _cmd_getquotaroot(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, MailboxArgs)
-        if not self._md.has_folder(args.mailbox):
+        if not self.md.has_folder(args.mailbox):
             raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT")
         yield b"* QUOTAROOT " + render_mailbox(args.mailbox) + b' ""\r\n' + self._quota_line()
-        yield from self._done(cmd, "GETQUOTAROOT completed")
+        yield from self.done(cmd, "GETQUOTAROOT completed")
 
     def _cmd_getquota(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
@@ -709,47 +565,50 @@ class Session:
         if args.root != "":
             raise ImapError("NO", "No such quota root", "NONEXISTENT")
         yield self._quota_line()
-        yield from self._done(cmd, "GETQUOTA completed")
+        yield from self.done(cmd, "GETQUOTA completed")
 
     def _cmd_setquota(self, cmd: Command) -> Iterator[Output]:
         raise ImapError("NO", "Quotas are set by the administrator", "NOPERM")
         yield b""  # pragma: no cover
 
     def _cmd_idle(self, cmd: Command) -> Iterator[Output]:
-        yield from self._updates(None)
+        yield from self.updates(None)
         yield b"+ idling\r\n"
         yield Idle(cmd.tag)
 
     def idle_updates(self) -> bytes:
         """Untagged news while idling (RFC 2177); blocking."""
-        return b"".join(self._updates(None))
+        return b"".join(self.updates(None))
 
     def idle_done(self, tag: str) -> bytes:
-        return b"".join(self._updates(None)) + ok(tag, "IDLE terminated").to_bytes()
+        return b"".join(self.updates(None)) + ok(tag, "IDLE terminated").to_bytes()
 
     # -- selected -----------------------------------------------------------------------
     @property
-    def _view(self) -> MailboxView:
+    def selected(self) -> MailboxView:
         assert self.view is not None
         return self.view
 
-    def _writable(self) -> None:
-        if self._view.readonly:
+    def require_writable(self) -> None:
+        if self.selected.readonly:
             raise ImapError("NO", "Mailbox is read-only", "READ-ONLY")
 
-    def _pairs(self, cmd: Command, seqs: Any) -> list[tuple[int, int]]:
+    def pairs(self, cmd: Command, seqs: Any) -> list[tuple[int, int]]:
         try:
-            return self._view.resolve(seqs, cmd.uid)
+            return self.selected.resolve(seqs, cmd.uid)
         except ValueError:
             raise ImapError("BAD", "Invalid message sequence number") from None
 
+    def _cmd_check(self, cmd: Command) -> Iterator[Output]:
+        yield from self.done(cmd, "CHECK completed")
+
     def _cmd_close(self, cmd: Command) -> Iterator[Output]:
-        view = self._view
+        view = self.selected
         if not view.readonly:  # RFC 3501 §6.4.2: expunge silently
             deleted = [m.uid for m in view.folder.sync().messages if "\\Deleted" in m.flags]
             if deleted:
                 view.folder.expunge(deleted)
-                self._changed(view.folder)
+                self.changed(view.folder)
         self.view = None
         self.state = State.AUTHENTICATED
         yield ok(cmd.tag, "CLOSE completed").to_bytes()
@@ -760,24 +619,24 @@ class Session:
         yield ok(cmd.tag, "UNSELECT completed").to_bytes()
 
     def _cmd_expunge(self, cmd: Command) -> Iterator[Output]:
-        view = self._view
-        self._writable()
+        view = self.selected
+        self.require_writable()
         only: set[int] | None = None
         if cmd.uid:  # RFC 4315 §2.1 UID EXPUNGE
             args = cmd.args
             assert isinstance(args, ExpungeArgs)
-            only = {u for _, u in self._pairs(cmd, args.sequence_set)}
+            only = {u for _, u in self.pairs(cmd, args.sequence_set)}
         deleted = [m.uid for m in view.folder.sync().messages
                    if "\\Deleted" in m.flags and (only is None or m.uid in only)]
         if deleted:
             view.folder.expunge(deleted)
-            self._changed(view.folder)
-        yield from self._updates(cmd, force=True)
+            self.changed(view.folder)
+        yield from self.updates(cmd, force=True)
         yield ok(cmd.tag, "EXPUNGE completed").to_bytes()
 
     # FETCH ------------------------------------------------------------------------------
     def _entry(self, info: MessageInfo, raw: bytes | None, load: Callable[[], bytes]) -> Entry:
-        idx = self.index.get(self._view.folder.path)
+        idx = self.index.get(self.selected.folder.path)
         if raw is not None:
             got = idx.get(info.base)
             if got is None:
@@ -789,15 +648,15 @@ class Session:
     def _cmd_fetch(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, FetchArgs)
-        view = self._view
+        view = self.selected
         folder = view.folder
-        pairs = self._pairs(cmd, args.sequence_set)
+        pairs = self.pairs(cmd, args.sequence_set)
         atts = list(args.attributes)
         if cmd.uid and not any(a.name == "UID" for a in atts):
             atts.insert(0, FetchAttribute("UID"))  # RFC 3501 §6.4.8
         idx = self.index.get(folder.path)
         if args.changedsince is not None or any(a.name == "MODSEQ" for a in atts):
-            self._condstore_on()  # RFC 7162 §3.1
+            self.condstore_on()  # RFC 7162 §3.1
         if args.changedsince is not None:  # RFC 7162 §3.1.4.1: only what changed; MODSEQ implied
             if not any(a.name == "MODSEQ" for a in atts):
                 atts.append(FetchAttribute("MODSEQ"))
@@ -876,8 +735,8 @@ class Session:
         if buf:
             yield b"".join(buf)
         if changed:
-            self._changed(folder)
-        yield from self._updates(cmd)
+            self.changed(folder)
+        yield from self.updates(cmd)
         if vanished:  # RFC 5530 EXPUNGEISSUED
             yield no(cmd.tag, "Some messages were expunged meanwhile", "EXPUNGEISSUED").to_bytes()
         else:
@@ -887,10 +746,10 @@ class Session:
     def _cmd_store(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, StoreArgs)
-        self._writable()
-        view = self._view
+        self.require_writable()
+        view = self.selected
         folder = view.folder
-        pairs = self._pairs(cmd, args.sequence_set)
+        pairs = self.pairs(cmd, args.sequence_set)
         given = {f for f in args.flags if f != "\\Recent"}
         bad_flags = [f for f in given if f.startswith("\\") and f not in SYSTEM_FLAGS]
         if bad_flags:
@@ -899,7 +758,7 @@ class Session:
         since = args.unchangedsince
         fresh = None
         if since is not None:  # RFC 7162 §3.1.3: compare with the modseqs as they are now
-            self._condstore_on()
+            self.condstore_on()
             fresh = folder.sync()
             idx.reconcile(fresh)
         condstore = self.condstore
@@ -952,17 +811,17 @@ class Session:
         if buf:
             yield b"".join(buf)
         if changed_infos:
-            self._changed(folder)
+            self.changed(folder)
         if modified:  # RFC 7162 §3.1.3
-            yield from self._done(cmd, "Conditional STORE failed", f"MODIFIED {_uid_set(modified)}")
+            yield from self.done(cmd, "Conditional STORE failed", f"MODIFIED {_uid_set(modified)}")
         else:
-            yield from self._done(cmd, "STORE completed")
+            yield from self.done(cmd, "STORE completed")
 
     # SEARCH -----------------------------------------------------------------------------
     def _cmd_search(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, SearchArgs)
-        view = self._view
+        view = self.selected
         folder = view.folder
         idx = self.index.get(folder.path)
         ctx = SearchContext(view.exists, view.max_uid)
@@ -970,7 +829,7 @@ class Session:
         key = args.key
         with_modseq = _has_modseq(key)
         if with_modseq:
-            self._condstore_on()  # RFC 7162 §3.1
+            self.condstore_on()  # RFC 7162 §3.1
         top_modseq = 0
         for i, uid in enumerate(view.uids):
             info = view.info(uid)
@@ -992,47 +851,47 @@ class Session:
         # RFC 7162 §3.1.5: with MODSEQ in the program, the highest modseq of what was found
         tail = f" (MODSEQ {top_modseq})" if with_modseq and found else ""
         yield ("* SEARCH" + "".join(f" {n}" for n in found) + tail + "\r\n").encode("ascii")
-        yield from self._done(cmd, "SEARCH completed")
+        yield from self.done(cmd, "SEARCH completed")
 
     # COPY / MOVE -----------------------------------------------------------------------
     def _target(self, name: str) -> Folder:
         try:
-            return self._md.folder(name)
+            return self.md.folder(name)
         except FolderNotFound:
             raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.4.7
 
     def _cmd_copy(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, CopyArgs)
-        view = self._view
-        pairs = self._pairs(cmd, args.sequence_set)
+        view = self.selected
+        pairs = self.pairs(cmd, args.sequence_set)
         target = self._target(args.mailbox)
         uids = [u for _, u in pairs]
         self._check_quota(sum(view.info(u).size for u in uids))
         moved = view.folder.copy_to(uids, target)
-        self._changed(target)
+        self.changed(target)
         code = None
         if moved:
             validity = target.sync().uidvalidity
             code = f"COPYUID {validity} {_uid_set([a for a, _ in moved])} {_uid_set([b for _, b in moved])}"
-        yield from self._done(cmd, "COPY completed", code)
+        yield from self.done(cmd, "COPY completed", code)
 
     def _cmd_move(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, CopyArgs)
-        self._writable()
-        view = self._view
-        pairs = self._pairs(cmd, args.sequence_set)
+        self.require_writable()
+        view = self.selected
+        pairs = self.pairs(cmd, args.sequence_set)
         target = self._target(args.mailbox)
         if target.path == view.folder.path:
             raise ImapError("NO", "Cannot move a message into its own mailbox", "CANNOT")
         moved = view.folder.move_to([u for _, u in pairs], target)
-        self._changed(target)
-        self._changed(view.folder)
+        self.changed(target)
+        self.changed(view.folder)
         if moved:  # RFC 6851 §4.3: COPYUID in an untagged OK, before the EXPUNGEs
             validity = target.sync().uidvalidity
             code = f"COPYUID {validity} {_uid_set([a for a, _ in moved])} {_uid_set([b for _, b in moved])}"
             yield ok(None, "Moved", code).to_bytes()
-        yield from self._updates(cmd, force=True)
+        yield from self.updates(cmd, force=True)
         yield ok(cmd.tag, "MOVE completed").to_bytes()
 

@@ -1,0 +1,61 @@
+"""The IMAP command table: command name -> handler and the states it may run in (RFC 3501 §6).
+
+One module per command family, each with a docstring citing its RFCs and a
+``HANDLERS: dict[str, Handler]``:
+
+- ``auth``: any state and not authenticated: CAPABILITY, NOOP, LOGOUT, ID, STARTTLS,
+  LOGIN, AUTHENTICATE, ENABLE (RFC 3501 §6.1, §6.2; RFC 2971; RFC 4616; RFC 5161)
+
+A handler is a generator ``handler(session, cmd)`` that yields response bytes and effects
+(``effects``); it raises ``ImapError`` (or a ``StorageError``) for a failure, and
+``Session.run`` turns that into the tagged response. Handlers do no I/O but storage.
+
+Which command may run in which state is said once, in ``states.ALLOWED``; ``COMMANDS``
+only joins each name to its handler and to the states that table gives it.
+
+Invariants: every command the grammar knows has exactly one handler and at least one
+state (``tests/imap/test_states.py``); no family names a command another one does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from ..effects import Output
+from ..states import State, states_of
+from ..types import Command
+from . import auth
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+__all__ = ["COMMANDS", "CommandSpec", "Handler"]
+
+Handler = Callable[["Session", Command], Iterator[Output]]
+
+_FAMILIES: tuple[Mapping[str, Handler], ...] = (auth.HANDLERS,)
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One row of the command table."""
+
+    name: str
+    handler: Handler
+    states: frozenset[State]
+
+
+def _table() -> Mapping[str, CommandSpec]:
+    out: dict[str, CommandSpec] = {}
+    for family in _FAMILIES:
+        for name, handler in family.items():
+            if name in out:  # pragma: no cover - a programming error, caught by the tests
+                raise RuntimeError(f"IMAP command {name} has two handlers")
+            out[name] = CommandSpec(name, handler, states_of(name))
+    return MappingProxyType(out)
+
+
+COMMANDS: Mapping[str, CommandSpec] = _table()
