@@ -30,7 +30,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +47,11 @@ from mailstack.storage.errors import (
 )
 
 from . import states
-from .commands import COMMANDS, auth
+from .commands import COMMANDS, auth, quota
+from .commands.listing import SPECIAL_USE
 from .commands.auth import ENABLEABLE, parse_sasl_plain
 from .effects import Effect, Idle, Login, Logout, Output, SaslNeedResponse, StartTLS
 from .index import Entry, IndexCache, entry_from_message
-from .listmatch import compile_pattern
 from .mailbox import SYSTEM_FLAGS, MailboxView, folder_stamp
 from .message import ParsedMessage
 from .responses import (
@@ -65,7 +64,6 @@ from .responses import (
     no,
     ok,
     render_flags,
-    render_mailbox,
 )
 from .search import SearchContext, body_text_of, matches
 from .states import State
@@ -77,13 +75,7 @@ from .types import (
     ExpungeArgs,
     FetchArgs,
     FetchAttribute,
-    ListArgs,
-    MailboxArgs,
-    QuotaRootArgs,
-    RenameArgs,
     SearchArgs,
-    SelectArgs,
-    StatusArgs,
     StoreArgs,
 )
 
@@ -94,10 +86,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Folders made at first login, with their RFC 6154 attribute.
-SPECIAL_USE: dict[str, str] = {
-    "Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive",
-}
 # What this server implements of the core's capability list (states.BASE_CAPABILITIES).
 SUPPORTED = frozenset({
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS",
@@ -316,215 +304,6 @@ class Session:
         assert self.maildir is not None
         return self.maildir
 
-    def _cmd_namespace(self, cmd: Command) -> Iterator[Output]:
-        yield b'* NAMESPACE (("" ".")) NIL NIL\r\n'  # RFC 2342: one personal namespace
-        yield from self.done(cmd, "NAMESPACE completed")
-
-    def _cmd_select(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, SelectArgs)
-        readonly = cmd.name == "EXAMINE"
-        self.view = None  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
-        self.state = State.AUTHENTICATED
-        try:
-            folder = self.md.folder(args.mailbox)
-            stamp = folder_stamp(folder)
-            st = folder.sync()
-        except FolderNotFound:
-            raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT") from None
-        view = MailboxView(folder, st, readonly=readonly)
-        view.stamp = stamp
-        idx = self.index.get(folder.path)
-        # RFC 3501 §2.3.2: SELECT takes the unclaimed messages as its \Recent; EXAMINE only looks
-        floor = idx.claim_recent(view.uidvalidity, view.max_uid, not readonly)
-        view.recent = set(view.uids[bisect_right(view.uids, floor):])
-        if args.condstore:  # RFC 7162 §3.2.5
-            self.enabled.add("CONDSTORE")
-        kws = view.keywords()
-        flag_list = " ".join(list(SYSTEM_FLAGS) + kws)
-        first_unseen = next((i + 1 for i, m in enumerate(st.messages) if "\\Seen" not in m.flags), None)
-        out = [
-            f"* FLAGS ({flag_list})\r\n",
-            f"* OK [PERMANENTFLAGS ({flag_list} \\*)] Flags permitted\r\n" if not readonly
-            else "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n",
-            f"* {view.exists} EXISTS\r\n",
-            f"* {len(view.recent)} RECENT\r\n",
-        ]
-        if first_unseen is not None:
-            out.append(f"* OK [UNSEEN {first_unseen}] First unseen\r\n")
-        out.append(f"* OK [UIDVALIDITY {view.uidvalidity}] UIDs valid\r\n")
-        out.append(f"* OK [UIDNEXT {view.uidnext}] Predicted next UID\r\n")
-        if self.condstore:  # RFC 7162 §3.1.2.1 (NOMODSEQ never: every folder has modseqs)
-            out.append(f"* OK [HIGHESTMODSEQ {idx.reconcile(st)}] Highest\r\n")
-        self.view = view
-        self.state = State.SELECTED
-        yield "".join(out).encode("ascii")
-        yield ok(cmd.tag, f"{cmd.name} completed", "READ-ONLY" if readonly else "READ-WRITE").to_bytes()
-
-    _cmd_examine = _cmd_select
-
-    def _cmd_create(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, MailboxArgs)
-        name = args.mailbox.rstrip(".")  # RFC 3501 §6.3.3: a trailing delimiter is dropped
-        if name.upper() == "INBOX":
-            raise ImapError("NO", "INBOX always exists", "ALREADYEXISTS")
-        self.md.create_folder(name)
-        yield from self.done(cmd, "CREATE completed")
-
-    def _cmd_delete(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, MailboxArgs)
-        if args.mailbox.upper() == "INBOX":
-            raise ImapError("NO", "INBOX cannot be deleted", "CANNOT")  # RFC 3501 §6.3.4
-        if self.view is not None and self.view.folder.name == args.mailbox:
-            self.view = None
-            self.state = State.AUTHENTICATED
-        self.md.delete_folder(args.mailbox)
-        try:
-            self.md.unsubscribe(args.mailbox)
-        except StorageError:
-            pass
-        yield from self.done(cmd, "DELETE completed")
-
-    def _cmd_rename(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, RenameArgs)
-        self.md.rename_folder(args.old, args.new.rstrip("."))
-        if self.view is not None and self.view.folder.name == args.old and args.old != "INBOX":
-            self.view = None
-            self.state = State.AUTHENTICATED
-        yield from self.done(cmd, "RENAME completed")
-
-    def _cmd_subscribe(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, MailboxArgs)
-        self.md.subscribe(args.mailbox)
-        yield from self.done(cmd, "SUBSCRIBE completed")
-
-    def _cmd_unsubscribe(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, MailboxArgs)
-        self.md.unsubscribe(args.mailbox)
-        yield from self.done(cmd, "UNSUBSCRIBE completed")
-
-    # LIST / LSUB ---------------------------------------------------------------------
-    def _cmd_list(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, ListArgs)
-        md = self.md
-        if args.patterns == ("",) and not args.extended:  # RFC 3501 §6.3.8: the delimiter
-            yield b'* LIST (\\Noselect) "." ""\r\n'
-            yield from self.done(cmd, "LIST completed")
-            return
-        existing = md.list_folders()
-        exists = set(existing)
-        subscribed = set(md.list_subscriptions())
-        names = set(existing)
-        for n in existing + list(subscribed):  # parents without a directory
-            parts = n.split(".")
-            for i in range(1, len(parts)):
-                names.add(".".join(parts[:i]))
-        children: set[str] = set()
-        for n in names:
-            if "." in n:
-                children.add(n.rsplit(".", 1)[0])
-        sub_children: set[str] = set()
-        for n in subscribed:
-            parts = n.split(".")
-            for i in range(1, len(parts)):
-                sub_children.add(".".join(parts[:i]))
-        regexes = [compile_pattern(args.reference, p) for p in args.patterns]
-        sel = args.selection
-        want_subscribed = "SUBSCRIBED" in sel or "SUBSCRIBED" in args.returns
-        lines: list[bytes] = []
-        for name in sorted(names, key=lambda n: (n != "INBOX", n)):
-            if not any(r.match(name) for r in regexes):
-                continue
-            attrs: list[str] = []
-            extra = b""
-            is_sub = name in subscribed
-            if name not in exists:
-                attrs.append("\\NonExistent" if args.extended else "\\Noselect")
-            if "SUBSCRIBED" in sel and not is_sub:
-                if "RECURSIVEMATCH" in sel and name in sub_children:  # RFC 5258 §3.5
-                    extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
-                else:
-                    continue
-            if name in exists or "\\NonExistent" not in attrs:
-                attrs.append("\\HasChildren" if name in children else "\\HasNoChildren")
-            special = SPECIAL_USE.get(name)
-            if special:
-                attrs.append(special)
-            if "SPECIAL-USE" in sel and not special:
-                continue
-            if want_subscribed and is_sub:
-                attrs.append("\\Subscribed")
-            lines.append(b"* LIST (" + " ".join(attrs).encode("ascii") + b') "." ' + render_mailbox(name) + extra
-                         + b"\r\n")
-            if "STATUS" in args.returns and name in exists:  # RFC 5819
-                lines.append(self._status_line(name, args.status_items))
-        yield b"".join(lines)
-        yield from self.done(cmd, "LIST completed")
-
-    def _cmd_lsub(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, ListArgs)
-        md = self.md
-        regex = compile_pattern(args.reference, args.patterns[0])
-        exists = set(md.list_folders())
-        out: list[bytes] = []
-        for name in md.list_subscriptions():
-            if regex.match(name):
-                attrs = "" if name in exists else "\\Noselect"
-                out.append(b"* LSUB (" + attrs.encode() + b') "." ' + render_mailbox(name) + b"\r\n")
-        yield b"".join(out)
-        yield from self.done(cmd, "LSUB completed")
-
-    def _status_line(self, name: str, items: Sequence[str]) -> bytes:
-        if self.view is not None and self.view.folder.name == name:
-            folder = self.view.folder
-        else:
-            folder = self.md.folder(name)
-        st = folder.sync()
-        values: list[str] = []
-        for item in items:
-            if item == "MESSAGES":
-                v = len(st.messages)
-            elif item == "RECENT":  # RFC 3501 §2.3.2: not yet claimed by a SELECT
-                floor = self.index.get(folder.path).claim_recent(st.uidvalidity, 0, False)
-                v = sum(1 for m in st.messages if m.uid > floor)
-            elif item == "HIGHESTMODSEQ":  # RFC 7162 §3.1.6
-                self.condstore_on()
-                v = self.index.get(folder.path).reconcile(st)
-            elif item == "UIDNEXT":
-                v = st.uidnext
-            elif item == "UIDVALIDITY":
-                v = st.uidvalidity
-            elif item == "UNSEEN":
-                v = sum(1 for m in st.messages if "\\Seen" not in m.flags)
-            elif item == "SIZE":  # RFC 8438
-                v = sum(m.vsize for m in st.messages)
-            else:
-                raise ImapError("BAD", f"STATUS item {item} not supported")
-            values.append(f"{item} {v}")
-        return b"* STATUS " + render_mailbox(name) + b" (" + " ".join(values).encode("ascii") + b")\r\n"
-
-    def _cmd_status(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, StatusArgs)
-        try:
-            line = self._status_line(args.mailbox, args.items)
-        except FolderNotFound:
-            raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT") from None
-        yield line
-        yield from self.done(cmd, "STATUS completed")
-
-    def _check_quota(self, extra: int) -> None:
-        user = self.user
-        if user is not None and user.quota_bytes and not self.md.quota_check(extra, user.quota_bytes):
-            raise ImapError("NO", "Quota exceeded", "OVERQUOTA")  # RFC 9208 §4.3.1 / RFC 5530
-
     def _cmd_append(self, cmd: Command) -> Iterator[Output]:
         args = cmd.args
         assert isinstance(args, AppendArgs)
@@ -534,7 +313,7 @@ class Session:
             raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.3.11
         if len(args.message) > self.config.append_limit:
             raise ImapError("NO", "Message too large", "TOOBIG")
-        self._check_quota(len(args.message))
+        quota.check_quota(self, len(args.message))
         sysf = [f for f in args.flags if f in SYSTEM_FLAGS]
         kws = [f for f in args.flags if not f.startswith("\\")]
         uid = folder.append(args.message, sysf, args.internaldate, kws)
@@ -542,34 +321,6 @@ class Session:
             folder.state.uidvalidity
         self.changed(folder)
         yield from self.done(cmd, "APPEND completed", f"APPENDUID {validity} {uid}")  # RFC 4315 §3
-
-    # quota (RFC 9208) -------------------------------------------------------------------
-    def _quota_line(self) -> bytes:
-        assert self.user is not None
-        used, _count = self.md.quota_usage()
-        limit = self.user.quota_bytes
-        res = f"STORAGE {used // 1024} {limit // 1024}" if limit else ""
-        return f'* QUOTA "" ({res})\r\n'.encode("ascii")
-
-    def _cmd_getquotaroot(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, MailboxArgs)
-        if not self.md.has_folder(args.mailbox):
-            raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT")
-        yield b"* QUOTAROOT " + render_mailbox(args.mailbox) + b' ""\r\n' + self._quota_line()
-        yield from self.done(cmd, "GETQUOTAROOT completed")
-
-    def _cmd_getquota(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, QuotaRootArgs)
-        if args.root != "":
-            raise ImapError("NO", "No such quota root", "NONEXISTENT")
-        yield self._quota_line()
-        yield from self.done(cmd, "GETQUOTA completed")
-
-    def _cmd_setquota(self, cmd: Command) -> Iterator[Output]:
-        raise ImapError("NO", "Quotas are set by the administrator", "NOPERM")
-        yield b""  # pragma: no cover
 
     def _cmd_idle(self, cmd: Command) -> Iterator[Output]:
         yield from self.updates(None)
@@ -598,25 +349,6 @@ class Session:
             return self.selected.resolve(seqs, cmd.uid)
         except ValueError:
             raise ImapError("BAD", "Invalid message sequence number") from None
-
-    def _cmd_check(self, cmd: Command) -> Iterator[Output]:
-        yield from self.done(cmd, "CHECK completed")
-
-    def _cmd_close(self, cmd: Command) -> Iterator[Output]:
-        view = self.selected
-        if not view.readonly:  # RFC 3501 §6.4.2: expunge silently
-            deleted = [m.uid for m in view.folder.sync().messages if "\\Deleted" in m.flags]
-            if deleted:
-                view.folder.expunge(deleted)
-                self.changed(view.folder)
-        self.view = None
-        self.state = State.AUTHENTICATED
-        yield ok(cmd.tag, "CLOSE completed").to_bytes()
-
-    def _cmd_unselect(self, cmd: Command) -> Iterator[Output]:
-        self.view = None
-        self.state = State.AUTHENTICATED
-        yield ok(cmd.tag, "UNSELECT completed").to_bytes()
 
     def _cmd_expunge(self, cmd: Command) -> Iterator[Output]:
         view = self.selected
@@ -867,7 +599,7 @@ class Session:
         pairs = self.pairs(cmd, args.sequence_set)
         target = self._target(args.mailbox)
         uids = [u for _, u in pairs]
-        self._check_quota(sum(view.info(u).size for u in uids))
+        quota.check_quota(self, sum(view.info(u).size for u in uids))
         moved = view.folder.copy_to(uids, target)
         self.changed(target)
         code = None

@@ -5,6 +5,10 @@ One module per command family, each with a docstring citing its RFCs and a
 
 - ``auth``: any state and not authenticated: CAPABILITY, NOOP, LOGOUT, ID, STARTTLS,
   LOGIN, AUTHENTICATE, ENABLE (RFC 3501 §6.1, §6.2; RFC 2971; RFC 4616; RFC 5161)
+- ``mailbox``: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE,
+  NAMESPACE, CHECK, CLOSE, UNSELECT (RFC 3501 §6.3, §6.4.1-2; RFC 2342; RFC 3691)
+- ``listing``: LIST, LSUB, STATUS (RFC 3501 §6.3.8-10; RFC 5258; RFC 5819; RFC 6154)
+- ``quota``: GETQUOTAROOT, GETQUOTA, SETQUOTA (RFC 9208)
 
 A handler is a generator ``handler(session, cmd)`` that yields response bytes and effects
 (``effects``); it raises ``ImapError`` (or a ``StorageError``) for a failure, and
@@ -27,7 +31,7 @@ from typing import TYPE_CHECKING
 from ..effects import Output
 from ..states import State, states_of
 from ..types import Command
-from . import auth
+from . import auth, listing, mailbox, quota
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -36,7 +40,7 @@ __all__ = ["COMMANDS", "CommandSpec", "Handler"]
 
 Handler = Callable[["Session", Command], Iterator[Output]]
 
-_FAMILIES: tuple[Mapping[str, Handler], ...] = (auth.HANDLERS,)
+_FAMILIES: tuple[Mapping[str, Handler], ...] = (auth.HANDLERS, mailbox.HANDLERS, listing.HANDLERS, quota.HANDLERS)
 
 
 @dataclass(frozen=True)
