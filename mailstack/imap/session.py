@@ -30,7 +30,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,12 +47,12 @@ from mailstack.storage.errors import (
 )
 
 from . import states
-from .commands import COMMANDS, auth, quota
+from .commands import COMMANDS, auth, idle
 from .commands.listing import SPECIAL_USE
 from .commands.auth import ENABLEABLE, parse_sasl_plain
 from .effects import Effect, Idle, Login, Logout, Output, SaslNeedResponse, StartTLS
 from .index import Entry, IndexCache, entry_from_message
-from .mailbox import SYSTEM_FLAGS, MailboxView, folder_stamp
+from .mailbox import MailboxView, folder_stamp
 from .message import ParsedMessage
 from .responses import (
     ImapError,
@@ -65,18 +65,11 @@ from .responses import (
     ok,
     render_flags,
 )
-from .search import SearchContext, body_text_of, matches
 from .states import State
 from .types import (
-    SearchKey,
-    AppendArgs,
     Command,
-    CopyArgs,
-    ExpungeArgs,
     FetchArgs,
     FetchAttribute,
-    SearchArgs,
-    StoreArgs,
 )
 
 __all__ = [
@@ -114,19 +107,6 @@ class UserInfo:
     quota_bytes: int | None = None
 
 
-def _uid_set(uids: Sequence[int]) -> str:
-    """A compact sequence set for COPYUID / APPENDUID (RFC 4315 §3), order kept."""
-    out: list[str] = []
-    i = 0
-    while i < len(uids):
-        j = i
-        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
-            j += 1
-        out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
 def _storage_error(e: StorageError) -> ImapError:
     """RFC 5530 response codes for storage failures."""
     if isinstance(e, UnsafeName):
@@ -141,29 +121,6 @@ def _storage_error(e: StorageError) -> ImapError:
         return ImapError("NO", "Mailbox is busy, try again", "INUSE")
     log.warning("imap: storage error: %s", e)
     return ImapError("NO", "Internal storage error", "SERVERBUG")
-
-
-def _has_modseq(key: SearchKey) -> bool:
-    return key.kind == "MODSEQ" or any(_has_modseq(c) for c in key.children)
-
-
-class _Searchable:
-    """A ``search.SearchableMessage`` whose headers come from the index."""
-
-    __slots__ = ("seq", "uid", "flags", "internaldate", "size", "modseq", "_entry", "_load")
-
-    def __init__(self, seq: int, uid: int, flags: frozenset[str], info: MessageInfo,
-                 entry: Callable[[], Entry], load: Callable[[], bytes], modseq: int = 0) -> None:
-        self.seq, self.uid, self.flags = seq, uid, flags
-        self.internaldate, self.size, self.modseq = info.internaldate, info.vsize, modseq
-        self._entry = entry
-        self._load = load
-
-    def headers(self) -> Sequence[tuple[str, str]]:
-        return self._entry().headers
-
-    def body_text(self) -> str:
-        return body_text_of(ParsedMessage(self._load()))
 
 
 class Session:
@@ -298,41 +255,18 @@ class Session:
         """Blocking (creates the Maildir and the special-use folders on first login)."""
         return auth.login_ok(self, tag, user)
 
+    def idle_updates(self) -> bytes:
+        """Untagged news while idling (RFC 2177); blocking."""
+        return idle.idle_updates(self)
+
+    def idle_done(self, tag: str) -> bytes:
+        return idle.idle_done(self, tag)
+
     # -- authenticated ------------------------------------------------------------------
     @property
     def md(self) -> Maildir:
         assert self.maildir is not None
         return self.maildir
-
-    def _cmd_append(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, AppendArgs)
-        try:
-            folder = self.md.folder(args.mailbox)
-        except FolderNotFound:
-            raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.3.11
-        if len(args.message) > self.config.append_limit:
-            raise ImapError("NO", "Message too large", "TOOBIG")
-        quota.check_quota(self, len(args.message))
-        sysf = [f for f in args.flags if f in SYSTEM_FLAGS]
-        kws = [f for f in args.flags if not f.startswith("\\")]
-        uid = folder.append(args.message, sysf, args.internaldate, kws)
-        validity = self.view.uidvalidity if (self.view and self.view.folder.path == folder.path) else \
-            folder.state.uidvalidity
-        self.changed(folder)
-        yield from self.done(cmd, "APPEND completed", f"APPENDUID {validity} {uid}")  # RFC 4315 §3
-
-    def _cmd_idle(self, cmd: Command) -> Iterator[Output]:
-        yield from self.updates(None)
-        yield b"+ idling\r\n"
-        yield Idle(cmd.tag)
-
-    def idle_updates(self) -> bytes:
-        """Untagged news while idling (RFC 2177); blocking."""
-        return b"".join(self.updates(None))
-
-    def idle_done(self, tag: str) -> bytes:
-        return b"".join(self.updates(None)) + ok(tag, "IDLE terminated").to_bytes()
 
     # -- selected -----------------------------------------------------------------------
     @property
@@ -349,22 +283,6 @@ class Session:
             return self.selected.resolve(seqs, cmd.uid)
         except ValueError:
             raise ImapError("BAD", "Invalid message sequence number") from None
-
-    def _cmd_expunge(self, cmd: Command) -> Iterator[Output]:
-        view = self.selected
-        self.require_writable()
-        only: set[int] | None = None
-        if cmd.uid:  # RFC 4315 §2.1 UID EXPUNGE
-            args = cmd.args
-            assert isinstance(args, ExpungeArgs)
-            only = {u for _, u in self.pairs(cmd, args.sequence_set)}
-        deleted = [m.uid for m in view.folder.sync().messages
-                   if "\\Deleted" in m.flags and (only is None or m.uid in only)]
-        if deleted:
-            view.folder.expunge(deleted)
-            self.changed(view.folder)
-        yield from self.updates(cmd, force=True)
-        yield ok(cmd.tag, "EXPUNGE completed").to_bytes()
 
     # FETCH ------------------------------------------------------------------------------
     def _entry(self, info: MessageInfo, raw: bytes | None, load: Callable[[], bytes]) -> Entry:
@@ -475,155 +393,5 @@ class Session:
             yield ok(cmd.tag, "FETCH completed").to_bytes()
 
     # STORE ------------------------------------------------------------------------------
-    def _cmd_store(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, StoreArgs)
-        self.require_writable()
-        view = self.selected
-        folder = view.folder
-        pairs = self.pairs(cmd, args.sequence_set)
-        given = {f for f in args.flags if f != "\\Recent"}
-        bad_flags = [f for f in given if f.startswith("\\") and f not in SYSTEM_FLAGS]
-        if bad_flags:
-            raise ImapError("BAD", f"Unknown system flag {bad_flags[0]}")
-        idx = self.index.get(folder.path)
-        since = args.unchangedsince
-        fresh = None
-        if since is not None:  # RFC 7162 §3.1.3: compare with the modseqs as they are now
-            self.condstore_on()
-            fresh = folder.sync()
-            idx.reconcile(fresh)
-        condstore = self.condstore
-        done: list[tuple[int, int, bool]] = []  # (seq, uid, flags changed)
-        modified: list[int] = []
-        changed_infos: list[MessageInfo] = []
-        for seq, uid in pairs:
-            info = view.info(uid)
-            if fresh is not None:
-                info = fresh.get(uid) or info
-                if since is not None and idx.modseq(uid) > since:
-                    modified.append(uid if cmd.uid else seq)
-                    continue
-            current = info.flags | info.keywords
-            if args.mode == "+":
-                new = current | given
-            elif args.mode == "-":
-                new = current - given
-            else:
-                new = frozenset(given)
-            if new != current:
-                sysf = [f for f in new if f in SYSTEM_FLAGS]
-                kws = sorted(f for f in new if not f.startswith("\\"))
-                try:
-                    info = folder.set_flags(uid, sysf, kws)
-                except MessageNotFound:
-                    continue
-                view.set_flags(uid, info)
-                changed_infos.append(info)
-                done.append((seq, uid, True))
-            elif fresh is not None and info != view.info(uid):
-                view.set_flags(uid, info)  # another process's change, now reported here
-                done.append((seq, uid, True))
-            else:
-                done.append((seq, uid, False))
-        if condstore and changed_infos:
-            idx.record(changed_infos)
-        buf: list[bytes] = []
-        for seq, uid, flag_change in done:
-            uid_part = b"UID %d " % uid if cmd.uid else b""
-            if condstore and (flag_change or not args.silent):
-                # RFC 7162 §3.1.3 / §3.2: MODSEQ in the FETCH, sent even for .SILENT when changed
-                flags = b"" if args.silent else b"FLAGS %s " % render_flags(view.flags_for(uid))
-                buf.append(b"* %d FETCH (%s%sMODSEQ (%d))\r\n" % (seq, uid_part, flags, idx.modseq(uid)))
-            elif not args.silent:  # RFC 3501 §6.4.6
-                buf.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, render_flags(view.flags_for(uid))))
-            if len(buf) >= 1000:
-                yield b"".join(buf)
-                buf = []
-        if buf:
-            yield b"".join(buf)
-        if changed_infos:
-            self.changed(folder)
-        if modified:  # RFC 7162 §3.1.3
-            yield from self.done(cmd, "Conditional STORE failed", f"MODIFIED {_uid_set(modified)}")
-        else:
-            yield from self.done(cmd, "STORE completed")
-
     # SEARCH -----------------------------------------------------------------------------
-    def _cmd_search(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, SearchArgs)
-        view = self.selected
-        folder = view.folder
-        idx = self.index.get(folder.path)
-        ctx = SearchContext(view.exists, view.max_uid)
-        found: list[int] = []
-        key = args.key
-        with_modseq = _has_modseq(key)
-        if with_modseq:
-            self.condstore_on()  # RFC 7162 §3.1
-        top_modseq = 0
-        for i, uid in enumerate(view.uids):
-            info = view.info(uid)
-
-            def load(u: int = uid) -> bytes:
-                try:
-                    return folder.read(u)
-                except MessageNotFound:
-                    return b""
-
-            def entry(inf: MessageInfo = info, ld: Callable[[], bytes] = load) -> Entry:
-                return idx.entry(inf.base, ld)
-
-            m = _Searchable(i + 1, uid, view.flags_for(uid), info, entry, load,
-                            idx.modseq(uid) if with_modseq else 0)
-            if matches(key, m, ctx):
-                found.append(uid if cmd.uid else i + 1)
-                top_modseq = max(top_modseq, m.modseq)
-        # RFC 7162 §3.1.5: with MODSEQ in the program, the highest modseq of what was found
-        tail = f" (MODSEQ {top_modseq})" if with_modseq and found else ""
-        yield ("* SEARCH" + "".join(f" {n}" for n in found) + tail + "\r\n").encode("ascii")
-        yield from self.done(cmd, "SEARCH completed")
-
     # COPY / MOVE -----------------------------------------------------------------------
-    def _target(self, name: str) -> Folder:
-        try:
-            return self.md.folder(name)
-        except FolderNotFound:
-            raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.4.7
-
-    def _cmd_copy(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, CopyArgs)
-        view = self.selected
-        pairs = self.pairs(cmd, args.sequence_set)
-        target = self._target(args.mailbox)
-        uids = [u for _, u in pairs]
-        quota.check_quota(self, sum(view.info(u).size for u in uids))
-        moved = view.folder.copy_to(uids, target)
-        self.changed(target)
-        code = None
-        if moved:
-            validity = target.sync().uidvalidity
-            code = f"COPYUID {validity} {_uid_set([a for a, _ in moved])} {_uid_set([b for _, b in moved])}"
-        yield from self.done(cmd, "COPY completed", code)
-
-    def _cmd_move(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, CopyArgs)
-        self.require_writable()
-        view = self.selected
-        pairs = self.pairs(cmd, args.sequence_set)
-        target = self._target(args.mailbox)
-        if target.path == view.folder.path:
-            raise ImapError("NO", "Cannot move a message into its own mailbox", "CANNOT")
-        moved = view.folder.move_to([u for _, u in pairs], target)
-        self.changed(target)
-        self.changed(view.folder)
-        if moved:  # RFC 6851 §4.3: COPYUID in an untagged OK, before the EXPUNGEs
-            validity = target.sync().uidvalidity
-            code = f"COPYUID {validity} {_uid_set([a for a, _ in moved])} {_uid_set([b for _, b in moved])}"
-            yield ok(None, "Moved", code).to_bytes()
-        yield from self.updates(cmd, force=True)
-        yield ok(cmd.tag, "MOVE completed").to_bytes()
-

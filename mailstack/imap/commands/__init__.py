@@ -9,6 +9,10 @@ One module per command family, each with a docstring citing its RFCs and a
   NAMESPACE, CHECK, CLOSE, UNSELECT (RFC 3501 §6.3, §6.4.1-2; RFC 2342; RFC 3691)
 - ``listing``: LIST, LSUB, STATUS (RFC 3501 §6.3.8-10; RFC 5258; RFC 5819; RFC 6154)
 - ``quota``: GETQUOTAROOT, GETQUOTA, SETQUOTA (RFC 9208)
+- ``store``: STORE, COPY, MOVE, EXPUNGE, APPEND (RFC 3501 §6.3.11, §6.4.3, §6.4.6-7;
+  RFC 4315; RFC 6851; RFC 7162 §3.1.3)
+- ``search``: SEARCH (RFC 3501 §6.4.4; RFC 7162 §3.1.5)
+- ``idle``: IDLE (RFC 2177)
 
 A handler is a generator ``handler(session, cmd)`` that yields response bytes and effects
 (``effects``); it raises ``ImapError`` (or a ``StorageError``) for a failure, and
@@ -31,7 +35,7 @@ from typing import TYPE_CHECKING
 from ..effects import Output
 from ..states import State, states_of
 from ..types import Command
-from . import auth, listing, mailbox, quota
+from . import auth, idle, listing, mailbox, quota, search, store
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -40,7 +44,10 @@ __all__ = ["COMMANDS", "CommandSpec", "Handler"]
 
 Handler = Callable[["Session", Command], Iterator[Output]]
 
-_FAMILIES: tuple[Mapping[str, Handler], ...] = (auth.HANDLERS, mailbox.HANDLERS, listing.HANDLERS, quota.HANDLERS)
+_FAMILIES: tuple[Mapping[str, Handler], ...] = (
+    auth.HANDLERS, mailbox.HANDLERS, listing.HANDLERS, quota.HANDLERS, store.HANDLERS, search.HANDLERS,
+    idle.HANDLERS,
+)
 
 
 @dataclass(frozen=True)
