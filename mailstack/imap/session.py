@@ -1,11 +1,16 @@
-"""Per-connection IMAP command execution over ``mailstack.storage`` (RFC 3501 §6).
+"""One IMAP connection's state, and the dispatch of its commands (RFC 3501 §3, §6).
 
 A ``Session`` holds the protocol state (``states.State``), the logged-in user's Maildir,
-the selected mailbox (``mailbox.MailboxView``) and the enabled extensions. ``run(cmd)`` is
-a generator: it yields response bytes (already CRLF-terminated, large FETCH results in
-chunks) and, where the adapter has work to do, an *effect*: ``Login`` (check a password),
-``StartTLS``, ``Idle``, ``SaslNeedResponse`` or ``Logout``. It may block on storage, so
-the asyncio adapter (``server``) steps it in a worker thread; it never touches a socket.
+the selected mailbox (``mailbox.MailboxView``) and the enabled extensions. ``run(cmd)``
+looks the command up in the command table (``commands.COMMANDS``: handler and allowed
+states, one module per command family) and runs its handler. It is a generator: it
+yields response bytes (already CRLF-terminated, large FETCH results in chunks) and,
+where the adapter has work to do, an *effect* (``effects``): ``Login`` (check a
+password), ``StartTLS``, ``Idle``, ``SaslNeedResponse`` or ``Logout``. It may block on
+storage, so the asyncio adapter (``server``) steps it in a worker thread; it never
+touches a socket. The handlers share what is here: ``updates``/``done`` (untagged news,
+then the tagged OK), ``changed`` (wake other sessions), ``condstore_on``, ``selected``,
+``md``, ``pairs``, ``require_writable``.
 
 Invariants:
 - Every command ends with exactly one tagged response; a command refused by the state
@@ -33,14 +38,12 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from mailstack.storage import Folder, Maildir, MessageInfo
+from mailstack.storage import Folder, Maildir
 from mailstack.storage.errors import (
     FolderExists,
     FolderNotFound,
     LockTimeout,
-    MessageNotFound,
     StorageError,
     TooManyKeywords,
     UnsafeName,
@@ -48,29 +51,14 @@ from mailstack.storage.errors import (
 
 from . import states
 from .commands import COMMANDS, auth, idle
-from .commands.listing import SPECIAL_USE
 from .commands.auth import ENABLEABLE, parse_sasl_plain
+from .commands.listing import SPECIAL_USE
 from .effects import Effect, Idle, Login, Logout, Output, SaslNeedResponse, StartTLS
-from .index import Entry, IndexCache, entry_from_message
+from .index import IndexCache
 from .mailbox import MailboxView, folder_stamp
-from .message import ParsedMessage
-from .responses import (
-    ImapError,
-    Literal,
-    Raw,
-    Value,
-    bad,
-    fetch_response,
-    no,
-    ok,
-    render_flags,
-)
+from .responses import ImapError, bad, ok
 from .states import State
-from .types import (
-    Command,
-    FetchArgs,
-    FetchAttribute,
-)
+from .types import Command, SequenceSet
 
 __all__ = [
     "Session", "SessionConfig", "UserInfo", "Login", "StartTLS", "Idle", "Logout", "SaslNeedResponse", "Effect",
@@ -85,7 +73,6 @@ SUPPORTED = frozenset({
     "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE",
     "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED", "CONDSTORE",
 })
-_CHUNK = 64 * 1024  # FETCH output is yielded in pieces of about this size
 
 
 @dataclass(frozen=True)
@@ -164,16 +151,12 @@ class Session:
     def run(self, cmd: Command) -> Iterator[Output]:
         """Execute one command: yields response bytes and effects (see module docstring)."""
         name = cmd.name
-        spec = COMMANDS.get(name)
-        legacy = getattr(self, "_cmd_" + name.lower(), None)
-        if not states.is_allowed(self.state, name):
+        spec = COMMANDS.get(name)  # every command the grammar knows is there (tests/imap/test_states.py)
+        if spec is None or self.state not in spec.states:  # RFC 3501 §6: BAD, nothing changes
             yield bad(cmd.tag, f"{'UID ' if cmd.uid else ''}{name} not allowed now").to_bytes()
             return
-        if spec is None and legacy is None:  # pragma: no cover - grammar and table agree
-            yield bad(cmd.tag, f"Unknown command {name}").to_bytes()
-            return
         try:
-            yield from (spec.handler(self, cmd) if spec is not None else legacy(cmd))  # type: ignore[misc]
+            yield from spec.handler(self, cmd)
         except ImapError as e:
             yield from self.updates(cmd)
             yield e.response(cmd.tag).to_bytes()
@@ -265,133 +248,24 @@ class Session:
     # -- authenticated ------------------------------------------------------------------
     @property
     def md(self) -> Maildir:
+        """The logged-in user's Maildir."""
         assert self.maildir is not None
         return self.maildir
 
     # -- selected -----------------------------------------------------------------------
     @property
     def selected(self) -> MailboxView:
+        """The selected mailbox (the state table lets only selected-state commands ask)."""
         assert self.view is not None
         return self.view
 
     def require_writable(self) -> None:
-        if self.selected.readonly:
+        if self.selected.readonly:  # RFC 3501 §6.3.2: EXAMINE selects read-only
             raise ImapError("NO", "Mailbox is read-only", "READ-ONLY")
 
-    def pairs(self, cmd: Command, seqs: Any) -> list[tuple[int, int]]:
+    def pairs(self, cmd: Command, seqs: SequenceSet) -> list[tuple[int, int]]:
+        """(sequence number, UID) of the messages ``seqs`` names (UIDs if ``cmd.uid``)."""
         try:
             return self.selected.resolve(seqs, cmd.uid)
         except ValueError:
             raise ImapError("BAD", "Invalid message sequence number") from None
-
-    # FETCH ------------------------------------------------------------------------------
-    def _entry(self, info: MessageInfo, raw: bytes | None, load: Callable[[], bytes]) -> Entry:
-        idx = self.index.get(self.selected.folder.path)
-        if raw is not None:
-            got = idx.get(info.base)
-            if got is None:
-                got = entry_from_message(ParsedMessage(raw))
-                idx.put(info.base, got)
-            return got
-        return idx.entry(info.base, load)
-
-    def _cmd_fetch(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, FetchArgs)
-        view = self.selected
-        folder = view.folder
-        pairs = self.pairs(cmd, args.sequence_set)
-        atts = list(args.attributes)
-        if cmd.uid and not any(a.name == "UID" for a in atts):
-            atts.insert(0, FetchAttribute("UID"))  # RFC 3501 §6.4.8
-        idx = self.index.get(folder.path)
-        if args.changedsince is not None or any(a.name == "MODSEQ" for a in atts):
-            self.condstore_on()  # RFC 7162 §3.1
-        if args.changedsince is not None:  # RFC 7162 §3.1.4.1: only what changed; MODSEQ implied
-            if not any(a.name == "MODSEQ" for a in atts):
-                atts.append(FetchAttribute("MODSEQ"))
-            since = args.changedsince
-            pairs = [(s, u) for s, u in pairs if idx.modseq(u) > since]
-        sets_seen = not view.readonly and any(a.sets_seen for a in atts)
-        needs_raw = any(a.section is not None or a.name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT") for a in atts)
-        has_flags = any(a.name == "FLAGS" for a in atts)
-        buf: list[bytes] = []
-        size = 0
-        vanished = 0
-        changed = False
-        for seq, uid in pairs:
-            info = view.info(uid)
-            raw: bytes | None = None
-            parsed: ParsedMessage | None = None
-            if needs_raw:
-                try:
-                    raw = folder.read(uid)
-                except MessageNotFound:
-                    vanished += 1
-                    continue
-                parsed = ParsedMessage(raw)
-            add_flags = False
-            if sets_seen and "\\Seen" not in info.flags:  # RFC 3501 §6.4.5
-                try:
-                    info = folder.set_flags(uid, info.flags | {"\\Seen"})
-                    view.set_flags(uid, info)
-                    changed = True
-                    add_flags = not has_flags
-                    if self.condstore:
-                        idx.record([info])
-                except MessageNotFound:
-                    vanished += 1
-                    continue
-            items: list[tuple[str, Value]] = []
-            entry: Entry | None = None
-            for a in atts:
-                n = a.name
-                if n == "UID":
-                    items.append(("UID", uid))
-                elif n == "FLAGS":
-                    items.append(("FLAGS", Raw(render_flags(view.flags_for(uid)))))
-                elif n == "INTERNALDATE":
-                    items.append(("INTERNALDATE", info.internaldate))
-                elif n == "RFC822.SIZE":
-                    items.append(("RFC822.SIZE", info.vsize))
-                elif n == "MODSEQ":  # RFC 7162 §3.1.4
-                    items.append(("MODSEQ", Raw(b"(%d)" % idx.modseq(uid))))
-                elif n in ("ENVELOPE", "BODYSTRUCTURE") or (n == "BODY" and a.section is None):
-                    if entry is None:
-                        try:
-                            entry = self._entry(info, raw, lambda u=uid: folder.read(u))  # type: ignore[misc]
-                        except MessageNotFound:
-                            break
-                    data = entry.envelope if n == "ENVELOPE" else entry.bodystructure if n == "BODYSTRUCTURE" \
-                        else entry.body
-                    items.append((n, Raw(data)))
-                else:
-                    assert parsed is not None
-                    sect = parsed.fetch_section(a)
-                    items.append((a.response_name(), Literal(sect if sect is not None else b"")))
-            else:
-                if add_flags:
-                    items.append(("FLAGS", Raw(render_flags(view.flags_for(uid)))))
-                    if self.condstore and not any(a.name == "MODSEQ" for a in atts):  # RFC 7162 §3.2
-                        items.append(("MODSEQ", Raw(b"(%d)" % idx.modseq(uid))))
-                line = fetch_response(seq, items)
-                buf.append(line)
-                size += len(line)
-                if size >= _CHUNK:
-                    yield b"".join(buf)
-                    buf, size = [], 0
-                continue
-            vanished += 1
-        if buf:
-            yield b"".join(buf)
-        if changed:
-            self.changed(folder)
-        yield from self.updates(cmd)
-        if vanished:  # RFC 5530 EXPUNGEISSUED
-            yield no(cmd.tag, "Some messages were expunged meanwhile", "EXPUNGEISSUED").to_bytes()
-        else:
-            yield ok(cmd.tag, "FETCH completed").to_bytes()
-
-    # STORE ------------------------------------------------------------------------------
-    # SEARCH -----------------------------------------------------------------------------
-    # COPY / MOVE -----------------------------------------------------------------------

@@ -67,3 +67,14 @@ def test_capabilities_after_tls_and_login() -> None:
     for ext in ("IDLE", "UIDPLUS", "MOVE", "NAMESPACE", "ID", "ENABLE", "UNSELECT", "SPECIAL-USE",
                 "LIST-EXTENDED", "LIST-STATUS", "LITERAL+", "CHILDREN", "CONDSTORE", "QUOTA", "SASL-IR"):
         assert ext in caps
+
+
+def test_command_table_joins_every_known_command_to_one_handler_and_its_states() -> None:
+    # the table in imap/commands takes its states from ALLOWED (one place) and adds the handler
+    from mailstack.imap.commands import COMMANDS
+
+    assert set(COMMANDS) == KNOWN_COMMANDS
+    for name, spec in COMMANDS.items():
+        assert spec.name == name and callable(spec.handler)
+        assert spec.states == {s for s in State if name in ALLOWED[s]}
+        assert State.LOGOUT not in spec.states and spec.states

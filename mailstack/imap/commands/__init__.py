@@ -11,6 +11,7 @@ One module per command family, each with a docstring citing its RFCs and a
 - ``quota``: GETQUOTAROOT, GETQUOTA, SETQUOTA (RFC 9208)
 - ``store``: STORE, COPY, MOVE, EXPUNGE, APPEND (RFC 3501 §6.3.11, §6.4.3, §6.4.6-7;
   RFC 4315; RFC 6851; RFC 7162 §3.1.3)
+- ``fetch``: FETCH, its items rendered from a table (RFC 3501 §6.4.5, §7.4.2; RFC 7162 §3.1.4)
 - ``search``: SEARCH (RFC 3501 §6.4.4; RFC 7162 §3.1.5)
 - ``idle``: IDLE (RFC 2177)
 
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 from ..effects import Output
 from ..states import State, states_of
 from ..types import Command
-from . import auth, idle, listing, mailbox, quota, search, store
+from . import auth, fetch, idle, listing, mailbox, quota, search, store
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -45,8 +46,8 @@ __all__ = ["COMMANDS", "CommandSpec", "Handler"]
 Handler = Callable[["Session", Command], Iterator[Output]]
 
 _FAMILIES: tuple[Mapping[str, Handler], ...] = (
-    auth.HANDLERS, mailbox.HANDLERS, listing.HANDLERS, quota.HANDLERS, store.HANDLERS, search.HANDLERS,
-    idle.HANDLERS,
+    auth.HANDLERS, mailbox.HANDLERS, listing.HANDLERS, quota.HANDLERS, fetch.HANDLERS, store.HANDLERS,
+    search.HANDLERS, idle.HANDLERS,
 )
 
 
