@@ -48,54 +48,50 @@ def _fetched(data: bytes) -> list[int]:
     b"(ENVELOPE BODY[TEXT])",       # sets \Seen
 ])
 def test_fetch_with_a_message_expunged_by_another_process(imap: IMAPServer, items: bytes) -> None:
-    s = _session(imap)
-    _expunge_elsewhere(imap, 2)
-    s.sendall(b"c FETCH 1:3 " + items + b"\r\n")
-    got = until(s, b"c")
-    assert _fetched(got) == [1, 3], got
-    assert re.search(rb"\r\nc NO \[EXPUNGEISSUED\] [^\r]*\r\n$", b"\r\n" + got), got
-    assert b"EXPUNGE\r\n" not in got  # RFC 3501 §7.4.1: not during FETCH
-    if b"BODY[TEXT]" in items:  # \Seen set on the two that were fetched (RFC 3501 §6.4.5)
-        assert got.count(b"\\Seen") == 2, got
-    s.sendall(b"d NOOP\r\n")
-    got = until(s, b"d")
-    assert b"* 2 EXPUNGE\r\n" in got and b"d OK" in got, got
-    s.sendall(b"e FETCH 1:* (FLAGS)\r\n")
-    got = until(s, b"e")
-    assert _fetched(got) == [1, 2] and b"e OK" in got, got
-    s.close()
+    with _session(imap) as s:
+        _expunge_elsewhere(imap, 2)
+        s.sendall(b"c FETCH 1:3 " + items + b"\r\n")
+        got = until(s, b"c")
+        assert _fetched(got) == [1, 3], got
+        assert re.search(rb"\r\nc NO \[EXPUNGEISSUED\] [^\r]*\r\n$", b"\r\n" + got), got
+        assert b"EXPUNGE\r\n" not in got  # RFC 3501 §7.4.1: not during FETCH
+        if b"BODY[TEXT]" in items:  # \Seen set on the two that were fetched (RFC 3501 §6.4.5)
+            assert got.count(b"\\Seen") == 2, got
+        s.sendall(b"d NOOP\r\n")
+        got = until(s, b"d")
+        assert b"* 2 EXPUNGE\r\n" in got and b"d OK" in got, got
+        s.sendall(b"e FETCH 1:* (FLAGS)\r\n")
+        got = until(s, b"e")
+        assert _fetched(got) == [1, 2] and b"e OK" in got, got
 
 
 def test_uid_fetch_with_a_message_expunged_by_another_process(imap: IMAPServer) -> None:
-    s = _session(imap)
-    _expunge_elsewhere(imap, 2)
-    s.sendall(b"c UID FETCH 1:3 (FLAGS ENVELOPE)\r\n")
-    got = until(s, b"c")
-    assert re.findall(rb"UID (\d+)", got) == [b"1", b"3"], got
-    # a UID command may be told at once (RFC 3501 §7.4.1), before its tagged response
-    assert b"* 2 EXPUNGE\r\n" in got and got.index(b"* 2 EXPUNGE") < got.index(b"c NO [EXPUNGEISSUED]"), got
-    s.close()
+    with _session(imap) as s:
+        _expunge_elsewhere(imap, 2)
+        s.sendall(b"c UID FETCH 1:3 (FLAGS ENVELOPE)\r\n")
+        got = until(s, b"c")
+        assert re.findall(rb"UID (\d+)", got) == [b"1", b"3"], got
+        # a UID command may be told at once (RFC 3501 §7.4.1), before its tagged response
+        assert b"* 2 EXPUNGE\r\n" in got and got.index(b"* 2 EXPUNGE") < got.index(b"c NO [EXPUNGEISSUED]"), got
 
 
 def test_fetch_with_every_message_gone_answers_no_and_keeps_the_session(imap: IMAPServer) -> None:
-    s = _session(imap, 2)
-    _expunge_elsewhere(imap, 1)
-    _expunge_elsewhere(imap, 2)
-    s.sendall(b"c FETCH 1:2 (ENVELOPE)\r\n")
-    got = until(s, b"c")
-    assert _fetched(got) == [] and b"c NO [EXPUNGEISSUED]" in got, got
-    s.sendall(b"d NOOP\r\n")
-    got = until(s, b"d")
-    assert got.count(b"EXPUNGE\r\n") == 2 and b"d OK" in got, got
-    s.close()
+    with _session(imap, 2) as s:
+        _expunge_elsewhere(imap, 1)
+        _expunge_elsewhere(imap, 2)
+        s.sendall(b"c FETCH 1:2 (ENVELOPE)\r\n")
+        got = until(s, b"c")
+        assert _fetched(got) == [] and b"c NO [EXPUNGEISSUED]" in got, got
+        s.sendall(b"d NOOP\r\n")
+        got = until(s, b"d")
+        assert got.count(b"EXPUNGE\r\n") == 2 and b"d OK" in got, got
 
 
 def test_fetch_that_sets_seen_reports_flags_it_was_not_asked_for(imap: IMAPServer) -> None:
-    s = _session(imap, 1)
-    s.sendall(b"c FETCH 1 (BODY[TEXT])\r\n")
-    got = until(s, b"c")
-    assert b"FLAGS (\\Seen \\Recent)" in got and b"c OK FETCH completed" in got, got
-    s.sendall(b"d FETCH 1 (BODY[TEXT])\r\n")  # already seen: no FLAGS this time
-    got = until(s, b"d")
-    assert b"FLAGS" not in got and b"d OK" in got, got
-    s.close()
+    with _session(imap, 1) as s:
+        s.sendall(b"c FETCH 1 (BODY[TEXT])\r\n")
+        got = until(s, b"c")
+        assert b"FLAGS (\\Seen \\Recent)" in got and b"c OK FETCH completed" in got, got
+        s.sendall(b"d FETCH 1 (BODY[TEXT])\r\n")  # already seen: no FLAGS this time
+        got = until(s, b"d")
+        assert b"FLAGS" not in got and b"d OK" in got, got
