@@ -11,6 +11,11 @@ The modules here take bytes in and give typed events and bytes out, in the style
 - ``message``: MIME structure of a message, ENVELOPE, BODY/BODYSTRUCTURE, BODY[section].
 - ``search``: evaluation of a parsed SEARCH program against a message model.
 
-Nothing in this package touches a socket, a file or the clock; the session and server
-layers (later) glue it to ``mailstack.storage``.
+- ``session``: one connection's state; ``run(cmd)`` dispatches through ``commands`` (the
+  command table and one module per command family) over ``mailstack.storage``, yielding
+  bytes and ``effects`` (password check, STARTTLS, IDLE, LOGOUT) for the adapter.
+
+Nothing here touches a socket or the clock; only ``session`` and ``commands`` touch
+files (through ``mailstack.storage`` and ``index``). ``server`` is the thin asyncio
+adapter that reads and writes the socket.
 """

@@ -1,11 +1,16 @@
-"""Per-connection IMAP command execution over ``mailstack.storage`` (RFC 3501 §6).
+"""One IMAP connection's state, and the dispatch of its commands (RFC 3501 §3, §6).
 
 A ``Session`` holds the protocol state (``states.State``), the logged-in user's Maildir,
-the selected mailbox (``mailbox.MailboxView``) and the enabled extensions. ``run(cmd)`` is
-a generator: it yields response bytes (already CRLF-terminated, large FETCH results in
-chunks) and, where the adapter has work to do, an *effect*: ``Login`` (check a password),
-``StartTLS``, ``Idle``, ``SaslNeedResponse`` or ``Logout``. It may block on storage, so
-the asyncio adapter (``server``) steps it in a worker thread; it never touches a socket.
+the selected mailbox (``mailbox.MailboxView``) and the enabled extensions. ``run(cmd)``
+looks the command up in the command table (``commands.COMMANDS``: handler and allowed
+states, one module per command family) and runs its handler. It is a generator: it
+yields response bytes (already CRLF-terminated, large FETCH results in chunks) and,
+where the adapter has work to do, an *effect* (``effects``): ``Login`` (check a
+password), ``StartTLS``, ``Idle``, ``SaslNeedResponse`` or ``Logout``. It may block on
+storage, so the asyncio adapter (``server``) steps it in a worker thread; it never
+touches a socket. The handlers share what is here: ``updates``/``done`` (untagged news,
+then the tagged OK), ``changed`` (wake other sessions), ``condstore_on``, ``selected``,
+``md``, ``pairs``, ``require_writable``.
 
 Invariants:
 - Every command ends with exactly one tagged response; a command refused by the state
@@ -30,127 +35,44 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from bisect import bisect_right
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
 
-from mailstack.storage import Folder, Maildir, MessageInfo
+from mailstack.storage import Folder, Maildir
 from mailstack.storage.errors import (
     FolderExists,
     FolderNotFound,
     LockTimeout,
-    MessageNotFound,
     StorageError,
     TooManyKeywords,
     UnsafeName,
 )
 
 from . import states
-from .index import Entry, IndexCache, entry_from_message
-from .listmatch import compile_pattern
-from .mailbox import SYSTEM_FLAGS, MailboxView, folder_stamp
-from .message import ParsedMessage
-from .responses import (
-    Atom,
-    DataResponse,
-    ImapError,
-    Literal,
-    Raw,
-    Value,
-    bad,
-    fetch_response,
-    no,
-    ok,
-    render_flags,
-    render_mailbox,
-)
-from .search import SearchContext, body_text_of, matches
+from .commands import COMMANDS, auth, idle
+from .commands.auth import ENABLEABLE, parse_sasl_plain
+from .commands.listing import SPECIAL_USE
+from .effects import Effect, Idle, Login, Logout, Output, SaslNeedResponse, StartTLS
+from .index import IndexCache
+from .mailbox import MailboxView, folder_stamp
+from .responses import ImapError, bad, ok
 from .states import State
-from .types import (
-    SearchKey,
-    AppendArgs,
-    AuthenticateArgs,
-    Command,
-    CopyArgs,
-    EnableArgs,
-    ExpungeArgs,
-    FetchArgs,
-    FetchAttribute,
-    IdArgs,
-    ListArgs,
-    LoginArgs,
-    MailboxArgs,
-    QuotaRootArgs,
-    RenameArgs,
-    SearchArgs,
-    SelectArgs,
-    StatusArgs,
-    StoreArgs,
-)
+from .types import Command, SequenceSet
 
 __all__ = [
-    "Session", "SessionConfig", "Login", "StartTLS", "Idle", "Logout", "SaslNeedResponse", "Effect",
-    "SPECIAL_USE", "SUPPORTED", "parse_sasl_plain",
+    "Session", "SessionConfig", "UserInfo", "Login", "StartTLS", "Idle", "Logout", "SaslNeedResponse", "Effect",
+    "Output", "SPECIAL_USE", "SUPPORTED", "ENABLEABLE", "parse_sasl_plain",
 ]
 
 log = logging.getLogger(__name__)
 
-# Folders made at first login, with their RFC 6154 attribute.
-SPECIAL_USE: dict[str, str] = {
-    "Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive",
-}
 # What this server implements of the core's capability list (states.BASE_CAPABILITIES).
 SUPPORTED = frozenset({
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS",
     "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE",
     "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED", "CONDSTORE",
 })
-# What ENABLE can turn on (RFC 5161 §3.1).
-ENABLEABLE = frozenset({"CONDSTORE"})
-_CHUNK = 64 * 1024  # FETCH output is yielded in pieces of about this size
-
-
-# ----------------------------------------------------------------------------- effects
-
-
-@dataclass(frozen=True)
-class Login:
-    """Check these credentials; then call ``login_ok`` or ``login_failed``."""
-
-    tag: str
-    username: str
-    password: str = field(repr=False)
-    mechanism: str
-
-
-@dataclass(frozen=True)
-class SaslNeedResponse:
-    """AUTHENTICATE PLAIN without SASL-IR: send ``+ `` and pass the next line to ``sasl_response``."""
-
-    tag: str
-
-
-@dataclass(frozen=True)
-class StartTLS:
-    """The tagged OK is out: start TLS now (RFC 3501 §6.2.1), then ``tls_started()``."""
-
-
-@dataclass(frozen=True)
-class Idle:
-    """``+ idling`` is out: wait for DONE or changes (``idle_updates``), then ``idle_done``."""
-
-    tag: str
-
-
-@dataclass(frozen=True)
-class Logout:
-    """The BYE and tagged OK are out: close the connection."""
-
-
-Effect = Union[Login, SaslNeedResponse, StartTLS, Idle, Logout]
-Output = Union[bytes, Effect]
 
 
 @dataclass(frozen=True)
@@ -172,33 +94,6 @@ class UserInfo:
     quota_bytes: int | None = None
 
 
-def parse_sasl_plain(data: bytes) -> tuple[str, str] | None:
-    """RFC 4616: ``[authzid] NUL authcid NUL passwd``; None if malformed or authzid differs."""
-    parts = data.split(b"\0")
-    if len(parts) != 3:
-        return None
-    try:
-        authz, authc, pw = (p.decode("utf-8") for p in parts)
-    except UnicodeDecodeError:
-        return None
-    if not authc or (authz and authz != authc):
-        return None
-    return authc, pw
-
-
-def _uid_set(uids: Sequence[int]) -> str:
-    """A compact sequence set for COPYUID / APPENDUID (RFC 4315 §3), order kept."""
-    out: list[str] = []
-    i = 0
-    while i < len(uids):
-        j = i
-        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
-            j += 1
-        out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
 def _storage_error(e: StorageError) -> ImapError:
     """RFC 5530 response codes for storage failures."""
     if isinstance(e, UnsafeName):
@@ -213,29 +108,6 @@ def _storage_error(e: StorageError) -> ImapError:
         return ImapError("NO", "Mailbox is busy, try again", "INUSE")
     log.warning("imap: storage error: %s", e)
     return ImapError("NO", "Internal storage error", "SERVERBUG")
-
-
-def _has_modseq(key: SearchKey) -> bool:
-    return key.kind == "MODSEQ" or any(_has_modseq(c) for c in key.children)
-
-
-class _Searchable:
-    """A ``search.SearchableMessage`` whose headers come from the index."""
-
-    __slots__ = ("seq", "uid", "flags", "internaldate", "size", "modseq", "_entry", "_load")
-
-    def __init__(self, seq: int, uid: int, flags: frozenset[str], info: MessageInfo,
-                 entry: Callable[[], Entry], load: Callable[[], bytes], modseq: int = 0) -> None:
-        self.seq, self.uid, self.flags = seq, uid, flags
-        self.internaldate, self.size, self.modseq = info.internaldate, info.vsize, modseq
-        self._entry = entry
-        self._load = load
-
-    def headers(self) -> Sequence[tuple[str, str]]:
-        return self._entry().headers
-
-    def body_text(self) -> str:
-        return body_text_of(ParsedMessage(self._load()))
 
 
 class Session:
@@ -279,23 +151,20 @@ class Session:
     def run(self, cmd: Command) -> Iterator[Output]:
         """Execute one command: yields response bytes and effects (see module docstring)."""
         name = cmd.name
-        if not states.is_allowed(self.state, name):
+        spec = COMMANDS.get(name)  # every command the grammar knows is there (tests/imap/test_states.py)
+        if spec is None or self.state not in spec.states:  # RFC 3501 §6: BAD, nothing changes
             yield bad(cmd.tag, f"{'UID ' if cmd.uid else ''}{name} not allowed now").to_bytes()
             return
-        handler = getattr(self, "_cmd_" + name.lower(), None)
-        if handler is None:  # pragma: no cover - grammar and table agree
-            yield bad(cmd.tag, f"Unknown command {name}").to_bytes()
-            return
         try:
-            yield from handler(cmd)
+            yield from spec.handler(self, cmd)
         except ImapError as e:
-            yield from self._updates(cmd)
+            yield from self.updates(cmd)
             yield e.response(cmd.tag).to_bytes()
         except StorageError as e:
-            yield from self._updates(cmd)
+            yield from self.updates(cmd)
             yield _storage_error(e).response(cmd.tag).to_bytes()
 
-    def _updates(self, cmd: Command | None = None, *, force: bool = False) -> Iterator[bytes]:
+    def updates(self, cmd: Command | None = None, *, force: bool = False) -> Iterator[bytes]:
         """Untagged news about the selected mailbox (RFC 3501 §7.4.1 for EXPUNGE)."""
         if self._pending:
             yield b"".join(self._pending)
@@ -331,11 +200,11 @@ class Session:
         if out:
             yield b"".join(out)
 
-    def _done(self, cmd: Command, text: str = "Completed", code: str | None = None) -> Iterator[bytes]:
-        yield from self._updates(cmd)
+    def done(self, cmd: Command, text: str = "Completed", code: str | None = None) -> Iterator[bytes]:
+        yield from self.updates(cmd)
         yield ok(cmd.tag, text, code).to_bytes()
 
-    def _changed(self, folder: Folder) -> None:
+    def changed(self, folder: Folder) -> None:
         self.on_change(folder.path)
 
     # -- CONDSTORE (RFC 7162) -------------------------------------------------------------
@@ -343,7 +212,7 @@ class Session:
     def condstore(self) -> bool:
         return "CONDSTORE" in self.enabled
 
-    def _condstore_on(self) -> None:
+    def condstore_on(self) -> None:
         """A CONDSTORE-enabling command (RFC 7162 §3.1): with a mailbox selected, the client
         learns its HIGHESTMODSEQ now (untagged OK before the tagged response)."""
         if self.condstore:
@@ -354,685 +223,49 @@ class Session:
             highest = self.index.get(view.folder.path).reconcile(view.folder.state)
             self._pending.append(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % highest)
 
-    # -- any state ----------------------------------------------------------------------
-    def _cmd_capability(self, cmd: Command) -> Iterator[Output]:
-        yield DataResponse((Atom("CAPABILITY"), *[Atom(c) for c in self.capabilities()])).to_bytes()
-        yield ok(cmd.tag, "Capability completed").to_bytes()
-
-    def _cmd_noop(self, cmd: Command) -> Iterator[Output]:
-        yield from self._done(cmd, "NOOP completed")
-
-    def _cmd_check(self, cmd: Command) -> Iterator[Output]:
-        yield from self._done(cmd, "CHECK completed")
-
-    def _cmd_logout(self, cmd: Command) -> Iterator[Output]:
-        self.state = State.LOGOUT
-        yield b"* BYE Logging out\r\n" + ok(cmd.tag, "Logout completed").to_bytes()
-        yield Logout()
-
-    def _cmd_id(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, IdArgs)
-        if args.params:  # RFC 2971: remembered for the log only
-            self.client_id = dict(args.params)
-            log.debug("imap: client id %s", self.client_id)
-        yield b'* ID ("name" "mailstack" "vendor" "mailstack")\r\n'
-        yield from self._done(cmd, "ID completed")
-
-    # -- not authenticated --------------------------------------------------------------
-    def _cmd_starttls(self, cmd: Command) -> Iterator[Output]:
-        if self.tls_active or not self.config.tls_available:
-            yield bad(cmd.tag, "TLS not available now").to_bytes()
-            return
-        yield ok(cmd.tag, "Begin TLS negotiation now").to_bytes()
-        yield StartTLS()
-
+    # -- the adapter's calls back (see ``effects``) ----------------------------------------
     def tls_started(self) -> None:
         self.tls_active = True
 
-    def _cmd_login(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, LoginArgs)
-        if not self.login_allowed:  # RFC 3501 §6.2.3, §11.1
-            yield no(cmd.tag, "Plaintext authentication disallowed without TLS", "PRIVACYREQUIRED").to_bytes()
-            return
-        yield Login(cmd.tag, args.userid, args.password, "LOGIN")
-
-    def _cmd_authenticate(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, AuthenticateArgs)
-        if args.mechanism != "PLAIN":
-            yield no(cmd.tag, "Unsupported authentication mechanism").to_bytes()
-            return
-        if not self.login_allowed:
-            yield no(cmd.tag, "Plaintext authentication disallowed without TLS", "PRIVACYREQUIRED").to_bytes()
-            return
-        if args.initial_response is None:
-            yield SaslNeedResponse(cmd.tag)
-            return
-        yield from self.sasl_response(cmd.tag, args.initial_response)
-
     def sasl_response(self, tag: str, data: bytes | None) -> Iterator[Output]:
         """The client's AUTHENTICATE PLAIN response (None: it cancelled with ``*``)."""
-        if data is None:
-            yield bad(tag, "Authentication cancelled").to_bytes()  # RFC 3501 §6.2.2
-            return
-        creds = parse_sasl_plain(data)
-        if creds is None:
-            yield bad(tag, "Malformed PLAIN response").to_bytes()
-            return
-        yield Login(tag, creds[0], creds[1], "PLAIN")
+        return auth.sasl_response(self, tag, data)
 
     def login_failed(self, tag: str, temporary: bool = False) -> bytes:
-        if temporary:
-            return no(tag, "Temporary authentication failure, try again later", "UNAVAILABLE").to_bytes()
-        return no(tag, "Authentication failed", "AUTHENTICATIONFAILED").to_bytes()
+        return auth.login_failed(tag, temporary)
 
     def login_ok(self, tag: str, user: UserInfo) -> bytes:
         """Blocking (creates the Maildir and the special-use folders on first login)."""
-        maildir = Maildir.for_user(self.config.maildir_root, user.domain, user.local)
-        maildir.ensure()
-        for name in self.config.special_use:  # RFC 6154
-            if not maildir.has_folder(name):
-                try:
-                    maildir.create_folder(name)
-                    maildir.subscribe(name)
-                except FolderExists:
-                    pass
-                except StorageError as e:
-                    log.warning("imap: cannot create %s for %s: %s", name, user.address, e)
-        self.user, self.maildir = user, maildir
-        self.state = State.AUTHENTICATED
-        return ok(tag, "Logged in", "CAPABILITY " + " ".join(self.capabilities())).to_bytes()
-
-    # -- authenticated ------------------------------------------------------------------
-    @property
-    def _md(self) -> Maildir:
-        assert self.maildir is not None
-        return self.maildir
-
-    def _cmd_namespace(self, cmd: Command) -> Iterator[Output]:
-        yield b'* NAMESPACE (("" ".")) NIL NIL\r\n'  # RFC 2342: one personal namespace
-        yield from self._done(cmd, "NAMESPACE completed")
-
-    def _cmd_enable(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, EnableArgs)
-        # RFC 5161 §3.1: only extensions we support and that need enabling, not yet enabled
-        done = list(dict.fromkeys(c for c in args.capabilities if c in ENABLEABLE and c not in self.enabled))
-        self.enabled.update(done)
-        yield ("* ENABLED" + "".join(" " + c for c in done) + "\r\n").encode("ascii")
-        yield from self._done(cmd, "ENABLE completed")
-
-    def _cmd_select(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, SelectArgs)
-        readonly = cmd.name == "EXAMINE"
-        self.view = None  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
-        self.state = State.AUTHENTICATED
-        try:
-            folder = self._md.folder(args.mailbox)
-            stamp = folder_stamp(folder)
-            st = folder.sync()
-        except FolderNotFound:
-            raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT") from None
-        view = MailboxView(folder, st, readonly=readonly)
-        view.stamp = stamp
-        idx = self.index.get(folder.path)
-        # RFC 3501 §2.3.2: SELECT takes the unclaimed messages as its \Recent; EXAMINE only looks
-        floor = idx.claim_recent(view.uidvalidity, view.max_uid, not readonly)
-        view.recent = set(view.uids[bisect_right(view.uids, floor):])
-        if args.condstore:  # RFC 7162 §3.2.5
-            self.enabled.add("CONDSTORE")
-        kws = view.keywords()
-        flag_list = " ".join(list(SYSTEM_FLAGS) + kws)
-        first_unseen = next((i + 1 for i, m in enumerate(st.messages) if "\\Seen" not in m.flags), None)
-        out = [
-            f"* FLAGS ({flag_list})\r\n",
-            f"* OK [PERMANENTFLAGS ({flag_list} \\*)] Flags permitted\r\n" if not readonly
-            else "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n",
-            f"* {view.exists} EXISTS\r\n",
-            f"* {len(view.recent)} RECENT\r\n",
-        ]
-        if first_unseen is not None:
-            out.append(f"* OK [UNSEEN {first_unseen}] First unseen\r\n")
-        out.append(f"* OK [UIDVALIDITY {view.uidvalidity}] UIDs valid\r\n")
-        out.append(f"* OK [UIDNEXT {view.uidnext}] Predicted next UID\r\n")
-        if self.condstore:  # RFC 7162 §3.1.2.1 (NOMODSEQ never: every folder has modseqs)
-            out.append(f"* OK [HIGHESTMODSEQ {idx.reconcile(st)}] Highest\r\n")
-        self.view = view
-        self.state = State.SELECTED
-        yield "".join(out).encode("ascii")
-        yield ok(cmd.tag, f"{cmd.name} completed", "READ-ONLY" if readonly else "READ-WRITE").to_bytes()
-
-    _cmd_examine = _cmd_select
-
-    def _cmd_create(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, MailboxArgs)
-        name = args.mailbox.rstrip(".")  # RFC 3501 §6.3.3: a trailing delimiter is dropped
-        if name.upper() == "INBOX":
-            raise ImapError("NO", "INBOX always exists", "ALREADYEXISTS")
-        self._md.create_folder(name)
-        yield from self._done(cmd, "CREATE completed")
-
-    def _cmd_delete(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, MailboxArgs)
-        if args.mailbox.upper() == "INBOX":
-            raise ImapError("NO", "INBOX cannot be deleted", "CANNOT")  # RFC 3501 §6.3.4
-        if self.view is not None and self.view.folder.name == args.mailbox:
-            self.view = None
-            self.state = State.AUTHENTICATED
-        self._md.delete_folder(args.mailbox)
-        try:
-            self._md.unsubscribe(args.mailbox)
-        except StorageError:
-            pass
-        yield from self._done(cmd, "DELETE completed")
-
-    def _cmd_rename(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, RenameArgs)
-        self._md.rename_folder(args.old, args.new.rstrip("."))
-        if self.view is not None and self.view.folder.name == args.old and args.old != "INBOX":
-            self.view = None
-            self.state = State.AUTHENTICATED
-        yield from self._done(cmd, "RENAME completed")
-
-    def _cmd_subscribe(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, MailboxArgs)
-        self._md.subscribe(args.mailbox)
-        yield from self._done(cmd, "SUBSCRIBE completed")
-
-    def _cmd_unsubscribe(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, MailboxArgs)
-        self._md.unsubscribe(args.mailbox)
-        yield from self._done(cmd, "UNSUBSCRIBE completed")
-
-    # LIST / LSUB ---------------------------------------------------------------------
-    def _cmd_list(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, ListArgs)
-        md = self._md
-        if args.patterns == ("",) and not args.extended:  # RFC 3501 §6.3.8: the delimiter
-            yield b'* LIST (\\Noselect) "." ""\r\n'
-            yield from self._done(cmd, "LIST completed")
-            return
-        existing = md.list_folders()
-        exists = set(existing)
-        subscribed = set(md.list_subscriptions())
-        names = set(existing)
-        for n in existing + list(subscribed):  # parents without a directory
-            parts = n.split(".")
-            for i in range(1, len(parts)):
-                names.add(".".join(parts[:i]))
-        children: set[str] = set()
-        for n in names:
-            if "." in n:
-                children.add(n.rsplit(".", 1)[0])
-        sub_children: set[str] = set()
-        for n in subscribed:
-            parts = n.split(".")
-            for i in range(1, len(parts)):
-                sub_children.add(".".join(parts[:i]))
-        regexes = [compile_pattern(args.reference, p) for p in args.patterns]
-        sel = args.selection
-        want_subscribed = "SUBSCRIBED" in sel or "SUBSCRIBED" in args.returns
-        lines: list[bytes] = []
-        for name in sorted(names, key=lambda n: (n != "INBOX", n)):
-            if not any(r.match(name) for r in regexes):
-                continue
-            attrs: list[str] = []
-            extra = b""
-            is_sub = name in subscribed
-            if name not in exists:
-                attrs.append("\\NonExistent" if args.extended else "\\Noselect")
-            if "SUBSCRIBED" in sel and not is_sub:
-                if "RECURSIVEMATCH" in sel and name in sub_children:  # RFC 5258 §3.5
-                    extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
-                else:
-                    continue
-            if name in exists or "\\NonExistent" not in attrs:
-                attrs.append("\\HasChildren" if name in children else "\\HasNoChildren")
-            special = SPECIAL_USE.get(name)
-            if special:
-                attrs.append(special)
-            if "SPECIAL-USE" in sel and not special:
-                continue
-            if want_subscribed and is_sub:
-                attrs.append("\\Subscribed")
-            lines.append(b"* LIST (" + " ".join(attrs).encode("ascii") + b') "." ' + render_mailbox(name) + extra
-                         + b"\r\n")
-            if "STATUS" in args.returns and name in exists:  # RFC 5819
-                lines.append(self._status_line(name, args.status_items))
-        yield b"".join(lines)
-        yield from self._done(cmd, "LIST completed")
-
-    def _cmd_lsub(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, ListArgs)
-        md = self._md
-        regex = compile_pattern(args.reference, args.patterns[0])
-        exists = set(md.list_folders())
-        out: list[bytes] = []
-        for name in md.list_subscriptions():
-            if regex.match(name):
-                attrs = "" if name in exists else "\\Noselect"
-                out.append(b"* LSUB (" + attrs.encode() + b') "." ' + render_mailbox(name) + b"\r\n")
-        yield b"".join(out)
-        yield from self._done(cmd, "LSUB completed")
-
-    def _status_line(self, name: str, items: Sequence[str]) -> bytes:
-        if self.view is not None and self.view.folder.name == name:
-            folder = self.view.folder
-        else:
-            folder = self._md.folder(name)
-        st = folder.sync()
-        values: list[str] = []
-        for item in items:
-            if item == "MESSAGES":
-                v = len(st.messages)
-            elif item == "RECENT":  # RFC 3501 §2.3.2: not yet claimed by a SELECT
-                floor = self.index.get(folder.path).claim_recent(st.uidvalidity, 0, False)
-                v = sum(1 for m in st.messages if m.uid > floor)
-            elif item == "HIGHESTMODSEQ":  # RFC 7162 §3.1.6
-                self._condstore_on()
-                v = self.index.get(folder.path).reconcile(st)
-            elif item == "UIDNEXT":
-                v = st.uidnext
-            elif item == "UIDVALIDITY":
-                v = st.uidvalidity
-            elif item == "UNSEEN":
-                v = sum(1 for m in st.messages if "\\Seen" not in m.flags)
-            elif item == "SIZE":  # RFC 8438
-                v = sum(m.vsize for m in st.messages)
-            else:
-                raise ImapError("BAD", f"STATUS item {item} not supported")
-            values.append(f"{item} {v}")
-        return b"* STATUS " + render_mailbox(name) + b" (" + " ".join(values).encode("ascii") + b")\r\n"
-
-    def _cmd_status(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, StatusArgs)
-        try:
-            line = self._status_line(args.mailbox, args.items)
-        except FolderNotFound:
-            raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT") from None
-        yield line
-        yield from self._done(cmd, "STATUS completed")
-
-    def _check_quota(self, extra: int) -> None:
-        user = self.user
-        if user is not None and user.quota_bytes and not self._md.quota_check(extra, user.quota_bytes):
-            raise ImapError("NO", "Quota exceeded", "OVERQUOTA")  # RFC 9208 §4.3.1 / RFC 5530
-
-    def _cmd_append(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, AppendArgs)
-        try:
-            folder = self._md.folder(args.mailbox)
-        except FolderNotFound:
-            raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.3.11
-        if len(args.message) > self.config.append_limit:
-            raise ImapError("NO", "Message too large", "TOOBIG")
-        self._check_quota(len(args.message))
-        sysf = [f for f in args.flags if f in SYSTEM_FLAGS]
-        kws = [f for f in args.flags if not f.startswith("\\")]
-        uid = folder.append(args.message, sysf, args.internaldate, kws)
-        validity = self.view.uidvalidity if (self.view and self.view.folder.path == folder.path) else \
-            folder.state.uidvalidity
-        self._changed(folder)
-        yield from self._done(cmd, "APPEND completed", f"APPENDUID {validity} {uid}")  # RFC 4315 §3
-
-    # quota (RFC 9208) -------------------------------------------------------------------
-    def _quota_line(self) -> bytes:
-        assert self.user is not None
-        used, _count = self._md.quota_usage()
-        limit = self.user.quota_bytes
-        res = f"STORAGE {used // 1024} {limit // 1024}" if limit else ""
-        return f'* QUOTA "" ({res})\r\n'.encode("ascii")
-
-    def _cmd_getquotaroot(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, MailboxArgs)
-        if not self._md.has_folder(args.mailbox):
-            raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT")
-        yield b"* QUOTAROOT " + render_mailbox(args.mailbox) + b' ""\r\n' + self._quota_line()
-        yield from self._done(cmd, "GETQUOTAROOT completed")
-
-    def _cmd_getquota(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, QuotaRootArgs)
-        if args.root != "":
-            raise ImapError("NO", "No such quota root", "NONEXISTENT")
-        yield self._quota_line()
-        yield from self._done(cmd, "GETQUOTA completed")
-
-    def _cmd_setquota(self, cmd: Command) -> Iterator[Output]:
-        raise ImapError("NO", "Quotas are set by the administrator", "NOPERM")
-        yield b""  # pragma: no cover
-
-    def _cmd_idle(self, cmd: Command) -> Iterator[Output]:
-        yield from self._updates(None)
-        yield b"+ idling\r\n"
-        yield Idle(cmd.tag)
+        return auth.login_ok(self, tag, user)
 
     def idle_updates(self) -> bytes:
         """Untagged news while idling (RFC 2177); blocking."""
-        return b"".join(self._updates(None))
+        return idle.idle_updates(self)
 
     def idle_done(self, tag: str) -> bytes:
-        return b"".join(self._updates(None)) + ok(tag, "IDLE terminated").to_bytes()
+        return idle.idle_done(self, tag)
+
+    # -- authenticated ------------------------------------------------------------------
+    @property
+    def md(self) -> Maildir:
+        """The logged-in user's Maildir."""
+        assert self.maildir is not None
+        return self.maildir
 
     # -- selected -----------------------------------------------------------------------
     @property
-    def _view(self) -> MailboxView:
+    def selected(self) -> MailboxView:
+        """The selected mailbox (the state table lets only selected-state commands ask)."""
         assert self.view is not None
         return self.view
 
-    def _writable(self) -> None:
-        if self._view.readonly:
+    def require_writable(self) -> None:
+        if self.selected.readonly:  # RFC 3501 §6.3.2: EXAMINE selects read-only
             raise ImapError("NO", "Mailbox is read-only", "READ-ONLY")
 
-    def _pairs(self, cmd: Command, seqs: Any) -> list[tuple[int, int]]:
+    def pairs(self, cmd: Command, seqs: SequenceSet) -> list[tuple[int, int]]:
+        """(sequence number, UID) of the messages ``seqs`` names (UIDs if ``cmd.uid``)."""
         try:
-            return self._view.resolve(seqs, cmd.uid)
+            return self.selected.resolve(seqs, cmd.uid)
         except ValueError:
             raise ImapError("BAD", "Invalid message sequence number") from None
-
-    def _cmd_close(self, cmd: Command) -> Iterator[Output]:
-        view = self._view
-        if not view.readonly:  # RFC 3501 §6.4.2: expunge silently
-            deleted = [m.uid for m in view.folder.sync().messages if "\\Deleted" in m.flags]
-            if deleted:
-                view.folder.expunge(deleted)
-                self._changed(view.folder)
-        self.view = None
-        self.state = State.AUTHENTICATED
-        yield ok(cmd.tag, "CLOSE completed").to_bytes()
-
-    def _cmd_unselect(self, cmd: Command) -> Iterator[Output]:
-        self.view = None
-        self.state = State.AUTHENTICATED
-        yield ok(cmd.tag, "UNSELECT completed").to_bytes()
-
-    def _cmd_expunge(self, cmd: Command) -> Iterator[Output]:
-        view = self._view
-        self._writable()
-        only: set[int] | None = None
-        if cmd.uid:  # RFC 4315 §2.1 UID EXPUNGE
-            args = cmd.args
-            assert isinstance(args, ExpungeArgs)
-            only = {u for _, u in self._pairs(cmd, args.sequence_set)}
-        deleted = [m.uid for m in view.folder.sync().messages
-                   if "\\Deleted" in m.flags and (only is None or m.uid in only)]
-        if deleted:
-            view.folder.expunge(deleted)
-            self._changed(view.folder)
-        yield from self._updates(cmd, force=True)
-        yield ok(cmd.tag, "EXPUNGE completed").to_bytes()
-
-    # FETCH ------------------------------------------------------------------------------
-    def _entry(self, info: MessageInfo, raw: bytes | None, load: Callable[[], bytes]) -> Entry:
-        idx = self.index.get(self._view.folder.path)
-        if raw is not None:
-            got = idx.get(info.base)
-            if got is None:
-                got = entry_from_message(ParsedMessage(raw))
-                idx.put(info.base, got)
-            return got
-        return idx.entry(info.base, load)
-
-    def _cmd_fetch(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, FetchArgs)
-        view = self._view
-        folder = view.folder
-        pairs = self._pairs(cmd, args.sequence_set)
-        atts = list(args.attributes)
-        if cmd.uid and not any(a.name == "UID" for a in atts):
-            atts.insert(0, FetchAttribute("UID"))  # RFC 3501 §6.4.8
-        idx = self.index.get(folder.path)
-        if args.changedsince is not None or any(a.name == "MODSEQ" for a in atts):
-            self._condstore_on()  # RFC 7162 §3.1
-        if args.changedsince is not None:  # RFC 7162 §3.1.4.1: only what changed; MODSEQ implied
-            if not any(a.name == "MODSEQ" for a in atts):
-                atts.append(FetchAttribute("MODSEQ"))
-            since = args.changedsince
-            pairs = [(s, u) for s, u in pairs if idx.modseq(u) > since]
-        sets_seen = not view.readonly and any(a.sets_seen for a in atts)
-        needs_raw = any(a.section is not None or a.name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT") for a in atts)
-        has_flags = any(a.name == "FLAGS" for a in atts)
-        buf: list[bytes] = []
-        size = 0
-        vanished = 0
-        changed = False
-        for seq, uid in pairs:
-            info = view.info(uid)
-            raw: bytes | None = None
-            parsed: ParsedMessage | None = None
-            if needs_raw:
-                try:
-                    raw = folder.read(uid)
-                except MessageNotFound:
-                    vanished += 1
-                    continue
-                parsed = ParsedMessage(raw)
-            add_flags = False
-            if sets_seen and "\\Seen" not in info.flags:  # RFC 3501 §6.4.5
-                try:
-                    info = folder.set_flags(uid, info.flags | {"\\Seen"})
-                    view.set_flags(uid, info)
-                    changed = True
-                    add_flags = not has_flags
-                    if self.condstore:
-                        idx.record([info])
-                except MessageNotFound:
-                    vanished += 1
-                    continue
-            items: list[tuple[str, Value]] = []
-            entry: Entry | None = None
-            for a in atts:
-                n = a.name
-                if n == "UID":
-                    items.append(("UID", uid))
-                elif n == "FLAGS":
-                    items.append(("FLAGS", Raw(render_flags(view.flags_for(uid)))))
-                elif n == "INTERNALDATE":
-                    items.append(("INTERNALDATE", info.internaldate))
-                elif n == "RFC822.SIZE":
-                    items.append(("RFC822.SIZE", info.vsize))
-                elif n == "MODSEQ":  # RFC 7162 §3.1.4
-                    items.append(("MODSEQ", Raw(b"(%d)" % idx.modseq(uid))))
-                elif n in ("ENVELOPE", "BODYSTRUCTURE") or (n == "BODY" and a.section is None):
-                    if entry is None:
-                        try:
-                            entry = self._entry(info, raw, lambda u=uid: folder.read(u))  # type: ignore[misc]
-                        except MessageNotFound:
-                            break
-                    data = entry.envelope if n == "ENVELOPE" else entry.bodystructure if n == "BODYSTRUCTURE" \
-                        else entry.body
-                    items.append((n, Raw(data)))
-                else:
-                    assert parsed is not None
-                    sect = parsed.fetch_section(a)
-                    items.append((a.response_name(), Literal(sect if sect is not None else b"")))
-            else:
-                if add_flags:
-                    items.append(("FLAGS", Raw(render_flags(view.flags_for(uid)))))
-                    if self.condstore and not any(a.name == "MODSEQ" for a in atts):  # RFC 7162 §3.2
-                        items.append(("MODSEQ", Raw(b"(%d)" % idx.modseq(uid))))
-                line = fetch_response(seq, items)
-                buf.append(line)
-                size += len(line)
-                if size >= _CHUNK:
-                    yield b"".join(buf)
-                    buf, size = [], 0
-                continue
-            vanished += 1
-        if buf:
-            yield b"".join(buf)
-        if changed:
-            self._changed(folder)
-        yield from self._updates(cmd)
-        if vanished:  # RFC 5530 EXPUNGEISSUED
-            yield no(cmd.tag, "Some messages were expunged meanwhile", "EXPUNGEISSUED").to_bytes()
-        else:
-            yield ok(cmd.tag, "FETCH completed").to_bytes()
-
-    # STORE ------------------------------------------------------------------------------
-    def _cmd_store(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, StoreArgs)
-        self._writable()
-        view = self._view
-        folder = view.folder
-        pairs = self._pairs(cmd, args.sequence_set)
-        given = {f for f in args.flags if f != "\\Recent"}
-        bad_flags = [f for f in given if f.startswith("\\") and f not in SYSTEM_FLAGS]
-        if bad_flags:
-            raise ImapError("BAD", f"Unknown system flag {bad_flags[0]}")
-        idx = self.index.get(folder.path)
-        since = args.unchangedsince
-        fresh = None
-        if since is not None:  # RFC 7162 §3.1.3: compare with the modseqs as they are now
-            self._condstore_on()
-            fresh = folder.sync()
-            idx.reconcile(fresh)
-        condstore = self.condstore
-        done: list[tuple[int, int, bool]] = []  # (seq, uid, flags changed)
-        modified: list[int] = []
-        changed_infos: list[MessageInfo] = []
-        for seq, uid in pairs:
-            info = view.info(uid)
-            if fresh is not None:
-                info = fresh.get(uid) or info
-                if since is not None and idx.modseq(uid) > since:
-                    modified.append(uid if cmd.uid else seq)
-                    continue
-            current = info.flags | info.keywords
-            if args.mode == "+":
-                new = current | given
-            elif args.mode == "-":
-                new = current - given
-            else:
-                new = frozenset(given)
-            if new != current:
-                sysf = [f for f in new if f in SYSTEM_FLAGS]
-                kws = sorted(f for f in new if not f.startswith("\\"))
-                try:
-                    info = folder.set_flags(uid, sysf, kws)
-                except MessageNotFound:
-                    continue
-                view.set_flags(uid, info)
-                changed_infos.append(info)
-                done.append((seq, uid, True))
-            elif fresh is not None and info != view.info(uid):
-                view.set_flags(uid, info)  # another process's change, now reported here
-                done.append((seq, uid, True))
-            else:
-                done.append((seq, uid, False))
-        if condstore and changed_infos:
-            idx.record(changed_infos)
-        buf: list[bytes] = []
-        for seq, uid, flag_change in done:
-            uid_part = b"UID %d " % uid if cmd.uid else b""
-            if condstore and (flag_change or not args.silent):
-                # RFC 7162 §3.1.3 / §3.2: MODSEQ in the FETCH, sent even for .SILENT when changed
-                flags = b"" if args.silent else b"FLAGS %s " % render_flags(view.flags_for(uid))
-                buf.append(b"* %d FETCH (%s%sMODSEQ (%d))\r\n" % (seq, uid_part, flags, idx.modseq(uid)))
-            elif not args.silent:  # RFC 3501 §6.4.6
-                buf.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, render_flags(view.flags_for(uid))))
-            if len(buf) >= 1000:
-                yield b"".join(buf)
-                buf = []
-        if buf:
-            yield b"".join(buf)
-        if changed_infos:
-            self._changed(folder)
-        if modified:  # RFC 7162 §3.1.3
-            yield from self._done(cmd, "Conditional STORE failed", f"MODIFIED {_uid_set(modified)}")
-        else:
-            yield from self._done(cmd, "STORE completed")
-
-    # SEARCH -----------------------------------------------------------------------------
-    def _cmd_search(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, SearchArgs)
-        view = self._view
-        folder = view.folder
-        idx = self.index.get(folder.path)
-        ctx = SearchContext(view.exists, view.max_uid)
-        found: list[int] = []
-        key = args.key
-        with_modseq = _has_modseq(key)
-        if with_modseq:
-            self._condstore_on()  # RFC 7162 §3.1
-        top_modseq = 0
-        for i, uid in enumerate(view.uids):
-            info = view.info(uid)
-
-            def load(u: int = uid) -> bytes:
-                try:
-                    return folder.read(u)
-                except MessageNotFound:
-                    return b""
-
-            def entry(inf: MessageInfo = info, ld: Callable[[], bytes] = load) -> Entry:
-                return idx.entry(inf.base, ld)
-
-            m = _Searchable(i + 1, uid, view.flags_for(uid), info, entry, load,
-                            idx.modseq(uid) if with_modseq else 0)
-            if matches(key, m, ctx):
-                found.append(uid if cmd.uid else i + 1)
-                top_modseq = max(top_modseq, m.modseq)
-        # RFC 7162 §3.1.5: with MODSEQ in the program, the highest modseq of what was found
-        tail = f" (MODSEQ {top_modseq})" if with_modseq and found else ""
-        yield ("* SEARCH" + "".join(f" {n}" for n in found) + tail + "\r\n").encode("ascii")
-        yield from self._done(cmd, "SEARCH completed")
-
-    # COPY / MOVE -----------------------------------------------------------------------
-    def _target(self, name: str) -> Folder:
-        try:
-            return self._md.folder(name)
-        except FolderNotFound:
-            raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.4.7
-
-    def _cmd_copy(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, CopyArgs)
-        view = self._view
-        pairs = self._pairs(cmd, args.sequence_set)
-        target = self._target(args.mailbox)
-        uids = [u for _, u in pairs]
-        self._check_quota(sum(view.info(u).size for u in uids))
-        moved = view.folder.copy_to(uids, target)
-        self._changed(target)
-        code = None
-        if moved:
-            validity = target.sync().uidvalidity
-            code = f"COPYUID {validity} {_uid_set([a for a, _ in moved])} {_uid_set([b for _, b in moved])}"
-        yield from self._done(cmd, "COPY completed", code)
-
-    def _cmd_move(self, cmd: Command) -> Iterator[Output]:
-        args = cmd.args
-        assert isinstance(args, CopyArgs)
-        self._writable()
-        view = self._view
-        pairs = self._pairs(cmd, args.sequence_set)
-        target = self._target(args.mailbox)
-        if target.path == view.folder.path:
-            raise ImapError("NO", "Cannot move a message into its own mailbox", "CANNOT")
-        moved = view.folder.move_to([u for _, u in pairs], target)
-        self._changed(target)
-        self._changed(view.folder)
-        if moved:  # RFC 6851 §4.3: COPYUID in an untagged OK, before the EXPUNGEs
-            validity = target.sync().uidvalidity
-            code = f"COPYUID {validity} {_uid_set([a for a, _ in moved])} {_uid_set([b for _, b in moved])}"
-            yield ok(None, "Moved", code).to_bytes()
-        yield from self._updates(cmd, force=True)
-        yield ok(cmd.tag, "MOVE completed").to_bytes()
-

@@ -1,7 +1,8 @@
 """IMAP connection states and the commands allowed in each (RFC 3501 §3, §6).
 
-One table, ``ALLOWED``, says which command may run in which state; ``check`` turns a
-command given in the wrong state into the response it becomes. ``capabilities`` gives
+One table, ``ALLOWED``, says which command may run in which state (``states_of`` reads it
+per command for the command table in ``commands``); ``check`` turns a command given in
+the wrong state into the response it becomes. ``capabilities`` gives
 the CAPABILITY list for a state and connection (RFC 3501 §6.1.1, §6.2).
 
 Invariants: the LOGOUT state allows nothing; every command the grammar knows appears
@@ -47,6 +48,12 @@ UID_COMMANDS = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"}
 
 def is_allowed(state: State, name: str) -> bool:
     return name.upper() in ALLOWED[state]
+
+
+def states_of(name: str) -> frozenset[State]:
+    """The states in which ``name`` may run: ``ALLOWED`` read the other way (the command table's column)."""
+    upper = name.upper()
+    return frozenset(s for s, names in ALLOWED.items() if upper in names)
 
 
 def check(state: State, name: str) -> None:

@@ -67,3 +67,38 @@ def test_capabilities_after_tls_and_login() -> None:
     for ext in ("IDLE", "UIDPLUS", "MOVE", "NAMESPACE", "ID", "ENABLE", "UNSELECT", "SPECIAL-USE",
                 "LIST-EXTENDED", "LIST-STATUS", "LITERAL+", "CHILDREN", "CONDSTORE", "QUOTA", "SASL-IR"):
         assert ext in caps
+
+
+def test_command_table_joins_every_known_command_to_one_handler_and_its_states() -> None:
+    # the table in imap/commands takes its states from ALLOWED (one place) and adds the handler
+    from mailstack.imap.commands import COMMANDS
+
+    assert set(COMMANDS) == KNOWN_COMMANDS
+    for name, spec in COMMANDS.items():
+        assert spec.name == name and callable(spec.handler)
+        assert spec.states == {s for s in State if name in ALLOWED[s]}
+        assert State.LOGOUT not in spec.states and spec.states
+
+
+def test_every_fetch_item_the_grammar_accepts_has_a_renderer() -> None:
+    # imap/commands/fetch.py renders items from RENDERERS (item name -> renderer): a name the
+    # grammar lets through without a renderer would be a KeyError for the client's FETCH
+    from mailstack.imap.commands.fetch import RENDERERS
+    from mailstack.imap.grammar import GrammarError, parse_command
+    from mailstack.imap.types import FETCH_MACROS, FetchArgs
+
+    accepted = set()
+    names = (  # RFC 3501 §6.4.5, RFC 7162 §3.1.4, and items of extensions this server does not have
+        "ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE", "RFC822.TEXT", "BODY",
+        "BODYSTRUCTURE", "UID", "MODSEQ", "BODY[]", "BODY.PEEK[1.MIME]", "RFC822.PEEK", "BINARY[]", "BINARY.SIZE[]",
+        "EMAILID", "SAVEDATE", "X-GM-LABELS", "PREVIEW",
+    )
+    for name in names:
+        try:
+            cmd = parse_command(f"a FETCH 1 ({name})\r\n".encode())
+        except GrammarError:
+            continue
+        assert isinstance(cmd.args, FetchArgs)
+        accepted.update(a.name for a in cmd.args.attributes)
+    assert accepted == set(RENDERERS)
+    assert {a.name for atts in FETCH_MACROS.values() for a in atts} <= set(RENDERERS)

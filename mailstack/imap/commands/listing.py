@@ -1,0 +1,155 @@
+"""IMAP LIST, LSUB and STATUS: what mailboxes there are and what is in them.
+
+LIST (RFC 3501 §6.3.8) with LIST-EXTENDED selection and return options (RFC 5258),
+CHILDREN attributes (RFC 3348), SPECIAL-USE attributes (RFC 6154) and LIST-STATUS
+(RFC 5819); LSUB (§6.3.9); STATUS (§6.3.10, SIZE from RFC 8438, HIGHESTMODSEQ from
+RFC 7162 §3.1.6). Patterns are matched by ``listmatch`` (no backtracking).
+
+Invariants:
+- ``LIST "" ""`` answers with the hierarchy delimiter only (§6.3.8).
+- Parents that have no directory of their own are listed as ``\\Noselect`` (or
+  ``\\NonExistent`` under LIST-EXTENDED, RFC 5258 §3); LIST-STATUS gives STATUS only for
+  mailboxes that exist (RFC 5819 §2).
+- STATUS RECENT counts what no SELECT has claimed yet, and claims nothing (§2.3.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from mailstack.storage.errors import FolderNotFound
+
+from ..effects import Output
+from ..listmatch import compile_pattern
+from ..responses import ImapError, render_mailbox
+from ..types import Command, ListArgs, StatusArgs
+
+if TYPE_CHECKING:
+    from . import Handler
+    from ..session import Session
+
+__all__ = ["HANDLERS", "SPECIAL_USE", "status_line"]
+
+# Folders made at first login, with their RFC 6154 attribute.
+SPECIAL_USE: dict[str, str] = {
+    "Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive",
+}
+
+
+def list_(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, ListArgs)
+    md = s.md
+    if args.patterns == ("",) and not args.extended:  # RFC 3501 §6.3.8: the delimiter
+        yield b'* LIST (\\Noselect) "." ""\r\n'
+        yield from s.done(cmd, "LIST completed")
+        return
+    existing = md.list_folders()
+    exists = set(existing)
+    subscribed = set(md.list_subscriptions())
+    names = set(existing)
+    for n in existing + list(subscribed):  # parents without a directory
+        parts = n.split(".")
+        for i in range(1, len(parts)):
+            names.add(".".join(parts[:i]))
+    children: set[str] = set()
+    for n in names:
+        if "." in n:
+            children.add(n.rsplit(".", 1)[0])
+    sub_children: set[str] = set()
+    for n in subscribed:
+        parts = n.split(".")
+        for i in range(1, len(parts)):
+            sub_children.add(".".join(parts[:i]))
+    regexes = [compile_pattern(args.reference, p) for p in args.patterns]
+    sel = args.selection
+    want_subscribed = "SUBSCRIBED" in sel or "SUBSCRIBED" in args.returns
+    lines: list[bytes] = []
+    for name in sorted(names, key=lambda n: (n != "INBOX", n)):
+        if not any(r.match(name) for r in regexes):
+            continue
+        attrs: list[str] = []
+        extra = b""
+        is_sub = name in subscribed
+        if name not in exists:
+            attrs.append("\\NonExistent" if args.extended else "\\Noselect")
+        if "SUBSCRIBED" in sel and not is_sub:
+            if "RECURSIVEMATCH" in sel and name in sub_children:  # RFC 5258 §3.5
+                extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
+            else:
+                continue
+        if name in exists or "\\NonExistent" not in attrs:
+            attrs.append("\\HasChildren" if name in children else "\\HasNoChildren")
+        special = SPECIAL_USE.get(name)
+        if special:
+            attrs.append(special)
+        if "SPECIAL-USE" in sel and not special:
+            continue
+        if want_subscribed and is_sub:
+            attrs.append("\\Subscribed")
+        lines.append(b"* LIST (" + " ".join(attrs).encode("ascii") + b') "." ' + render_mailbox(name) + extra
+                     + b"\r\n")
+        if "STATUS" in args.returns and name in exists:  # RFC 5819
+            lines.append(status_line(s, name, args.status_items))
+    yield b"".join(lines)
+    yield from s.done(cmd, "LIST completed")
+
+
+def lsub(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, ListArgs)
+    md = s.md
+    regex = compile_pattern(args.reference, args.patterns[0])
+    exists = set(md.list_folders())
+    out: list[bytes] = []
+    for name in md.list_subscriptions():
+        if regex.match(name):
+            attrs = "" if name in exists else "\\Noselect"
+            out.append(b"* LSUB (" + attrs.encode() + b') "." ' + render_mailbox(name) + b"\r\n")
+    yield b"".join(out)
+    yield from s.done(cmd, "LSUB completed")
+
+
+def status_line(s: Session, name: str, items: Sequence[str]) -> bytes:
+    if s.view is not None and s.view.folder.name == name:
+        folder = s.view.folder
+    else:
+        folder = s.md.folder(name)
+    st = folder.sync()
+    values: list[str] = []
+    for item in items:
+        if item == "MESSAGES":
+            v = len(st.messages)
+        elif item == "RECENT":  # RFC 3501 §2.3.2: not yet claimed by a SELECT
+            floor = s.index.get(folder.path).claim_recent(st.uidvalidity, 0, False)
+            v = sum(1 for m in st.messages if m.uid > floor)
+        elif item == "HIGHESTMODSEQ":  # RFC 7162 §3.1.6
+            s.condstore_on()
+            v = s.index.get(folder.path).reconcile(st)
+        elif item == "UIDNEXT":
+            v = st.uidnext
+        elif item == "UIDVALIDITY":
+            v = st.uidvalidity
+        elif item == "UNSEEN":
+            v = sum(1 for m in st.messages if "\\Seen" not in m.flags)
+        elif item == "SIZE":  # RFC 8438
+            v = sum(m.vsize for m in st.messages)
+        else:
+            raise ImapError("BAD", f"STATUS item {item} not supported")
+        values.append(f"{item} {v}")
+    return b"* STATUS " + render_mailbox(name) + b" (" + " ".join(values).encode("ascii") + b")\r\n"
+
+
+def status(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, StatusArgs)
+    try:
+        line = status_line(s, args.mailbox, args.items)
+    except FolderNotFound:
+        raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT") from None
+    yield line
+    yield from s.done(cmd, "STATUS completed")
+
+
+HANDLERS: Mapping[str, Handler] = {"LIST": list_, "LSUB": lsub, "STATUS": status}

@@ -1,0 +1,160 @@
+"""IMAP mailbox commands: choosing and managing mailboxes (RFC 3501 §6.3, §6.4.1-6.4.2).
+
+SELECT / EXAMINE (§6.3.1-2, CONDSTORE parameter RFC 7162 §3.2.5), CREATE (§6.3.3),
+DELETE (§6.3.4), RENAME (§6.3.5), SUBSCRIBE / UNSUBSCRIBE (§6.3.6-7), NAMESPACE
+(RFC 2342), CHECK (§6.4.1), CLOSE (§6.4.2) and UNSELECT (RFC 3691). LIST, LSUB and
+STATUS are in ``listing``.
+
+Invariants:
+- A SELECT that fails leaves no mailbox selected (RFC 3501 §6.3.1); SELECT claims the
+  folder's unclaimed messages as its ``\\Recent``, EXAMINE only looks (§2.3.2).
+- INBOX can be neither created nor deleted (§6.3.3, §6.3.4); deleting or renaming the
+  selected mailbox unselects it.
+- CLOSE expunges silently, and only when the mailbox is read-write (§6.4.2).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from mailstack.storage.errors import FolderNotFound, StorageError
+
+from ..effects import Output
+from ..mailbox import SYSTEM_FLAGS, MailboxView, folder_stamp
+from ..responses import ImapError, ok
+from ..states import State
+from ..types import Command, MailboxArgs, RenameArgs, SelectArgs
+
+if TYPE_CHECKING:
+    from . import Handler
+    from ..session import Session
+
+__all__ = ["HANDLERS"]
+
+
+def namespace(s: Session, cmd: Command) -> Iterator[Output]:
+    yield b'* NAMESPACE (("" ".")) NIL NIL\r\n'  # RFC 2342: one personal namespace
+    yield from s.done(cmd, "NAMESPACE completed")
+
+
+def select(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, SelectArgs)
+    readonly = cmd.name == "EXAMINE"
+    s.view = None  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
+    s.state = State.AUTHENTICATED
+    try:
+        folder = s.md.folder(args.mailbox)
+        stamp = folder_stamp(folder)
+        st = folder.sync()
+    except FolderNotFound:
+        raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT") from None
+    view = MailboxView(folder, st, readonly=readonly)
+    view.stamp = stamp
+    idx = s.index.get(folder.path)
+    # RFC 3501 §2.3.2: SELECT takes the unclaimed messages as its \Recent; EXAMINE only looks
+    floor = idx.claim_recent(view.uidvalidity, view.max_uid, not readonly)
+    view.recent = set(view.uids[bisect_right(view.uids, floor):])
+    if args.condstore:  # RFC 7162 §3.2.5
+        s.enabled.add("CONDSTORE")
+    kws = view.keywords()
+    flag_list = " ".join(list(SYSTEM_FLAGS) + kws)
+    first_unseen = next((i + 1 for i, m in enumerate(st.messages) if "\\Seen" not in m.flags), None)
+    out = [
+        f"* FLAGS ({flag_list})\r\n",
+        f"* OK [PERMANENTFLAGS ({flag_list} \\*)] Flags permitted\r\n" if not readonly
+        else "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n",
+        f"* {view.exists} EXISTS\r\n",
+        f"* {len(view.recent)} RECENT\r\n",
+    ]
+    if first_unseen is not None:
+        out.append(f"* OK [UNSEEN {first_unseen}] First unseen\r\n")
+    out.append(f"* OK [UIDVALIDITY {view.uidvalidity}] UIDs valid\r\n")
+    out.append(f"* OK [UIDNEXT {view.uidnext}] Predicted next UID\r\n")
+    if s.condstore:  # RFC 7162 §3.1.2.1 (NOMODSEQ never: every folder has modseqs)
+        out.append(f"* OK [HIGHESTMODSEQ {idx.reconcile(st)}] Highest\r\n")
+    s.view = view
+    s.state = State.SELECTED
+    yield "".join(out).encode("ascii")
+    yield ok(cmd.tag, f"{cmd.name} completed", "READ-ONLY" if readonly else "READ-WRITE").to_bytes()
+
+
+def create(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, MailboxArgs)
+    name = args.mailbox.rstrip(".")  # RFC 3501 §6.3.3: a trailing delimiter is dropped
+    if name.upper() == "INBOX":
+        raise ImapError("NO", "INBOX always exists", "ALREADYEXISTS")
+    s.md.create_folder(name)
+    yield from s.done(cmd, "CREATE completed")
+
+
+def delete(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, MailboxArgs)
+    if args.mailbox.upper() == "INBOX":
+        raise ImapError("NO", "INBOX cannot be deleted", "CANNOT")  # RFC 3501 §6.3.4
+    if s.view is not None and s.view.folder.name == args.mailbox:
+        s.view = None
+        s.state = State.AUTHENTICATED
+    s.md.delete_folder(args.mailbox)
+    try:
+        s.md.unsubscribe(args.mailbox)
+    except StorageError:
+        pass
+    yield from s.done(cmd, "DELETE completed")
+
+
+def rename(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, RenameArgs)
+    s.md.rename_folder(args.old, args.new.rstrip("."))
+    if s.view is not None and s.view.folder.name == args.old and args.old != "INBOX":
+        s.view = None
+        s.state = State.AUTHENTICATED
+    yield from s.done(cmd, "RENAME completed")
+
+
+def subscribe(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, MailboxArgs)
+    s.md.subscribe(args.mailbox)
+    yield from s.done(cmd, "SUBSCRIBE completed")
+
+
+def unsubscribe(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, MailboxArgs)
+    s.md.unsubscribe(args.mailbox)
+    yield from s.done(cmd, "UNSUBSCRIBE completed")
+
+
+def check(s: Session, cmd: Command) -> Iterator[Output]:
+    yield from s.done(cmd, "CHECK completed")
+
+
+def close(s: Session, cmd: Command) -> Iterator[Output]:
+    view = s.selected
+    if not view.readonly:  # RFC 3501 §6.4.2: expunge silently
+        deleted = [m.uid for m in view.folder.sync().messages if "\\Deleted" in m.flags]
+        if deleted:
+            view.folder.expunge(deleted)
+            s.changed(view.folder)
+    s.view = None
+    s.state = State.AUTHENTICATED
+    yield ok(cmd.tag, "CLOSE completed").to_bytes()
+
+
+def unselect(s: Session, cmd: Command) -> Iterator[Output]:
+    s.view = None
+    s.state = State.AUTHENTICATED
+    yield ok(cmd.tag, "UNSELECT completed").to_bytes()
+
+
+HANDLERS: Mapping[str, Handler] = {
+    "SELECT": select, "EXAMINE": select, "CREATE": create, "DELETE": delete, "RENAME": rename,
+    "SUBSCRIBE": subscribe, "UNSUBSCRIBE": unsubscribe, "NAMESPACE": namespace,
+    "CHECK": check, "CLOSE": close, "UNSELECT": unselect,
+}

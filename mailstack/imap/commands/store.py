@@ -1,0 +1,211 @@
+"""IMAP STORE, COPY, MOVE, EXPUNGE and APPEND: changing what is in a mailbox.
+
+STORE (RFC 3501 §6.4.6; UNCHANGEDSINCE and MODIFIED from RFC 7162 §3.1.3), COPY
+(§6.4.7), MOVE (RFC 6851), EXPUNGE and UID EXPUNGE (§6.4.3, RFC 4315 §2.1), APPEND
+(§6.3.11, APPENDLIMIT RFC 7889); COPYUID and APPENDUID (RFC 4315 §3).
+
+Invariants:
+- A read-only mailbox is never changed: ``NO [READ-ONLY]`` (RFC 3501 §6.3.2).
+- Unknown system flags are refused (``BAD``) before any message is touched; ``\\Recent``
+  in a STORE is ignored, only the server sets it (§2.3.2).
+- COPY, MOVE and APPEND check the user's quota first and add nothing when it would be
+  exceeded (``NO [OVERQUOTA]``, RFC 9208); a missing target gives ``NO [TRYCREATE]``.
+- A message another session expunged meanwhile is skipped by STORE, never recreated.
+- With CONDSTORE on, every FETCH a STORE sends carries MODSEQ, even under .SILENT
+  when the flags changed (RFC 7162 §3.1.3, §3.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from mailstack.storage import Folder, MessageInfo
+from mailstack.storage.errors import FolderNotFound, MessageNotFound
+
+from ..effects import Output
+from ..mailbox import SYSTEM_FLAGS
+from ..responses import ImapError, ok, render_flags
+from ..types import AppendArgs, Command, CopyArgs, ExpungeArgs, StoreArgs
+from .quota import check_quota
+
+if TYPE_CHECKING:
+    from . import Handler
+    from ..session import Session
+
+__all__ = ["HANDLERS", "uid_set"]
+
+
+def uid_set(uids: Sequence[int]) -> str:
+    """A compact sequence set for COPYUID / APPENDUID (RFC 4315 §3), order kept."""
+    out: list[str] = []
+    i = 0
+    while i < len(uids):
+        j = i
+        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
+            j += 1
+        out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+
+
+def store(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, StoreArgs)
+    s.require_writable()
+    view = s.selected
+    folder = view.folder
+    pairs = s.pairs(cmd, args.sequence_set)
+    given = {f for f in args.flags if f != "\\Recent"}
+    bad_flags = [f for f in given if f.startswith("\\") and f not in SYSTEM_FLAGS]
+    if bad_flags:
+        raise ImapError("BAD", f"Unknown system flag {bad_flags[0]}")
+    idx = s.index.get(folder.path)
+    since = args.unchangedsince
+    fresh = None
+    if since is not None:  # RFC 7162 §3.1.3: compare with the modseqs as they are now
+        s.condstore_on()
+        fresh = folder.sync()
+        idx.reconcile(fresh)
+    condstore = s.condstore
+    done: list[tuple[int, int, bool]] = []  # (seq, uid, flags changed)
+    modified: list[int] = []
+    changed_infos: list[MessageInfo] = []
+    for seq, uid in pairs:
+        info = view.info(uid)
+        if fresh is not None:
+            info = fresh.get(uid) or info
+            if since is not None and idx.modseq(uid) > since:
+                modified.append(uid if cmd.uid else seq)
+                continue
+        current = info.flags | info.keywords
+        if args.mode == "+":
+            new = current | given
+        elif args.mode == "-":
+            new = current - given
+        else:
+            new = frozenset(given)
+        if new != current:
+            sysf = [f for f in new if f in SYSTEM_FLAGS]
+            kws = sorted(f for f in new if not f.startswith("\\"))
+            try:
+                info = folder.set_flags(uid, sysf, kws)
+            except MessageNotFound:
+                continue
+            view.set_flags(uid, info)
+            changed_infos.append(info)
+            done.append((seq, uid, True))
+        elif fresh is not None and info != view.info(uid):
+            view.set_flags(uid, info)  # another process's change, now reported here
+            done.append((seq, uid, True))
+        else:
+            done.append((seq, uid, False))
+    if condstore and changed_infos:
+        idx.record(changed_infos)
+    buf: list[bytes] = []
+    for seq, uid, flag_change in done:
+        uid_part = b"UID %d " % uid if cmd.uid else b""
+        if condstore and (flag_change or not args.silent):
+            # RFC 7162 §3.1.3 / §3.2: MODSEQ in the FETCH, sent even for .SILENT when changed
+            flags = b"" if args.silent else b"FLAGS %s " % render_flags(view.flags_for(uid))
+            buf.append(b"* %d FETCH (%s%sMODSEQ (%d))\r\n" % (seq, uid_part, flags, idx.modseq(uid)))
+        elif not args.silent:  # RFC 3501 §6.4.6
+            buf.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, render_flags(view.flags_for(uid))))
+        if len(buf) >= 1000:
+            yield b"".join(buf)
+            buf = []
+    if buf:
+        yield b"".join(buf)
+    if changed_infos:
+        s.changed(folder)
+    if modified:  # RFC 7162 §3.1.3
+        yield from s.done(cmd, "Conditional STORE failed", f"MODIFIED {uid_set(modified)}")
+    else:
+        yield from s.done(cmd, "STORE completed")
+
+
+def expunge(s: Session, cmd: Command) -> Iterator[Output]:
+    view = s.selected
+    s.require_writable()
+    only: set[int] | None = None
+    if cmd.uid:  # RFC 4315 §2.1 UID EXPUNGE
+        args = cmd.args
+        assert isinstance(args, ExpungeArgs)
+        only = {u for _, u in s.pairs(cmd, args.sequence_set)}
+    deleted = [m.uid for m in view.folder.sync().messages
+               if "\\Deleted" in m.flags and (only is None or m.uid in only)]
+    if deleted:
+        view.folder.expunge(deleted)
+        s.changed(view.folder)
+    yield from s.updates(cmd, force=True)
+    yield ok(cmd.tag, "EXPUNGE completed").to_bytes()
+
+
+def _target(s: Session, name: str) -> Folder:
+    try:
+        return s.md.folder(name)
+    except FolderNotFound:
+        raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.4.7
+
+
+def copy(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, CopyArgs)
+    view = s.selected
+    pairs = s.pairs(cmd, args.sequence_set)
+    target = _target(s, args.mailbox)
+    uids = [u for _, u in pairs]
+    check_quota(s, sum(view.info(u).size for u in uids))
+    moved = view.folder.copy_to(uids, target)
+    s.changed(target)
+    code = None
+    if moved:
+        validity = target.sync().uidvalidity
+        code = f"COPYUID {validity} {uid_set([a for a, _ in moved])} {uid_set([b for _, b in moved])}"
+    yield from s.done(cmd, "COPY completed", code)
+
+
+def move(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, CopyArgs)
+    s.require_writable()
+    view = s.selected
+    pairs = s.pairs(cmd, args.sequence_set)
+    target = _target(s, args.mailbox)
+    if target.path == view.folder.path:
+        raise ImapError("NO", "Cannot move a message into its own mailbox", "CANNOT")
+    moved = view.folder.move_to([u for _, u in pairs], target)
+    s.changed(target)
+    s.changed(view.folder)
+    if moved:  # RFC 6851 §4.3: COPYUID in an untagged OK, before the EXPUNGEs
+        validity = target.sync().uidvalidity
+        code = f"COPYUID {validity} {uid_set([a for a, _ in moved])} {uid_set([b for _, b in moved])}"
+        yield ok(None, "Moved", code).to_bytes()
+    yield from s.updates(cmd, force=True)
+    yield ok(cmd.tag, "MOVE completed").to_bytes()
+
+
+def append(s: Session, cmd: Command) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, AppendArgs)
+    try:
+        folder = s.md.folder(args.mailbox)
+    except FolderNotFound:
+        raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.3.11
+    if len(args.message) > s.config.append_limit:
+        raise ImapError("NO", "Message too large", "TOOBIG")
+    check_quota(s, len(args.message))
+    sysf = [f for f in args.flags if f in SYSTEM_FLAGS]
+    kws = [f for f in args.flags if not f.startswith("\\")]
+    uid = folder.append(args.message, sysf, args.internaldate, kws)
+    validity = s.view.uidvalidity if (s.view and s.view.folder.path == folder.path) else \
+        folder.state.uidvalidity
+    s.changed(folder)
+    yield from s.done(cmd, "APPEND completed", f"APPENDUID {validity} {uid}")  # RFC 4315 §3
+
+
+HANDLERS: Mapping[str, Handler] = {
+    "STORE": store, "COPY": copy, "MOVE": move, "EXPUNGE": expunge, "APPEND": append,
+}
