@@ -86,8 +86,9 @@ def _echo(text: str) -> str:
 
 
 def uidl_for(uid: int, uidvalidity: int) -> str:
-    """Dovecot's default ``pop3_uidl_format = %08Xu%08Xv`` (docs/on-disk.md)."""
-    return f"{uid:08X}{uidvalidity:08X}"
+    """Dovecot's default ``pop3_uidl_format = %08Xu%08Xv`` (docs/on-disk.md): its ``%X``
+    prints lower-case hex (``000000016b0ecacf``), and clients compare UIDLs as exact strings."""
+    return f"{uid:08x}{uidvalidity:08x}"
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ Invariants:
   IMAP sessions do not take it: they run alongside and see POP3's deletions.
 - The snapshot is INBOX's ``Folder.sync()`` state at login: message n is the n-th
   message in UID order; later arrivals wait for the next session (RFC 1939 §5).
-  Sizes are ``,W=`` (CRLF) sizes, never read from the files; UIDLs are Dovecot's
-  ``%08Xu%08Xv`` from ``dovecot-uidlist``, so they survive restarts and match IMAP.
+  Sizes are ``,W=`` (CRLF) sizes, never read from the files; UIDLs are the ones Dovecot
+  gives (``FolderState.pop3_uidl``): a UIDL saved in the message's ``dovecot-uidlist``
+  ``P`` field, else Dovecot's default ``%08Xu%08Xv`` in lower-case hex, so they survive
+  restarts and a move from Dovecot byte for byte.
 - UPDATE (RFC 1939 §6) removes the marked messages through ``Folder.expunge`` (under
   the ``dovecot-uidlist`` lock); any failure there is reported, never hidden.
   Messages RETRieved and kept get \\Seen, as Dovecot does by default

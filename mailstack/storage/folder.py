@@ -11,7 +11,10 @@ Invariants:
 - `sync()` never opens a message file: sizes come from `,S=`/`,W=` in the name (a
   message without `W=` is read once and its size kept in the uidlist `W` extension,
   as Dovecot does), the internal date is the file's mtime (a stat, cached).
-- The uidlist is rewritten (write_durable) only when it changed.
+- The uidlist is rewritten (write_durable) only when it changed, and a rewrite keeps
+  every record's extension fields (Dovecot's `P` saved POP3 UIDLs, `O`, `G`, ...).
+- A message's POP3 UIDL is its `P` field when it has one, else Dovecot's default
+  `%08Xu%08Xv` in lower-case hex (`FolderState.pop3_uidl`).
 - Files are renamed or removed by other processes at any time: every mutation that
   finds its file gone re-syncs and retries, and a file missing after that is a
   message expunged by someone else (`MessageNotFound`, or silently skipped in bulk).
@@ -25,7 +28,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,7 +55,7 @@ from .uidlist import (
 if TYPE_CHECKING:
     from .maildir import Maildir
 
-__all__ = ["Folder", "FolderState", "MessageInfo"]
+__all__ = ["Folder", "FolderState", "MessageInfo", "default_pop3_uidl"]
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +81,17 @@ class MessageInfo:
 
 @dataclass(frozen=True)
 class FolderState:
-    """An immutable snapshot: messages sorted by UID."""
+    """An immutable snapshot: messages sorted by UID.
+
+    saved_uidls: the POP3 UIDLs kept in the uidlist's `P` fields (uid -> UIDL, an empty
+    `P` already resolved to the base name), see `pop3_uidl`.
+    """
 
     uidvalidity: int
     uidnext: int
     messages: tuple[MessageInfo, ...]
     _index: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
+    saved_uidls: Mapping[int, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self._index:
@@ -97,14 +105,45 @@ class FolderState:
         return [m.uid for m in self.messages]
 
     def pop3_uidl(self, msg: MessageInfo) -> str:
-        """Dovecot's default POP3 UIDL `%08Xu%08Xv` (docs/on-disk.md)."""
-        return f"{msg.uid:08X}{self.uidvalidity:08X}"
+        """The POP3 UIDL Dovecot would give this message (docs/on-disk.md).
+
+        As Dovecot's pop3_get_uid(): the UIDL saved in the record's `P` field when there
+        is one (written by Dovecot's `pop3_save_uidl = yes`, or by a migration that kept
+        another server's UIDLs), else Dovecot's default `pop3_uidl_format = %08Xu%08Xv`:
+        UID then UIDVALIDITY, 8 lower-case hex digits each, as Dovecot's `%X` prints them
+        (POP3 clients compare UIDLs as exact strings).
+        """
+        return self.saved_uidls.get(msg.uid) or default_pop3_uidl(msg.uid, self.uidvalidity)
 
     def _with(self, msg: MessageInfo) -> FolderState:
         i = self._index[msg.uid]
         msgs = list(self.messages)
         msgs[i] = msg
-        return FolderState(self.uidvalidity, self.uidnext, tuple(msgs), self._index)
+        return FolderState(self.uidvalidity, self.uidnext, tuple(msgs), self._index, self.saved_uidls)
+
+
+def default_pop3_uidl(uid: int, uidvalidity: int) -> str:
+    """Dovecot's default `pop3_uidl_format = %08Xu%08Xv`: its `%X` is lower-case hex."""
+    return f"{uid:08x}{uidvalidity:08x}"
+
+
+def _valid_uidl(text: str) -> bool:
+    """RFC 1939 §7: a unique-id is made of the characters 0x21-0x7E.
+
+    Its "1 to 70 characters" is not enforced: Dovecot serves longer saved UIDLs (Maildir
+    base names, `%f`), and the client already knows them by those strings.
+    """
+    return bool(text) and all("!" <= c <= "~" for c in text)
+
+
+def _saved_uidl(rec: UidRecord) -> str | None:
+    """The UIDL in a record's `P` field; Dovecot writes an empty `P` for "the base name"
+    (maildir_update_pop3_uidl's optimisation, read back by MAIL_FETCH_UIDL_BACKEND)."""
+    value = rec.ext.get("P")
+    if value is None:
+        return None
+    uidl = value or rec.base
+    return uidl if _valid_uidl(uidl) else None
 
 
 def _sort_key(base: str) -> tuple[int, int, str]:
@@ -152,6 +191,7 @@ class Folder:
         self._infos_kw: dict[int, str] | None = None
         self._flag_memo: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         self._state: FolderState | None = None
+        self._bad_uidls: set[int] = set()  # UIDs whose broken `P` field was logged already
 
     def __repr__(self) -> str:
         return f"Folder({self.name!r}, {str(self.path)!r})"
@@ -329,11 +369,22 @@ class Folder:
         stat = os.stat
         old_infos = self._infos if self._infos_kw is self._kw else {}
         infos: dict[str, MessageInfo] = {}
+        saved: dict[int, str] = {}
         for rec in ul.records:
             base = rec.base
             name = by_base.get(base)
             if name is None:
                 continue
+            if "P" in rec.ext:
+                uidl = _saved_uidl(rec)
+                if uidl is not None:
+                    saved[rec.uid] = uidl
+                elif rec.uid not in self._bad_uidls:
+                    # Not sendable as a POP3 UIDL (RFC 1939 §7): the default one is served
+                    # instead; only this message may be fetched again by a client.
+                    self._bad_uidls.add(rec.uid)
+                    log.warning("%s: UID %d has an unusable POP3 UIDL %r in its P field, serving %s",
+                                self._uidlist_path, rec.uid, rec.ext["P"], default_pop3_uidl(rec.uid, ul.uidvalidity))
             known = old_infos.get(name)
             if known is not None and known.uid == rec.uid:
                 msgs.append(known)
@@ -366,7 +417,7 @@ class Folder:
         self._infos, self._infos_kw = infos, self._kw
         self._mtimes = live
         self._name_sizes = live_sizes
-        return FolderState(ul.uidvalidity, ul.nextuid, tuple(msgs))
+        return FolderState(ul.uidvalidity, ul.nextuid, tuple(msgs), saved_uidls=saved)
 
     def _parse_sizes(self, base: str) -> tuple[int | None, int | None]:
         sizes = (size_from_name(base, "S"), size_from_name(base, "W"))

@@ -5,10 +5,13 @@ Format (Dovecot maildir-uidlist.c, v1.1 and later):
     3 V<uidvalidity> N<nextuid> G<mailbox guid, 32 hex> [<other header fields>]
     <uid> [<key><value> ...] :<base name>
 
-Record extension keys are upper-case letters (`W` virtual size, `S` physical size,
-`P` POP3 UIDL, `O` POP3 order, `G` message GUID); values never hold spaces. The
-base name is the file name without its `:2,` info. Version 1 files
-(`1 <uidvalidity> <nextuid>` / `<uid> <filename>`) are read too.
+Record extension keys are upper-case letters (Dovecot's maildir-uidlist.h: `W` virtual
+size, `S` physical size, `P` POP3 UIDL, an empty `P` meaning "the base name", `O` POP3
+order, `G` message GUID); values never hold spaces. Items whose key is not A-Z are
+dropped, as Dovecot's maildir_uidlist_read_extended() drops them; of a key given twice
+the first counts, as in Dovecot's maildir_uidlist_lookup_ext(). The base name is the
+file name without its `:2,` info. Version 1 files (`1 <uidvalidity> <nextuid>` /
+`<uid> <filename>`) are read too.
 
 Invariants:
 - Reading then writing keeps UIDVALIDITY, every UID, the mailbox GUID and every
@@ -141,7 +144,7 @@ def parse_uidlist(data: bytes) -> UidList | None:
                     return None
                 for item in rest[:pos].split():
                     if "A" <= item[0] <= "Z":
-                        ext[item[0]] = item[1:]
+                        ext.setdefault(item[0], item[1:])
                 base = rest[pos + 2 :]
         else:
             base = rest

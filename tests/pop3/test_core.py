@@ -200,9 +200,9 @@ def test_transaction_commands_byte_for_byte() -> None:
     assert d.run(b"LIST\r\n") == f"+OK 3 messages ({total} octets)\r\n1 {s1}\r\n2 {s2}\r\n3 {s3}\r\n.\r\n".encode()
     assert d.run(b"LIST 2\r\n") == f"+OK 2 {s2}\r\n".encode()
     assert d.run(b"UIDL\r\n") == (
-        b"+OK\r\n1 000000016553F100\r\n2 000000026553F100\r\n3 000000036553F100\r\n.\r\n"
+        b"+OK\r\n1 000000016553f100\r\n2 000000026553f100\r\n3 000000036553f100\r\n.\r\n"
     )
-    assert d.run(b"UIDL 3\r\n") == b"+OK 3 000000036553F100\r\n"
+    assert d.run(b"UIDL 3\r\n") == b"+OK 3 000000036553f100\r\n"
     assert d.run(b"RETR 1\r\n") == f"+OK {s1} octets\r\n".encode() + b"Subject: one\r\n\r\nhello\r\n..dot line\r\n.\r\n"
     assert d.run(b"TOP 2 1\r\n") == b"+OK\r\nSubject: two\r\nX: y\r\n\r\nl1\r\n.\r\n"
     assert d.run(b"TOP 2 0\r\n") == b"+OK\r\nSubject: two\r\nX: y\r\n\r\n.\r\n"
@@ -315,7 +315,7 @@ def test_redact() -> None:
 
 def test_uidl_format() -> None:
     assert uidl_for(1, 1) == "0000000100000001"
-    assert uidl_for(0xABC, 0x5F000000) == "00000ABC5F000000"
+    assert uidl_for(0xABC, 0x5F000000) == "00000abc5f000000"
 
 
 # -- message encoding: (file bytes, TOP k or None) -> wire bytes ------------------

@@ -75,7 +75,7 @@ def test_uidl_matches_storage_and_survives_restart(tmp_path: Path) -> None:
     first = c.uidl()[1]
     c.quit()
     state = srv.maildir(ALICE).folder("INBOX").sync()
-    expected = [f"{n} {m.uid:08X}{state.uidvalidity:08X}".encode() for n, m in enumerate(state.messages, 1)]
+    expected = [f"{n} {m.uid:08x}{state.uidvalidity:08x}".encode() for n, m in enumerate(state.messages, 1)]
     assert first == expected
     gen.close()  # server stopped
     # a new server process over the same store: same UIDLs
@@ -85,6 +85,28 @@ def test_uidl_matches_storage_and_survives_restart(tmp_path: Path) -> None:
     assert c.uidl()[1] == first
     c.quit()
     gen.close()
+
+
+def test_uidl_saved_in_uidlist_is_served(pop3: POP3Server) -> None:
+    """A Dovecot-saved UIDL (`P` field, pop3_save_uidl = yes) wins over the default; an
+    empty `P` is the base name; a DELE's UPDATE keeps the other records' fields."""
+    for i in range(3):
+        pop3.deliver(ALICE, msg(i))
+    folder = pop3.maildir(ALICE).folder("INBOX")
+    state = folder.sync()
+    bases = [m.base for m in state.messages]
+    uidlist = folder.path / "dovecot-uidlist"
+    lines = uidlist.read_text().splitlines()
+    assert lines[1:] == [f"{m.uid} :{m.base}" for m in state.messages]
+    lines[1] = f"1 P :{bases[0]}"  # as Dovecot writes them
+    lines[2] = f"2 Pcourier-2 O1 :{bases[1]}"
+    uidlist.write_text("\n".join(lines) + "\n")
+    c = pop3.client(ALICE)
+    assert c.uidl()[1] == [f"1 {bases[0]}".encode(), b"2 courier-2", f"3 {3:08x}{state.uidvalidity:08x}".encode()]
+    assert c.uidl(2) == b"+OK 2 courier-2"
+    c.dele(3)
+    c.quit()
+    assert uidlist.read_text().splitlines()[1:] == lines[1:3]
 
 
 def make_server_same_store(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -198,7 +220,7 @@ def test_pipelined_session_byte_for_byte(pop3: POP3Server) -> None:
     out = raw_session(pop3, f"CAPA\r\nUSER {ALICE}\r\nPASS {PASSWORD}\r\nSTAT\r\nLIST\r\nRETR 1\r\nTOP 1 0\r\n"
                             "UIDL 1\r\nDELE 1\r\nSTAT\r\nQUIT\r\n".encode())
     uidl = pop3.maildir(ALICE).folder("INBOX").sync()
-    uid = f"{1:08X}{uidl.uidvalidity:08X}".encode()
+    uid = f"{1:08x}{uidl.uidvalidity:08x}".encode()
     assert out == (
         b"+OK mx.example.test POP3 ready.\r\n"
         b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n"

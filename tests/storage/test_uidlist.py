@@ -113,7 +113,7 @@ def test_dovecot_maildir_read_back(tmp_path: Path) -> None:
     assert m42.flags == {"\\Seen", "\\Answered"}
     assert m43.filename == "1699999004.M400P2004.mx,S=20,W=21:2,"  # moved new/ -> cur/, base kept
     assert m4.internaldate.timestamp() == 1699999000
-    assert state.pop3_uidl(m4) == "000000046553F100"
+    assert state.pop3_uidl(m4) == "000000046553f100"
     text = (root / "dovecot-uidlist").read_text().splitlines()
     assert text[0] == "3 V1700000000 N44 Gd2a2b7a0c3e75c65a92300005f5e6b2d"
     assert text[1:] == [
@@ -146,3 +146,62 @@ def test_missing_w_computed_once_and_remembered(tmp_path: Path) -> None:
     state = Maildir(root).folder("INBOX").sync()
     assert (state.messages[0].size, state.messages[0].vsize) == (4, 6)
     assert "1 W6 :1700000000.M1P1.mx" in (root / "dovecot-uidlist").read_text()
+
+
+def test_first_of_a_repeated_extension_counts() -> None:
+    # Dovecot's maildir_uidlist_lookup_ext() returns the first; keys not A-Z are dropped.
+    ul = parse_uidlist(b"3 V1 N5 G" + GUID.encode() + b"\n4 Pfirst Psecond xjunk O7 :b\n")
+    assert ul is not None and ul.records[0].ext == {"P": "first", "O": "7"}
+
+
+def _saved_uidl_inbox(root: Path) -> None:
+    """INBOX as Dovecot leaves it after pop3_save_uidl = yes (records copied from a real
+    Dovecot 2.3 run): an empty P means "the base name" (its %f), others are the UIDL."""
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    names = [
+        "1796140441.M930342P26648.vm,S=20,W=21:2,S",
+        "1796140444.M800181P26867.vm,S=20,W=21:2,",
+        "1796140445.M1P1.vm,S=20,W=21:2,",
+        "1796140446.M2P1.vm,S=20,W=21:2,",
+        "1796140447.M861170P26958.vm,S=20,W=21:2,",
+    ]
+    for n in names:
+        (root / "cur" / n).write_bytes(b"Subject: one\n\nbody\n")
+    (root / "dovecot-uidlist").write_bytes(
+        b"3 V1796140441 N9 Gc8226a3899ed0e6b1868000083ecc375\n"
+        b"1 P :1796140441.M930342P26648.vm,S=20,W=21\n"
+        b"3 P1796140441-3 O2 G0123abc :1796140444.M800181P26867.vm,S=20,W=21\n"
+        b"4 P\xc3\xa9t\xc3\xa9 :1796140445.M1P1.vm,S=20,W=21\n"  # not sendable (RFC 1939 \xc2\xa77)
+        b"6 Z9 P! :1796140446.M2P1.vm,S=20,W=21\n"
+        b"8 :1796140447.M861170P26958.vm,S=20,W=21\n"
+    )
+
+
+def test_saved_pop3_uidls(tmp_path: Path) -> None:
+    root = tmp_path / "d" / "u"
+    _saved_uidl_inbox(root)
+    state = Maildir(root).folder("INBOX").sync()
+    assert [state.pop3_uidl(m) for m in state.messages] == [
+        "1796140441.M930342P26648.vm,S=20,W=21",  # empty P: the base name
+        "1796140441-3",
+        "000000046b0eed99",  # P unusable: Dovecot's default instead
+        "!",
+        "000000086b0eed99",  # no P: Dovecot's default, lower-case
+    ]
+
+
+def test_rewrite_keeps_saved_uidls_and_other_fields(tmp_path: Path) -> None:
+    root = tmp_path / "d" / "u"
+    _saved_uidl_inbox(root)
+    before = (root / "dovecot-uidlist").read_bytes().splitlines()
+    folder = Maildir(root).folder("INBOX")
+    uid = folder.append(b"Subject: new\n\nx\n")  # rewrites the uidlist
+    assert uid == 9
+    folder.expunge([8])  # and again
+    after = (root / "dovecot-uidlist").read_bytes().splitlines()
+    assert after[0] == b"3 V1796140441 N10 Gc8226a3899ed0e6b1868000083ecc375"
+    assert after[1:5] == before[1:5]  # P, O, G, Z fields byte for byte
+    assert after[5].startswith(b"9 :") and len(after) == 6
+    state = Maildir(root).folder("INBOX").sync()
+    assert [state.pop3_uidl(m) for m in state.messages][:2] == ["1796140441.M930342P26648.vm,S=20,W=21", "1796140441-3"]
