@@ -111,3 +111,14 @@ def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
         yield postgres_cluster.url(name)
     finally:
         postgres_cluster.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_umask() -> Iterator[None]:
+    """mailstack's CLI and server set umask 077 for their process (docs/on-disk.md); tests
+    that run them in-process must not leave it to later tests, whose peers (Postfix's
+    spool, Dovecot's mail dirs) need the usual modes."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
