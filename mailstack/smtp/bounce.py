@@ -14,7 +14,7 @@ import email.utils
 import time
 from collections.abc import Sequence
 
-from mailstack.delivery import header_block
+from mailstack.mail.headers import header_block
 from mailstack.smtp.replies import Reply
 
 __all__ = ["make_dsn"]

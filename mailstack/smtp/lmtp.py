@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import syntax
 
 from mailstack import maillog, net
-from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, Resolver, ResolveError, received_header
+from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, Resolver, ResolveError
+from mailstack.mail.headers import received_header
 from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits
 from mailstack.smtp.queue_store import QueueStore

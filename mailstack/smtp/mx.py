@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 
 from mailstack import maillog, net
 from mailstack.config import Config, parse_listen
-from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, RecipientResult, Resolution, Resolver, ResolveError, received_header
+from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, RecipientResult, Resolution, Resolver, ResolveError
+from mailstack.mail.headers import received_header
 from mailstack.mail.authcheck import Action, AuthChecker, CheckPolicy
 from mailstack.smtp import replies as R
 from mailstack.smtp.bounce import make_dsn
