@@ -41,7 +41,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import MISSING, syntax
+from aiosmtpd.smtp import syntax
 
 from mailstack import maillog, net
 from mailstack.delivery import NOT_LOCAL, Resolution, ResolveError, Resolver
@@ -259,14 +259,14 @@ class SubmissionSMTP(BaseSMTP):
         self.command_size_limits["AUTH"] = self.line_length_limit
 
     @property
-    def auth_allowed(self) -> bool:
+    def sasl_allowed(self) -> bool:
         if self.tls_active:
             return True
         return self.allow_plaintext_on_loopback and self.transport is not None and net.is_loopback_peer(self.transport)
 
     def ehlo_keywords(self) -> list[str]:
         kw = super().ehlo_keywords()
-        if self.auth_allowed and not (self.session and self.session.authenticated):
+        if self.sasl_allowed and not (self.session and self.session.authenticated):
             kw.append("AUTH " + " ".join(MECHANISMS))
         return kw
 
@@ -324,7 +324,7 @@ class SubmissionSMTP(BaseSMTP):
         if not self.session.extended_smtp:
             await self.push(Reply(503, "5.5.1", "AUTH needs EHLO"))
             return
-        if not self.auth_allowed:
+        if not self.sasl_allowed:
             await self.push(AUTH_NEEDS_TLS)
             return
         if self.session.authenticated:
