@@ -225,7 +225,8 @@ Command = Callable[[Any, Any], Awaitable[None]]
 
 def _counted(verb: str, method: Command) -> Command:
     """``method`` (an ``smtp_<VERB>``) behind the per-session accounting: junk commands are
-    counted, others are progress; nothing runs once we have closed the session. A
+    counted, others are progress (when they start and when they end); nothing runs once
+    we have closed the session. A
     ``super().smtp_<VERB>()`` call inside another one is not counted again."""
     junk = verb in JUNK_COMMANDS
 
@@ -244,6 +245,8 @@ def _counted(verb: str, method: Command) -> Command:
             await method(self, arg)
         finally:
             self._in_command = False
+        if not junk:  # and when it ends: a slow DATA that ended in 250 is the latest progress
+            self.progress_at = self.loop.time()
 
     run.__mailstack_counted__ = True  # type: ignore[attr-defined]
     return run
@@ -310,7 +313,7 @@ class BaseSMTP(SMTP):
         self._in_command = False
         self.busy = False  # inside DATA or a delivery: a stop lets it finish
         self.errors = ErrorCounter(settings.limits)
-        self.progress_at = 0.0  # loop time of the last progress (connect, a non-junk command)
+        self.progress_at = 0.0  # loop time of the last progress (connect, a non-junk command's start or end)
         self._dropped = False  # closed by us (error limit, eviction): ignore what is still buffered
 
     # ------------------------------------------------------------------ plumbing
