@@ -30,7 +30,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
 import logging
 import threading
@@ -42,6 +41,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mailstack.mail import headers
 from mailstack.mail.address import Address, AddressError, parse_address, split_tag
 from mailstack import replies as R
 from mailstack.replies import Reply
@@ -59,7 +59,6 @@ __all__ = [
     "LocalDelivery",
     "DirectoryLike",
     "NOT_LOCAL",
-    "header_block",
     "count_received",
     "delivered_to_values",
 ]
@@ -315,52 +314,18 @@ class Resolver:
 
 
 # ---------------------------------------------------------------------------
-# header checks
-
-
-def header_block(data: bytes, limit: int = 256 * 1024) -> bytes:
-    """The header section (up to the first empty line), at most ``limit`` bytes."""
-    head = data[:limit]
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        i = head.find(sep)
-        if i >= 0:
-            return head[: i + len(sep) // 2]
-    if head.startswith(b"\r\n") or head.startswith(b"\n"):
-        return b""
-    return head
-
-
-def _header_lines(block: bytes) -> list[tuple[bytes, bytes]]:
-    """(lower-cased name, unfolded value) pairs of a header block."""
-    out: list[tuple[bytes, bytes]] = []
-    for raw in block.replace(b"\r\n", b"\n").split(b"\n"):
-        if not raw:
-            continue
-        if raw[:1] in (b" ", b"\t") and out:
-            name, value = out[-1]
-            out[-1] = (name, value + b" " + raw.strip())
-            continue
-        name, sep, value = raw.partition(b":")
-        if sep:
-            out.append((name.strip().lower(), value.strip()))
-    return out
+# header checks (the header section is read by mail.headers, the one reader)
 
 
 def count_received(block: bytes) -> int:
-    return sum(1 for name, _ in _header_lines(block) if name == b"received")
+    """How many ``Received:`` fields the header section holds (RFC 5321 §6.3 loop check)."""
+    return sum(1 for f in headers.header_fields(block, strict=False) if f.key == "received")
 
 
 def delivered_to_values(block: bytes) -> set[str]:
     """Case-folded addresses of every Delivered-To: header (RFC 9228)."""
-    out = set()
-    for name, value in _header_lines(block):
-        if name == b"delivered-to":
-            out.add(value.decode("utf-8", "replace").strip().strip("<>").casefold())
-    return out
-
-
-def _header_safe(text: str) -> str:
-    return "".join(ch for ch in text if ch >= " " and ch != "\x7f")
+    return {f.value.strip().strip("<>").casefold() for f in headers.header_fields(block, strict=False)
+            if f.key == "delivered-to"}
 
 
 # ---------------------------------------------------------------------------
@@ -434,12 +399,12 @@ class LocalDelivery:
         client: str | None = None,
         smtputf8: bool = False,
     ) -> list[RecipientResult]:
-        block = header_block(data)
+        block = headers.header_block(data)
         if count_received(block) > self.max_received:  # RFC 5321 §6.3
             return [RecipientResult(r.recipient, R.LOOP.with_text("Mail loop detected: too many Received: headers"))
                     for r in resolutions]
         seen_delivered = delivered_to_values(block)
-        return_path = f"Return-Path: <{_header_safe(sender)}>\r\n".encode("utf-8", "surrogateescape")
+        return_path = headers.field("Return-Path", f"<{sender}>")
         done: dict[tuple[str, str, str | None], Reply] = {}  # one write per mailbox even if named twice
         results: list[RecipientResult] = []
         for res in resolutions:
@@ -488,7 +453,7 @@ class LocalDelivery:
         if to_queue:
             if self.queue is None:
                 return RecipientResult(res.recipient, R.LOCAL_ERROR.with_text("Cannot forward now, try again later"))
-            prefix = f"Delivered-To: {_header_safe(res.recipient)}\r\n".encode("utf-8", "surrogateescape")
+            prefix = headers.field("Delivered-To", res.recipient)
             try:
                 queued = self.queue.enqueue(sender, to_queue, prefix + data, smtputf8=smtputf8, client=client,
                                             reason="forward", extra={"orig_rcpt": res.recipient,
@@ -508,7 +473,7 @@ class LocalDelivery:
 
         if mb.address.casefold() in seen_delivered:  # RFC 9228 §4: a repeated Delivered-To is a loop
             return R.LOOP.with_text(f"Mail loop detected: already delivered to {mb.address}")
-        delivered_to = f"Delivered-To: {_header_safe(mb.address)}\r\n".encode("utf-8", "surrogateescape")
+        delivered_to = headers.field("Delivered-To", mb.address)
         body = return_path + delivered_to + data
         try:
             md = self.open_maildir(self.maildir_root, mb.domain, mb.local)
@@ -528,26 +493,3 @@ class LocalDelivery:
             log.error("delivery to %s failed: %s", mb.address, e)
             return R.LOCAL_ERROR.with_text("Local delivery failed, try again later")
         return R.OK
-
-
-def received_header(
-    *,
-    helo: str | None,
-    client_ip: str | None,
-    by: str,
-    protocol: str,
-    queue_id: str,
-    recipient: str | None = None,
-    tls: str | None = None,
-) -> bytes:
-    """An RFC 5321 §4.4 trace line (folded), CRLF-terminated."""
-    from_part = _header_safe(helo or "unknown")
-    ip = f"[{client_ip}]" if client_ip else "localhost"
-    lines = [f"Received: from {from_part} ({ip})", f"\tby {_header_safe(by)} (mailstack) with {protocol} id {queue_id}"]
-    if tls:
-        lines.append(f"\t({_header_safe(tls)})")
-    if recipient:
-        lines.append(f"\tfor <{_header_safe(recipient)}>")
-    lines[-1] += ";"
-    lines.append(f"\t{email.utils.formatdate(time.time(), localtime=False)}")
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")

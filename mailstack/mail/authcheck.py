@@ -51,6 +51,7 @@ import dkim as dkimpy  # type: ignore[import-untyped]
 
 from mailstack.dns import DNSError, NXDomain, Resolver
 from mailstack.mail import dmarc as dmarc_mod
+from mailstack.mail import headers
 from mailstack.mail import spf as spf_mod
 from mailstack.mail.authresults import ResInfo, format_header, strip_forged
 from mailstack.mail.author import from_domains
@@ -141,7 +142,7 @@ async def verify_dkim(message: bytes, resolver: Resolver) -> tuple[DKIMSignature
         try:
             d = dkimpy.DKIM(message, minkey=1024)
         except dkimpy.DKIMException as e:
-            raw = [m for m in re.findall(rb"(?im)^dkim-signature:", message[:65536])]
+            raw = [f for f in headers.raw_fields(headers.header_block(message)) if f.key == "dkim-signature"]
             return None, [(DKIMSignature("permerror", reason=f"message: {e}"), {}) for _ in raw]
         sigs = [v for k, v in d.headers if k.lower() == b"dkim-signature"]
         out: list[tuple[DKIMSignature | None, dict[bytes, bytes]]] = []
@@ -161,7 +162,7 @@ async def verify_dkim(message: bytes, resolver: Resolver) -> tuple[DKIMSignature
             out.append((None, tags))
         return d, out
 
-    if not re.search(rb"(?im)^dkim-signature\s*:", _head(message)):
+    if not headers.has_field(message, "DKIM-Signature"):
         return ()  # unsigned: no thread hop, no parse
     d, parsed = await asyncio.to_thread(parse)
     if not parsed:
@@ -218,11 +219,6 @@ async def verify_dkim(message: bytes, resolver: Resolver) -> tuple[DKIMSignature
 
     verified = iter(await asyncio.to_thread(run) if pending else [])
     return tuple(res if res is not None else next(verified) for res, _ in parsed)
-
-
-def _head(message: bytes) -> bytes:
-    m = re.search(rb"\r?\n\r?\n", message)
-    return message[: m.start()] if m else message
 
 
 def _short(e: BaseException) -> str:

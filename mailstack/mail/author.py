@@ -4,17 +4,11 @@ Every place that decides "who is this From:" uses this module, so that they cann
 disagree: submission's ownership check (``author``), DMARC's RFC5322.From domains on the
 MX (``from_domains``) and the DKIM signing domain (``signing_domain``).
 
-How a header section is read (``header_fields``):
-
-- it ends at the first empty line (RFC 5322 §2.1); a line starting with SP/HTAB
-  continues the field before it and is unfolded (§2.2.3: the CRLF is removed);
-- a field name is ``1*ftext`` (printable US-ASCII but ``:``, §3.6.8), and, as the
-  obsolete syntax allows (§4.5.3, ``obs-from = "From" *WSP ":" ...``), white space may
-  come before the colon: ``From : x`` and ``FROM\\t: x`` ARE From fields. Names
-  compare case-insensitively (§1.2.2);
-- any other line (no colon, a space or a control byte inside the name) is malformed:
-  ``strict`` reading refuses the header section (``HeaderError``), so a client cannot
-  hide a field from us that a mail reader or DKIM verifier might still see.
+How a header section is read: by ``mail.headers.header_fields``, the one reader of
+header fields (the empty line ends the section, folded lines are unfolded, ``From :``
+with white space before the colon IS a From field, RFC 5322 §4.5.3). ``author`` reads
+strictly: any malformed header line refuses the message (``HeaderError``), so a client
+cannot hide a field from us that a mail reader or DKIM verifier might still see.
 
 How a From: value is read (``parse_mailboxes``): Python's RFC 5322 parser
 (``email.headerregistry`` via ``email.policy.default``), which understands comments,
@@ -36,30 +30,27 @@ broken one cannot dodge the policy of a domain it shows.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from email.headerregistry import AddressHeader, BaseHeader
 from email.policy import default as _policy
 
+from mailstack.mail import headers
 from mailstack.mail.addrlist import MISSING_DOMAIN, parse_address_list
 from mailstack.mail.address import Address, AddressError, parse_address, quote_local
+from mailstack.mail.headers import header_fields
 
 __all__ = [
     "Author",
     "NO_FROM",
     "AuthorError",
     "HeaderError",
-    "HeaderField",
     "Mailbox",
     "author",
     "from_domains",
-    "header_fields",
     "parse_mailboxes",
     "signing_domain",
 ]
 
-# RFC 5322 §3.6.8 field-name = 1*ftext; §4.5.3 obsolete syntax allows *WSP before ":".
-_FIELD_RE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 NO_FROM = "message has no From: header"
 
 # Python's RFC 5322 parser is quadratic in places (a 50 KB ``a.....@b`` took 12 s, 20,000
@@ -69,28 +60,13 @@ NO_FROM = "message has no From: header"
 # by the strict reading and read only by the linear ``mail.addrlist`` by the lenient one.
 MAX_PARSED_VALUE = 4096
 
-_HEAD_END = re.compile(rb"\n\r?\n")
-
 
 class AuthorError(ValueError):
     """The author fields cannot be used; ``str()`` says why in one line (for a reply)."""
 
 
 class HeaderError(AuthorError):
-    """A header section line that is neither a field nor a continuation."""
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderField:
-    """One header field: its name as written (without trailing white space) and its
-    unfolded value (everything after the colon, CRLFs of folding removed)."""
-
-    name: str
-    value: str
-
-    @property
-    def key(self) -> str:
-        return self.name.lower()
+    """A header section the strict reading refuses (``mail.headers.HeaderError``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,51 +94,6 @@ class Author:
     @property
     def domains(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(m.domain for m in self.mailboxes))
-
-
-def header_fields(message: bytes, *, strict: bool = True) -> list[HeaderField]:
-    """Every header field of ``message`` in order (see module docstring).
-
-    ``strict``: a malformed line raises ``HeaderError``; otherwise it is skipped (and
-    continuation lines after it are dropped with it). Header bytes are read as UTF-8
-    (RFC 6532); strictly, bytes that are not UTF-8 raise ``HeaderError``.
-    """
-    fields: list[tuple[str, list[bytes]]] = []
-    current: list[bytes] | None = None
-    if message.startswith((b"\n", b"\r\n")):
-        return []
-    m = _HEAD_END.search(message)  # RFC 5322 §2.1: the empty line ends the header section
-    head = message if m is None else message[: m.start()]
-    for number, line in enumerate(head.split(b"\n"), 1):
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line:
-            continue
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current.append(line)
-            elif strict:
-                raise HeaderError(f"header line {number} continues no field")
-            continue
-        fm = _FIELD_RE.match(line)
-        if fm is None:
-            current = None
-            if strict:
-                raise HeaderError(f"header line {number} is not a header field")
-            continue
-        current = [line[fm.end():]]
-        fields.append((fm.group(1).decode("ascii"), current))
-    out = []
-    for name, parts in fields:
-        raw = b"".join(parts)
-        try:
-            value = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            if strict:
-                raise HeaderError(f"{name}: header is not UTF-8") from None
-            value = raw.decode("utf-8", "replace")
-        out.append(HeaderField(name, value))
-    return out
 
 
 def _normalise(local: str, domain: str) -> Address:
@@ -202,7 +133,10 @@ def parse_mailboxes(value: str, field: str = "From") -> tuple[Mailbox, ...]:
 
 def author(message: bytes) -> Author:
     """The author of ``message``, read strictly (see module docstring); ``AuthorError``."""
-    fields = header_fields(message, strict=True)
+    try:
+        fields = header_fields(message, strict=True)
+    except headers.HeaderError as e:
+        raise HeaderError(str(e)) from None
     froms = [f for f in fields if f.key == "from"]
     senders = [f for f in fields if f.key == "sender"]
     if not froms:

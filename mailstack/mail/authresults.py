@@ -24,6 +24,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mailstack.mail import headers
+
 __all__ = ["ResInfo", "format_header", "strip_forged", "authserv_id_of", "HEADER_NAME"]
 
 HEADER_NAME = "Authentication-Results"
@@ -114,30 +116,12 @@ def authserv_id_of(value: str) -> str:
     return m.group(0).rstrip(".").lower() if m else ""
 
 
-def _header_end(message: bytes) -> int:
-    """Offset of the blank line ending the header, or len(message) when there is none."""
-    if message.startswith(b"\r\n") or message.startswith(b"\n"):
-        return 0
-    m = re.search(rb"\r?\n\r?\n", message)
-    return message.index(b"\n", m.start()) + 1 if m else len(message)
-
-
 def strip_forged(message: bytes, authserv_id: str) -> tuple[bytes, int]:
-    """``message`` without A-R fields that claim ``authserv_id``; (new message, how many removed)."""
-    end = _header_end(message)
-    head, rest = message[:end], message[end:]
-    fields = re.split(rb"(?<=\n)(?=[^ \t])", head)  # one item per field, folded lines included
+    """``message`` without A-R fields that claim ``authserv_id``; (new message, how many removed).
+
+    The fields are read by ``mail.headers`` (``Authentication-Results :`` with white space
+    before the colon is one too, RFC 5322 §4.5.3), so what we remove is what a reader sees.
+    """
     ours = authserv_id.rstrip(".").lower()
-    kept: list[bytes] = []
-    removed = 0
-    for field in fields:
-        name, colon, value = field.partition(b":")
-        if colon and name.strip().lower() == HEADER_NAME.lower().encode():
-            text = re.sub(r"\r?\n[ \t]", " ", value.decode("utf-8", "replace"))
-            if authserv_id_of(text) == ours:
-                removed += 1
-                continue
-        kept.append(field)
-    if not removed:
-        return message, 0
-    return b"".join(kept) + rest, removed
+    key = HEADER_NAME.lower()
+    return headers.remove_fields(message, lambda f: f.key == key and authserv_id_of(f.value) == ours)

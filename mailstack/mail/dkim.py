@@ -1,4 +1,4 @@
-"""DKIM (RFC 6376, RFC 8463): key generation and storage, signing, verification.
+"""DKIM (RFC 6376, RFC 8463): key generation and storage, signing.
 
 Keys live in files, one per (domain, selector)::
 
@@ -19,13 +19,12 @@ Invariants:
 - the signing domain ``d=`` is the From: domain (DMARC alignment, RFC 7489 §3.1.1), as
   ``mailstack.mail.author.signing_domain`` reads it (one From: with one mailbox);
   mail whose From: domain has no key goes out unsigned;
-- verification looks the key up through the ``mailstack.dns.Resolver`` it is given,
-  never through dkimpy's own DNS code.
+- verification is ``mailstack.mail.authcheck.verify_dkim``'s, the one verifier (the
+  MX's, for mail from elsewhere); the tests check our signatures with it too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import re
@@ -33,13 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import dkim as dkimpy
+import dkim as dkimpy  # type: ignore[import-untyped]
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 
-from mailstack.dns import DNSError, Resolver
 from mailstack.mail import author as author_mod
+from mailstack.mail import headers
 from mailstack.storage.safeio import make_dirs, write_durable
 
 __all__ = [
@@ -51,7 +50,6 @@ __all__ = [
     "txt_record",
     "sign",
     "sign_for_from",
-    "verify",
     "from_domain",
 ]
 
@@ -215,7 +213,7 @@ def zone_line(key: DKIMKey) -> str:
 def from_addresses(message: bytes) -> list[str]:
     """The addresses of every From: header field, as ``mail.author`` reads them (lenient)."""
     out: list[str] = []
-    for f in author_mod.header_fields(message, strict=False):
+    for f in headers.header_fields(message, strict=False):
         if f.key == "from":
             try:
                 out.extend(str(m.address) for m in author_mod.parse_mailboxes(f.value))
@@ -251,34 +249,3 @@ def sign_for_from(message: bytes, directory: Path) -> bytes:
         return message
     keys = load_keys(directory, domain)
     return sign(message, keys) if keys else message
-
-
-async def verify(message: bytes, resolver: Resolver, index: int = 0) -> bool:
-    """Verify the ``index``-th DKIM-Signature, fetching the key through ``resolver``."""
-    d = dkimpy.DKIM(message)
-    sigs = [v for k, v in d.headers if k.lower() == b"dkim-signature"]
-    if index >= len(sigs):
-        return False
-    tags = dict(
-        (k.strip().lower(), v.strip())
-        for k, _, v in (t.partition(b"=") for t in re.sub(rb"\s+", b"", sigs[index]).split(b";") if t)
-    )
-    name = tags.get(b"s", b"") + b"._domainkey." + tags.get(b"d", b"")
-    try:
-        txts = await resolver.txt(name.decode("ascii", "replace"))
-    except DNSError:
-        return False
-    record = next((t for t in txts if "p=" in t), None)
-    if record is None:
-        return False
-
-    def dnsfunc(qname: bytes, timeout: int = 5) -> bytes:
-        return record.encode() if qname.rstrip(b".").lower() == name.lower() else b""
-
-    def run() -> bool:
-        try:
-            return bool(d.verify(idx=index, dnsfunc=dnsfunc))
-        except dkimpy.DKIMException:
-            return False
-
-    return await asyncio.to_thread(run)

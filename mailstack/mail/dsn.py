@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from mailstack.mail import headers
+
 __all__ = ["DSNRecipient", "build_dsn", "should_bounce", "status_from_reply"]
 
 Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
@@ -68,14 +70,6 @@ def _one_line(text: str, limit: int = 900) -> str:
 
 def _date(ts: float) -> str:
     return email.utils.formatdate(ts, localtime=False)
-
-
-def _header_block(message: bytes) -> bytes:
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        i = message.find(sep)
-        if i >= 0:
-            return message[:i]
-    return message[: 64 * 1024]
 
 
 def build_dsn(
@@ -156,7 +150,10 @@ def build_dsn(
         if r.will_retry_until:
             status.append(f"Will-Retry-Until: {_date(r.will_retry_until)}")
 
-    original_head = re.sub(rb"\r?\n", b"\r\n", _header_block(original))
+    # the header section as mail.headers reads it (at most MAX_HEADER_SCAN bytes, whole lines)
+    original_head = re.sub(rb"\r?\n", b"\r\n", headers.header_block(original))
+    if not original_head.endswith(b"\r\n"):
+        original_head += b"\r\n"
     crlf = "\r\n"
     out = (
         crlf.join(head) + crlf + crlf
@@ -173,5 +170,5 @@ def build_dsn(
         + "Content-Description: Undelivered Message Headers" + crlf
         + "Content-Type: text/rfc822-headers" + crlf + crlf
     ).encode("utf-8")
-    out += original_head + b"\r\n" + f"\r\n--{boundary}--\r\n".encode()
+    out += original_head + f"\r\n--{boundary}--\r\n".encode()
     return out

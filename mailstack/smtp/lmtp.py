@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from aiosmtpd.smtp import syntax
 
 from mailstack import maillog, net
-from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, Resolver, ResolveError, received_header
+from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, Resolver, ResolveError
+from mailstack.mail.headers import received_header
 from mailstack.service import RunningService, ServiceContext
 from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits

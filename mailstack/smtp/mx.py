@@ -34,8 +34,9 @@ from pathlib import Path
 
 from mailstack import maillog, net
 from mailstack.config import Config, parse_listen
-from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, RecipientResult, Resolution, Resolver, ResolveError, received_header
+from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, RecipientResult, Resolution, Resolver, ResolveError
 from mailstack.mail import dkim
+from mailstack.mail.headers import received_header
 from mailstack.mail.authcheck import Action, AuthChecker, CheckPolicy
 from mailstack.mail.dsn import DSNRecipient
 from mailstack.service import RunningService, ServiceContext, ServiceError

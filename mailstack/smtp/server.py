@@ -40,7 +40,23 @@ for an Internet-facing MTA; the policy lives in a ``Handler`` whose hooks return
   exception text, ever reaches the client; an error while reading DATA closes the
   connection (the rest of the body must never be read as commands);
 - a message is answered 250 only when the handler's ``data`` hook says so, and the
-  hook answers 250 only when the message is on disk (``delivery.LocalDelivery``).
+  hook answers 250 only when the message is on disk (``delivery.LocalDelivery``);
+- the MX and LMTP offer no AUTH: ``503 5.5.1`` (submission has its own ``smtp_AUTH``).
+
+How we use aiosmtpd (pinned ``>=1.4.6,<1.5`` in pyproject.toml): through its public
+extension points, subclassing ``SMTP`` and calling its constructor, ``smtp_<VERB>``
+methods (it finds them by name; ``_count_commands`` puts each behind the per-session
+accounting once, when the class is made), ``push``, ``check_helo_needed``, ``Session`` and
+``Envelope``, ``@syntax``. The parsing rules we add live in pure modules (``params``:
+MAIL/RCPT arguments and paths, ``data``: the DATA phase). Private names that remain,
+each checked against the installed versions by tests/smtp/test_server_unit.py (which
+also fails when a new one is used, or one of ours collides with aiosmtpd's):
+``_reader``/``_writer`` (the connection's streams: DATA and SASL lines are read from the
+reader, STARTTLS goes through the writer), ``_reset_timeout``/``_timeout_cb`` (its idle
+timer: re-armed per DATA line, 421 before the close), and asyncio's
+``StreamReader._buffer`` (pipelined bytes to drop) and ``._transport`` (re-pointed after
+STARTTLS). Per connection, aiosmtpd's constructor costs ~0.25 ms of CPU (it scans the
+instance with ``inspect.getmembers``): the price of not copying it.
 """
 
 from __future__ import annotations
@@ -52,19 +68,20 @@ import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
 
-from aiosmtpd.smtp import SMTP, Envelope, syntax
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from mailstack import maillog, net
-from mailstack.mail.address import AddressError, parse_address
 from mailstack.smtp import replies as R
 from mailstack.smtp.data import DataReceiver
 from mailstack.smtp.limits import JUNK_COMMANDS, ErrorCounter, SessionLimits
 from mailstack.queue import new_queue_id
+from mailstack.smtp.params import parse_mail, parse_rcpt
 from mailstack.smtp.replies import Reply, SMTPReplyError
 
-__all__ = ["parse_path", "BaseSMTP", "ServerSettings", "Handler", "Transaction", "ConnectionSet", "SMTPService"]
+__all__ = ["BaseSMTP", "ServerSettings", "Handler", "Transaction", "ConnectionSet", "SMTPService"]
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +90,16 @@ log = logging.getLogger(__name__)
 # is mailstack.maillog. An admin can lower this again in their logging config.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
 
-_MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8"}
-
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 EVICTED = Reply(421, "4.7.0", "Server busy, closing idle connection; try again later")
+NO_AUTH = Reply(503, "5.5.1", "Authentication not enabled")  # what Postfix says without SASL
+
+
+class _NoHooks:
+    """aiosmtpd's event handler: none of its ``handle_*`` hooks (our policy is a ``Handler``)."""
+
+
+_NO_HOOKS = _NoHooks()
 
 
 @dataclass(frozen=True)
@@ -222,6 +245,51 @@ class SMTPService:
                 pass
 
 
+Command = Callable[[Any, Any], Awaitable[None]]
+
+
+def _counted(verb: str, method: Command) -> Command:
+    """``method`` (an ``smtp_<VERB>``) behind the per-session accounting: junk commands are
+    counted, others are progress (when they start and when they end); nothing runs once
+    we have closed the session. A
+    ``super().smtp_<VERB>()`` call inside another one is not counted again."""
+    junk = verb in JUNK_COMMANDS
+
+    @functools.wraps(method)  # keeps @syntax's attributes, which HELP reads
+    async def run(self: BaseSMTP, arg: Any) -> None:
+        if self._in_command:
+            await method(self, arg)
+            return
+        if self._dropped:
+            return
+        self.errors.command(verb)
+        if not junk:
+            self.progress_at = self.loop.time()
+        self._in_command = True
+        try:
+            await method(self, arg)
+        finally:
+            self._in_command = False
+        if not junk:  # and when it ends: a slow DATA that ended in 250 is the latest progress
+            self.progress_at = self.loop.time()
+
+    run.__mailstack_counted__ = True  # type: ignore[attr-defined]
+    return run
+
+
+def _count_commands(cls: type[SMTP]) -> None:
+    """Put every ``smtp_<VERB>`` method of ``cls`` (its own and aiosmtpd's: NOOP, QUIT,
+    HELP) behind ``_counted``, once per class, when the class is made: aiosmtpd finds the
+    commands by name (``smtp_`` prefix, its public extension point), so it finds these."""
+    for name in dir(cls):
+        if not name.startswith("smtp_"):
+            continue
+        method = getattr(cls, name)
+        if getattr(method, "__mailstack_counted__", False):
+            continue
+        setattr(cls, name, _counted(name[5:], method))
+
+
 class BaseSMTP(SMTP):
     """aiosmtpd.SMTP with mailstack's protocol rules (see module docstring)."""
 
@@ -240,7 +308,21 @@ class BaseSMTP(SMTP):
         inflight: net.InFlight | None = None,
         connections: ConnectionSet | None = None,
     ) -> None:
-        self._fast_init(settings)
+        # aiosmtpd's own hooks (handle_*) stay empty: our policy is ``handler``, whose hooks
+        # return Reply values; aiosmtpd's AUTH is not used (submission has its own).
+        super().__init__(
+            _NO_HOOKS,
+            data_size_limit=settings.max_message_size,
+            enable_SMTPUTF8=True,
+            hostname=settings.hostname,
+            ident=settings.ident,
+            tls_context=None if settings.implicit_tls else settings.tls_context,
+            timeout=settings.timeout,
+            loop=asyncio.get_running_loop(),
+        )
+        # aiosmtpd keeps these in one dict on the class, shared by every connection (and
+        # cleared by every __init__); ours is per connection (EHLO raises MAIL/RCPT's).
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.handler = handler
         self.settings = settings
         self.limits = limits
@@ -253,91 +335,41 @@ class BaseSMTP(SMTP):
         self._refused = False
         self._greeted = False
         self._in_data = False
+        self._in_command = False
         self.busy = False  # inside DATA or a delivery: a stop lets it finish
         self.errors = ErrorCounter(settings.limits)
-        self.progress_at = 0.0  # loop time of the last progress (connect, a non-junk command)
+        self.progress_at = 0.0  # loop time of the last progress (connect, a non-junk command's start or end)
         self._dropped = False  # closed by us (error limit, eviction): ignore what is still buffered
 
     # ------------------------------------------------------------------ plumbing
 
-    _method_cache: dict[type, tuple[tuple[str, str], ...]] = {}
-
-    def _fast_init(self, settings: ServerSettings) -> None:
-        """What ``aiosmtpd.SMTP.__init__`` sets up, without its per-connection
-        ``inspect.getmembers``/``dir`` scans (~0.3 ms per connection, measured).
-
-        tests/smtp/test_server_unit.py checks that every attribute aiosmtpd's own
-        __init__ sets is set here too, so an aiosmtpd upgrade cannot silently break it.
-        """
-        import aiosmtpd.smtp as A
-
-        loop = asyncio.get_running_loop()
-        self.__ident__ = settings.ident
-        self.loop = loop
-        asyncio.StreamReaderProtocol.__init__(
-            self, asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
-            client_connected_cb=self._cb_client_connected, loop=loop)
-        self.event_handler = object()  # no aiosmtpd hooks: our policy is in self.handler
-        self.data_size_limit = settings.max_message_size
-        self.enable_SMTPUTF8 = True
-        self._decode_data = False
-        # aiosmtpd keeps these in one dict shared by every instance; ours is per connection
-        self.command_size_limits = collections.defaultdict(lambda: A.SMTP.command_size_limit)
-        self.hostname = settings.hostname
-        self.tls_context = None if settings.implicit_tls else settings.tls_context
-        self.require_starttls = False
-        self._timeout_duration = settings.timeout
-        self._timeout_handle = None
-        self._tls_handshake_okay = True
-        self._tls_protocol = None
-        self._original_transport = None
-        self.session = None
-        self.envelope = None
-        self.transport = None
-        self._handler_coroutine = None
-        self._auth_require_tls = True
-        self._proxy_timeout = None
-        self._authenticator = None
-        self._auth_callback = A.login_always_fail
-        self._auth_required = False
-        methods = self._method_cache.get(type(self))
-        if methods is None:
-            methods = tuple((name[5:], name) for name in dir(type(self)) if name.startswith("smtp_"))
-            self._method_cache[type(self)] = methods
-        self._smtp_methods = {cmd: self._guarded(cmd, getattr(self, name)) for cmd, name in methods}
-        self._auth_methods = self.auth_methods()
-        self._handle_hooks = {}
-        self._ehlo_hook_ver = None
-        self._enforce_call_limit = False
-
-    def _guarded(self, verb: str, method: Any) -> Any:
-        """``method`` behind the per-session accounting: junk commands are counted,
-        others are progress; nothing runs once we have closed the session."""
-        junk = verb in JUNK_COMMANDS
-        loop = self.loop
-
-        async def run(arg: Any) -> None:
-            if self._dropped:
-                return
-            self.errors.command(verb)
-            if not junk:
-                self.progress_at = loop.time()
-            await method(arg)
-
-        functools.update_wrapper(run, method.__func__)  # keeps @syntax's attributes for HELP
-        return run
-
-    def auth_methods(self) -> dict[str, Any]:
-        """SASL mechanisms offered (aiosmtpd's ``_auth_methods``); none on the MX/LMTP."""
-        return {}
-
-    def _create_envelope(self) -> Transaction:
-        return Transaction()
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _count_commands(cls)
 
     @property
     def txn(self) -> Transaction:
         # (no assert: aiosmtpd's __init__ inspects every attribute before there is one)
         return self.envelope  # type: ignore[return-value]
+
+    def reset_transaction(self) -> None:
+        """A new, empty mail transaction (after EHLO/HELO, RSET, DATA, STARTTLS)."""
+        self.envelope = Transaction()
+
+    def _write_now(self, reply: Reply) -> None:
+        """Write one reply line without waiting (the connection is about to close)."""
+        if self.transport is not None:
+            try:
+                cast(asyncio.WriteTransport, self.transport).write(f"{reply}\r\n".encode("ascii"))
+            except Exception:  # pragma: no cover - transport already gone
+                pass
+
+    def _discard_buffered(self) -> None:
+        """Forget what the client sent and we have not read (asyncio.StreamReader keeps it
+        in ``_buffer``: there is no public way to drop it; guarded by test_server_unit)."""
+        buf = getattr(self._reader, "_buffer", None)
+        if buf:
+            buf.clear()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.peer_ip = net.peer_ip(transport)
@@ -363,8 +395,9 @@ class BaseSMTP(SMTP):
             sslobj = transport.get_extra_info("ssl_object")
             self.tls_info = _tls_description(sslobj)
         super().connection_made(transport)
+        self.reset_transaction()
         if self.settings.implicit_tls and self.session is not None:
-            self.session.ssl = transport.get_extra_info("ssl_object") or True
+            self.session.ssl = transport.get_extra_info("ssl_object") or True  # type: ignore[assignment]
 
     def _refuse(self, transport: asyncio.BaseTransport, reply: Reply) -> None:
         self._refused = True
@@ -413,13 +446,8 @@ class BaseSMTP(SMTP):
         log.info("%s: closing session with %s: %s", self.settings.service, self.peer_ip or "local", reply)
         maillog.log_event("rejected", queue_id=None, service=self.settings.service, client=self.peer_ip,
                           sender=None, recipients=None, size=None, status=status, reply=reply)
-        buf = getattr(self._reader, "_buffer", None)
-        if buf:
-            buf.clear()
-        try:
-            self._writer.write(f"{reply}\r\n".encode("ascii"))
-        except Exception:  # pragma: no cover - transport already gone
-            pass
+        self._discard_buffered()
+        self._write_now(reply)
         self.transport.close()
 
     def shutdown(self) -> None:
@@ -427,20 +455,15 @@ class BaseSMTP(SMTP):
         if self.transport is None:
             return
         if not self._in_data:
-            try:
-                self._writer.write(f"{R.SHUTTING_DOWN}\r\n".encode("ascii"))
-            except Exception:  # pragma: no cover - transport already gone
-                pass
+            self._write_now(R.SHUTTING_DOWN)
         self.transport.close()
 
     def _timeout_cb(self) -> None:
+        # aiosmtpd's timer callback (private; guarded by test_server_unit), which only closes.
         # RFC 5321 §4.5.3.2: on a timeout, say why (421) before closing.
         log.info("%s: %s timed out", self.settings.service, self.peer_ip or "local")
         if self.transport is not None:
-            try:
-                self._writer.write(f"{R.TIMEOUT}\r\n".encode("ascii"))
-            except Exception:  # pragma: no cover
-                pass
+            self._write_now(R.TIMEOUT)
             self.transport.close()
 
     async def push(self, status: Any) -> None:
@@ -483,8 +506,7 @@ class BaseSMTP(SMTP):
             return
         await self._tarpit()
         out = [f"{code}-{line}" for line in lines[:-1]] + [f"{code} {lines[-1]}"]
-        self._writer.write(("\r\n".join(out) + "\r\n").encode("utf-8"))
-        await self._writer.drain()
+        await super().push("\r\n".join(out))  # aiosmtpd's push: written in one go, drained
         self._check_errors()  # junk EHLOs over the limit count as errors too
 
     async def handle_exception(self, error: Exception) -> str:
@@ -510,7 +532,7 @@ class BaseSMTP(SMTP):
         if not hostname:
             await self.push(f"501 5.5.4 Syntax: {verb} hostname")
             return
-        self._set_rset_state()
+        self.reset_transaction()
         assert self.session is not None
         self.session.extended_smtp = True
         self.session.host_name = hostname
@@ -527,7 +549,7 @@ class BaseSMTP(SMTP):
         if not hostname:
             await self.push("501 5.5.4 Syntax: HELO hostname")
             return
-        self._set_rset_state()
+        self.reset_transaction()
         assert self.session is not None
         self.session.extended_smtp = False
         self.session.host_name = hostname
@@ -544,18 +566,21 @@ class BaseSMTP(SMTP):
             return
         await self.push(str(R.READY_TLS))
         # RFC 3207 §4.2: anything the client pipelined before the handshake is discarded.
-        buf = getattr(self._reader, "_buffer", None)
-        if buf:
-            buf.clear()
+        self._discard_buffered()
+        # StreamWriter.start_tls (public asyncio) rather than aiosmtpd's STARTTLS, which
+        # reaches into asyncio.sslproto; ``_writer``/``_reader`` are aiosmtpd's streams
+        # (guarded by test_server_unit).
         try:
             await self._writer.start_tls(self.tls_context, ssl_handshake_timeout=30.0)
         except (ssl.SSLError, OSError, ConnectionError, asyncio.TimeoutError, TimeoutError) as e:
             log.info("%s: TLS handshake with %s failed: %s", self.settings.service, self.peer_ip, e)
             if self.transport is not None:
-                self.transport.abort()
+                cast(asyncio.Transport, self.transport).abort()
             return
         new_transport = self._writer.transport
         self.transport = new_transport
+        # asyncio updates the writer and the protocol, not the reader, whose flow control
+        # (pause/resume reading) must act on the TLS transport now (guarded by test_server_unit)
         self._reader._transport = new_transport  # type: ignore[attr-defined]
         self.tls_active = True
         sslobj = new_transport.get_extra_info("ssl_object")
@@ -563,10 +588,10 @@ class BaseSMTP(SMTP):
         # RFC 3207 §4.2: forget everything learned before TLS; the client must EHLO again.
         assert self.session is not None
         old_peer = self.session.peer
-        self.session = self._create_session()
+        self.session = Session(self.loop)
         self.session.peer = old_peer
-        self.session.ssl = sslobj or True
-        self._set_rset_state()
+        self.session.ssl = sslobj or True  # type: ignore[assignment]  # aiosmtpd: "not None" = TLS
+        self.reset_transaction()
 
     # ------------------------------------------------------------------ transaction
 
@@ -580,56 +605,15 @@ class BaseSMTP(SMTP):
         if txn.sender is not None:
             await self.push(R.BAD_SEQUENCE.with_text("Nested MAIL command"))
             return
-        rest = self._strip_command_keyword("FROM:", arg or "")
-        if rest is None:
-            await self.push("501 5.5.4 Syntax: MAIL FROM:<address>")
-            return
-        parsed = parse_path(rest)
-        if parsed is None:
-            await self.push(Reply(501, "5.1.7", "Bad sender address syntax"))
-            return
-        sender, params_text = parsed
-        if sender:
-            try:
-                parse_address(sender, allow_literal=True)
-            except AddressError as e:
-                await self.push(Reply(501, "5.1.7", f"Bad sender address syntax: {e}"))
-                return
-        params = self._getparams(params_text.split())
-        if params is None:
-            await self.push(R.BAD_SYNTAX)
-            return
         assert self.session is not None
-        if params and not self.session.extended_smtp:
-            await self.push(R.BAD_SYNTAX.with_text("MAIL parameters need EHLO"))
+        args = parse_mail(arg, extended=self.session.extended_smtp, max_size=self.settings.max_message_size)
+        if isinstance(args, Reply):
+            await self.push(args)
             return
-        params = {k.upper(): v for k, v in params.items()}
-        unknown = set(params) - _MAIL_PARAMS
-        if unknown:
-            await self.push(Reply(555, "5.5.4", f"MAIL parameter {sorted(unknown)[0]} not supported"))
-            return
-        size = params.get("SIZE")
-        if size is not None:
-            if not isinstance(size, str) or not size.isdigit() or len(size) > 20:
-                await self.push(R.BAD_SYNTAX.with_text("SIZE takes a number"))
-                return
-            if int(size) > self.settings.max_message_size:  # RFC 1870 §6.2
-                await self.push(R.TOO_BIG)
-                return
-            txn.size_hint = int(size)
-        body = params.get("BODY", "7BIT")
-        if not isinstance(body, str) or body.upper() not in ("7BIT", "8BITMIME"):
-            await self.push(Reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME"))
-            return
-        txn.body_type = body.upper()
-        smtputf8 = params.get("SMTPUTF8", False)
-        if smtputf8 is not True and smtputf8 is not False:
-            await self.push(R.BAD_SYNTAX.with_text("SMTPUTF8 takes no value"))
-            return
-        txn.smtp_utf8 = smtputf8
-        if not smtputf8 and not sender.isascii():
-            await self.push(Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8"))  # RFC 6531 §3.4
-            return
+        sender = args.sender
+        txn.size_hint = args.size or 0
+        txn.body_type = args.body
+        txn.smtp_utf8 = args.smtputf8
         reply = await self.handler.mail(self, txn, sender)
         if reply.is_ok:
             txn.sender = sender
@@ -647,25 +631,11 @@ class BaseSMTP(SMTP):
         if txn.sender is None:
             await self.push(R.BAD_SEQUENCE.with_text("Need MAIL command"))
             return
-        rest = self._strip_command_keyword("TO:", arg or "")
-        if rest is None:
-            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
+        args = parse_rcpt(arg, smtputf8=bool(txn.smtp_utf8))
+        if isinstance(args, Reply):
+            await self.push(args)
             return
-        parsed = parse_path(rest)
-        if parsed is None or not parsed[0]:
-            await self.push(Reply(501, "5.1.3", "Bad recipient address syntax"))
-            return
-        address, params_text = parsed
-        params = self._getparams(params_text.split())
-        if params is None:
-            await self.push(R.BAD_SYNTAX)
-            return
-        if params:
-            await self.push(Reply(555, "5.5.4", f"RCPT parameter {sorted(params)[0].upper()} not supported"))
-            return
-        if not txn.smtp_utf8 and not address.isascii():
-            await self.push(Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8"))
-            return
+        address = args.recipient
         if len(txn.recipients) >= self.settings.max_recipients:  # RFC 5321 §4.5.3.1.10
             await self.push(R.TOO_MANY_RECIPIENTS)
             return
@@ -680,8 +650,13 @@ class BaseSMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: RSET")
             return
-        self._set_rset_state()
+        self.reset_transaction()
         await self.push(R.OK)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        # The MX and LMTP offer no AUTH (submission overrides this); aiosmtpd's own AUTH
+        # would answer 538 as if it could be done under TLS.
+        await self.push(NO_AUTH)
 
     @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str) -> None:
@@ -754,7 +729,7 @@ class BaseSMTP(SMTP):
         if receiver.error is not None:
             self.busy = False
             await self.handler_rejected_data(txn, receiver.error, receiver.size)
-            self._set_post_data_state()
+            self.reset_transaction()
             await self.push(receiver.error)
             return
         content = receiver.content()
@@ -766,7 +741,7 @@ class BaseSMTP(SMTP):
         except Exception:
             log.exception("%s: delivery failed", self.settings.service)
             replies = [R.LOCAL_ERROR] * (len(txn.recipients) if self.is_lmtp else 1)
-        self._set_post_data_state()
+        self.reset_transaction()
         if any(r.is_ok for r in replies):
             self.errors.delivered()  # Postfix: the error counts are about not delivering mail
         try:
@@ -789,46 +764,7 @@ class BaseSMTP(SMTP):
         return self.session.host_name if self.session else None
 
 
-def parse_path(text: str) -> tuple[str, str] | None:
-    """``<local@domain> PARAMS`` -> (address, params); ``<>`` -> ("", params); None if malformed.
-
-    RFC 5321 §4.1.2 Reverse-path / Forward-path: angle brackets required; a source route
-    (``<@a,@b:user@d>``) is accepted and ignored (§C); quoted local parts may hold ``>``.
-    The address itself is checked later by ``mail.address.parse_address``.
-    """
-    text = text.lstrip()
-    if not text.startswith("<"):
-        return None
-    i, n = 1, len(text)
-    quoted = False
-    while i < n:
-        ch = text[i]
-        if quoted:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == ">":
-            break
-        elif ch in " \t" or ch == "<":
-            return None
-        i += 1
-    else:
-        return None
-    inner = text[1:i]
-    rest = text[i + 1 :]
-    if rest and not rest.startswith(" "):
-        return None
-    if inner.startswith("@"):  # source route: drop up to the colon
-        colon = inner.find(":")
-        if colon < 0:
-            return None
-        inner = inner[colon + 1 :]
-    if inner and ("@" not in inner or inner.endswith("@")):
-        return None
-    return inner, rest.strip()
+_count_commands(BaseSMTP)
 
 
 def _tls_description(sslobj: Any) -> str | None:

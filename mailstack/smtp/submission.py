@@ -36,16 +36,17 @@ import base64
 import binascii
 import email.utils
 import logging
-import re
 import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, syntax
+from aiosmtpd.smtp import syntax
 
 from mailstack import maillog, net
-from mailstack.delivery import NOT_LOCAL, Resolution, ResolveError, Resolver, received_header
+from mailstack.delivery import NOT_LOCAL, Resolution, ResolveError, Resolver
+from mailstack.mail import headers
+from mailstack.mail.headers import received_header
 from mailstack.mail import author as author_mod
 from mailstack.mail import dkim
 from mailstack.mail.address import AddressError, parse_address, split_tag
@@ -85,30 +86,15 @@ MECHANISMS = ("PLAIN", "LOGIN")
 # headers
 
 
-def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    i = data.find(b"\r\n\r\n")
-    if i < 0:
-        return data, b""
-    return data[: i + 2], data[i + 2:]
-
-
-def _has_field(head: bytes, name: bytes) -> bool:
-    return re.search(rb"(?im)^" + re.escape(name) + rb"[ \t]*:", head) is not None
-
-
 def add_missing_headers(data: bytes, hostname: str, now: float | None = None) -> bytes:
-    """Message-ID and Date when missing (RFC 6409 §8.2, §8.3); CRLF message in and out."""
-    head, rest = _split_head(data)
+    """Message-ID and Date when missing (RFC 6409 §8.2, §8.3), at the end of the header
+    section (``mail.headers``: ``Date :`` counts as a Date field); CRLF message in and out."""
     added = b""
-    if not _has_field(head, b"Date"):
-        added += f"Date: {email.utils.formatdate(now or time.time(), localtime=False)}\r\n".encode()
-    if not _has_field(head, b"Message-ID"):
-        added += f"Message-ID: <{time.strftime('%Y%m%d%H%M%S')}.{secrets.token_hex(8)}@{hostname}>\r\n".encode()
-    if not added:
-        return data
-    if not rest and not head.endswith(b"\r\n"):
-        head += b"\r\n"
-    return head + added + rest
+    if not headers.has_field(data, "Date"):
+        added += headers.field("Date", email.utils.formatdate(now or time.time(), localtime=False))
+    if not headers.has_field(data, "Message-ID"):
+        added += headers.field("Message-ID", f"<{time.strftime('%Y%m%d%H%M%S')}.{secrets.token_hex(8)}@{hostname}>")
+    return headers.insert_fields(data, added) if added else data
 
 
 # ---------------------------------------------------------------------------
@@ -270,14 +256,14 @@ class SubmissionSMTP(BaseSMTP):
         self.command_size_limits["AUTH"] = self.line_length_limit
 
     @property
-    def auth_allowed(self) -> bool:
+    def sasl_allowed(self) -> bool:
         if self.tls_active:
             return True
         return self.allow_plaintext_on_loopback and self.transport is not None and net.is_loopback_peer(self.transport)
 
     def ehlo_keywords(self) -> list[str]:
         kw = super().ehlo_keywords()
-        if self.auth_allowed and not (self.session and self.session.authenticated):
+        if self.sasl_allowed and not (self.session and self.session.authenticated):
             kw.append("AUTH " + " ".join(MECHANISMS))
         return kw
 
@@ -335,7 +321,7 @@ class SubmissionSMTP(BaseSMTP):
         if not self.session.extended_smtp:
             await self.push(Reply(503, "5.5.1", "AUTH needs EHLO"))
             return
-        if not self.auth_allowed:
+        if not self.sasl_allowed:
             await self.push(AUTH_NEEDS_TLS)
             return
         if self.session.authenticated:

@@ -1,4 +1,4 @@
-"""SMTP: the DATA state machine (smtp/data), MAIL/RCPT paths (smtp/server.parse_path), addresses."""
+"""SMTP: the DATA state machine (smtp/data), MAIL/RCPT paths (smtp/params), addresses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from mailstack.mail.address import AddressError, parse_address
 from mailstack.smtp.data import DataReceiver
-from mailstack.smtp.server import parse_path
+from mailstack.smtp.params import MailArgs, RcptArgs, parse_mail, parse_path, parse_rcpt
+from mailstack.smtp.replies import Reply
 from tests.hostile.bounds import SETTINGS, assert_size, bounded
 
 LINES = [b".\r\n", b"..\r\n", b"\r\n", b"\n", b"\r", b"a\r\n", b".a\n", b"x" * 50, b"\r\n.\n", b"\x00"]
@@ -66,6 +67,11 @@ paths = st.lists(st.sampled_from(PATHS), max_size=30).map(lambda p: b"".join(p).
 
 def _address(text: str) -> None:
     parsed = bounded(parse_path, text)
+    for extended in (False, True):
+        mail = bounded(lambda: parse_mail("FROM:" + text, extended=extended, max_size=10_000_000))
+        assert isinstance(mail, (MailArgs, Reply))
+    for utf8 in (False, True):
+        assert isinstance(bounded(lambda: parse_rcpt("TO:" + text, smtputf8=utf8)), (RcptArgs, Reply))
     for candidate in (text, parsed[0] if parsed else ""):
         for literal in (False, True):
             try:

@@ -18,6 +18,7 @@ import pytest
 from mailstack.config import Config
 from mailstack.dns import DNSPythonResolver
 from mailstack.mail import dkim
+from mailstack.mail.authcheck import verify_dkim
 from mailstack.smtp.queue_runner import QueueRunner
 from mailstack.queue import QueueStore
 from tests.dnsserver import TestDNS
@@ -121,4 +122,5 @@ def test_delivery_to_a_real_postfix_keeps_dkim_valid(tmp_path: Path, dns: TestDN
     (path,) = files
     stored = path.read_bytes()  # LF line ends, Postfix's Received: and Return-Path on top
     assert b".dot line" in stored and b"..dot line" not in stored
-    assert asyncio.run(dkim.verify(stored.replace(b"\n", b"\r\n"), resolver))
+    sigs = asyncio.run(verify_dkim(stored.replace(b"\n", b"\r\n"), resolver))
+    assert [s.result for s in sigs] == ["pass"]

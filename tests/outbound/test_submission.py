@@ -12,6 +12,7 @@ import pytest
 
 from mailstack.dns import DNSPythonResolver
 from mailstack.mail import dkim
+from mailstack.mail.authcheck import verify_dkim
 from tests.dnsserver import TestDNS
 from tests.outbound.conftest import Remote, Stack, submission_config
 
@@ -72,7 +73,8 @@ def test_587_starttls_auth_and_remote_delivery_signed(stack: Stack, remote: Remo
     assert b"with ESMTPSA" in head
     import asyncio
 
-    assert asyncio.run(dkim.verify(got.data, DNSPythonResolver([dns.address])))
+    sigs = asyncio.run(verify_dkim(got.data, DNSPythonResolver([dns.address])))
+    assert [(s.result, s.domain) for s in sigs] == [("pass", "example.test")]
 
 
 def test_465_implicit_tls(stack: Stack, remote: Remote) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from mailstack.dns import DNSPythonResolver
 from mailstack.mail import dkim
+from mailstack.mail.authcheck import verify_dkim
 from mailstack.queue import QueueStore
 from mailstack.smtp.queue_runner import QueueRunner
 from tests.dnsserver import TestDNS
@@ -70,7 +71,8 @@ def the_dsn(mx: MXServer, dns: TestDNS, about: str) -> tuple[str, bytes]:
     assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "delivery-status"
     assert msg["From"] == f"Mail Delivery System <MAILER-DAEMON@{HOST}>"
     assert f"d={HOST}" in re.sub(r"\s+", "", msg["DKIM-Signature"] or "")
-    assert asyncio.run(dkim.verify(data, DNSPythonResolver([dns.address]), 0))
+    sigs = asyncio.run(verify_dkim(data, DNSPythonResolver([dns.address])))
+    assert [(s.result, s.domain) for s in sigs] == [("pass", HOST)]
     assert b"Subject: hello" in data and b"The body stays home" not in data
     return qid, data
 

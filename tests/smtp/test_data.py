@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from mailstack.smtp import replies as R
 from mailstack.smtp.data import NUL, DataReceiver
-from mailstack.smtp.server import parse_path
 
 
 def run(stream: bytes, limit: int | None = 10_000, chunk: int = 65536) -> tuple[DataReceiver, bytes]:
@@ -150,26 +149,6 @@ def test_ends_exactly_at_first_crlf_dot_crlf(body: bytes) -> None:
     else:
         assert r.done
         assert len(body) - len(rest) == first + 5 - 2
-
-
-# RFC 5321 §4.1.2 paths
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("<a@b.example>", ("a@b.example", "")),
-        ("<> SIZE=10", ("", "SIZE=10")),
-        ("<a@b> BODY=8BITMIME SMTPUTF8", ("a@b", "BODY=8BITMIME SMTPUTF8")),
-        ('<"x>y"@b>', ('"x>y"@b', "")),
-        ("<@relay.example,@r2.example:u@d.example>", ("u@d.example", "")),
-        ("a@b", None),
-        ("<a@b", None),
-        ("<a b@c>", None),
-        ("<a@b>x", None),
-        ("<nodomain>", None),
-    ],
-)
-def test_parse_path(text: str, expected: tuple[str, str] | None) -> None:
-    assert parse_path(text) == expected
 
 
 # NUL anywhere in the body (RFC 5322 §3.5, RFC 2045 §2.8): refused after the end of data,

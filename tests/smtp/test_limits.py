@@ -241,6 +241,33 @@ def test_an_evicted_address_cannot_evict_in_turn(mx_factory: object) -> None:
         r.close()
 
 
+def test_a_delivery_that_just_ended_is_progress(mx_factory: object) -> None:
+    """A session whose DATA began before another session connected, but ended after it,
+    made progress more recently: the other one makes room (progress counts when a
+    command ends, not only when it starts; the NOOP-trickler flood caught a sender
+    dropped right after its 250 when its delivery had been slow)."""
+    mx = mx_factory(smtp={"max_connections": 2, "max_connections_per_ip": 2})  # type: ignore[operator]
+    sender = raw_from(mx.port, "127.0.0.2")
+    assert sender.reply()[0] == 220
+    assert sender.cmd(b"EHLO a.example.org\r\nMAIL FROM:<s@example.org>\r\n")[0] == 250
+    assert sender.reply()[0] == 250
+    assert sender.cmd(b"RCPT TO:<alice@example.test>\r\n")[0] == 250
+    assert sender.cmd(b"DATA\r\n")[0] == 354
+    sender.sock.sendall(MSG)  # a body that takes its time
+    time.sleep(0.3)
+    idle = raw_from(mx.port, "127.0.0.3")  # connects while the DATA goes on
+    assert idle.reply()[0] == 220
+    time.sleep(0.3)
+    assert sender.cmd(b".\r\n")[0] == 250  # delivered: the latest progress of the two
+    time.sleep(EVICT_AFTER + 0.1)  # both idle long enough to be evictable
+    new = raw_from(mx.port, "127.0.0.4")
+    assert new.reply()[0] == 220
+    assert read_until_closed(idle)[0].startswith(b"421 4.7.0")
+    assert sender.cmd(b"QUIT\r\n")[0] == 221
+    new.close()
+    assert new_messages(mx) == 1
+
+
 def test_per_ip_cap_is_not_bypassed_by_eviction(mx_factory: object) -> None:
     mx = mx_factory(smtp={"max_connections": 3, "max_connections_per_ip": 2})  # type: ignore[operator]
     held = [raw_from(mx.port, ip) for ip in ("127.0.0.2", "127.0.0.2", "127.0.0.3")]

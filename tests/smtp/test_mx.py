@@ -72,6 +72,8 @@ def test_banner_and_ehlo_keywords(mx_server: MXServer) -> None:
     assert {b"SIZE", b"8BITMIME", b"SMTPUTF8", b"PIPELINING", b"ENHANCEDSTATUSCODES", b"STARTTLS"} <= kws
     assert b"250-SIZE 100000" in lines
     assert b"AUTH" not in kws
+    # not offered, not taken (aiosmtpd's own AUTH said 538 "encryption required")
+    assert r.cmd(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n")[1] == [b"503 5.5.1 Authentication not enabled"]
     assert r.cmd(b"NOOP\r\n")[1] == [b"250 2.0.0 OK"]
     code, lines = r.cmd(b"QUIT\r\n")
     assert code == 221 and lines[0].startswith(b"221 2.0.0")
