@@ -4,7 +4,6 @@ and mbsync (isync) syncing a whole account both ways."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import email
 import subprocess
 from pathlib import Path
@@ -48,7 +47,6 @@ def test_aioimaplib_append_fetch_idle(imap: IMAPServer) -> None:
             await asyncio.sleep(0)
 
     asyncio.run(run())
-    gc.collect()  # any unclosed transport warns now, in this test, not in a later one
 
 
 def test_imapclient_starttls_session(imap: IMAPServer) -> None:
