@@ -21,5 +21,8 @@ fi
 if [ -f /etc/postfix/main.cf ] && postfix status >/dev/null 2>&1; then postfix stop || true; fi
 if [ -f /run/dovecot/master.pid ] && kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null; then dovecot stop || true; fi
 
+# Dovecot's IMAP tester (vendored source; builds once, then a no-op).
+bash "$(dirname "$0")/imaptest/build.sh"
+
 if command -v fail2ban-client >/dev/null && pgrep -x fail2ban-server >/dev/null 2>&1; then fail2ban-client stop >/dev/null 2>&1 || true; fi
 echo "system deps: ok"
