@@ -194,9 +194,6 @@ BAD_LINES = [
     (b"a1 LOGIN {3+}\r\na\x00b x\r\n", "a1", "NUL in literal"),
     (b"a1 LIST (RECURSIVEMATCH) \"\" *\r\n", "a1", "RECURSIVEMATCH needs SUBSCRIBED"),
     (b"a1 LIST (RECURSIVEMATCH REMOTE) \"\" *\r\n", "a1", "RECURSIVEMATCH needs SUBSCRIBED"),
-    (b"a1 STORE 1 +FLAGS (NIL)\r\n", "a1", "Flags list contains non-atoms."),
-    (b"a1 STORE 1 +FLAGS (\\Seen nil)\r\n", "a1", "Flags list contains non-atoms."),
-    (b"a1 APPEND INBOX (NIL) {1+}\r\nx\r\n", "a1", "Flags list contains non-atoms."),
     (b"a1 SELECT &Jjo (FROB)\r\n", "a1", "Unknown SELECT parameter FROB"),  # malformed first
     (b"a1 LIST \"\" * RETURN (FROB)\r\n", "a1", "Unknown LIST return option FROB"),
     (b"a1 ENABLE\r\n", "a1", "Expected capability"),
