@@ -8,7 +8,8 @@ response it becomes (BAD by default, ``NO [BADCHARSET ...]`` for an unknown SEAR
 Invariants: nothing here raises anything but ``GrammarError`` on any input; 8-bit octets
 are refused outside literals (RFC 3501 §9: quoted strings and atoms are 7-bit); mailbox
 names come out decoded from modified UTF-7 (RFC 3501 §5.1.3) with INBOX upper-cased
-(RFC 3501 §5.1).
+(RFC 3501 §5.1); a well-formed command whose mailbox name is not valid modified UTF-7 is
+``NO`` (it names no mailbox), never BAD, and such a LIST/LSUB pattern matches nothing.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ Invariants:
   session at most: the caller passes ``recent_floor`` (``FolderIndex.claim_recent``,
   which claims UIDs atomically across sessions and processes) and only UIDs above the
   floor it returns become recent here.
+- A keyword reaches the client in ``* FLAGS`` / ``PERMANENTFLAGS`` before any FETCH
+  carries it (RFC 3501 §7.2.6): ``announce`` is called wherever flags go out (``changes``
+  for other sessions' and processes' changes, STORE, FETCH's implicit \\Seen).
 - With ``modseq`` given (CONDSTORE enabled, RFC 7162 §3.2), unsolicited FETCH responses
   for flag changes carry ``MODSEQ (n)``.
 """

@@ -7,8 +7,9 @@ ready implementation over the message bytes, loaded lazily through a callable.
 
 Invariants: string keys match case-insensitively as substrings (RFC 3501 §6.4.4) after
 MIME decoding of encoded words and of text bodies; dates ignore time and timezone
-(BEFORE/ON/SINCE on the internal date, SENT* on the Date: header); nothing raises on a
-broken message: an undecodable part just does not match.
+(BEFORE/ON/SINCE on the internal date, SENT* on the Date: header); FROM/TO/CC/BCC match
+the fields' addresses as parsed (``address_text``), not their raw text; nothing raises on
+a broken message: an undecodable part just does not match.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Invariants:
 - Parents that have no directory of their own are listed as ``\\Noselect`` (or
   ``\\NonExistent`` under LIST-EXTENDED, RFC 5258 §3); LIST-STATUS gives STATUS only for
   mailboxes that exist (RFC 5819 §2).
+- Subscriptions outlive their mailboxes (§6.3.6): LIST (SUBSCRIBED) shows such names
+  ``\\NonExistent``; CHILDINFO (RECURSIVEMATCH) and LSUB's ``\\Noselect`` parents appear
+  only for a subscribed descendant that the patterns do not list themselves.
 - STATUS RECENT counts what no SELECT has claimed yet, and claims nothing (§2.3.2).
 """
 
