@@ -8,7 +8,8 @@ response it becomes (BAD by default, ``NO [BADCHARSET ...]`` for an unknown SEAR
 Invariants: nothing here raises anything but ``GrammarError`` on any input; 8-bit octets
 are refused outside literals (RFC 3501 §9: quoted strings and atoms are 7-bit); mailbox
 names come out decoded from modified UTF-7 (RFC 3501 §5.1.3) with INBOX upper-cased
-(RFC 3501 §5.1).
+(RFC 3501 §5.1); a well-formed command whose mailbox name is not valid modified UTF-7 is
+``NO`` (it names no mailbox), never BAD, and such a LIST/LSUB pattern matches nothing.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class _Reader:
         self.i = 0
         self.decode_mailbox = decode_mailbox
         self.keys = 0  # search keys read so far (MAX_SEARCH_KEYS)
+        # A mailbox argument that is not valid modified UTF-7: the command is well-formed
+        # (BAD is only for malformed commands, RFC 3501 §7.1.3), so ``parse_command`` answers
+        # NO with this code once the whole command has parsed (RFC 5530 response code).
+        self.bad_name_code: str | None = None
 
     # -- low level --------------------------------------------------------------------
     def peek(self) -> int:
@@ -200,18 +205,29 @@ class _Reader:
         return self.text(self.astring(what), what)
 
     # -- IMAP values ------------------------------------------------------------------
-    def mailbox(self) -> str:
-        return self._mailbox_name(self.astring("mailbox name"))
+    def mailbox(self, code: str = "NONEXISTENT") -> str:
+        """A mailbox argument. A name that is not valid modified UTF-7 names no mailbox
+        that exists or could be made: it is noted (``code``: NONEXISTENT for a mailbox
+        the command uses, CANNOT for one it would create) and answered NO at the end,
+        as Dovecot does ("Mailbox name is not valid mUTF-7")."""
+        name = self._mailbox_name(self.astring("mailbox name"))
+        if name is None:
+            if self.bad_name_code is None:
+                self.bad_name_code = code
+            return ""
+        return name
 
-    def _mailbox_name(self, raw: bytes) -> str:
+    def _mailbox_name(self, raw: bytes) -> str | None:
         # RFC 3501 §5.1: INBOX is case-insensitive; §5.1.3: names are modified UTF-7.
         try:
             name = self.decode_mailbox(raw.decode("ascii"))
-        except (UnicodeError, ValueError) as exc:
-            raise GrammarError("Invalid mailbox name encoding") from exc
+        except (UnicodeError, ValueError):
+            return None
         return "INBOX" if name.upper() == "INBOX" else name
 
-    def list_mailbox(self) -> str:
+    def list_mailbox(self) -> str | None:
+        """A LIST pattern (or reference); None when it is not valid modified UTF-7: it then
+        matches no mailbox, and LIST answers OK with nothing for it (as Dovecot does)."""
         c = self.peek()
         if c in (0x22, 0x7B):
             raw = self.string()
@@ -246,6 +262,9 @@ class _Reader:
         if self.take(b"\\"):
             name = "\\" + self.atom("flag")
             return SYSTEM_FLAGS.get(name.lower(), name)
+        # An atom spelled NIL is taken as the keyword "NIL", as Dovecot 2.3 does (checked:
+        # STORE 1 +FLAGS (NIL) answers OK, announces NIL in FLAGS, then FETCH (FLAGS (NIL));
+        # imaptest's "nil" group expects exactly that).
         return self.atom("flag")
 
     def flag_list(self) -> tuple[str, ...]:
@@ -336,11 +355,18 @@ def _mailbox(r: _Reader) -> MailboxArgs:
     return MailboxArgs(mailbox)
 
 
+def _create(r: _Reader) -> MailboxArgs:
+    r.sp()
+    mailbox = r.mailbox("CANNOT")
+    r.end()
+    return MailboxArgs(mailbox)
+
+
 def _rename(r: _Reader) -> RenameArgs:
     r.sp()
     old = r.mailbox()
     r.sp()
-    new = r.mailbox()
+    new = r.mailbox("CANNOT")
     r.end()
     return RenameArgs(old, new)
 
@@ -361,12 +387,16 @@ def _list(r: _Reader) -> ListArgs:
         unknown = selection - _LIST_SELECTION
         if unknown:
             raise GrammarError(f"Unknown LIST selection option {sorted(unknown)[0]}")
-        if selection == {"RECURSIVEMATCH"}:  # RFC 5258 §3.1: never alone
-            raise GrammarError("RECURSIVEMATCH needs another selection option")
+        # RFC 5258 §3.1: RECURSIVEMATCH never alone nor with only REMOTE; it needs a
+        # selection whose matches can have children that match (as Dovecot: BAD without
+        # SUBSCRIBED or SPECIAL-USE).
+        if "RECURSIVEMATCH" in selection and not selection & {"SUBSCRIBED", "SPECIAL-USE"}:
+            raise GrammarError("RECURSIVEMATCH needs SUBSCRIBED")
         r.sp()
-    reference = r.mailbox()
+    reference = r._mailbox_name(r.astring("mailbox name"))
     r.sp()
-    patterns: list[str] = []
+    # Patterns (or a reference) that are not valid modified UTF-7 match nothing: dropped.
+    patterns: list[str | None] = []
     if r.peek() == 0x28:
         extended = True
         r.i += 1
@@ -399,16 +429,17 @@ def _list(r: _Reader) -> ListArgs:
                 status_items = _status_items(r)
             returns.add(opt)
     r.end()
-    return ListArgs(reference, tuple(patterns), frozenset(selection), frozenset(returns), status_items, extended)
+    valid = tuple(p for p in patterns if p is not None) if reference is not None else ()
+    return ListArgs(reference or "", valid, frozenset(selection), frozenset(returns), status_items, extended)
 
 
 def _lsub(r: _Reader) -> ListArgs:
     r.sp()
-    reference = r.mailbox()
+    reference = r._mailbox_name(r.astring("mailbox name"))
     r.sp()
     pattern = r.list_mailbox()
     r.end()
-    return ListArgs(reference, (pattern,))
+    return ListArgs(reference or "", (pattern,) if pattern is not None and reference is not None else ())
 
 
 def _status_items(r: _Reader) -> tuple[str, ...]:
@@ -433,7 +464,7 @@ def _status(r: _Reader) -> StatusArgs:
 def _append(r: _Reader) -> AppendArgs:
     # RFC 3501 §9 append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
     r.sp()
-    mailbox = r.mailbox()
+    mailbox = r.mailbox("CANNOT")  # not TRYCREATE: CREATE of that name would fail too
     r.sp()
     flags: tuple[str, ...] = ()
     when: datetime | None = None
@@ -458,7 +489,7 @@ def _copy(r: _Reader) -> CopyArgs:
     r.sp()
     seqs = r.sequence_set()
     r.sp()
-    mailbox = r.mailbox()
+    mailbox = r.mailbox("CANNOT")  # not TRYCREATE: CREATE of that name would fail too
     r.end()
     return CopyArgs(seqs, mailbox)
 
@@ -739,7 +770,7 @@ _COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "CAPABILITY": _no_args, "NOOP": _no_args, "LOGOUT": _no_args, "STARTTLS": _no_args,
     "AUTHENTICATE": _authenticate, "LOGIN": _login,
     "SELECT": _select, "EXAMINE": _select,
-    "CREATE": _mailbox, "DELETE": _mailbox, "SUBSCRIBE": _mailbox, "UNSUBSCRIBE": _mailbox,
+    "CREATE": _create, "DELETE": _mailbox, "SUBSCRIBE": _mailbox, "UNSUBSCRIBE": _mailbox,
     "RENAME": _rename, "LIST": _list, "LSUB": _lsub, "STATUS": _status, "APPEND": _append,
     "CHECK": _no_args, "CLOSE": _no_args, "EXPUNGE": _no_args, "UNSELECT": _no_args,
     "SEARCH": _search, "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
@@ -785,4 +816,7 @@ def parse_command(data: bytes, decode_mailbox: MailboxDecoder = mutf7.decode) ->
     handler = table.get(name)
     if handler is None:
         raise GrammarError(f"Unknown command {'UID ' if uid else ''}{name}")
-    return Command(tag, name, handler(r), uid)
+    args = handler(r)
+    if r.bad_name_code is not None:
+        raise GrammarError("Mailbox name is not valid mUTF-7", "NO", r.bad_name_code)
+    return Command(tag, name, args, uid)

@@ -18,6 +18,9 @@ Invariants:
   session at most: the caller passes ``recent_floor`` (``FolderIndex.claim_recent``,
   which claims UIDs atomically across sessions and processes) and only UIDs above the
   floor it returns become recent here.
+- A keyword reaches the client in ``* FLAGS`` / ``PERMANENTFLAGS`` before any FETCH
+  carries it (RFC 3501 §7.2.6): ``announce`` is called wherever flags go out (``changes``
+  for other sessions' and processes' changes, STORE, FETCH's implicit \\Seen).
 - With ``modseq`` given (CONDSTORE enabled, RFC 7162 §3.2), unsolicited FETCH responses
   for flag changes carry ``MODSEQ (n)``.
 """
@@ -80,6 +83,9 @@ class MailboxView:
         self.flags: dict[int, frozenset[str]] = {}  # only where they differ from flags_of(info)
         self.recent: set[int] = set()
         self.stamp = folder_stamp(folder)
+        # Keywords the client has been told of in FLAGS / PERMANENTFLAGS (RFC 3501 §7.2.6);
+        # SELECT sends ``flags_response()`` for these. The list only grows while selected.
+        self.announced: frozenset[str] = frozenset(self.keywords())
 
     # -- lookups ------------------------------------------------------------------------
     @property
@@ -136,6 +142,24 @@ class MailboxView:
                 seen |= info.keywords
         return sorted(seen)
 
+    def flags_response(self) -> bytes:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` (RFC 3501 §7.2.6, §7.1) for the
+        system flags and the announced keywords."""
+        flag_list = " ".join(list(SYSTEM_FLAGS) + sorted(self.announced))
+        perm = (f"* OK [PERMANENTFLAGS ({flag_list} \\*)] Flags permitted\r\n" if not self.readonly
+                else "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
+        return f"* FLAGS ({flag_list})\r\n{perm}".encode("ascii")
+
+    def announce(self, flags: Iterable[str]) -> list[bytes]:
+        """RFC 3501 §7.2.6: a keyword reaches the client in FLAGS before any FETCH carries it.
+        The FLAGS / PERMANENTFLAGS responses to send first if ``flags`` hold keywords the
+        client has not been told of (none otherwise); marks them told."""
+        new = {f for f in flags if not f.startswith("\\")} - self.announced
+        if not new:
+            return []
+        self.announced |= new
+        return [self.flags_response()]
+
     # -- changes ------------------------------------------------------------------------
     def set_flags(self, uid: int, info: MessageInfo) -> None:
         """A flag change this session made (already in storage)."""
@@ -168,6 +192,8 @@ class MailboxView:
                 self.infos.pop(u, None)
                 self.flags.pop(u, None)
                 self.recent.discard(u)
+        # keywords new to this folder (set by others, or found on disk): FLAGS first
+        out.extend(self.announce(k for m in state.messages if m.keywords for k in m.keywords))
         # flag changes by others (FETCH FLAGS, RFC 3501 §7.4.2 unsolicited)
         for m in state.messages:
             old = self.infos.get(m.uid)

@@ -7,8 +7,9 @@ ready implementation over the message bytes, loaded lazily through a callable.
 
 Invariants: string keys match case-insensitively as substrings (RFC 3501 §6.4.4) after
 MIME decoding of encoded words and of text bodies; dates ignore time and timezone
-(BEFORE/ON/SINCE on the internal date, SENT* on the Date: header); nothing raises on a
-broken message: an undecodable part just does not match.
+(BEFORE/ON/SINCE on the internal date, SENT* on the Date: header); FROM/TO/CC/BCC match
+the fields' addresses as parsed (``address_text``), not their raw text; nothing raises on
+a broken message: an undecodable part just does not match.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Protocol
 
 from mailstack.mail.mimetext import decode_bytes, decode_words
 
+from .addresses import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
 from .message import ParsedMessage
 from .types import SearchKey, SequenceSet
 
@@ -67,19 +69,52 @@ _FLAG_KEYS = {
     "ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft",
     "FLAGGED": "\\Flagged", "SEEN": "\\Seen", "RECENT": "\\Recent",
 }
-_HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+_HEADER_KEYS = {"SUBJECT": "subject"}
+_ADDRESS_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "TO": "to"}
+
+
+def address_text(value: str) -> str:
+    """An address field as SEARCH FROM/TO/CC/BCC sees it: every address written out as
+    ``Display Name <local@domain>`` (``local@domain`` without a name), a group as
+    ``name: ... ;``. Parsed by ``mail.addrlist`` (linear in the input, never Python's
+    ``email`` address parser, which is quadratic on hostile input). ``value`` is the
+    field with its encoded words already decoded (the index keeps decoded headers), so
+    a decoded display name is searchable; a decoded name holding ``,`` or ``<`` may be cut
+    in two by the parser, but its words all stay in the text, so a search still finds it.
+    """
+    out: list[str] = []
+    for a in parse_address_list(value):
+        if a.host is None:  # group start (mailbox = group name) or group end
+            out.append(f"{a.mailbox}:" if a.mailbox is not None else ";")
+            continue
+        local = "" if a.mailbox == MISSING_MAILBOX else a.mailbox or ""
+        addr = local if a.host == MISSING_DOMAIN else f"{local}@{a.host}"
+        out.append(f"{a.name} <{addr}>" if a.name else addr)
+    return ", ".join(out)
 
 
 class _Folded:
     """One message's headers and body text, decoded and case-folded once per ``matches``
     call: a program of many string keys must not decode a big body once per key."""
 
-    __slots__ = ("message", "_headers", "_body")
+    __slots__ = ("message", "_headers", "_body", "_addresses")
 
     def __init__(self, message: SearchableMessage) -> None:
         self.message = message
         self._headers: list[tuple[str, str]] | None = None
         self._body: str | None = None
+        self._addresses: dict[str, str] = {}
+
+    def addresses(self, name: str) -> str | None:
+        """The address fields ``name`` (from, to, cc, bcc) normalised, case-folded;
+        None when the message has no such field."""
+        text = self._addresses.get(name)
+        if text is None:
+            values = [v for n, v in self.message.headers() if n == name]
+            if not values:
+                return None
+            text = self._addresses[name] = "\n".join(address_text(v) for v in values).casefold()
+        return text
 
     def headers(self) -> list[tuple[str, str]]:
         if self._headers is None:
@@ -156,6 +191,13 @@ def _matches(key: SearchKey, message: SearchableMessage, ctx: SearchContext, fol
         assert isinstance(value, date)
         sent = _sent_date(message)
         return sent is not None and _compare(kind[4:], sent, value)
+    if kind in _ADDRESS_KEYS:
+        # RFC 3501 §6.4.4 "contains the specified string" in the field: matched against the
+        # addresses as parsed (comments, quoting and group syntax normalised away) and their
+        # display names, as Dovecot does.
+        assert isinstance(value, str)
+        text = folded.addresses(_ADDRESS_KEYS[kind])
+        return text is not None and value.casefold() in text
     if kind in _HEADER_KEYS:
         assert isinstance(value, str)
         name = _HEADER_KEYS[kind]

@@ -9,7 +9,7 @@ from mailstack.imap.parser import (
     is_idle_done,
 )
 from mailstack.imap.grammar import GrammarError
-from mailstack.imap.types import AppendArgs, Command, LoginArgs, NoArgs
+from mailstack.imap.types import AppendArgs, Command, ListArgs, LoginArgs, NoArgs
 
 
 def drain(reader: CommandReader) -> list[object]:
@@ -192,8 +192,9 @@ BAD_LINES = [
     (b"a1 AUTHENTICATE PLAIN !!!\r\n", "a1", "Invalid base64"),
     (b"a1 AUTHENTICATE PLAIN abc\r\n", "a1", "Invalid base64"),
     (b"a1 LOGIN {3+}\r\na\x00b x\r\n", "a1", "NUL in literal"),
-    (b"a1 SELECT &Jjo\r\n", "a1", "Invalid mailbox name encoding"),
-    (b"a1 LIST (RECURSIVEMATCH) \"\" *\r\n", "a1", "RECURSIVEMATCH needs another selection option"),
+    (b"a1 LIST (RECURSIVEMATCH) \"\" *\r\n", "a1", "RECURSIVEMATCH needs SUBSCRIBED"),
+    (b"a1 LIST (RECURSIVEMATCH REMOTE) \"\" *\r\n", "a1", "RECURSIVEMATCH needs SUBSCRIBED"),
+    (b"a1 SELECT &Jjo (FROB)\r\n", "a1", "Unknown SELECT parameter FROB"),  # malformed first
     (b"a1 LIST \"\" * RETURN (FROB)\r\n", "a1", "Unknown LIST return option FROB"),
     (b"a1 ENABLE\r\n", "a1", "Expected capability"),
     (b"a1 SEARCH " + b"NOT " * 100 + b"ALL\r\n", "a1", "Search program nested too deeply"),
@@ -212,6 +213,33 @@ def test_malformed_is_bad_and_harmless(line: bytes, tag: str | None, message: st
 
 def test_parse_error_response_untagged_without_tag() -> None:
     assert ParseError(None, "Empty command line").response().to_bytes() == b"* BAD Empty command line\r\n"
+
+
+@pytest.mark.parametrize(("line", "code"), [
+    (b"a SELECT &Jjo\r\n", "NONEXISTENT"),
+    (b"a EXAMINE !#$&'+,-.0123456789:;<=>?@^_`|[}\r\n", "NONEXISTENT"),
+    (b"a STATUS &Jjo (MESSAGES)\r\n", "NONEXISTENT"),
+    (b"a DELETE &Jjo\r\n", "NONEXISTENT"),
+    (b"a SUBSCRIBE &Jjo\r\n", "NONEXISTENT"),
+    (b"a CREATE &Jjo\r\n", "CANNOT"),
+    (b"a RENAME INBOX.x &Jjo\r\n", "CANNOT"),
+    (b"a COPY 1 &Jjo\r\n", "CANNOT"),
+    (b"a APPEND &Jjo {1+}\r\nx\r\n", "CANNOT"),
+])
+def test_name_not_modified_utf7_is_no(line: bytes, code: str) -> None:
+    # RFC 3501 §7.1.3: BAD is for malformed commands; such a name names no mailbox (NO).
+    assert events(line) == [ParseError("a", "Mailbox name is not valid mUTF-7", "NO", code)]
+
+
+@pytest.mark.parametrize("line", [
+    b"a LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*\r\n",
+    b"a LIST &Jjo *\r\n",
+    b"a LSUB \"\" &Jjo*\r\n",
+])
+def test_list_pattern_not_modified_utf7_matches_nothing(line: bytes) -> None:
+    (got,) = events(line)
+    assert isinstance(got, Command) and isinstance(got.args, ListArgs)
+    assert got.args.patterns == ()
 
 
 def test_unknown_charset_is_no_badcharset() -> None:

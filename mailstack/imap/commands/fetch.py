@@ -155,7 +155,9 @@ class _Fetch:
             items.append(("FLAGS", m.flags()))
             if self.s.condstore and not self.has_modseq:  # RFC 7162 §3.2
                 items.append(("MODSEQ", m.modseq()))
-        return fetch_response(seq, items)
+        # storage may hand back keywords set meanwhile elsewhere: FLAGS first (RFC 3501 §7.2.6)
+        kws = self.view.info(uid).keywords
+        return (b"".join(self.view.announce(kws)) if kws else b"") + fetch_response(seq, items)
 
 
 def fetch(s: Session, cmd: Command) -> Iterator[Output]:

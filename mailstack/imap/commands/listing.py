@@ -10,12 +10,15 @@ Invariants:
 - Parents that have no directory of their own are listed as ``\\Noselect`` (or
   ``\\NonExistent`` under LIST-EXTENDED, RFC 5258 §3); LIST-STATUS gives STATUS only for
   mailboxes that exist (RFC 5819 §2).
+- Subscriptions outlive their mailboxes (§6.3.6): LIST (SUBSCRIBED) shows such names
+  ``\\NonExistent``; CHILDINFO (RECURSIVEMATCH) and LSUB's ``\\Noselect`` parents appear
+  only for a subscribed descendant that the patterns do not list themselves.
 - STATUS RECENT counts what no SELECT has claimed yet, and claims nothing (§2.3.2).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from mailstack.storage.errors import FolderNotFound
@@ -49,20 +52,21 @@ def list_(s: Session, cmd: Command) -> Iterator[Output]:
     exists = set(existing)
     subscribed = set(md.list_subscriptions())
     names = set(existing)
-    for n in existing + list(subscribed):  # parents without a directory
-        parts = n.split(".")
-        for i in range(1, len(parts)):
-            names.add(".".join(parts[:i]))
+    if "SUBSCRIBED" in args.selection:
+        # RFC 5258 §3.1: subscribed names are listed even when no such mailbox exists
+        # (\NonExistent), e.g. after a DELETE (RFC 3501 §6.3.6 keeps the subscription)
+        names |= subscribed
+        names |= _ancestors(subscribed)  # parents of subscribed names (CHILDINFO)
+    names |= _ancestors(existing)  # parents without a directory
     children: set[str] = set()
     for n in names:
         if "." in n:
             children.add(n.rsplit(".", 1)[0])
-    sub_children: set[str] = set()
-    for n in subscribed:
-        parts = n.split(".")
-        for i in range(1, len(parts)):
-            sub_children.add(".".join(parts[:i]))
     regexes = [compile_pattern(args.reference, p) for p in args.patterns]
+    # RFC 5258 §3.5 (RECURSIVEMATCH): a name gets CHILDINFO (SUBSCRIBED) when a subscribed
+    # descendant is not itself listed, i.e. matches no pattern (as Dovecot: a descendant
+    # that is listed needs no CHILDINFO on its parent).
+    sub_children = _ancestors(n for n in subscribed if not any(r.match(n) for r in regexes))
     sel = args.selection
     want_subscribed = "SUBSCRIBED" in sel or "SUBSCRIBED" in args.returns
     lines: list[bytes] = []
@@ -79,8 +83,10 @@ def list_(s: Session, cmd: Command) -> Iterator[Output]:
                 extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
             else:
                 continue
-        if name in exists or "\\NonExistent" not in attrs:
+        if name in exists:  # RFC 3348 / RFC 5258 §4 CHILDREN
             attrs.append("\\HasChildren" if name in children else "\\HasNoChildren")
+        elif name in children:  # a parent without a directory still has children
+            attrs.append("\\HasChildren")
         special = SPECIAL_USE.get(name)
         if special:
             attrs.append(special)
@@ -100,15 +106,33 @@ def lsub(s: Session, cmd: Command) -> Iterator[Output]:
     args = cmd.args
     assert isinstance(args, ListArgs)
     md = s.md
+    out: list[bytes] = []
+    if not args.patterns:  # a pattern that is not modified UTF-7 matches nothing
+        yield from s.done(cmd, "LSUB completed")
+        return
     regex = compile_pattern(args.reference, args.patterns[0])
     exists = set(md.list_folders())
-    out: list[bytes] = []
-    for name in md.list_subscriptions():
+    subscribed = md.list_subscriptions()
+    listed = set(subscribed)
+    # RFC 3501 §6.3.9: "%" that stops above a subscribed name lists its unsubscribed
+    # parent as \Noselect (LSUB "" foo.% with only foo.bar.baz subscribed gives foo.bar).
+    parents = _ancestors(n for n in subscribed if not regex.match(n)) - listed
+    for name in sorted(listed | parents, key=lambda n: (n != "INBOX", n)):
         if regex.match(name):
-            attrs = "" if name in exists else "\\Noselect"
+            attrs = "" if name in exists and name not in parents else "\\Noselect"
             out.append(b"* LSUB (" + attrs.encode() + b') "." ' + render_mailbox(name) + b"\r\n")
     yield b"".join(out)
     yield from s.done(cmd, "LSUB completed")
+
+
+def _ancestors(names: Iterable[str]) -> set[str]:
+    """Every proper parent name ("a", "a.b" for "a.b.c") of the given names."""
+    out: set[str] = set()
+    for n in names:
+        parts = n.split(".")
+        for i in range(1, len(parts)):
+            out.add(".".join(parts[:i]))
+    return out
 
 
 def status_line(s: Session, name: str, items: Sequence[str]) -> bytes:

@@ -19,10 +19,10 @@ from bisect import bisect_right
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from mailstack.storage.errors import FolderNotFound, StorageError
+from mailstack.storage.errors import FolderNotFound
 
 from ..effects import Output
-from ..mailbox import SYSTEM_FLAGS, MailboxView, folder_stamp
+from ..mailbox import MailboxView, folder_stamp
 from ..responses import ImapError, ok
 from ..states import State
 from ..types import Command, MailboxArgs, RenameArgs, SelectArgs
@@ -59,13 +59,9 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
     view.recent = set(view.uids[bisect_right(view.uids, floor):])
     if args.condstore:  # RFC 7162 §3.2.5
         s.enabled.add("CONDSTORE")
-    kws = view.keywords()
-    flag_list = " ".join(list(SYSTEM_FLAGS) + kws)
     first_unseen = next((i + 1 for i, m in enumerate(st.messages) if "\\Seen" not in m.flags), None)
     out = [
-        f"* FLAGS ({flag_list})\r\n",
-        f"* OK [PERMANENTFLAGS ({flag_list} \\*)] Flags permitted\r\n" if not readonly
-        else "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n",
+        view.flags_response().decode("ascii"),
         f"* {view.exists} EXISTS\r\n",
         f"* {len(view.recent)} RECENT\r\n",
     ]
@@ -99,11 +95,10 @@ def delete(s: Session, cmd: Command) -> Iterator[Output]:
     if s.view is not None and s.view.folder.name == args.mailbox:
         s.view = None
         s.state = State.AUTHENTICATED
+    # RFC 3501 §6.3.6: the subscription stays (the server MUST NOT remove a name from the
+    # subscription list because its mailbox no longer exists); LIST (SUBSCRIBED) shows it
+    # \NonExistent (RFC 5258 §3.1), as Dovecot does.
     s.md.delete_folder(args.mailbox)
-    try:
-        s.md.unsubscribe(args.mailbox)
-    except StorageError:
-        pass
     yield from s.done(cmd, "DELETE completed")
 
 

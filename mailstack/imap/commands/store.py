@@ -104,7 +104,8 @@ def store(s: Session, cmd: Command) -> Iterator[Output]:
             done.append((seq, uid, False))
     if condstore and changed_infos:
         idx.record(changed_infos)
-    buf: list[bytes] = []
+    # RFC 3501 §7.2.6: keywords new to the mailbox go out in FLAGS before the FETCHes
+    buf: list[bytes] = view.announce(k for _, uid, changed in done if changed for k in view.flags_for(uid))
     for seq, uid, flag_change in done:
         uid_part = b"UID %d " % uid if cmd.uid else b""
         if condstore and (flag_change or not args.silent):
