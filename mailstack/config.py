@@ -159,7 +159,7 @@ class AuthConfig:
     max_block_time: Duration = 900.0  # ... up to this
     hash_workers: int = 0  # threads that check passwords (per process); 0 = one per CPU core, at most 8
     hash_queue: int = 64  # checks waiting for a thread; more get "try again later" at once
-    max_inflight_per_client: int = 3  # attempts of one client host at once; more get "try again later"
+    max_inflight_per_client: int = 10  # attempts of one client host at once; more get "try again later"
     state_file: str = ""  # the shared throttle; "" = auth-throttle.sqlite next to a SQLite database
 
 

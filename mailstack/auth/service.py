@@ -114,7 +114,7 @@ class AuthLimits:
 
     hash_workers: int = 2
     hash_queue: int = 64
-    max_inflight_per_client: int = 3
+    max_inflight_per_client: int = 10
 
 
 def state_path(config: Config) -> Path | None:

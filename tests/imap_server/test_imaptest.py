@@ -60,23 +60,10 @@ class Known:
 # What fails today (imaptest 0de0dbf; Dovecot 2.3.19 passes all 71 groups). Keep it
 # sorted; shrink it as fixes land; never grow it without a reason the issue accepts.
 SCRIPTED_KNOWN: dict[str, Known] = {
-    "atoms": Known(2, 1, "SELECT of a name that is not modified UTF-7 answers BAD (NO is due, "
-                         "RFC 3501), then LIST \"\" <that name>%* drops the connection"),
-    "copy": Known(0, 4, "keywords copied with COPY reach FETCH FLAGS without an untagged FLAGS "
-                        "announcing them (RFC 3501 §7.2.6)"),
-    "listext": Known(4, 0, "LIST-EXTENDED: (RECURSIVEMATCH) without SUBSCRIBED answers OK (BAD due); "
-                           "LIST (SUBSCRIBED) omits deleted subscribed names (\\NonExistent); "
-                           "RETURN (CHILDREN SUBSCRIBED) lacks \\HasChildren; CHILDINFO where no child matches"),
     "move": Known(2, 0, "MOVE into the selected mailbox answers NO [CANNOT]; Dovecot moves it "
                         "(new UID, COPYUID)"),
-    "nil": Known(0, 1, "STORE +FLAGS (NIL) stores a keyword named NIL (and FETCH shows it unannounced)"),
-    "search-addresses": Known(1, 0, "SEARCH FROM user-from@domain.org misses message 3 (From: with "
-                                    "display name + comment + group syntax)"),
-    "search-flags": Known(0, 1, "a keyword set by STORE reaches FETCH FLAGS without an untagged FLAGS"),
-    "store": Known(2, 4, "session A +FLAGS (\\Answered) after session B -FLAGS (\\Seen): \\Answered "
-                         "missing on the next FETCH (STORE writes its cached view); keywords unannounced"),
-    "subscribe": Known(1, 0, "LSUB \"\" prefix.% omits the parent (\\Noselect) when only a child "
-                             "is subscribed (RFC 3501 §6.3.9)"),
+    "store": Known(2, 0, "session A +FLAGS (\\Answered) after session B -FLAGS (\\Seen): \\Answered "
+                         "missing on the next FETCH (STORE writes its cached view)"),
 }
 
 
@@ -90,10 +77,6 @@ class KnownKind:
 
 
 STRESS_KNOWN: dict[str, KnownKind] = {
-    "keyword not in FLAGS": KnownKind(
-        r"^Keyword used without being in FLAGS: ", 150,
-        "a keyword another session (or this one) stored reaches FETCH FLAGS before an untagged "
-        "FLAGS/PERMANENTFLAGS announces it (RFC 3501 §7.2.6)"),
     "FETCH NO [EXPUNGEISSUED]": KnownKind(
         r"^FETCH\d* failed: \S+ NO \[EXPUNGEISSUED\]", 150,
         "FETCH of a message another session expunged answers NO; RFC 2180 §4.1 lets us serve it "
