@@ -141,13 +141,17 @@ class _Fetch:
             if self.needs_file:
                 m.file()  # before \Seen: a message that cannot be read is not marked seen
             add_flags = False
-            if self.sets_seen and "\\Seen" not in m.info.flags:  # RFC 3501 §6.4.5
-                m.info = m.folder.set_flags(uid, m.info.flags | {"\\Seen"})
-                self.view.set_flags(uid, m.info)
-                self.changed = True
-                add_flags = not self.has_flags
-                if self.s.condstore:
-                    self.idx.record([m.info])
+            if self.sets_seen:  # RFC 3501 §6.4.5
+                # added to the flags on disk (not this session's view of them): another
+                # session's flags stay, and a \Seen another session removed is set again
+                stored = m.folder.update_flags(uid, add=("\\Seen",))
+                if stored != m.info:
+                    m.info = stored
+                    self.view.set_flags(uid, m.info)
+                    self.changed = True
+                    add_flags = not self.has_flags
+                    if self.s.condstore:
+                        self.idx.record([m.info])
             items = [render(m, a) for render, a in zip(self.renderers, self.atts)]
         except MessageNotFound:  # expunged by someone else meanwhile (RFC 2180 §4.1.2)
             return None
