@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import imaplib
 import re
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -97,3 +98,39 @@ def test_fetch_body_sets_seen_without_losing_another_sessions_flag(imap: IMAPSer
     assert typ == "OK"
     assert _disk_flags(imap)[0] == {"\\Answered", "\\Seen"}
     assert {"\\Answered", "\\Seen"} <= _flags(b)
+
+
+def _transcript(imap: IMAPServer, lines: list[bytes]) -> list[bytes]:
+    """Send each command line (tag ``t<i>``) on a raw socket; the replies, one per command."""
+    s = socket.create_connection(("127.0.0.1", imap.port), timeout=10)
+    out: list[bytes] = []
+    try:
+        s.recv(4096)
+        for i, line in enumerate([b"LOGIN alice@example.test secret", *lines]):
+            tag = b"t%d" % i
+            s.sendall(tag + b" " + line + b"\r\n")
+            data = b""
+            while not re.search(rb"(^|\r\n)" + tag + rb" [A-Z]+ [^\r\n]*\r\n", data):
+                chunk = s.recv(65536)
+                assert chunk, data
+                data += chunk
+            out.append(data)
+    finally:
+        s.close()
+    return out[1:]
+
+
+def test_move_and_copy_into_the_selected_mailbox(imap: IMAPServer) -> None:
+    """RFC 6851: MOVE into the selected mailbox, as Dovecot: new UID, COPYUID, old one expunged."""
+    for subject in ("one", "two", "three"):
+        imap.deliver("alice@example.test", message(subject))
+    validity = imap.maildir().folder().sync().uidvalidity
+    select, move, uid_move, fetch, copy, noop = _transcript(imap, [
+        b"SELECT INBOX", b"MOVE 1 INBOX", b"UID MOVE 2 INBOX", b"UID FETCH 1:* (UID)", b"COPY 1 INBOX", b"NOOP"])
+    assert b"* 3 EXISTS" in select
+    assert move.startswith(b"* OK [COPYUID %d 1 4] Moved\r\n* 1 EXPUNGE\r\n* 3 EXISTS\r\n" % validity)
+    assert move.endswith(b"t2 OK MOVE completed\r\n")
+    assert uid_move.startswith(b"* OK [COPYUID %d 2 5] Moved\r\n* 1 EXPUNGE\r\n* 3 EXISTS\r\n" % validity)
+    assert re.findall(rb"UID (\d+)", fetch) == [b"3", b"4", b"5"]
+    assert b"t5 OK [COPYUID %d 3 6] COPY completed" % validity in copy  # COPY there duplicates
+    assert b"* 4 EXISTS" in copy + noop

@@ -184,8 +184,8 @@ def move(s: Session, cmd: Command) -> Iterator[Output]:
     view = s.selected
     pairs = s.pairs(cmd, args.sequence_set)
     target = _target(s, args.mailbox)
-    if target.path == view.folder.path:
-        raise ImapError("NO", "Cannot move a message into its own mailbox", "CANNOT")
+    # Into the selected mailbox itself too, as Dovecot does (RFC 6851 does not forbid it):
+    # each message gets a new UID (COPYUID), then the old one is expunged.
     moved = view.folder.move_to([u for _, u in pairs], target)
     s.changed(target)
     s.changed(view.folder)
