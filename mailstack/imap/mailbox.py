@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from mailstack.storage import Folder, FolderState, MessageInfo
 
+from .expunged import KEPT
 from .responses import render_flags
 from .types import SequenceSet
 
@@ -80,6 +81,7 @@ class MailboxView:
         self.flags: dict[int, frozenset[str]] = {}  # only where they differ from flags_of(info)
         self.recent: set[int] = set()
         self.stamp = folder_stamp(folder)
+        KEPT.register(self)  # may still FETCH what another session expunges (RFC 2180 §4.1)
 
     # -- lookups ------------------------------------------------------------------------
     @property
@@ -168,6 +170,8 @@ class MailboxView:
                 self.infos.pop(u, None)
                 self.flags.pop(u, None)
                 self.recent.discard(u)
+            if gone:
+                KEPT.release()  # this session was told: files kept for it may go
         # flag changes by others (FETCH FLAGS, RFC 3501 §7.4.2 unsolicited)
         for m in state.messages:
             old = self.infos.get(m.uid)

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from mailstack.imap.expunged import KEPT
+
 from .conftest import IMAPServer, message
 
 Sessions = tuple[imaplib.IMAP4, imaplib.IMAP4]
@@ -66,7 +68,7 @@ def test_keywords_and_remove_from_two_sessions(imap: IMAPServer, sessions: Sessi
     assert a.store("1", "+FLAGS", r"(\Seen $Work)")[0] == "OK"
     assert b.store("1", "+FLAGS", r"($Home \Flagged)")[0] == "OK"
     assert a.store("1", "-FLAGS.SILENT", r"($Work)")[0] == "OK"  # A never saw $Home
-    assert _disk_flags(imap) == ({"\\Seen", "\\Flagged"}, {"$Home"})
+    assert _disk_flags(imap) == (frozenset({"\\Seen", "\\Flagged"}), frozenset({"$Home"}))
 
 
 def test_store_again_after_another_session_removed_it(imap: IMAPServer, sessions: Sessions) -> None:
@@ -134,3 +136,54 @@ def test_move_and_copy_into_the_selected_mailbox(imap: IMAPServer) -> None:
     assert re.findall(rb"UID (\d+)", fetch) == [b"3", b"4", b"5"]
     assert b"t5 OK [COPYUID %d 3 6] COPY completed" % validity in copy  # COPY there duplicates
     assert b"* 4 EXISTS" in copy + noop
+
+
+def test_fetch_of_a_message_another_session_expunged(imap: IMAPServer) -> None:
+    """RFC 2180 §4.1: A still sees message 1 after B expunged it and gets its bytes until
+    it is told; then sequence number 1 is the next message. The kept file is released."""
+    imap.deliver("alice@example.test", message("first", "body of the first\n"))
+    imap.deliver("alice@example.test", message("second", "body of the second\n"))
+    a_sel, = _transcript(imap, [b"SELECT INBOX"])  # a session that ends: its view is no viewer
+    assert b"* 2 EXISTS" in a_sel
+    a = socket.create_connection(("127.0.0.1", imap.port), timeout=10)
+    try:
+        a.recv(4096)
+
+        def cmd(tag: bytes, line: bytes) -> bytes:
+            a.sendall(tag + b" " + line + b"\r\n")
+            data = b""
+            while not re.search(rb"(^|\r\n)" + tag + rb" [A-Z]+ [^\r\n]*\r\n", data):
+                chunk = a.recv(65536)
+                assert chunk, data
+                data += chunk
+            return data
+
+        cmd(b"a0", b"LOGIN alice@example.test secret")
+        assert b"* 2 EXISTS" in cmd(b"a1", b"SELECT INBOX")
+        expunge = _transcript(imap, [b"SELECT INBOX", b"STORE 1 +FLAGS.SILENT (\\Deleted)", b"EXPUNGE"])[2]
+        assert b"* 1 EXPUNGE" in expunge
+        assert len(KEPT) == 1  # A still lists it
+        got = cmd(b"a2", b"FETCH 1 (BODY[])")
+        assert b"body of the first" in got and b"a2 OK" in got, got
+        assert b"EXPUNGE" not in got  # RFC 3501 §7.4.1: not during FETCH
+        got = cmd(b"a3", b"FETCH 1 (ENVELOPE BODY.PEEK[TEXT])")
+        assert b"body of the first" in got and b"a3 OK" in got, got
+        got = cmd(b"a4", b"NOOP")
+        assert b"* 1 EXPUNGE\r\n" in got
+        assert len(KEPT) == 0  # told: the file is let go
+        got = cmd(b"a5", b"FETCH 1 (BODY.PEEK[])")
+        assert b"body of the second" in got and b"a5 OK" in got
+        cmd(b"a6", b"LOGOUT")
+    finally:
+        a.close()
+
+
+def test_fetch_of_a_message_removed_by_another_process(imap: IMAPServer, sessions: Sessions) -> None:
+    """Removed outside this server (nothing kept): FETCH says EXPUNGEISSUED (RFC 5530 §3);
+    UID FETCH ignores UIDs that no longer exist (RFC 3501 §6.4.8)."""
+    a, _ = sessions
+    imap.maildir().folder().expunge([1])
+    typ, data = a.fetch("1", "(BODY.PEEK[])")
+    assert typ == "NO" and b"EXPUNGEISSUED" in bytes(data[0] or b""), data  # type: ignore[arg-type]
+    typ, data = a.uid("FETCH", "1", "(BODY.PEEK[])")  # the EXPUNGE goes out here
+    assert typ == "OK", data

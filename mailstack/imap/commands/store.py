@@ -24,6 +24,7 @@ from mailstack.storage import Folder, MessageInfo
 from mailstack.storage.errors import FolderNotFound, MessageNotFound
 
 from ..effects import Output
+from ..expunged import KEPT
 from ..mailbox import SYSTEM_FLAGS
 from ..responses import ImapError, ok, render_flags
 from ..types import AppendArgs, Command, CopyArgs, ExpungeArgs, StoreArgs
@@ -147,7 +148,8 @@ def expunge(s: Session, cmd: Command) -> Iterator[Output]:
     deleted = [m.uid for m in view.folder.sync().messages
                if "\\Deleted" in m.flags and (only is None or m.uid in only)]
     if deleted:
-        view.folder.expunge(deleted)
+        with KEPT.expunging(view, deleted):  # other sessions may still fetch them (RFC 2180 §4.1)
+            view.folder.expunge(deleted)
         s.changed(view.folder)
     yield from s.updates(cmd, force=True)
     yield ok(cmd.tag, "EXPUNGE completed").to_bytes()
@@ -186,7 +188,9 @@ def move(s: Session, cmd: Command) -> Iterator[Output]:
     target = _target(s, args.mailbox)
     # Into the selected mailbox itself too, as Dovecot does (RFC 6851 does not forbid it):
     # each message gets a new UID (COPYUID), then the old one is expunged.
-    moved = view.folder.move_to([u for _, u in pairs], target)
+    uids = [u for _, u in pairs]
+    with KEPT.expunging(view, uids):  # other sessions may still fetch them (RFC 2180 §4.1)
+        moved = view.folder.move_to(uids, target)
     s.changed(target)
     s.changed(view.folder)
     if moved:  # RFC 6851 §4.3: COPYUID in an untagged OK, before the EXPUNGEs
