@@ -130,16 +130,19 @@ class ExpungedFiles:
             entry = self._kept.get((view.folder.path, view.uidvalidity, uid))
             if entry is None or view not in entry.viewers:
                 return None
-            fd = entry.fd
+            fd = os.dup(entry.fd)  # read without holding the lock; release() may close entry.fd
+        try:
             chunks: list[bytes] = []
             offset = 0
-            while True:  # pread: the descriptor is shared, its offset is never used
+            while True:  # pread: the file offset (shared by dup) is never used
                 chunk = os.pread(fd, 1 << 20, offset)
                 if not chunk:
                     break
                 chunks.append(chunk)
                 offset += len(chunk)
             return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         """Close what no view still lists (each was told the EXPUNGE, or is gone)."""

@@ -18,6 +18,9 @@ Invariants:
 - Files are renamed or removed by other processes at any time: every mutation that
   finds its file gone re-syncs and retries, and a file missing after that is a
   message expunged by someone else (`MessageNotFound`, or silently skipped in bulk).
+- Flag changes (`update_flags`) are applied to the name the file has at the rename,
+  retried as the same change when another writer renamed it first: no lock, and no
+  writer ever undoes another's flags (sessions, processes, hosts, Dovecot).
 - A new message is fsynced in `tmp/` before it is renamed into `cur/`, and `cur/`
   is fsynced before its UID is returned.
 """
@@ -547,7 +550,7 @@ class Folder:
             self._invalidate_flag_memo()
             new_flags, new_kws = self._decode_letters(new_name[len(base) + 3 :])
             new_info = dataclasses.replace(info, filename=new_name, flags=new_flags, keywords=new_kws)
-            if self._state is not None and self._state.get(uid) is not None:
+            if self._state is not None and self._state.get(uid) not in (None, new_info):
                 self._state = self._state._with(new_info)
             return new_info
         raise StorageError(f"UID {uid} in {self.name}: file keeps changing under us")

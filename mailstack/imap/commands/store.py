@@ -11,6 +11,12 @@ Invariants:
 - COPY, MOVE and APPEND check the user's quota first and add nothing when it would be
   exceeded (``NO [OVERQUOTA]``, RFC 9208); a missing target gives ``NO [TRYCREATE]``.
 - A message another session expunged meanwhile is skipped by STORE, never recreated.
+- STORE +FLAGS/-FLAGS change the flags on disk at that moment (``Folder.update_flags``),
+  not this session's possibly stale view of them; the FETCH FLAGS sent are the flags
+  written, and under .SILENT one is still sent when they are not what the client expects.
+- MOVE and COPY into the selected mailbox itself work as in Dovecot: new UIDs, COPYUID.
+- Messages EXPUNGE/MOVE remove stay readable by other sessions that were not told yet
+  (``expunged.KEPT``, RFC 2180 §4.1).
 - With CONDSTORE on, every FETCH a STORE sends carries MODSEQ, even under .SILENT
   when the flags changed (RFC 7162 §3.1.3, §3.2).
 """
