@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from mailstack.storage import Folder, FolderState, MessageInfo
 
+from .expunged import KEPT
 from .responses import render_flags
 from .types import SequenceSet
 
@@ -86,6 +87,7 @@ class MailboxView:
         # Keywords the client has been told of in FLAGS / PERMANENTFLAGS (RFC 3501 §7.2.6);
         # SELECT sends ``flags_response()`` for these. The list only grows while selected.
         self.announced: frozenset[str] = frozenset(self.keywords())
+        KEPT.register(self)  # may still FETCH what another session expunges (RFC 2180 §4.1)
 
     # -- lookups ------------------------------------------------------------------------
     @property
@@ -192,6 +194,8 @@ class MailboxView:
                 self.infos.pop(u, None)
                 self.flags.pop(u, None)
                 self.recent.discard(u)
+            if gone:
+                KEPT.release()  # this session was told: files kept for it may go
         # keywords new to this folder (set by others, or found on disk): FLAGS first
         out.extend(self.announce(k for m in state.messages if m.keywords for k in m.keywords))
         # flag changes by others (FETCH FLAGS, RFC 3501 §7.4.2 unsolicited)

@@ -105,7 +105,7 @@ class MaildropSession:
                     info = state.get(uid)
                     if info is not None and "\\Seen" not in info.flags:
                         try:
-                            self.folder.set_flags(uid, info.flags | {"\\Seen"})
+                            self.folder.update_flags(uid, add=("\\Seen",))  # keeps flags IMAP set meanwhile
                         except MessageNotFound:
                             pass  # expunged by another session meanwhile
             except (StorageError, OSError) as e:

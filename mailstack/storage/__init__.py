@@ -15,6 +15,7 @@ Public API (docs/INTERFACES.md, section `mailstack.storage`)::
         .recalculate_quota(limit_bytes=None, limit_count=None)
     Folder.sync() -> FolderState(uidvalidity, uidnext, messages)
         .read(uid) .open_path(uid) .set_flags(uid, flags, keywords=None)
+        .update_flags(uid, add=, remove=, replace=, add_keywords=, remove_keywords=, replace_keywords=)
         .expunge(uids) .append(data, flags, internaldate, keywords)
         .copy_to(uids, other) .move_to(uids, other)
 """

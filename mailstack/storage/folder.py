@@ -18,12 +18,16 @@ Invariants:
 - Files are renamed or removed by other processes at any time: every mutation that
   finds its file gone re-syncs and retries, and a file missing after that is a
   message expunged by someone else (`MessageNotFound`, or silently skipped in bulk).
+- Flag changes (`update_flags`) are applied to the name the file has at the rename,
+  retried as the same change when another writer renamed it first: no lock, and no
+  writer ever undoes another's flags (sessions, processes, hosts, Dovecot).
 - A new message is fsynced in `tmp/` before it is renamed into `cur/`, and `cur/`
   is fsynced before its UID is returned.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -58,6 +62,10 @@ if TYPE_CHECKING:
 __all__ = ["Folder", "FolderState", "MessageInfo", "default_pop3_uidl"]
 
 log = logging.getLogger(__name__)
+
+# update_flags: how many times a rename that lost a race is tried again. Each failure
+# means another writer renamed the file first; this bound only stops a runaway loop.
+_FLAG_RETRIES = 1000
 
 _LINK_FALLBACK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES}
 
@@ -466,24 +474,83 @@ class Folder:
     # ------------------------------------------------------------------ flags
 
     def set_flags(self, uid: int, flags: Iterable[str], keywords: Iterable[str] | None = None) -> MessageInfo:
-        """Replace the system flags (and keywords, unless None) of one message."""
-        letters = flag_letters(flags)
-        kw_letters = None if keywords is None else self._keyword_letters(keywords, locked=False)
+        """Replace the system flags (and keywords, unless None) of one message.
+
+        A replace is the same whatever the flags on disk were; to add or remove flags use
+        ``update_flags``, which applies only the change to the flags on disk.
+        """
+        return self.update_flags(uid, replace=flags, replace_keywords=keywords)
+
+    def _known_keyword_letters(self, keywords: Iterable[str]) -> str:
+        """Letters of keywords already in dovecot-keywords (unknown ones: no letter)."""
+        wanted = {k.lower() for k in keywords}
+        if not wanted:
+            return ""
+        kws = self._load_keywords()
+        return "".join(sorted(chr(97 + i) for i, v in kws.items() if v.lower() in wanted))
+
+    def update_flags(
+        self,
+        uid: int,
+        *,
+        add: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        replace: Iterable[str] | None = None,
+        add_keywords: Iterable[str] = (),
+        remove_keywords: Iterable[str] = (),
+        replace_keywords: Iterable[str] | None = None,
+    ) -> MessageInfo:
+        """Change one message's flags as they are on disk now; returns what was written.
+
+        ``replace`` / ``replace_keywords`` (when not None) set the whole system flag /
+        keyword set; otherwise ``add`` and ``remove`` (then ``add_keywords`` and
+        ``remove_keywords``) are applied to the flags found in the file name at the moment
+        of the rename (IMAP STORE +FLAGS / -FLAGS, RFC 3501 §6.4.6). Letters we do not
+        know (e.g. Maildir's ``P``) are kept.
+
+        No lock is needed, and none is taken, across sessions, processes or hosts sharing
+        the folder: the new name is computed from the name the file has, and rename(2) of
+        a name that no longer exists fails (ENOENT) atomically. When it fails someone
+        else renamed the file (changed its flags) first, so the current name is looked
+        up again and the same *change* is applied to it, never a stale full set; each
+        failure means another writer succeeded, so the loop makes progress. A message
+        whose flags already are the wanted ones is not renamed, but its name is checked
+        to still exist (the check is then the linearization point).
+        ``MessageNotFound`` if the message was expunged.
+        """
+        add_l = flag_letters(add)
+        remove_l = set(flag_letters(remove))
+        replace_l = None if replace is None else flag_letters(replace)
+        # Keywords get letters (and dovecot-keywords entries) before any rename.
+        add_kw = self._keyword_letters(add_keywords, locked=False)
+        replace_kw = None if replace_keywords is None else self._keyword_letters(replace_keywords, locked=False)
+        remove_kw = set(self._known_keyword_letters(remove_keywords))
         info = self._lookup(uid)
-        for _ in range(5):
+        for _ in range(_FLAG_RETRIES):
             base, old = split_name(info.filename)
-            new_name = with_flags(base, old, letters, kw_letters)
-            if new_name != info.filename:
-                try:
+            old = old or ""
+            if replace_l is not None:
+                sys_l = replace_l
+            else:
+                sys_l = "".join((set(c for c in old if c in "DFRST") | set(add_l)) - remove_l)
+            if replace_kw is not None:
+                kw_l = replace_kw
+            else:
+                kw_l = "".join((set(c for c in old if "a" <= c <= "z") | set(add_kw)) - remove_kw)
+            new_name = with_flags(base, old, sys_l, kw_l)
+            try:
+                if new_name == info.filename:
+                    os.stat(self.cur / new_name)
+                else:
                     os.rename(self.cur / info.filename, self.cur / new_name)
-                except FileNotFoundError:
-                    info = self._lookup(uid, fresh=True)  # renamed by another session: retry
-                    continue
+            except FileNotFoundError:
+                info = self._lookup(uid, fresh=True)  # renamed by someone else: apply the change again
+                continue
             self._load_keywords()
             self._invalidate_flag_memo()
             new_flags, new_kws = self._decode_letters(new_name[len(base) + 3 :])
-            new_info = replace(info, filename=new_name, flags=new_flags, keywords=new_kws)
-            if self._state is not None and self._state.get(uid) is not None:
+            new_info = dataclasses.replace(info, filename=new_name, flags=new_flags, keywords=new_kws)
+            if self._state is not None and self._state.get(uid) not in (None, new_info):
                 self._state = self._state._with(new_info)
             return new_info
         raise StorageError(f"UID {uid} in {self.name}: file keeps changing under us")

@@ -7,12 +7,14 @@ needs it. ``_Fetch.line`` builds the response line of one message; ``fetch`` run
 over the sequence set and yields the lines in pieces of about ``CHUNK`` bytes.
 
 Invariants:
-- A message that another process expunged since this session last looked is left out
-  of the response, whichever step finds it gone (the file read for sections, the \\Seen
-  update, the index build for ENVELOPE/BODY/BODYSTRUCTURE: one ``MessageNotFound``
-  handler for all of them); the other messages are answered and the tagged response is
-  ``NO [EXPUNGEISSUED]`` (RFC 5530 §3, RFC 2180 §4.1.2). For a non-UID FETCH the EXPUNGE
-  waits for a later command (RFC 3501 §7.4.1).
+- A message another session of this server expunged, that this session was not told of
+  yet, is still served from the file kept open for it (``expunged``, RFC 2180 §4.1, as
+  Dovecot does); its \\Seen is then not set. One removed where nothing was kept (another
+  process, or over ``expunged.MAX_KEPT``) is left out of the response, whichever step
+  finds it gone (one ``MessageNotFound`` handler for all of them); the other messages are
+  answered and the tagged response is ``NO [EXPUNGEISSUED]`` (RFC 5530 §3, RFC 2180
+  §4.1.2), or OK for UID FETCH, which ignores UIDs that no longer exist (RFC 3501
+  §6.4.8). For a non-UID FETCH the EXPUNGE waits for a later command (RFC 3501 §7.4.1).
 - \\Seen is set (§6.4.5) by BODY[...] without PEEK, RFC822 and RFC822.TEXT only, never in
   a read-only mailbox, and only after the message file was read; the response then
   carries FLAGS even if not asked for (and MODSEQ with CONDSTORE on, RFC 7162 §3.2).
@@ -29,6 +31,7 @@ from mailstack.storage import Folder, MessageInfo
 from mailstack.storage.errors import MessageNotFound
 
 from ..effects import Output
+from ..expunged import KEPT
 from ..index import Entry, FolderIndex, entry_from_message
 from ..mailbox import MailboxView
 from ..message import ParsedMessage
@@ -61,7 +64,15 @@ class _Message:
     def file(self) -> bytes:
         """The message as stored; ``MessageNotFound`` if someone expunged it."""
         if self._raw is None:
-            self._raw = self.folder.read(self.uid)
+            try:
+                self._raw = self.folder.read(self.uid)
+            except MessageNotFound:
+                # expunged by another session that this one was not told of yet: served
+                # from the file kept open for it (RFC 2180 §4.1, as Dovecot does)
+                kept = KEPT.read(self.view, self.uid)
+                if kept is None:
+                    raise
+                self._raw = kept
         return self._raw
 
     def parsed(self) -> ParsedMessage:
@@ -141,13 +152,20 @@ class _Fetch:
             if self.needs_file:
                 m.file()  # before \Seen: a message that cannot be read is not marked seen
             add_flags = False
-            if self.sets_seen and "\\Seen" not in m.info.flags:  # RFC 3501 §6.4.5
-                m.info = m.folder.set_flags(uid, m.info.flags | {"\\Seen"})
-                self.view.set_flags(uid, m.info)
-                self.changed = True
-                add_flags = not self.has_flags
-                if self.s.condstore:
-                    self.idx.record([m.info])
+            if self.sets_seen:  # RFC 3501 §6.4.5
+                # added to the flags on disk (not this session's view of them): another
+                # session's flags stay, and a \Seen another session removed is set again
+                try:
+                    stored = m.folder.update_flags(uid, add=("\\Seen",))
+                except MessageNotFound:
+                    stored = m.info  # expunged meanwhile but still served: no flag to set
+                if stored != m.info:
+                    m.info = stored
+                    self.view.set_flags(uid, m.info)
+                    self.changed = True
+                    add_flags = not self.has_flags
+                    if self.s.condstore:
+                        self.idx.record([m.info])
             items = [render(m, a) for render, a in zip(self.renderers, self.atts)]
         except MessageNotFound:  # expunged by someone else meanwhile (RFC 2180 §4.1.2)
             return None
@@ -195,7 +213,7 @@ def fetch(s: Session, cmd: Command) -> Iterator[Output]:
     if job.changed:
         s.changed(view.folder)
     yield from s.updates(cmd)
-    if vanished:  # RFC 5530 §3 EXPUNGEISSUED
+    if vanished and not cmd.uid:  # RFC 5530 §3 EXPUNGEISSUED; UID FETCH ignores them (RFC 3501 §6.4.8)
         yield no(cmd.tag, "Some messages were expunged meanwhile", "EXPUNGEISSUED").to_bytes()
     else:
         yield ok(cmd.tag, "FETCH completed").to_bytes()

@@ -11,6 +11,12 @@ Invariants:
 - COPY, MOVE and APPEND check the user's quota first and add nothing when it would be
   exceeded (``NO [OVERQUOTA]``, RFC 9208); a missing target gives ``NO [TRYCREATE]``.
 - A message another session expunged meanwhile is skipped by STORE, never recreated.
+- STORE +FLAGS/-FLAGS change the flags on disk at that moment (``Folder.update_flags``),
+  not this session's possibly stale view of them; the FETCH FLAGS sent are the flags
+  written, and under .SILENT one is still sent when they are not what the client expects.
+- MOVE and COPY into the selected mailbox itself work as in Dovecot: new UIDs, COPYUID.
+- Messages EXPUNGE/MOVE remove stay readable by other sessions that were not told yet
+  (``expunged.KEPT``, RFC 2180 §4.1).
 - With CONDSTORE on, every FETCH a STORE sends carries MODSEQ, even under .SILENT
   when the flags changed (RFC 7162 §3.1.3, §3.2).
 """
@@ -24,6 +30,7 @@ from mailstack.storage import Folder, MessageInfo
 from mailstack.storage.errors import FolderNotFound, MessageNotFound
 
 from ..effects import Output
+from ..expunged import KEPT
 from ..mailbox import SYSTEM_FLAGS
 from ..responses import ImapError, ok, render_flags
 from ..types import AppendArgs, Command, CopyArgs, ExpungeArgs, StoreArgs
@@ -51,6 +58,17 @@ def uid_set(uids: Sequence[int]) -> str:
 
 
 
+def _apply(folder: Folder, uid: int, mode: str, given: frozenset[str] | set[str]) -> MessageInfo:
+    """STORE's change to one message, made to its flags on disk (``Folder.update_flags``)."""
+    sysf = [f for f in given if f.startswith("\\")]
+    kws = sorted(f for f in given if not f.startswith("\\"))
+    if mode == "+":
+        return folder.update_flags(uid, add=sysf, add_keywords=kws)
+    if mode == "-":
+        return folder.update_flags(uid, remove=sysf, remove_keywords=kws)
+    return folder.update_flags(uid, replace=sysf, replace_keywords=kws)
+
+
 def store(s: Session, cmd: Command) -> Iterator[Output]:
     args = cmd.args
     assert isinstance(args, StoreArgs)
@@ -70,7 +88,7 @@ def store(s: Session, cmd: Command) -> Iterator[Output]:
         fresh = folder.sync()
         idx.reconcile(fresh)
     condstore = s.condstore
-    done: list[tuple[int, int, bool]] = []  # (seq, uid, flags changed)
+    done: list[tuple[int, int, bool, bool]] = []  # (seq, uid, flags changed, not what the client expects)
     modified: list[int] = []
     changed_infos: list[MessageInfo] = []
     for seq, uid in pairs:
@@ -80,39 +98,38 @@ def store(s: Session, cmd: Command) -> Iterator[Output]:
             if since is not None and idx.modseq(uid) > since:
                 modified.append(uid if cmd.uid else seq)
                 continue
-        current = info.flags | info.keywords
+        before = view.flags_for(uid)
+        # The change is applied to the flags on disk now, not to this session's view of
+        # them: flags another session set meanwhile stay (RFC 3501 §6.4.6 "+FLAGS").
+        try:
+            stored = _apply(folder, uid, args.mode, given)
+        except MessageNotFound:
+            continue
+        if stored != view.info(uid):
+            view.set_flags(uid, stored)
+            changed_infos.append(stored)
+        after = view.flags_for(uid)
+        # What the client expected from its own view; anything else (another session's
+        # change, now visible) is reported even under .SILENT.
         if args.mode == "+":
-            new = current | given
+            expected = before | given
         elif args.mode == "-":
-            new = current - given
+            expected = before - given
         else:
-            new = frozenset(given)
-        if new != current:
-            sysf = [f for f in new if f in SYSTEM_FLAGS]
-            kws = sorted(f for f in new if not f.startswith("\\"))
-            try:
-                info = folder.set_flags(uid, sysf, kws)
-            except MessageNotFound:
-                continue
-            view.set_flags(uid, info)
-            changed_infos.append(info)
-            done.append((seq, uid, True))
-        elif fresh is not None and info != view.info(uid):
-            view.set_flags(uid, info)  # another process's change, now reported here
-            done.append((seq, uid, True))
-        else:
-            done.append((seq, uid, False))
+            expected = frozenset(given) | (before & {"\\Recent"})
+        done.append((seq, uid, after != before, after != expected))
     if condstore and changed_infos:
         idx.record(changed_infos)
     # RFC 3501 §7.2.6: keywords new to the mailbox go out in FLAGS before the FETCHes
-    buf: list[bytes] = view.announce(k for _, uid, changed in done if changed for k in view.flags_for(uid))
-    for seq, uid, flag_change in done:
+    buf: list[bytes] = view.announce(k for _, uid, changed, _s in done if changed for k in view.flags_for(uid))
+    for seq, uid, flag_change, surprise in done:
         uid_part = b"UID %d " % uid if cmd.uid else b""
-        if condstore and (flag_change or not args.silent):
+        silent = args.silent and not surprise
+        if condstore and (flag_change or not silent):
             # RFC 7162 §3.1.3 / §3.2: MODSEQ in the FETCH, sent even for .SILENT when changed
-            flags = b"" if args.silent else b"FLAGS %s " % render_flags(view.flags_for(uid))
+            flags = b"" if silent else b"FLAGS %s " % render_flags(view.flags_for(uid))
             buf.append(b"* %d FETCH (%s%sMODSEQ (%d))\r\n" % (seq, uid_part, flags, idx.modseq(uid)))
-        elif not args.silent:  # RFC 3501 §6.4.6
+        elif not silent:  # RFC 3501 §6.4.6
             buf.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, render_flags(view.flags_for(uid))))
         if len(buf) >= 1000:
             yield b"".join(buf)
@@ -138,7 +155,8 @@ def expunge(s: Session, cmd: Command) -> Iterator[Output]:
     deleted = [m.uid for m in view.folder.sync().messages
                if "\\Deleted" in m.flags and (only is None or m.uid in only)]
     if deleted:
-        view.folder.expunge(deleted)
+        with KEPT.expunging(view, deleted):  # other sessions may still fetch them (RFC 2180 §4.1)
+            view.folder.expunge(deleted)
         s.changed(view.folder)
     yield from s.updates(cmd, force=True)
     yield ok(cmd.tag, "EXPUNGE completed").to_bytes()
@@ -175,9 +193,11 @@ def move(s: Session, cmd: Command) -> Iterator[Output]:
     view = s.selected
     pairs = s.pairs(cmd, args.sequence_set)
     target = _target(s, args.mailbox)
-    if target.path == view.folder.path:
-        raise ImapError("NO", "Cannot move a message into its own mailbox", "CANNOT")
-    moved = view.folder.move_to([u for _, u in pairs], target)
+    # Into the selected mailbox itself too, as Dovecot does (RFC 6851 does not forbid it):
+    # each message gets a new UID (COPYUID), then the old one is expunged.
+    uids = [u for _, u in pairs]
+    with KEPT.expunging(view, uids):  # other sessions may still fetch them (RFC 2180 §4.1)
+        moved = view.folder.move_to(uids, target)
     s.changed(target)
     s.changed(view.folder)
     if moved:  # RFC 6851 §4.3: COPYUID in an untagged OK, before the EXPUNGEs
