@@ -43,8 +43,8 @@ def test_aioimaplib_append_fetch_idle(imap: IMAPServer) -> None:
         # here, or its ResourceWarning fails whichever test happens to be running at GC time
         transport = c.protocol.transport
         if transport is not None:
-            transport.close()
-            await asyncio.sleep(0)
+            transport.abort()  # close() waits for its write buffer: the loop may be gone by then
+            await asyncio.sleep(0.1)  # let connection_lost run while the loop is alive
 
     asyncio.run(run())
 
