@@ -23,7 +23,8 @@ from mailstack.storage import mutf7
 
 from .dates import DateError, parse_date, parse_datetime
 from .types import (
-    FETCH_MACROS, AppendArgs, AuthenticateArgs, Command, CommandArgs, CopyArgs, EnableArgs,
+    FETCH_MACROS, AppendArgs, AppendMessage, AuthenticateArgs, Command, CommandArgs, CopyArgs, CreateArgs,
+    EnableArgs,
     ExpungeArgs, FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, NoArgs,
     QuotaRootArgs, RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet,
     SetQuotaArgs, StatusArgs, StoreArgs,
@@ -355,11 +356,33 @@ def _mailbox(r: _Reader) -> MailboxArgs:
     return MailboxArgs(mailbox)
 
 
-def _create(r: _Reader) -> MailboxArgs:
+def _create(r: _Reader) -> CreateArgs:
+    # RFC 4466 §2.2 create = "CREATE" SP mailbox [create-params];
+    # RFC 6154 §6 create-param =/ "USE" SP "(" [use-attr *(SP use-attr)] ")"
     r.sp()
     mailbox = r.mailbox("CANNOT")
+    uses: list[str] = []
+    if not r.at_end():
+        r.sp()
+        r.expect(b"(")
+        while True:
+            param = r.atom("create parameter").upper()
+            if param != "USE":  # RFC 4466 §2.2: an unknown parameter is BAD
+                raise GrammarError(f"Unknown CREATE parameter {param}")
+            r.sp()
+            r.expect(b"(")
+            while not r.take(b")"):
+                if r.d[r.i - 1] != 0x28:
+                    r.sp()
+                flag = r.flag()
+                if not flag.startswith("\\"):
+                    raise GrammarError("A special use is a \\-attribute")
+                uses.append(flag)
+            if r.take(b")"):
+                break
+            r.sp()
     r.end()
-    return MailboxArgs(mailbox)
+    return CreateArgs(mailbox, tuple(dict.fromkeys(uses)))
 
 
 def _rename(r: _Reader) -> RenameArgs:
@@ -466,6 +489,19 @@ def _append(r: _Reader) -> AppendArgs:
     r.sp()
     mailbox = r.mailbox("CANNOT")  # not TRYCREATE: CREATE of that name would fail too
     r.sp()
+    flags, when = _append_opts(r)
+    first = _append_message(r, flags, when)
+    # RFC 3502 §6.3.11 append = "APPEND" SP mailbox 1*append-message
+    more: list[AppendMessage] = []
+    while not r.at_end():
+        r.sp()
+        flags, when = _append_opts(r)
+        more.append(_append_message(r, flags, when))
+    return AppendArgs(mailbox, first.flags, first.internaldate, first.message, tuple(more))
+
+
+def _append_opts(r: _Reader) -> tuple[tuple[str, ...], datetime | None]:
+    # RFC 3502 §6.3.11 append-opts = [SP flag-list] [SP date-time]
     flags: tuple[str, ...] = ()
     when: datetime | None = None
     if r.peek() == 0x28:
@@ -478,11 +514,14 @@ def _append(r: _Reader) -> AppendArgs:
         except DateError as exc:
             raise GrammarError("Invalid date-time") from exc
         r.sp()
+    return flags, when
+
+
+def _append_message(r: _Reader, flags: tuple[str, ...], when: datetime | None) -> AppendMessage:
+    # literal only: literal8 (RFC 3516 §4.4) comes with BINARY, which is not offered
     if r.peek() != 0x7B:
         raise GrammarError("Expected message literal")
-    message = r.literal()
-    r.end()
-    return AppendArgs(mailbox, flags, when, message)
+    return AppendMessage(flags, when, r.literal())
 
 
 def _copy(r: _Reader) -> CopyArgs:

@@ -234,6 +234,14 @@ class MailboxArgs:
 
 
 @dataclass(frozen=True)
+class CreateArgs:
+    """CREATE: the name and the special uses asked for (RFC 6154 §5.2 ``USE (...)``)."""
+
+    mailbox: str
+    uses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RenameArgs:
     old: str
     new: str
@@ -264,13 +272,28 @@ class StatusArgs:
 
 
 @dataclass(frozen=True)
+class AppendMessage:
+    """One message of an APPEND: its flags, date and the literal's exact bytes."""
+
+    flags: tuple[str, ...]
+    internaldate: datetime | None
+    message: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class AppendArgs:
-    """APPEND: the message is the literal's exact bytes (RFC 3501 §6.3.11)."""
+    """APPEND: the message is the literal's exact bytes (RFC 3501 §6.3.11); ``more`` holds
+    the further messages of a MULTIAPPEND (RFC 3502 §6.3.11), stored all or none."""
 
     mailbox: str
     flags: tuple[str, ...]
     internaldate: datetime | None
     message: bytes = field(repr=False)
+    more: tuple[AppendMessage, ...] = ()
+
+    @property
+    def messages(self) -> tuple[AppendMessage, ...]:
+        return (AppendMessage(self.flags, self.internaldate, self.message), *self.more)
 
 
 @dataclass(frozen=True)
@@ -342,7 +365,7 @@ class SetQuotaArgs:
 
 
 CommandArgs = Union[
-    NoArgs, LoginArgs, AuthenticateArgs, SelectArgs, MailboxArgs, RenameArgs, ListArgs,
+    NoArgs, LoginArgs, AuthenticateArgs, SelectArgs, MailboxArgs, CreateArgs, RenameArgs, ListArgs,
     StatusArgs, AppendArgs, SearchArgs, FetchArgs, StoreArgs, CopyArgs, ExpungeArgs, IdArgs,
     EnableArgs, QuotaRootArgs, SetQuotaArgs,
 ]

@@ -8,7 +8,7 @@ import pytest
 
 from mailstack.imap.grammar import GrammarError, parse_command
 from mailstack.imap.types import (
-    FETCH_MACROS, AppendArgs, AuthenticateArgs, Command, CopyArgs, EnableArgs, ExpungeArgs,
+    FETCH_MACROS, AppendArgs, AuthenticateArgs, Command, CopyArgs, CreateArgs, EnableArgs, ExpungeArgs,
     FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, QuotaRootArgs,
     RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet, SetQuotaArgs, StatusArgs,
     StoreArgs,
@@ -38,7 +38,7 @@ COMMANDS: list[tuple[bytes, Command]] = [
     (b"t EXAMINE Archive (CONDSTORE)", Command("t", "EXAMINE", SelectArgs("Archive", True))),
     (b"t SELECT &ZeVnLIqe-", Command("t", "SELECT", SelectArgs("日本語"))),
     (b'T SELECT "A & B"', None),  # type: ignore[list-item]  # raw "&" is bad modified UTF-7
-    (b"t CREATE Archive.2024", Command("t", "CREATE", MailboxArgs("Archive.2024"))),
+    (b"t CREATE Archive.2024", Command("t", "CREATE", CreateArgs("Archive.2024"))),
     (b'"t" DELETE x', None),  # type: ignore[list-item]  # a quoted tag is not a tag
     (b"t DELETE {5}\r\nTrash", Command("t", "DELETE", MailboxArgs("Trash"))),
     (b"t RENAME a b", Command("t", "RENAME", RenameArgs("a", "b"))),

@@ -195,16 +195,28 @@ def append(s: Session, cmd: Command) -> Iterator[Output]:
         folder = s.md.folder(args.mailbox)
     except FolderNotFound:
         raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.3.11
-    if len(args.message) > s.config.append_limit:
+    messages = args.messages
+    if any(len(m.message) > s.config.append_limit for m in messages):
         raise ImapError("NO", "Message too large", "TOOBIG")
-    check_quota(s, len(args.message))
-    sysf = [f for f in args.flags if f in SYSTEM_FLAGS]
-    kws = [f for f in args.flags if not f.startswith("\\")]
-    uid = folder.append(args.message, sysf, args.internaldate, kws)
+    check_quota(s, sum(len(m.message) for m in messages))
+    # RFC 3502 §6.3.11 MULTIAPPEND: all the messages or none. They are stored one by one
+    # (each is a file of its own), and a failure part-way expunges those already stored
+    # before the NO, as Dovecot does with its save transaction's rollback.
+    uids: list[int] = []
+    try:
+        for m in messages:
+            sysf = [f for f in m.flags if f in SYSTEM_FLAGS]
+            kws = [f for f in m.flags if not f.startswith("\\")]
+            uids.append(folder.append(m.message, sysf, m.internaldate, kws))
+    except BaseException:
+        if uids:
+            folder.expunge(uids)
+        raise
     validity = s.view.uidvalidity if (s.view and s.view.folder.path == folder.path) else \
         folder.state.uidvalidity
     s.changed(folder)
-    yield from s.done(cmd, "APPEND completed", f"APPENDUID {validity} {uid}")  # RFC 4315 §3
+    # RFC 4315 §3 APPENDUID; for a MULTIAPPEND its uid-set in the order given (RFC 4315 §4)
+    yield from s.done(cmd, "APPEND completed", f"APPENDUID {validity} {uid_set(uids)}")
 
 
 HANDLERS: Mapping[str, Handler] = {
