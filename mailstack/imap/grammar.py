@@ -155,8 +155,11 @@ class _Reader:
                 raise GrammarError("Invalid character in quoted string")
             out.append(c)
 
-    def literal(self) -> bytes:
-        # RFC 3501 §9 literal = "{" number "}" CRLF *CHAR8; RFC 7888 adds "{" number "+}".
+    def literal(self, binary: bool = False) -> bytes:
+        # RFC 3501 §9 literal = "{" number "}" CRLF *CHAR8; RFC 7888 adds "{" number "+}";
+        # RFC 3516 §4.4 literal8 = "~{" number "}" CRLF *OCTET (NUL allowed).
+        if binary:
+            self.expect(b"~")
         self.expect(b"{")
         n = self.number(limit=MAX_NUMBER64)
         self.take(b"+")
@@ -165,7 +168,7 @@ class _Reader:
             raise GrammarError("Truncated literal")
         data = self.d[self.i : self.i + n]
         self.i += n
-        if 0 in data:  # RFC 3501 §9: CHAR8 excludes NUL
+        if 0 in data and not binary:  # RFC 3501 §9: CHAR8 excludes NUL
             raise GrammarError("NUL in literal")
         return data
 
@@ -497,7 +500,7 @@ def _append(r: _Reader) -> AppendArgs:
         r.sp()
         flags, when = _append_opts(r)
         more.append(_append_message(r, flags, when))
-    return AppendArgs(mailbox, first.flags, first.internaldate, first.message, tuple(more))
+    return AppendArgs(mailbox, first.flags, first.internaldate, first.message, first.binary, tuple(more))
 
 
 def _append_opts(r: _Reader) -> tuple[tuple[str, ...], datetime | None]:
@@ -518,7 +521,9 @@ def _append_opts(r: _Reader) -> tuple[tuple[str, ...], datetime | None]:
 
 
 def _append_message(r: _Reader, flags: tuple[str, ...], when: datetime | None) -> AppendMessage:
-    # literal only: literal8 (RFC 3516 §4.4) comes with BINARY, which is not offered
+    # append-data = literal / literal8 (RFC 3516 §4.4)
+    if r.peek() == 0x7E:
+        return AppendMessage(flags, when, r.literal(binary=True), binary=True)
     if r.peek() != 0x7B:
         raise GrammarError("Expected message literal")
     return AppendMessage(flags, when, r.literal())
@@ -592,6 +597,22 @@ def _fetch_att(r: _Reader) -> FetchAttribute:
             r.expect(b">")
             partial = (origin, count)
         return FetchAttribute("BODY", section, partial, peek=name == "BODY.PEEK")
+    if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE") and r.take(b"["):
+        # RFC 3516 §4.4 section-binary = "[" [section-part] "]"; BINARY.SIZE has no partial
+        part: list[int] = []
+        while not r.take(b"]"):
+            if part:
+                r.expect(b".")
+            part.append(r.number(nonzero=True))
+        partial = None
+        if name != "BINARY.SIZE" and r.take(b"<"):
+            origin = r.number()
+            r.expect(b".")
+            count = r.number(nonzero=True)
+            r.expect(b">")
+            partial = (origin, count)
+        return FetchAttribute("BINARY.SIZE" if name == "BINARY.SIZE" else "BINARY", Section(tuple(part)),
+                              partial, peek=name != "BINARY")
     if name in _SIMPLE_FETCH or name == "BODY":
         return FetchAttribute(name)
     raise GrammarError(f"Unknown FETCH attribute {name or chr(max(r.peek(), 0))!r}")

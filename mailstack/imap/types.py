@@ -131,7 +131,9 @@ class FetchAttribute:
     RFC822.HEADER, RFC822.SIZE, RFC822.TEXT, BODY, BODYSTRUCTURE, UID, MODSEQ.
 
     ``BODY`` with a ``section`` is BODY[section]<partial>; ``peek`` is BODY.PEEK (does not
-    set \\Seen, RFC 3501 §6.4.5). ``partial`` is (origin, count).
+    set \\Seen, RFC 3501 §6.4.5). ``partial`` is (origin, count). ``BINARY`` and
+    ``BINARY.SIZE`` (RFC 3516 §4) carry a section of part numbers only; BINARY.PEEK and
+    BINARY.SIZE have ``peek`` set.
     """
 
     name: str
@@ -143,7 +145,7 @@ class FetchAttribute:
         """The item name in the FETCH response: ``BODY[HEADER]<0>`` (RFC 3501 §7.4.2)."""
         if self.section is None:
             return self.name
-        out = f"BODY[{self.section.render()}]"
+        out = f"{'BODY' if self.name == 'BODY' else self.name}[{self.section.render()}]"
         if self.partial is not None:
             out += f"<{self.partial[0]}>"
         return out
@@ -273,11 +275,13 @@ class StatusArgs:
 
 @dataclass(frozen=True)
 class AppendMessage:
-    """One message of an APPEND: its flags, date and the literal's exact bytes."""
+    """One message of an APPEND: its flags, date and the literal's exact bytes;
+    ``binary`` when it came as a literal8 ``~{n}`` (RFC 3516 §4.4)."""
 
     flags: tuple[str, ...]
     internaldate: datetime | None
     message: bytes = field(repr=False)
+    binary: bool = False
 
 
 @dataclass(frozen=True)
@@ -289,11 +293,12 @@ class AppendArgs:
     flags: tuple[str, ...]
     internaldate: datetime | None
     message: bytes = field(repr=False)
+    binary: bool = False
     more: tuple[AppendMessage, ...] = ()
 
     @property
     def messages(self) -> tuple[AppendMessage, ...]:
-        return (AppendMessage(self.flags, self.internaldate, self.message), *self.more)
+        return (AppendMessage(self.flags, self.internaldate, self.message, self.binary), *self.more)
 
 
 @dataclass(frozen=True)

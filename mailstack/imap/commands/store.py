@@ -26,7 +26,8 @@ from mailstack.storage.errors import FolderNotFound, MessageNotFound
 from ..effects import Output
 from ..mailbox import SYSTEM_FLAGS
 from ..responses import ImapError, ok, render_flags
-from ..types import AppendArgs, Command, CopyArgs, ExpungeArgs, StoreArgs
+from ..message import encode_binary_parts
+from ..types import AppendArgs, AppendMessage, Command, CopyArgs, ExpungeArgs, StoreArgs
 from .quota import check_quota
 
 if TYPE_CHECKING:
@@ -188,6 +189,17 @@ def move(s: Session, cmd: Command) -> Iterator[Output]:
     yield ok(cmd.tag, "MOVE completed").to_bytes()
 
 
+def _unbinary(m: AppendMessage) -> AppendMessage:
+    """A literal8 message (RFC 3516 §4.4) with its binary parts base64-encoded; one whose
+    NUL is outside any MIME body part cannot be stored as a message and is refused."""
+    if not m.binary:
+        return m
+    data = encode_binary_parts(m.message)
+    if b"\0" in data:
+        raise ImapError("NO", "NUL outside a MIME body part", "CANNOT")
+    return AppendMessage(m.flags, m.internaldate, data)
+
+
 def append(s: Session, cmd: Command) -> Iterator[Output]:
     args = cmd.args
     assert isinstance(args, AppendArgs)
@@ -195,7 +207,7 @@ def append(s: Session, cmd: Command) -> Iterator[Output]:
         folder = s.md.folder(args.mailbox)
     except FolderNotFound:
         raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.3.11
-    messages = args.messages
+    messages = [_unbinary(m) for m in args.messages]
     if any(len(m.message) > s.config.append_limit for m in messages):
         raise ImapError("NO", "Message too large", "TOOBIG")
     check_quota(s, sum(len(m.message) for m in messages))
