@@ -96,3 +96,60 @@ def test_multiappend_is_all_or_nothing(imap: IMAPServer, connect: Callable[[], R
     assert tagged(resp).startswith("BAD ")
     assert "* STATUS INBOX (MESSAGES 0)" in c.cmd("STATUS INBOX (MESSAGES)")
     assert imap.maildir().folder().sync().messages == ()
+
+
+# -- RFC 3516 BINARY ----------------------------------------------------------------------------
+
+MIME = (b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=xx\r\n\r\n"
+        b"--xx\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8gd29y\r\nbGQ=\r\n"
+        b"--xx\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"caf=C3=A9 =\r\nau lait  \r\n"
+        b"--xx\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC/w==\r\n"
+        b"--xx\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 x\r\n"
+        b"--xx--\r\n")
+
+
+def send(c: Raw, data: bytes) -> bytes:
+    """Send a command with tag ``bN`` and return its whole response as bytes (it may hold
+    octets that are not UTF-8)."""
+    tag = data.split(b" ", 1)[0]
+    c.sock.sendall(data)
+    buf = b""
+    while not re.search(rb"(^|\r\n)" + tag + rb" [A-Z]+ [^\r\n]*\r\n", buf):
+        chunk = c.sock.recv(65536)
+        assert chunk, buf
+        buf += chunk
+    return buf
+
+
+def test_fetch_binary_decodes_parts(imap: IMAPServer, connect: Callable[[], Raw]) -> None:
+    imap.deliver("alice@example.test", MIME)
+    c = connect()
+    assert "BINARY" in capabilities(c)
+    c.cmd("SELECT INBOX")
+    # RFC 3516 §4.2: BINARY.SIZE is the decoded size; BINARY.PEEK leaves \Seen alone
+    got = c.cmd("FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1] BINARY.PEEK[2] BINARY.PEEK[1]<6.5>)")
+    assert got.startswith("* 1 FETCH (BINARY.SIZE[1] 11 BINARY[1] {11}\r\nhello world "
+                          "BINARY[2] {13}\r\ncaf\u00e9 au lait BINARY[1]<6> {5}\r\nworld)\r\n")
+    assert "\\Seen" not in c.cmd("FETCH 1 FLAGS")
+    # §4.3: content with a NUL comes as a literal8
+    raw = send(c, b"b1 FETCH 1 (BINARY[3])\r\n")
+    assert b"BINARY[3] ~{4}\r\n\x00\x01\x02\xff" in raw and b"FLAGS (\\Seen" in raw  # BINARY sets \Seen
+    # §4.3: an encoding the server does not know: NO [UNKNOWN-CTE]
+    assert tagged(c.cmd("FETCH 1 (BINARY.PEEK[4])")).startswith("NO [UNKNOWN-CTE] ")
+    assert tagged(c.cmd("FETCH 1 (BINARY.SIZE[4])")).startswith("NO [UNKNOWN-CTE] ")
+    assert tagged(c.cmd("FETCH 1 (BINARY.SIZE[1]<0.2>)")).startswith("BAD ")  # no partial (§4.4)
+
+
+def test_append_literal8_keeps_octets(connect: Callable[[], Raw]) -> None:
+    c = connect()
+    body = b"\x00-\xe4\n\r\n\n"
+    msg = (b"From: user@domain.org\r\nMime-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+           b"Content-Transfer-Encoding: binary\r\n\r\n" + body)
+    # RFC 3516 §4.4: append-data =/ literal8; a plain literal with a NUL stays BAD (RFC 3501 §9)
+    assert b"b1 BAD " in send(c, b"b1 APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\n")
+    assert b"b2 OK [APPENDUID " in send(c, b"b2 APPEND INBOX ~{%d+}\r\n" % len(msg) + msg + b"\r\n")
+    c.cmd("SELECT INBOX")
+    raw = send(c, b"b3 FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1] BODY.PEEK[1])\r\n")
+    assert b"BINARY.SIZE[1] 7 BINARY[1] ~{7}\r\n" + body in raw
+    assert b"BODY[1] {" in raw and raw.count(b"\x00") == 1  # stored base64: BODY[1] has no NUL
