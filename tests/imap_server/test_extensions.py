@@ -74,7 +74,7 @@ def test_multiappend_stores_all_in_order(connect: Callable[[], Raw]) -> None:
     c = connect()
     assert "MULTIAPPEND" in capabilities(c)
     # RFC 3502 §6.3.11: A003 APPEND saved-messages (\Seen) {310} ... (\Seen) " 7-Feb-1994 ..." {328}
-    resp = c.cmd(f"APPEND INBOX (\\Seen) {{{len(MSG1)}+}}\r\n".encode().decode() + MSG1.decode()
+    resp = c.cmd(f"APPEND INBOX (\\Seen) {{{len(MSG1)}+}}\r\n" + MSG1.decode()
                  + f' (\\Seen $Work) " 7-Feb-1994 22:43:04 -0800" {{{len(MSG2)}+}}\r\n' + MSG2.decode())
     assert tagged(resp) == "OK [APPENDUID " + re.search(r"APPENDUID (\d+) ", resp).group(1) + " 1:2] APPEND completed"  # type: ignore[union-attr]
     c.cmd("SELECT INBOX")

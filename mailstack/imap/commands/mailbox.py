@@ -1,6 +1,7 @@
 """IMAP mailbox commands: choosing and managing mailboxes (RFC 3501 §6.3, §6.4.1-6.4.2).
 
-SELECT / EXAMINE (§6.3.1-2, CONDSTORE parameter RFC 7162 §3.2.5), CREATE (§6.3.3),
+SELECT / EXAMINE (§6.3.1-2, CONDSTORE parameter RFC 7162 §3.2.5), CREATE (§6.3.3, with
+USE (...) from RFC 6154 §5.2, kept by ``Maildir.create_special_folder``),
 DELETE (§6.3.4), RENAME (§6.3.5), SUBSCRIBE / UNSUBSCRIBE (§6.3.6-7), NAMESPACE
 (RFC 2342), CHECK (§6.4.1), CLOSE (§6.4.2) and UNSELECT (RFC 3691). LIST, LSUB and
 STATUS are in ``listing``.

@@ -2,7 +2,8 @@
 
 STORE (RFC 3501 §6.4.6; UNCHANGEDSINCE and MODIFIED from RFC 7162 §3.1.3), COPY
 (§6.4.7), MOVE (RFC 6851), EXPUNGE and UID EXPUNGE (§6.4.3, RFC 4315 §2.1), APPEND
-(§6.3.11, APPENDLIMIT RFC 7889); COPYUID and APPENDUID (RFC 4315 §3).
+(§6.3.11, APPENDLIMIT RFC 7889, MULTIAPPEND RFC 3502, literal8 RFC 3516 §4.4); COPYUID
+and APPENDUID (RFC 4315 §3).
 
 Invariants:
 - A read-only mailbox is never changed: ``NO [READ-ONLY]`` (RFC 3501 §6.3.2).
@@ -10,6 +11,8 @@ Invariants:
   in a STORE is ignored, only the server sets it (§2.3.2).
 - COPY, MOVE and APPEND check the user's quota first and add nothing when it would be
   exceeded (``NO [OVERQUOTA]``, RFC 9208); a missing target gives ``NO [TRYCREATE]``.
+- A MULTIAPPEND stores all its messages or none; a literal8 message has its binary
+  parts stored base64-encoded (no NUL ever reaches a Maildir file).
 - A message another session expunged meanwhile is skipped by STORE, never recreated.
 - With CONDSTORE on, every FETCH a STORE sends carries MODSEQ, even under .SILENT
   when the flags changed (RFC 7162 §3.1.3, §3.2).
