@@ -23,7 +23,8 @@ from mailstack.storage import mutf7
 
 from .dates import DateError, parse_date, parse_datetime
 from .types import (
-    FETCH_MACROS, AppendArgs, AuthenticateArgs, Command, CommandArgs, CopyArgs, EnableArgs,
+    FETCH_MACROS, AppendArgs, AppendMessage, AuthenticateArgs, Command, CommandArgs, CopyArgs, CreateArgs,
+    EnableArgs,
     ExpungeArgs, FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, NoArgs,
     QuotaRootArgs, RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet,
     SetQuotaArgs, StatusArgs, StoreArgs,
@@ -154,8 +155,11 @@ class _Reader:
                 raise GrammarError("Invalid character in quoted string")
             out.append(c)
 
-    def literal(self) -> bytes:
-        # RFC 3501 §9 literal = "{" number "}" CRLF *CHAR8; RFC 7888 adds "{" number "+}".
+    def literal(self, binary: bool = False) -> bytes:
+        # RFC 3501 §9 literal = "{" number "}" CRLF *CHAR8; RFC 7888 adds "{" number "+}";
+        # RFC 3516 §4.4 literal8 = "~{" number "}" CRLF *OCTET (NUL allowed).
+        if binary:
+            self.expect(b"~")
         self.expect(b"{")
         n = self.number(limit=MAX_NUMBER64)
         self.take(b"+")
@@ -164,7 +168,7 @@ class _Reader:
             raise GrammarError("Truncated literal")
         data = self.d[self.i : self.i + n]
         self.i += n
-        if 0 in data:  # RFC 3501 §9: CHAR8 excludes NUL
+        if 0 in data and not binary:  # RFC 3501 §9: CHAR8 excludes NUL
             raise GrammarError("NUL in literal")
         return data
 
@@ -355,11 +359,33 @@ def _mailbox(r: _Reader) -> MailboxArgs:
     return MailboxArgs(mailbox)
 
 
-def _create(r: _Reader) -> MailboxArgs:
+def _create(r: _Reader) -> CreateArgs:
+    # RFC 4466 §2.2 create = "CREATE" SP mailbox [create-params];
+    # RFC 6154 §6 create-param =/ "USE" SP "(" [use-attr *(SP use-attr)] ")"
     r.sp()
     mailbox = r.mailbox("CANNOT")
+    uses: list[str] = []
+    if not r.at_end():
+        r.sp()
+        r.expect(b"(")
+        while True:
+            param = r.atom("create parameter").upper()
+            if param != "USE":  # RFC 4466 §2.2: an unknown parameter is BAD
+                raise GrammarError(f"Unknown CREATE parameter {param}")
+            r.sp()
+            r.expect(b"(")
+            while not r.take(b")"):
+                if r.d[r.i - 1] != 0x28:
+                    r.sp()
+                flag = r.flag()
+                if not flag.startswith("\\"):
+                    raise GrammarError("A special use is a \\-attribute")
+                uses.append(flag)
+            if r.take(b")"):
+                break
+            r.sp()
     r.end()
-    return MailboxArgs(mailbox)
+    return CreateArgs(mailbox, tuple(dict.fromkeys(uses)))
 
 
 def _rename(r: _Reader) -> RenameArgs:
@@ -466,6 +492,19 @@ def _append(r: _Reader) -> AppendArgs:
     r.sp()
     mailbox = r.mailbox("CANNOT")  # not TRYCREATE: CREATE of that name would fail too
     r.sp()
+    flags, when = _append_opts(r)
+    first = _append_message(r, flags, when)
+    # RFC 3502 §6.3.11 append = "APPEND" SP mailbox 1*append-message
+    more: list[AppendMessage] = []
+    while not r.at_end():
+        r.sp()
+        flags, when = _append_opts(r)
+        more.append(_append_message(r, flags, when))
+    return AppendArgs(mailbox, first.flags, first.internaldate, first.message, first.binary, tuple(more))
+
+
+def _append_opts(r: _Reader) -> tuple[tuple[str, ...], datetime | None]:
+    # RFC 3502 §6.3.11 append-opts = [SP flag-list] [SP date-time]
     flags: tuple[str, ...] = ()
     when: datetime | None = None
     if r.peek() == 0x28:
@@ -478,11 +517,16 @@ def _append(r: _Reader) -> AppendArgs:
         except DateError as exc:
             raise GrammarError("Invalid date-time") from exc
         r.sp()
+    return flags, when
+
+
+def _append_message(r: _Reader, flags: tuple[str, ...], when: datetime | None) -> AppendMessage:
+    # append-data = literal / literal8 (RFC 3516 §4.4)
+    if r.peek() == 0x7E:
+        return AppendMessage(flags, when, r.literal(binary=True), binary=True)
     if r.peek() != 0x7B:
         raise GrammarError("Expected message literal")
-    message = r.literal()
-    r.end()
-    return AppendArgs(mailbox, flags, when, message)
+    return AppendMessage(flags, when, r.literal())
 
 
 def _copy(r: _Reader) -> CopyArgs:
@@ -553,6 +597,22 @@ def _fetch_att(r: _Reader) -> FetchAttribute:
             r.expect(b">")
             partial = (origin, count)
         return FetchAttribute("BODY", section, partial, peek=name == "BODY.PEEK")
+    if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE") and r.take(b"["):
+        # RFC 3516 §4.4 section-binary = "[" [section-part] "]"; BINARY.SIZE has no partial
+        part: list[int] = []
+        while not r.take(b"]"):
+            if part:
+                r.expect(b".")
+            part.append(r.number(nonzero=True))
+        partial = None
+        if name != "BINARY.SIZE" and r.take(b"<"):
+            origin = r.number()
+            r.expect(b".")
+            count = r.number(nonzero=True)
+            r.expect(b">")
+            partial = (origin, count)
+        return FetchAttribute("BINARY.SIZE" if name == "BINARY.SIZE" else "BINARY", Section(tuple(part)),
+                              partial, peek=name != "BINARY")
     if name in _SIMPLE_FETCH or name == "BODY":
         return FetchAttribute(name)
     raise GrammarError(f"Unknown FETCH attribute {name or chr(max(r.peek(), 0))!r}")

@@ -24,6 +24,9 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
 import re
 from dataclasses import dataclass, field
 
@@ -35,6 +38,77 @@ MAX_PARTS = 10_000  # Dovecot: max_total_mime_parts
 MAX_BOUNDARY = 80  # Dovecot: BOUNDARY_STRING_MAX_LEN (RFC 2046 §5.1.1 allows 70)
 _COMPILE_BUDGET = 64 * 1024  # pattern bytes compiled per message (~0.1 s)
 _TSPECIALS = set('()<>@,;:\\"/[]?=')
+
+
+class UnknownCTE(ValueError):
+    """A Content-Transfer-Encoding that BINARY cannot decode (RFC 3516 §4.3 UNKNOWN-CTE)."""
+
+
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def _decode_base64(body: bytes) -> bytes:
+    """RFC 2045 §6.8 base64, leniently as Dovecot: characters outside the alphabet are
+    ignored, missing padding is supplied, decoding stops at the first "="."""
+    clean = _NOT_BASE64.sub(b"", body.split(b"=", 1)[0])
+    clean = clean[: len(clean) - len(clean) % 4] if len(clean) % 4 == 1 else clean + b"=" * (-len(clean) % 4)
+    return binascii.a2b_base64(clean)
+
+
+_QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def _decode_qp(body: bytes) -> bytes:
+    """RFC 2045 §6.7 quoted-printable: trailing blanks dropped (rule 3), "=" ending a line
+    (after those blanks) is a soft line break (rule 5), "=XX" an octet; a malformed "="
+    is kept as it is (as Dovecot does)."""
+    out: list[bytes] = []
+    lines = body.split(b"\r\n")
+    for i, line in enumerate(lines):
+        line = line.rstrip(b" \t")
+        soft = line.endswith(b"=")
+        if soft:
+            line = line[:-1]
+        out.append(_QP_HEX.sub(lambda m: bytes([int(m.group(1), 16)]), line))
+        if not soft and i < len(lines) - 1:
+            out.append(b"\r\n")
+    return b"".join(out)
+
+
+def encode_binary_parts(raw: bytes) -> bytes:
+    """A message APPENDed as a literal8 (RFC 3516 §4.4), with each MIME leaf part whose
+    body holds a NUL, or is declared ``binary``, re-encoded as base64 (as Dovecot does), so
+    that BODY[] stays a plain literal and BINARY[] gives back the octets exactly (its bare
+    LFs and CRs included: the part is encoded from the raw octets, not the CRLF form)."""
+    p = ParsedMessage(raw)
+    inserted: list[int] = []  # positions in p.data of the CRs that to_crlf added
+    for m in re.finditer(rb"(?<!\r)\n", raw):
+        inserted.append(m.start() + len(inserted))
+
+    def raw_at(n: int) -> int:
+        return n - bisect.bisect_left(inserted, n)
+
+    edits: list[tuple[int, int, bytes]] = []
+    for leaf in p.leaves():
+        if not leaf.is_mime:
+            continue
+        start, end = raw_at(leaf.body_start), raw_at(leaf.body_end)
+        body = raw[start:end]
+        field_ = next((f for f in leaf.fields if f.name == "content-transfer-encoding"), None)
+        cte = (_single_token(field_.value) or "") if field_ is not None else ""
+        if b"\0" not in body and cte.lower() != "binary":
+            continue
+        new_field = b"Content-Transfer-Encoding: base64\r\n"
+        if field_ is not None:
+            edits.append((raw_at(field_.start), raw_at(field_.end), new_field))
+        else:
+            at = raw_at(leaf.header_start)
+            edits.append((at, at, new_field))
+        edits.append((start, end, base64.encodebytes(body).replace(b"\n", b"\r\n")))
+    out = raw
+    for a, b, data in sorted(edits, reverse=True):
+        out = out[:a] + data + out[b:]
+    return out
 
 
 def to_crlf(data: bytes) -> bytes:
@@ -556,6 +630,28 @@ class ParsedMessage:
             origin, count = att.partial
             data = data[origin : origin + count]
         return data
+
+    def binary_section(self, path: tuple[int, ...]) -> bytes | None:
+        """The content of BINARY[path] (RFC 3516 §4.2): the part's body with its
+        Content-Transfer-Encoding undone; BINARY[] is the whole message as it is. None
+        for a missing part; ``UnknownCTE`` for an encoding this server cannot undo."""
+        if not path:
+            return self.data
+        part = self.resolve(path)
+        if part is None:
+            return None
+        body = self.data[part.body_start : part.body_end]
+        if part.children or part.message is not None:  # RFC 2045 §6.4: never encoded
+            return body
+        raw = part.content("content-transfer-encoding")
+        cte = "7bit" if raw is None else (_single_token(raw) or raw.strip()).lower()
+        if cte in ("7bit", "8bit", "binary"):
+            return body
+        if cte == "base64":
+            return _decode_base64(body)
+        if cte == "quoted-printable":
+            return _decode_qp(body)
+        raise UnknownCTE(cte)
 
     def leaves(self) -> list[MimePart]:
         """All non-multipart parts, depth first, entering message/rfc822 (for SEARCH)."""

@@ -131,7 +131,9 @@ class FetchAttribute:
     RFC822.HEADER, RFC822.SIZE, RFC822.TEXT, BODY, BODYSTRUCTURE, UID, MODSEQ.
 
     ``BODY`` with a ``section`` is BODY[section]<partial>; ``peek`` is BODY.PEEK (does not
-    set \\Seen, RFC 3501 §6.4.5). ``partial`` is (origin, count).
+    set \\Seen, RFC 3501 §6.4.5). ``partial`` is (origin, count). ``BINARY`` and
+    ``BINARY.SIZE`` (RFC 3516 §4) carry a section of part numbers only; BINARY.PEEK and
+    BINARY.SIZE have ``peek`` set.
     """
 
     name: str
@@ -143,7 +145,7 @@ class FetchAttribute:
         """The item name in the FETCH response: ``BODY[HEADER]<0>`` (RFC 3501 §7.4.2)."""
         if self.section is None:
             return self.name
-        out = f"BODY[{self.section.render()}]"
+        out = f"{'BODY' if self.name == 'BODY' else self.name}[{self.section.render()}]"
         if self.partial is not None:
             out += f"<{self.partial[0]}>"
         return out
@@ -234,6 +236,14 @@ class MailboxArgs:
 
 
 @dataclass(frozen=True)
+class CreateArgs:
+    """CREATE: the name and the special uses asked for (RFC 6154 §5.2 ``USE (...)``)."""
+
+    mailbox: str
+    uses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RenameArgs:
     old: str
     new: str
@@ -264,13 +274,31 @@ class StatusArgs:
 
 
 @dataclass(frozen=True)
+class AppendMessage:
+    """One message of an APPEND: its flags, date and the literal's exact bytes;
+    ``binary`` when it came as a literal8 ``~{n}`` (RFC 3516 §4.4)."""
+
+    flags: tuple[str, ...]
+    internaldate: datetime | None
+    message: bytes = field(repr=False)
+    binary: bool = False
+
+
+@dataclass(frozen=True)
 class AppendArgs:
-    """APPEND: the message is the literal's exact bytes (RFC 3501 §6.3.11)."""
+    """APPEND: the message is the literal's exact bytes (RFC 3501 §6.3.11); ``more`` holds
+    the further messages of a MULTIAPPEND (RFC 3502 §6.3.11), stored all or none."""
 
     mailbox: str
     flags: tuple[str, ...]
     internaldate: datetime | None
     message: bytes = field(repr=False)
+    binary: bool = False
+    more: tuple[AppendMessage, ...] = ()
+
+    @property
+    def messages(self) -> tuple[AppendMessage, ...]:
+        return (AppendMessage(self.flags, self.internaldate, self.message, self.binary), *self.more)
 
 
 @dataclass(frozen=True)
@@ -342,7 +370,7 @@ class SetQuotaArgs:
 
 
 CommandArgs = Union[
-    NoArgs, LoginArgs, AuthenticateArgs, SelectArgs, MailboxArgs, RenameArgs, ListArgs,
+    NoArgs, LoginArgs, AuthenticateArgs, SelectArgs, MailboxArgs, CreateArgs, RenameArgs, ListArgs,
     StatusArgs, AppendArgs, SearchArgs, FetchArgs, StoreArgs, CopyArgs, ExpungeArgs, IdArgs,
     EnableArgs, QuotaRootArgs, SetQuotaArgs,
 ]

@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 SUBSCRIPTIONS = "subscriptions"
 MAILDIRFOLDER = "maildirfolder"
+# RFC 6154 §5.2 (CREATE-SPECIAL-USE): a folder's special use given at CREATE, kept in a
+# file inside the folder's own directory, so it moves with RENAME and goes with DELETE.
+# Dovecot keeps it in its attribute dict (keyed by mailbox GUID, which this layout has
+# not); it ignores this file, so the Maildir stays one Dovecot can take over.
+SPECIAL_USE_FILE = "mailstack-special-use"
 _SUBS_V2_HEADER = "V\t2\n\n"
 _MAX_NAME_BYTES = 255
 
@@ -218,6 +223,26 @@ class Maildir:
         fsync_dir(path)
         fsync_dir(self.root)
         return Folder(self, canonical, path)
+
+    def create_special_folder(self, name: str, uses: tuple[str, ...]) -> Folder:
+        """CREATE with special-use attributes (RFC 6154 §5.2): the folder and its uses or
+        nothing (a failure to record the uses removes the folder again)."""
+        folder = self.create_folder(name)
+        try:
+            write_durable(folder.path / SPECIAL_USE_FILE, (" ".join(uses) + "\n").encode("ascii"))
+        except BaseException:
+            self.delete_folder(name)
+            raise
+        return folder
+
+    def special_use(self, name: str) -> tuple[str, ...]:
+        """The special-use attributes recorded for a folder at CREATE, if any."""
+        try:
+            _, path = self._folder_path(name)
+            raw = (path / SPECIAL_USE_FILE).read_bytes()[:1024]
+        except (OSError, UnsafeName):
+            return ()
+        return tuple(a for a in raw.decode("ascii", "replace").split() if a.startswith("\\"))
 
     def delete_folder(self, name: str) -> None:
         """Remove a folder and its messages (children, being separate dirs, stay)."""

@@ -8,7 +8,7 @@ import pytest
 
 from mailstack.imap.grammar import GrammarError, parse_command
 from mailstack.imap.types import (
-    FETCH_MACROS, AppendArgs, AuthenticateArgs, Command, CopyArgs, EnableArgs, ExpungeArgs,
+    FETCH_MACROS, AppendArgs, AppendMessage, AuthenticateArgs, Command, CopyArgs, CreateArgs, EnableArgs, ExpungeArgs,
     FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, QuotaRootArgs,
     RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet, SetQuotaArgs, StatusArgs,
     StoreArgs,
@@ -38,7 +38,7 @@ COMMANDS: list[tuple[bytes, Command]] = [
     (b"t EXAMINE Archive (CONDSTORE)", Command("t", "EXAMINE", SelectArgs("Archive", True))),
     (b"t SELECT &ZeVnLIqe-", Command("t", "SELECT", SelectArgs("日本語"))),
     (b'T SELECT "A & B"', None),  # type: ignore[list-item]  # raw "&" is bad modified UTF-7
-    (b"t CREATE Archive.2024", Command("t", "CREATE", MailboxArgs("Archive.2024"))),
+    (b"t CREATE Archive.2024", Command("t", "CREATE", CreateArgs("Archive.2024"))),
     (b'"t" DELETE x', None),  # type: ignore[list-item]  # a quoted tag is not a tag
     (b"t DELETE {5}\r\nTrash", Command("t", "DELETE", MailboxArgs("Trash"))),
     (b"t RENAME a b", Command("t", "RENAME", RenameArgs("a", "b"))),
@@ -70,6 +70,26 @@ COMMANDS: list[tuple[bytes, Command]] = [
         )),
     ),
     (b"t APPEND Sent () {0}\r\n", Command("t", "APPEND", AppendArgs("Sent", (), None, b""))),
+    # RFC 3502 §6.3.11 MULTIAPPEND; RFC 3516 §4.4 literal8 (NUL allowed there only)
+    (b't APPEND Sent {1+}\r\na (\\Seen) " 5-Mar-2024 09:08:07 +0000" ~{2+}\r\n\x00b',
+     Command("t", "APPEND", AppendArgs("Sent", (), None, b"a", False, (AppendMessage(
+         ("\\Seen",), datetime(2024, 3, 5, 9, 8, 7, tzinfo=timezone.utc), b"\x00b", True),)))),
+    (b"t APPEND Sent {1+}\r\na ", None),
+    (b"t APPEND Sent {1+}\r\na {1+}\r\n\x00", None),
+    # RFC 6154 §6 / RFC 4466 §2.2 create-params
+    (b"t CREATE a (USE (\\Sent \\Drafts))", Command("t", "CREATE", CreateArgs("a", ("\\Sent", "\\Drafts")))),
+    (b"t CREATE a (USE ())", Command("t", "CREATE", CreateArgs("a"))),
+    (b"t CREATE a (USE (\\Sent) USE (\\Sent))", Command("t", "CREATE", CreateArgs("a", ("\\Sent",)))),
+    (b"t CREATE a (USE (Sent))", None),
+    (b"t CREATE a (FOO (\\Sent))", None),
+    (b"t CREATE a (USE (\\Sent)", None),
+    # RFC 3516 §4.4 BINARY fetch items
+    (b"t FETCH 1 (BINARY[1.2]<0.5> BINARY.PEEK[] BINARY.SIZE[3])", Command("t", "FETCH", FetchArgs(
+        SequenceSet(((1, 1),)), (FetchAttribute("BINARY", Section((1, 2)), (0, 5)),
+                                 FetchAttribute("BINARY", Section(), None, peek=True),
+                                 FetchAttribute("BINARY.SIZE", Section((3,)), None, peek=True))))),
+    (b"t FETCH 1 BINARY[TEXT]", None),
+    (b"t FETCH 1 BINARY.SIZE[1]<0.5>", None),
     (b"t CHECK", Command("t", "CHECK")),
     (b"t CLOSE", Command("t", "CLOSE")),
     (b"t EXPUNGE", Command("t", "EXPUNGE")),

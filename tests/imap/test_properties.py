@@ -12,7 +12,7 @@ from mailstack.imap.parser import (
 from mailstack.imap.responses import (
     render_astring, render_body_structure, render_envelope, render_mailbox, render_string,
 )
-from mailstack.imap.types import Command, FetchArgs, LoginArgs, MailboxArgs, Section, SequenceSet
+from mailstack.imap.types import Command, CreateArgs, FetchArgs, LoginArgs, Section, SequenceSet
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -48,7 +48,7 @@ def test_string_round_trip(user: str, password: str) -> None:
 def test_mailbox_round_trip(name: str) -> None:
     got = commands(b"a CREATE " + render_mailbox(name) + b"\r\n")
     expected = "INBOX" if name.upper() == "INBOX" else name
-    assert got == [Command("a", "CREATE", MailboxArgs(expected))]
+    assert got == [Command("a", "CREATE", CreateArgs(expected))]
 
 
 numbers = st.one_of(st.none(), st.integers(1, 2**32 - 1))

@@ -6,12 +6,14 @@ One module per command family, each with a docstring citing its RFCs and a
 - ``auth``: any state and not authenticated: CAPABILITY, NOOP, LOGOUT, ID, STARTTLS,
   LOGIN, AUTHENTICATE, ENABLE (RFC 3501 §6.1, §6.2; RFC 2971; RFC 4616; RFC 5161)
 - ``mailbox``: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE,
-  NAMESPACE, CHECK, CLOSE, UNSELECT (RFC 3501 §6.3, §6.4.1-2; RFC 2342; RFC 3691)
+  NAMESPACE, CHECK, CLOSE, UNSELECT (RFC 3501 §6.3, §6.4.1-2; RFC 2342; RFC 3691;
+  CREATE-SPECIAL-USE RFC 6154 §5.2)
 - ``listing``: LIST, LSUB, STATUS (RFC 3501 §6.3.8-10; RFC 5258; RFC 5819; RFC 6154)
 - ``quota``: GETQUOTAROOT, GETQUOTA, SETQUOTA (RFC 9208)
 - ``store``: STORE, COPY, MOVE, EXPUNGE, APPEND (RFC 3501 §6.3.11, §6.4.3, §6.4.6-7;
-  RFC 4315; RFC 6851; RFC 7162 §3.1.3)
-- ``fetch``: FETCH, its items rendered from a table (RFC 3501 §6.4.5, §7.4.2; RFC 7162 §3.1.4)
+  RFC 4315; RFC 6851; RFC 7162 §3.1.3; MULTIAPPEND RFC 3502; literal8 RFC 3516 §4.4)
+- ``fetch``: FETCH, its items rendered from a table (RFC 3501 §6.4.5, §7.4.2; RFC 7162 §3.1.4;
+  BINARY RFC 3516 §4.2)
 - ``search``: SEARCH (RFC 3501 §6.4.4; RFC 7162 §3.1.5)
 - ``idle``: IDLE (RFC 2177)
 

@@ -1,4 +1,5 @@
-"""IMAP FETCH (RFC 3501 §6.4.5, §7.4.2; UID FETCH §6.4.8; MODSEQ and CHANGEDSINCE RFC 7162 §3.1.4).
+"""IMAP FETCH (RFC 3501 §6.4.5, §7.4.2; UID FETCH §6.4.8; MODSEQ and CHANGEDSINCE RFC 7162 §3.1.4;
+BINARY, BINARY.PEEK, BINARY.SIZE RFC 3516 §4.2).
 
 Each FETCH item is rendered by one function of ``RENDERERS`` (item name -> renderer)
 from a ``_Message``: what is known of one message, whose file is read and whose index
@@ -34,8 +35,8 @@ from ..effects import Output
 from ..expunged import KEPT
 from ..index import Entry, FolderIndex, entry_from_message
 from ..mailbox import MailboxView
-from ..message import ParsedMessage
-from ..responses import Literal, Raw, Value, fetch_response, no, ok, render_flags
+from ..message import ParsedMessage, UnknownCTE
+from ..responses import ImapError, Literal, Raw, Value, fetch_response, no, ok, render_flags
 from ..types import Command, FetchArgs, FetchAttribute
 
 if TYPE_CHECKING:
@@ -113,6 +114,27 @@ def _body(m: _Message, a: FetchAttribute) -> tuple[str, Value]:
     return "BODY", Raw(m.entry().body)  # BODY without a section: BODYSTRUCTURE without extensions
 
 
+def _binary_content(m: _Message, a: FetchAttribute) -> bytes:
+    assert a.section is not None
+    try:
+        data = m.parsed().binary_section(a.section.part)
+    except UnknownCTE:  # RFC 3516 §4.3
+        raise ImapError("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
+    return data if data is not None else b""
+
+
+def _binary(m: _Message, a: FetchAttribute) -> tuple[str, Value]:
+    """BINARY[part]<partial> (RFC 3516 §4.2): decoded content, as a literal8 ``~{n}``
+    when it holds a NUL (§4.3: the only octet a plain literal cannot carry)."""
+    data = _binary_content(m, a)
+    if a.partial is not None:
+        origin, count = a.partial
+        data = data[origin : origin + count]
+    if b"\0" in data:
+        return a.response_name(), Raw(b"~{%d}\r\n" % len(data) + data)
+    return a.response_name(), Literal(data)
+
+
 RENDERERS: Mapping[str, Renderer] = {
     "UID": lambda m, a: ("UID", m.uid),
     "FLAGS": lambda m, a: ("FLAGS", m.flags()),
@@ -125,6 +147,8 @@ RENDERERS: Mapping[str, Renderer] = {
     "RFC822": _section,
     "RFC822.HEADER": _section,
     "RFC822.TEXT": _section,
+    "BINARY": _binary,  # RFC 3516 §4.2
+    "BINARY.SIZE": lambda m, a: (a.response_name(), len(_binary_content(m, a))),  # RFC 3516 §4.2
 }
 
 

@@ -87,7 +87,9 @@ def list_(s: Session, cmd: Command) -> Iterator[Output]:
             attrs.append("\\HasChildren" if name in children else "\\HasNoChildren")
         elif name in children:  # a parent without a directory still has children
             attrs.append("\\HasChildren")
-        special = SPECIAL_USE.get(name)
+        # RFC 6154 §2: the uses of the folders made at first login, or those given at CREATE
+        uses = (SPECIAL_USE[name],) if name in SPECIAL_USE else md.special_use(name) if name in exists else ()
+        special = " ".join(uses)
         if special:
             attrs.append(special)
         if "SPECIAL-USE" in sel and not special:

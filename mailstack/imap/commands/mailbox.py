@@ -1,6 +1,7 @@
 """IMAP mailbox commands: choosing and managing mailboxes (RFC 3501 §6.3, §6.4.1-6.4.2).
 
-SELECT / EXAMINE (§6.3.1-2, CONDSTORE parameter RFC 7162 §3.2.5), CREATE (§6.3.3),
+SELECT / EXAMINE (§6.3.1-2, CONDSTORE parameter RFC 7162 §3.2.5), CREATE (§6.3.3, with
+USE (...) from RFC 6154 §5.2, kept by ``Maildir.create_special_folder``),
 DELETE (§6.3.4), RENAME (§6.3.5), SUBSCRIBE / UNSUBSCRIBE (§6.3.6-7), NAMESPACE
 (RFC 2342), CHECK (§6.4.1), CLOSE (§6.4.2) and UNSELECT (RFC 3691). LIST, LSUB and
 STATUS are in ``listing``.
@@ -25,7 +26,7 @@ from ..effects import Output
 from ..mailbox import MailboxView, folder_stamp
 from ..responses import ImapError, ok
 from ..states import State
-from ..types import Command, MailboxArgs, RenameArgs, SelectArgs
+from ..types import Command, CreateArgs, MailboxArgs, RenameArgs, SelectArgs
 
 if TYPE_CHECKING:
     from . import Handler
@@ -77,13 +78,29 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
     yield ok(cmd.tag, f"{cmd.name} completed", "READ-ONLY" if readonly else "READ-WRITE").to_bytes()
 
 
+# RFC 6154 §2: the special uses a CREATE may give a folder of ours. \All and \Flagged
+# name virtual mailboxes (every message, every flagged one), which a Maildir folder
+# cannot be: CREATE ... USE (\All) is NO [USEATTR] (§5.2), the case its example shows.
+CREATE_USES: dict[str, str] = {u.lower(): u for u in ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash")}
+
+
 def create(s: Session, cmd: Command) -> Iterator[Output]:
     args = cmd.args
-    assert isinstance(args, MailboxArgs)
+    assert isinstance(args, CreateArgs)
     name = args.mailbox.rstrip(".")  # RFC 3501 §6.3.3: a trailing delimiter is dropped
     if name.upper() == "INBOX":
         raise ImapError("NO", "INBOX always exists", "ALREADYEXISTS")
-    s.md.create_folder(name)
+    if not args.uses:
+        s.md.create_folder(name)
+        yield from s.done(cmd, "CREATE completed")
+        return
+    uses = []
+    for use in args.uses:  # RFC 6154 §5.2: an unsupported use creates nothing
+        canonical = CREATE_USES.get(use.lower())
+        if canonical is None:
+            raise ImapError("NO", f"Special use {use} is not supported here", "USEATTR")
+        uses.append(canonical)
+    s.md.create_special_folder(name, tuple(dict.fromkeys(uses)))
     yield from s.done(cmd, "CREATE completed")
 
 

@@ -2,7 +2,8 @@
 
 STORE (RFC 3501 §6.4.6; UNCHANGEDSINCE and MODIFIED from RFC 7162 §3.1.3), COPY
 (§6.4.7), MOVE (RFC 6851), EXPUNGE and UID EXPUNGE (§6.4.3, RFC 4315 §2.1), APPEND
-(§6.3.11, APPENDLIMIT RFC 7889); COPYUID and APPENDUID (RFC 4315 §3).
+(§6.3.11, APPENDLIMIT RFC 7889, MULTIAPPEND RFC 3502, literal8 RFC 3516 §4.4); COPYUID
+and APPENDUID (RFC 4315 §3).
 
 Invariants:
 - A read-only mailbox is never changed: ``NO [READ-ONLY]`` (RFC 3501 §6.3.2).
@@ -10,6 +11,8 @@ Invariants:
   in a STORE is ignored, only the server sets it (§2.3.2).
 - COPY, MOVE and APPEND check the user's quota first and add nothing when it would be
   exceeded (``NO [OVERQUOTA]``, RFC 9208); a missing target gives ``NO [TRYCREATE]``.
+- A MULTIAPPEND stores all its messages or none; a literal8 message has its binary
+  parts stored base64-encoded (no NUL ever reaches a Maildir file).
 - A message another session expunged meanwhile is skipped by STORE, never recreated.
 - STORE +FLAGS/-FLAGS change the flags on disk at that moment (``Folder.update_flags``),
   not this session's possibly stale view of them; the FETCH FLAGS sent are the flags
@@ -33,7 +36,8 @@ from ..effects import Output
 from ..expunged import KEPT
 from ..mailbox import SYSTEM_FLAGS
 from ..responses import ImapError, ok, render_flags
-from ..types import AppendArgs, Command, CopyArgs, ExpungeArgs, StoreArgs
+from ..message import encode_binary_parts
+from ..types import AppendArgs, AppendMessage, Command, CopyArgs, ExpungeArgs, StoreArgs
 from .quota import check_quota
 
 if TYPE_CHECKING:
@@ -208,6 +212,17 @@ def move(s: Session, cmd: Command) -> Iterator[Output]:
     yield ok(cmd.tag, "MOVE completed").to_bytes()
 
 
+def _unbinary(m: AppendMessage) -> AppendMessage:
+    """A literal8 message (RFC 3516 §4.4) with its binary parts base64-encoded; one whose
+    NUL is outside any MIME body part cannot be stored as a message and is refused."""
+    if not m.binary:
+        return m
+    data = encode_binary_parts(m.message)
+    if b"\0" in data:
+        raise ImapError("NO", "NUL outside a MIME body part", "CANNOT")
+    return AppendMessage(m.flags, m.internaldate, data)
+
+
 def append(s: Session, cmd: Command) -> Iterator[Output]:
     args = cmd.args
     assert isinstance(args, AppendArgs)
@@ -215,16 +230,28 @@ def append(s: Session, cmd: Command) -> Iterator[Output]:
         folder = s.md.folder(args.mailbox)
     except FolderNotFound:
         raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.3.11
-    if len(args.message) > s.config.append_limit:
+    messages = [_unbinary(m) for m in args.messages]
+    if any(len(m.message) > s.config.append_limit for m in messages):
         raise ImapError("NO", "Message too large", "TOOBIG")
-    check_quota(s, len(args.message))
-    sysf = [f for f in args.flags if f in SYSTEM_FLAGS]
-    kws = [f for f in args.flags if not f.startswith("\\")]
-    uid = folder.append(args.message, sysf, args.internaldate, kws)
+    check_quota(s, sum(len(m.message) for m in messages))
+    # RFC 3502 §6.3.11 MULTIAPPEND: all the messages or none. They are stored one by one
+    # (each is a file of its own), and a failure part-way expunges those already stored
+    # before the NO, as Dovecot does with its save transaction's rollback.
+    uids: list[int] = []
+    try:
+        for m in messages:
+            sysf = [f for f in m.flags if f in SYSTEM_FLAGS]
+            kws = [f for f in m.flags if not f.startswith("\\")]
+            uids.append(folder.append(m.message, sysf, m.internaldate, kws))
+    except BaseException:
+        if uids:
+            folder.expunge(uids)
+        raise
     validity = s.view.uidvalidity if (s.view and s.view.folder.path == folder.path) else \
         folder.state.uidvalidity
     s.changed(folder)
-    yield from s.done(cmd, "APPEND completed", f"APPENDUID {validity} {uid}")  # RFC 4315 §3
+    # RFC 4315 §3 APPENDUID; for a MULTIAPPEND its uid-set in the order given (RFC 4315 §4)
+    yield from s.done(cmd, "APPEND completed", f"APPENDUID {validity} {uid_set(uids)}")
 
 
 HANDLERS: Mapping[str, Handler] = {
