@@ -86,6 +86,8 @@ class MailboxView:
         # Keywords the client has been told of in FLAGS / PERMANENTFLAGS (RFC 3501 §7.2.6);
         # SELECT sends ``flags_response()`` for these. The list only grows while selected.
         self.announced: frozenset[str] = frozenset(self.keywords())
+        # RFC 5182 §2.1: the "$" of SEARCH RETURN (SAVE), as UIDs; empty at SELECT
+        self.saved: frozenset[int] = frozenset()
 
     # -- lookups ------------------------------------------------------------------------
     @property

@@ -72,6 +72,7 @@ SUPPORTED = frozenset({
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS",
     "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE",
     "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED", "CONDSTORE",
+    "ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",
 })
 
 
@@ -266,6 +267,6 @@ class Session:
     def pairs(self, cmd: Command, seqs: SequenceSet) -> list[tuple[int, int]]:
         """(sequence number, UID) of the messages ``seqs`` names (UIDs if ``cmd.uid``)."""
         try:
-            return self.selected.resolve(seqs, cmd.uid)
+            return self.selected.resolve(seqs, cmd.uid, self.selected.saved)  # RFC 5182 "$"
         except ValueError:
             raise ImapError("BAD", "Invalid message sequence number") from None

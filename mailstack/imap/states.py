@@ -31,8 +31,8 @@ _AUTH = _ANY | {  # RFC 3501 §6.3 and extensions
     "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE", "GETQUOTA", "GETQUOTAROOT",
     "SETQUOTA",
 }
-_SELECTED = _AUTH | {  # RFC 3501 §6.4, RFC 3691 UNSELECT, RFC 6851 MOVE
-    "CHECK", "CLOSE", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UNSELECT",
+_SELECTED = _AUTH | {  # RFC 3501 §6.4, RFC 3691 UNSELECT, RFC 6851 MOVE, RFC 5256 SORT
+    "CHECK", "CLOSE", "EXPUNGE", "SEARCH", "SORT", "FETCH", "STORE", "COPY", "MOVE", "UNSELECT",
 }
 
 ALLOWED: dict[State, frozenset[str]] = {
@@ -43,7 +43,7 @@ ALLOWED: dict[State, frozenset[str]] = {
 }
 
 # Commands valid with the UID prefix (RFC 3501 §6.4.8, RFC 4315 UID EXPUNGE, RFC 6851)
-UID_COMMANDS = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"})
+UID_COMMANDS = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "SORT", "EXPUNGE"})
 
 
 def is_allowed(state: State, name: str) -> bool:
@@ -66,6 +66,7 @@ BASE_CAPABILITIES = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
     "UIDPLUS", "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS",
     "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
+    "ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",  # RFC 4731, 5182, 5256, 5957, 5267
 )
 
 
