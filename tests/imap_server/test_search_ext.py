@@ -40,7 +40,7 @@ def append(c: imaplib.IMAP4, subject: str, *, sender: str = "Carol <carol@exampl
            to: str = "alice@example.test", date: str = "Mon, 7 Feb 1994 21:52:25 -0800",
            flags: str = "", internal: str = '"07-Feb-1994 21:52:25 -0800"', body: str = "Hi.\r\n") -> None:
     msg = f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {date}\r\n\r\n{body}".encode()
-    typ, _ = c.append("INBOX", f"({flags})" if flags else None, internal, msg)  # type: ignore[arg-type]
+    typ, _ = c.append("INBOX", f"({flags})" if flags else None, internal, msg)
     assert typ == "OK"
 
 
