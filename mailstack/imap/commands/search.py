@@ -159,7 +159,7 @@ def _run(s: Session, cmd: Command, ordered: Callable[[list[_Searchable]], list[_
         found, with_modseq = _find(s, cmd, args)
         if ordered is not None:
             found = ordered(found)
-    except BaseException:
+    except Exception:  # ImapError, StorageError: re-raised for Session.run
         if args.returns is not None and "SAVE" in args.returns:
             s.selected.saved = frozenset()  # RFC 5182 §2.1: a failed SAVE leaves $ empty
         raise
