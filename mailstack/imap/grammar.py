@@ -696,25 +696,76 @@ _SEARCH_WITH_ARGS = _SEARCH_STRINGS | _SEARCH_DATES | {
 MAX_SEARCH_DEPTH = 64
 
 
-def _search(r: _Reader) -> SearchArgs:
-    # RFC 3501 §9 search = "SEARCH" [SP "CHARSET" SP astring] 1*(SP search-key)
+SEARCH_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})  # RFC 4731 §3.1, RFC 5182 §2.1
+SORT_KEYS = frozenset({  # RFC 5256 §3, RFC 5957 §3 (DISPLAYFROM / DISPLAYTO)
+    "ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO",
+})
+
+
+def _return_opts(r: _Reader) -> tuple[str, ...] | None:
+    """``SP "RETURN" SP "(" [opt *(SP opt)] ")"`` (RFC 4731 §7), None when absent.
+    An empty list means ALL (RFC 4731 §3.1); an unknown option is BAD (Dovecot)."""
+    if not r.at(b"RETURN "):
+        return None
+    r.i += 7
+    opts = r.paren_atoms()
+    for o in opts:
+        if o not in SEARCH_RETURNS:
+            raise GrammarError(f"Unknown SEARCH RETURN option {o}")
     r.sp()
-    charset: str | None = None
-    if r.at(b"CHARSET ") :
-        r.i += 8
-        charset = r.astr("charset").upper()
-        if charset not in SEARCH_CHARSETS:  # RFC 3501 §6.4.4
-            raise GrammarError(
-                "Unsupported charset", status="NO", code="BADCHARSET (" + " ".join(SEARCH_CHARSETS) + ")"
-            )
-        r.sp()
+    return tuple(dict.fromkeys(opts)) or ("ALL",)
+
+
+def _search_program(r: _Reader, charset: str | None) -> SearchKey:
+    if charset is not None and charset not in SEARCH_CHARSETS:  # RFC 3501 §6.4.4
+        raise GrammarError(
+            "Unsupported charset", status="NO", code="BADCHARSET (" + " ".join(SEARCH_CHARSETS) + ")"
+        )
     keys = [_search_key(r, 0)]
     while not r.at_end():
         r.sp()
         keys.append(_search_key(r, 0))
     r.end()
-    key = keys[0] if len(keys) == 1 else SearchKey("AND", children=tuple(keys))
-    return SearchArgs(charset, key)
+    return keys[0] if len(keys) == 1 else SearchKey("AND", children=tuple(keys))
+
+
+def _search(r: _Reader) -> SearchArgs:
+    # RFC 3501 §9 search = "SEARCH" [SP "CHARSET" SP astring] 1*(SP search-key)
+    # RFC 4731 §7 search =/ "SEARCH" [search-return-opts] SP search-program
+    r.sp()
+    returns = _return_opts(r)
+    charset: str | None = None
+    if r.at(b"CHARSET "):
+        r.i += 8
+        charset = r.astr("charset").upper()
+        r.sp()
+    return SearchArgs(charset, _search_program(r, charset), returns)
+
+
+def _sort(r: _Reader) -> SearchArgs:
+    # RFC 5256 §5 sort = ["UID" SP] "SORT" SP sort-criteria SP search-criteria
+    #   sort-criteria = "(" sort-criterion *(SP sort-criterion) ")"
+    #   sort-criterion = ["REVERSE" SP] sort-key; search-criteria = charset 1*(SP search-key)
+    # RFC 5267 §3.2 adds [sort-return-opts] after SORT (the same options as SEARCH's).
+    r.sp()
+    returns = _return_opts(r)
+    words = r.paren_atoms()
+    criteria: list[tuple[bool, str]] = []
+    reverse = False
+    for w in words:
+        if w == "REVERSE" and not reverse:
+            reverse = True
+            continue
+        if w not in SORT_KEYS:
+            raise GrammarError(f"Unknown sort key {w}")
+        criteria.append((reverse, w))
+        reverse = False
+    if reverse or not criteria:
+        raise GrammarError("Invalid sort criteria")
+    r.sp()
+    charset = r.astr("charset").upper()
+    r.sp()
+    return SearchArgs(charset, _search_program(r, charset), returns, tuple(criteria))
 
 
 def _search_key(r: _Reader, depth: int) -> SearchKey:
@@ -833,13 +884,13 @@ _COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "CREATE": _create, "DELETE": _mailbox, "SUBSCRIBE": _mailbox, "UNSUBSCRIBE": _mailbox,
     "RENAME": _rename, "LIST": _list, "LSUB": _lsub, "STATUS": _status, "APPEND": _append,
     "CHECK": _no_args, "CLOSE": _no_args, "EXPUNGE": _no_args, "UNSELECT": _no_args,
-    "SEARCH": _search, "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
+    "SEARCH": _search, "SORT": _sort, "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
     "IDLE": _no_args, "NAMESPACE": _no_args, "ID": _id, "ENABLE": _enable,
     "GETQUOTA": _getquota, "GETQUOTAROOT": _mailbox, "SETQUOTA": _setquota,
 }
 _UID_COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy, "SEARCH": _search,
-    "EXPUNGE": _uid_expunge,
+    "SORT": _sort, "EXPUNGE": _uid_expunge,
 }
 KNOWN_COMMANDS = frozenset(_COMMANDS)
 

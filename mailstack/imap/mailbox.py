@@ -88,6 +88,8 @@ class MailboxView:
         # SELECT sends ``flags_response()`` for these. The list only grows while selected.
         self.announced: frozenset[str] = frozenset(self.keywords())
         KEPT.register(self)  # may still FETCH what another session expunges (RFC 2180 §4.1)
+        # RFC 5182 §2.1: the "$" of SEARCH RETURN (SAVE), as UIDs; empty at SELECT
+        self.saved: frozenset[int] = frozenset()
 
     # -- lookups ------------------------------------------------------------------------
     @property

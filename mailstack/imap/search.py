@@ -127,10 +127,10 @@ class _Folded:
         return self._body
 
 
-def _in_set(seqs: object, n: int, largest: int, ctx: SearchContext) -> bool:
+def _in_set(seqs: object, n: int, largest: int, ctx: SearchContext, uid: int) -> bool:
     assert isinstance(seqs, SequenceSet)
-    if seqs.saved:
-        return n in ctx.saved_uids
+    if seqs.saved:  # RFC 5182 §2.1: "$" names the saved messages, as UIDs, for SEQ and UID alike
+        return uid in ctx.saved_uids
     return seqs.contains(n, largest)
 
 
@@ -172,9 +172,9 @@ def _matches(key: SearchKey, message: SearchableMessage, ctx: SearchContext, fol
         present = value.lower() in {f.lower() for f in message.flags}
         return present if kind == "KEYWORD" else not present
     if kind == "SEQ":
-        return _in_set(value, message.seq, ctx.max_seq, ctx)
+        return _in_set(value, message.seq, ctx.max_seq, ctx, message.uid)
     if kind == "UID":
-        return _in_set(value, message.uid, ctx.max_uid, ctx)
+        return _in_set(value, message.uid, ctx.max_uid, ctx, message.uid)
     if kind == "LARGER":
         assert isinstance(value, int)
         return message.size > value

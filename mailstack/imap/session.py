@@ -73,6 +73,7 @@ SUPPORTED = frozenset({
     "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE",
     "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED", "CONDSTORE",
     "CREATE-SPECIAL-USE", "STATUS=SIZE", "MULTIAPPEND", "BINARY",
+    "ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",
 })
 
 
@@ -267,6 +268,6 @@ class Session:
     def pairs(self, cmd: Command, seqs: SequenceSet) -> list[tuple[int, int]]:
         """(sequence number, UID) of the messages ``seqs`` names (UIDs if ``cmd.uid``)."""
         try:
-            return self.selected.resolve(seqs, cmd.uid)
+            return self.selected.resolve(seqs, cmd.uid, self.selected.saved)  # RFC 5182 "$"
         except ValueError:
             raise ImapError("BAD", "Invalid message sequence number") from None

@@ -303,10 +303,18 @@ class AppendArgs:
 
 @dataclass(frozen=True)
 class SearchArgs:
-    """SEARCH; ``charset`` is upper case or None; string values are already decoded."""
+    """SEARCH (and SORT); ``charset`` is upper case or None; string values are already decoded.
+
+    ``returns`` is None for a plain SEARCH / SORT (answered ``* SEARCH`` / ``* SORT``), else
+    the RETURN options, upper case (RFC 4731 §3.1, RFC 5182 SAVE, RFC 5267 for SORT; an
+    empty ``RETURN ()`` is already turned into ``("ALL",)``). ``sort`` holds the SORT
+    criteria (RFC 5256 §3: ``(reverse, key)`` pairs), empty for SEARCH.
+    """
 
     charset: str | None
     key: SearchKey
+    returns: tuple[str, ...] | None = None
+    sort: tuple[tuple[bool, str], ...] = ()
 
 
 @dataclass(frozen=True)

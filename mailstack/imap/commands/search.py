@@ -1,4 +1,5 @@
-"""IMAP SEARCH (RFC 3501 §6.4.4; MODSEQ search key RFC 7162 §3.1.5).
+"""IMAP SEARCH (RFC 3501 §6.4.4; MODSEQ search key RFC 7162 §3.1.5), its RETURN options
+(ESEARCH, RFC 4731; SAVE and ``$``, RFC 5182) and SORT (RFC 5256; RFC 5957 SORT=DISPLAY).
 
 The search program is evaluated by ``imap.search.matches`` over each message of the
 selected mailbox; headers come from the folder index, so a SEARCH FROM over a big
@@ -7,6 +8,9 @@ mailbox reads each file at most once, ever. BODY and TEXT read the file.
 Invariants:
 - A message expunged by another process meanwhile matches as if empty; it never fails
   the command.
+- ``$`` (RFC 5182) is the selected view's ``saved`` UIDs: set by RETURN (SAVE), emptied
+  by a SAVE that fails, forgotten with the selection; expunged UIDs drop out by themselves.
+- SORT asks the index for headers only when a key needs them (ARRIVAL and SIZE do not).
 - A program with MODSEQ turns CONDSTORE on (RFC 7162 §3.1) and the response ends with
   ``(MODSEQ n)``, the highest modseq of what was found (§3.1.5).
 """
@@ -23,6 +27,7 @@ from ..effects import Output
 from ..index import Entry
 from ..message import ParsedMessage
 from ..search import SearchContext, body_text_of, matches
+from ..sort import SortItem, sort_items
 from ..types import Command, SearchArgs, SearchKey
 
 if TYPE_CHECKING:
@@ -56,19 +61,18 @@ class _Searchable:
 
 
 
-def search(s: Session, cmd: Command) -> Iterator[Output]:
-    args = cmd.args
-    assert isinstance(args, SearchArgs)
+def _find(s: Session, cmd: Command, args: SearchArgs) -> tuple[list[_Searchable], bool]:
+    """The messages of the selected mailbox that match ``args.key``, in sequence order, and
+    whether the program has MODSEQ (then each carries its modseq)."""
     view = s.selected
     folder = view.folder
     idx = s.index.get(folder.path)
-    ctx = SearchContext(view.exists, view.max_uid)
-    found: list[int] = []
+    ctx = SearchContext(view.exists, view.max_uid, view.saved)
+    found: list[_Searchable] = []
     key = args.key
     with_modseq = _has_modseq(key)
     if with_modseq:
         s.condstore_on()  # RFC 7162 §3.1
-    top_modseq = 0
     for i, uid in enumerate(view.uids):
         info = view.info(uid)
 
@@ -84,12 +88,113 @@ def search(s: Session, cmd: Command) -> Iterator[Output]:
         m = _Searchable(i + 1, uid, view.flags_for(uid), info, entry, load,
                         idx.modseq(uid) if with_modseq else 0)
         if matches(key, m, ctx):
-            found.append(uid if cmd.uid else i + 1)
-            top_modseq = max(top_modseq, m.modseq)
-    # RFC 7162 §3.1.5: with MODSEQ in the program, the highest modseq of what was found
-    tail = f" (MODSEQ {top_modseq})" if with_modseq and found else ""
-    yield ("* SEARCH" + "".join(f" {n}" for n in found) + tail + "\r\n").encode("ascii")
-    yield from s.done(cmd, "SEARCH completed")
+            found.append(m)
+    return found, with_modseq
 
 
-HANDLERS: Mapping[str, Handler] = {"SEARCH": search}
+def sequence_set(numbers: Sequence[int]) -> str:
+    """Numbers, in the given order, as a sequence-set, runs of n, n+1... as ranges
+    ("1:3,5"; RFC 3501 §9)."""
+    out: list[str] = []
+    i = 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        out.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def _esearch(s: Session, cmd: Command, returns: tuple[str, ...], found: Sequence[_Searchable],
+             with_modseq: bool, ordered: bool = False) -> Iterator[Output]:
+    """RFC 4731 §3.1 ESEARCH response, RFC 5182 §2.1 SAVE, RFC 5267 §3.2 for SORT
+    (``ordered``: MIN/MAX/ALL follow the sort order). Parts in Dovecot's order:
+    MIN MAX ALL COUNT MODSEQ; MIN/MAX/ALL left out when nothing matched (RFC 4731 §3.1)."""
+    ids = [m.uid if cmd.uid else m.seq for m in found]
+    first = found[0] if found else None
+    last = found[-1] if found else None
+    if not ordered and found:
+        first = min(found, key=lambda m: m.seq)
+        last = max(found, key=lambda m: m.seq)
+    if "SAVE" in returns:
+        # RFC 5182 §2.1: with MIN and/or MAX but neither ALL nor COUNT, only those are saved
+        if ("MIN" in returns or "MAX" in returns) and not ("ALL" in returns or "COUNT" in returns):
+            keep = {m.uid for m in (first if "MIN" in returns else None,
+                                    last if "MAX" in returns else None) if m is not None}
+        else:
+            keep = {m.uid for m in found}
+        s.selected.saved = frozenset(keep)
+        if returns == ("SAVE",):  # RFC 5182 §2.1: SAVE alone: no ESEARCH response
+            return
+    parts = [f'* ESEARCH (TAG "{cmd.tag}")']
+    if cmd.uid:
+        parts.append("UID")
+    modseqs: list[int] = []
+    if first is not None and last is not None:
+        if "MIN" in returns:
+            parts.append(f"MIN {first.uid if cmd.uid else first.seq}")
+            modseqs.append(first.modseq)
+        if "MAX" in returns:
+            parts.append(f"MAX {last.uid if cmd.uid else last.seq}")
+            modseqs.append(last.modseq)
+        if "ALL" in returns:
+            # in sort order for SORT (RFC 5267 §3.2): only ascending runs become ranges
+            parts.append("ALL " + sequence_set(ids))
+            modseqs.extend(m.modseq for m in found)
+    if "COUNT" in returns:
+        parts.append(f"COUNT {len(found)}")
+        modseqs.extend(m.modseq for m in found)
+    # RFC 7162 §3.1.5 / RFC 4731 §3.2: the highest modseq of the messages returned
+    if with_modseq and modseqs and max(modseqs):
+        parts.append(f"MODSEQ {max(modseqs)}")
+    yield (" ".join(parts) + "\r\n").encode("ascii")
+
+
+def _run(s: Session, cmd: Command, ordered: Callable[[list[_Searchable]], list[_Searchable]] | None,
+         plain: str) -> Iterator[Output]:
+    args = cmd.args
+    assert isinstance(args, SearchArgs)
+    try:
+        found, with_modseq = _find(s, cmd, args)
+        if ordered is not None:
+            found = ordered(found)
+    except Exception:  # ImapError, StorageError: re-raised for Session.run
+        if args.returns is not None and "SAVE" in args.returns:
+            s.selected.saved = frozenset()  # RFC 5182 §2.1: a failed SAVE leaves $ empty
+        raise
+    if args.returns is not None:
+        yield from _esearch(s, cmd, args.returns, found, with_modseq, ordered is not None)
+    else:
+        ids = [m.uid if cmd.uid else m.seq for m in found]
+        # RFC 7162 §3.1.5: with MODSEQ in the program, the highest modseq of what was found
+        tail = f" (MODSEQ {max(m.modseq for m in found)})" if with_modseq and found else ""
+        yield (f"* {plain}" + "".join(f" {n}" for n in ids) + tail + "\r\n").encode("ascii")
+    yield from s.done(cmd, f"{plain} completed")
+
+
+def search(s: Session, cmd: Command) -> Iterator[Output]:
+    """SEARCH (RFC 3501 §6.4.4) and its RETURN options (RFC 4731, RFC 5182)."""
+    return _run(s, cmd, None, "SEARCH")
+
+
+def sort(s: Session, cmd: Command) -> Iterator[Output]:
+    """SORT (RFC 5256 §3; RFC 5957 DISPLAYFROM/DISPLAYTO): the search's result in the
+    order of the sort criteria, keys from the folder index (``imap.sort``)."""
+    args = cmd.args
+    assert isinstance(args, SearchArgs)
+
+    def order(found: list[_Searchable]) -> list[_Searchable]:
+        items = [SortItem(m.seq, m.uid, m.internaldate, m.size, m.headers() if _needs_headers(args) else ())
+                 for m in found]
+        by_seq = {m.seq: m for m in found}
+        return [by_seq[i.seq] for i in sort_items(items, args.sort)]
+
+    return _run(s, cmd, order, "SORT")
+
+
+def _needs_headers(args: SearchArgs) -> bool:
+    return any(k not in ("ARRIVAL", "SIZE") for _, k in args.sort)
+
+
+HANDLERS: Mapping[str, Handler] = {"SEARCH": search, "SORT": sort}
