@@ -7,13 +7,15 @@ import contextlib
 import os
 import shutil
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 def require_tool(name: str) -> str:
@@ -34,6 +36,26 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
+    """Wait until something accepts on 127.0.0.1:``port``; if ``proc`` (the server) ends or
+    ``timeout`` passes first, kill it and fail with what it wrote on stderr."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                detail = ""
+                if proc is not None:
+                    if proc.poll() is None:
+                        proc.kill()
+                    err = proc.communicate(timeout=10)[1]
+                    detail = err.decode("utf-8", "replace") if err else ""
+                raise AssertionError(f"nothing listens on 127.0.0.1:{port}: {detail}") from None
+            time.sleep(0.1)
 
 
 def require_root(why: str) -> None:

@@ -20,17 +20,15 @@ import os
 import poplib
 import signal
 import smtplib
-import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = b"From: bob@elsewhere.test\r\nTo: alice@example.test\r\nSubject: modes\r\n\r\nhello\r\n"
@@ -100,16 +98,7 @@ def server_proc() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def wait_port(proc: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"server did not start: {proc.communicate()[1].decode()}") from None
-            time.sleep(0.1)
+    wait_listening(port, proc, timeout=60)
 
 
 def exercise(base: Path, ports: dict[str, int]) -> None:

@@ -14,6 +14,9 @@ import asyncio
 import base64
 import contextlib
 import importlib
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from mailstack.config import Config, config_from_dict
 from mailstack.directory import Directory, Passwords
 from mailstack.serve import SERVICES
 from mailstack.service import ServiceContext, limits_for
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_listening
 
 PASSWORD = "secret"
 ALICE = "alice@example.test"
@@ -107,6 +110,51 @@ def login_stack(tmp_path: Path, *, slow: bool = False, **auth: Any) -> Iterator[
         loop.close()
         shared.close()
         directory.close()
+
+
+# ---------------------------------------------------------------------------
+# ``mailstack serve`` as its own process
+
+
+def serve_config(tmp_path: Path, services: dict[str, int], auth: dict[str, int] | None = None) -> Path:
+    """A config under ``tmp_path/etc`` with the given services on loopback ports, and a
+    SQLite directory holding alice and bob (cheap hashes). ``auth``: ``[auth]`` keys."""
+    etc = tmp_path / "etc"
+    etc.mkdir(exist_ok=True)
+    conf = etc / "mailstack.toml"
+    text = """hostname = "mx.example.test"
+[database]
+url = "sqlite:///../var/mailstack.db"
+[storage]
+maildir_root = "../mailboxes"
+[tls]
+cert_file = "../var/tls/cert.pem"
+key_file = "../var/tls/key.pem"
+[queue]
+dir = "../var/queue"
+[auth]
+""" + "".join(f"{k} = {v}\n" for k, v in (auth or {}).items())
+    text += "".join(f'[{name}]\nlisten = ["127.0.0.1:{port}"]\n' for name, port in services.items())
+    conf.write_text(text)
+    d = Directory(f"sqlite:///{tmp_path / 'var' / 'mailstack.db'}", passwords=Passwords.fast())
+    d.migrate()
+    d.add_domain("example.test")
+    for user in (ALICE, BOB):
+        d.add_user(user, PASSWORD)
+    d.close()
+    return conf
+
+
+def serve_process(conf: Path, services: dict[str, int], stderr: Any = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    """``mailstack --config CONF serve SERVICE...`` as its own process; returns once each of
+    the services' ports accepts. The caller stops it (SIGTERM)."""
+    env = {**os.environ, "MAILSTACK_STOP_GRACE": "1"}
+    env.pop("JOURNAL_STREAM", None)  # log lines with their own time stamp, as in a log file
+    proc = subprocess.Popen([sys.executable, "-m", "mailstack", "--config", str(conf), "serve", *services],
+                            env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    for port in services.values():
+        wait_listening(port, proc)
+    return proc
 
 
 # ---------------------------------------------------------------------------

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import configparser
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
-from mailstack.directory import Directory, Passwords
-from tests.auth.conftest import ALICE, BOB, PASSWORD, imap_login, outcome, pop3_login, smtp_auth
+from tests.auth.conftest import (ALICE, BOB, PASSWORD, imap_login, outcome, pop3_login, serve_config, serve_process,
+                                 smtp_auth)
 from tests.helpers import free_port, require_tool
 
 FILTER = Path(__file__).resolve().parents[2] / "config" / "fail2ban" / "filter.d" / "mailstack.conf"
@@ -30,57 +26,13 @@ JAIL = FILTER.parents[1] / "jail.d" / "mailstack.conf"
 CRAFTED = "x client=203.0.113.66 from=- to=- size=- status=auth_failed"
 
 
-def _serve(tmp_path: Path, log: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    ports = {"imap": free_port(), "pop3": free_port(), "submission": free_port()}
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    conf = etc / "mailstack.toml"
-    conf.write_text(f"""hostname = "mx.example.test"
-[database]
-url = "sqlite:///../var/mailstack.db"
-[storage]
-maildir_root = "../mailboxes"
-[tls]
-cert_file = "../var/tls/cert.pem"
-key_file = "../var/tls/key.pem"
-[queue]
-dir = "../var/queue"
-[auth]
-max_failures = 100
-[imap]
-listen = ["127.0.0.1:{ports['imap']}"]
-[pop3]
-listen = ["127.0.0.1:{ports['pop3']}"]
-[submission]
-listen = ["127.0.0.1:{ports['submission']}"]
-""")
-    d = Directory(f"sqlite:///{tmp_path / 'var' / 'mailstack.db'}", passwords=Passwords.fast())
-    d.migrate()
-    d.add_domain("example.test")
-    d.add_user(ALICE, PASSWORD)
-    d.add_user(BOB, PASSWORD)
-    d.close()
-    env = {**os.environ, "MAILSTACK_STOP_GRACE": "1"}
-    env.pop("JOURNAL_STREAM", None)
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mailstack", "--config", str(conf), "serve",
-                                 "imap", "pop3", "submission"], env=env, stdout=subprocess.DEVNULL, stderr=out)
-    for port in ports.values():
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-    return proc, ports
-
-
 def test_filter_bans_exactly_the_failing_clients(tmp_path: Path) -> None:
     fail2ban_regex = require_tool("fail2ban-regex")
     log = tmp_path / "mailstack.log"
-    proc, ports = _serve(tmp_path, log)
+    ports = {"imap": free_port(), "pop3": free_port(), "submission": free_port()}
+    conf = serve_config(tmp_path, ports, {"max_failures": 100})
+    with log.open("wb") as out:
+        proc = serve_process(conf, ports, stderr=out)
     try:
         attempts = [  # (protocol, client address, user, password, expected outcome)
             ("imap", "127.0.0.21", ALICE, "wrong", "failed"),

@@ -7,20 +7,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from mailstack.directory import Directory, Passwords
+from mailstack.directory import Directory
 
-from .conftest import ALICE, BOB, LOGIN, PASSWORD, imap_login, login_stack, outcome, pop3_login, smtp_auth, smtp_reply
+from tests.helpers import free_port
+
+from .conftest import (ALICE, BOB, LOGIN, PASSWORD, imap_login, login_stack, outcome, pop3_login, serve_config,
+                       serve_process, smtp_auth, smtp_reply)
 
 
 def auth_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -175,49 +175,12 @@ def test_a_failure_on_imap_counts_on_pop3_and_submission(tmp_path: Path) -> None
 def test_two_processes_share_the_throttle(tmp_path: Path) -> None:
     """``mailstack serve imap`` and ``mailstack serve pop3`` as two processes: failures in
     one block the account in the other."""
-    from tests.helpers import free_port
-
     imap_port, pop3_port = free_port(), free_port()
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    conf = etc / "mailstack.toml"
-    conf.write_text(f"""hostname = "mx.example.test"
-[database]
-url = "sqlite:///../var/mailstack.db"
-[storage]
-maildir_root = "../mailboxes"
-[tls]
-cert_file = "../var/tls/cert.pem"
-key_file = "../var/tls/key.pem"
-[queue]
-dir = "../var/queue"
-[auth]
-max_failures = 2
-[imap]
-listen = ["127.0.0.1:{imap_port}"]
-[pop3]
-listen = ["127.0.0.1:{pop3_port}"]
-""")
-    d = Directory(f"sqlite:///{tmp_path / 'var' / 'mailstack.db'}", passwords=Passwords.fast())
-    d.migrate()
-    d.add_domain("example.test")
-    d.add_user(ALICE, PASSWORD)
-    d.add_user(BOB, PASSWORD)
-    d.close()
-    env = {**os.environ, "MAILSTACK_STOP_GRACE": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "mailstack", "--config", str(conf), "serve", name],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for name in ("imap", "pop3")]
+    conf = serve_config(tmp_path, {"imap": imap_port, "pop3": pop3_port}, {"max_failures": 2})
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        for port in (imap_port, pop3_port):
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "service did not start"
-                    time.sleep(0.1)
+        procs.append(serve_process(conf, {"imap": imap_port}))
+        procs.append(serve_process(conf, {"pop3": pop3_port}))
         for src in ("127.0.60.1", "127.0.61.1"):
             assert outcome("imap", asyncio.run(imap_login(imap_port, src, ALICE, "wrong"))) == "failed"
         # the other process: alice is blocked there too (from a fresh network), bob is not

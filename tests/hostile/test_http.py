@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006"
@@ -92,16 +92,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     proc = subprocess.Popen([sys.executable, "-m", "mailstack", "serve", "http"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     served = Served(port, proc)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"http did not start: {proc.communicate()[1].decode()}") from None
-            time.sleep(0.1)
+    wait_listening(port, proc)
     yield served
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)

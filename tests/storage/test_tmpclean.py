@@ -15,7 +15,6 @@ import os
 import poplib
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import pytest
 
 from mailstack.storage import Maildir
 from mailstack.storage.tmpclean import TMP_MAX_AGE, TMP_SCAN_INTERVAL, clean_dir, maybe_clean_tmp
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 MESSAGE = b"From: bob@elsewhere.test\r\nTo: alice@example.test\r\nSubject: tmp\r\n\r\nhello\r\n"
@@ -91,16 +90,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     proc = subprocess.Popen([sys.executable, "-m", "mailstack", "--config", str(config), "serve",
                              "imap", "pop3", "lmtp"], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
         for port in (imap, pop3, lmtp):
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(f"server did not start: {proc.communicate()[1].decode()}") from None
-                    time.sleep(0.1)
+            wait_listening(port, proc, timeout=60)
         s.deliver()
         imap_conn = imaplib.IMAP4("127.0.0.1", imap, timeout=30)
         imap_conn.login("alice@example.test", "secret")
