@@ -119,6 +119,20 @@ def render(value: Value) -> bytes:
     return b"(" + b" ".join(render(v) for v in value) + b")"
 
 
+def uid_set(numbers: Sequence[int]) -> str:
+    """Numbers, in the given order, as a compact sequence-set: runs of n, n+1... as ranges
+    ("1:3,5"; RFC 3501 §9). For COPYUID / APPENDUID (RFC 4315 §3) and ESEARCH ALL (RFC 4731)."""
+    out: list[str] = []
+    i = 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        out.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
 def render_flags(flags: Collection[str]) -> bytes:
     """A flag list; system flags first in RFC order, then keywords sorted."""
     order = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")

@@ -18,31 +18,12 @@ import smtplib
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 
-from tests.smtp.conftest import MXServer, make_server
+from tests.smtp.conftest import MXServer, mx_factory  # noqa: F401 (the MX fixture, shared)
 
 MSG = b"From: a@example.org\r\nSubject: flood test\r\n\r\nhello\r\n"
-
-
-@pytest.fixture
-def mx_factory(tmp_path: Path) -> Iterator[Any]:
-    made: list[MXServer] = []
-
-    def factory(**overrides: Any) -> MXServer:
-        s = make_server(tmp_path, **overrides)
-        made.append(s)
-        return s
-
-    try:
-        yield factory
-    finally:
-        for s in made:
-            s.close()
 
 
 def connect(port: int, source_ip: str, timeout: float = 10) -> socket.socket:

@@ -26,6 +26,7 @@ from mailstack.storage.errors import MessageNotFound
 from ..effects import Output
 from ..index import Entry
 from ..message import ParsedMessage
+from ..responses import uid_set
 from ..search import SearchContext, body_text_of, matches
 from ..sort import SortItem, sort_items
 from ..types import Command, SearchArgs, SearchKey
@@ -92,20 +93,6 @@ def _find(s: Session, cmd: Command, args: SearchArgs) -> tuple[list[_Searchable]
     return found, with_modseq
 
 
-def sequence_set(numbers: Sequence[int]) -> str:
-    """Numbers, in the given order, as a sequence-set, runs of n, n+1... as ranges
-    ("1:3,5"; RFC 3501 §9)."""
-    out: list[str] = []
-    i = 0
-    while i < len(numbers):
-        j = i
-        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
-            j += 1
-        out.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
 def _esearch(s: Session, cmd: Command, returns: tuple[str, ...], found: Sequence[_Searchable],
              with_modseq: bool, ordered: bool = False) -> Iterator[Output]:
     """RFC 4731 §3.1 ESEARCH response, RFC 5182 §2.1 SAVE, RFC 5267 §3.2 for SORT
@@ -140,7 +127,7 @@ def _esearch(s: Session, cmd: Command, returns: tuple[str, ...], found: Sequence
             modseqs.append(last.modseq)
         if "ALL" in returns:
             # in sort order for SORT (RFC 5267 §3.2): only ascending runs become ranges
-            parts.append("ALL " + sequence_set(ids))
+            parts.append("ALL " + uid_set(ids))
             modseqs.extend(m.modseq for m in found)
     if "COUNT" in returns:
         parts.append(f"COUNT {len(found)}")

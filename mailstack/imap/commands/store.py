@@ -26,7 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from mailstack.storage import Folder, MessageInfo
@@ -35,7 +35,7 @@ from mailstack.storage.errors import FolderNotFound, MessageNotFound
 from ..effects import Output
 from ..expunged import KEPT
 from ..mailbox import SYSTEM_FLAGS
-from ..responses import ImapError, ok, render_flags
+from ..responses import ImapError, ok, render_flags, uid_set
 from ..message import encode_binary_parts
 from ..types import AppendArgs, AppendMessage, Command, CopyArgs, ExpungeArgs, StoreArgs
 from .quota import check_quota
@@ -44,22 +44,7 @@ if TYPE_CHECKING:
     from . import Handler
     from ..session import Session
 
-__all__ = ["HANDLERS", "uid_set"]
-
-
-def uid_set(uids: Sequence[int]) -> str:
-    """A compact sequence set for COPYUID / APPENDUID (RFC 4315 §3), order kept."""
-    out: list[str] = []
-    i = 0
-    while i < len(uids):
-        j = i
-        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
-            j += 1
-        out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
+__all__ = ["HANDLERS"]
 
 
 def _apply(folder: Folder, uid: int, mode: str, given: frozenset[str] | set[str]) -> MessageInfo:
