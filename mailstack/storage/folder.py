@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 # update_flags: how many times a rename that lost a race is tried again. Each failure
 # means another writer renamed the file first; this bound only stops a runaway loop.
 _FLAG_RETRIES = 1000
+_RENAME_RETRIES = 5  # fresh listings of cur/ before a base missing from one counts as expunged
 
 _LINK_FALLBACK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES}
 
@@ -339,6 +340,19 @@ class Folder:
             changed = True
         self._move_new()
         by_base = self._scan_cur()
+        missing = [r.base for r in ul.records if r.base not in by_base]
+        for _ in range(_RENAME_RETRIES if missing else 0):
+            # A base the uidlist knows but the listing lacks is expunged, or was renamed
+            # while cur/ was read (readdir does not promise to show an entry renamed
+            # during the listing, and directory mtimes are too coarse to tell). Dropping
+            # its record would give the message a new UID when it reappears, so each
+            # absence is confirmed by later listings first.
+            again = self._scan_cur()
+            found = {b: again[b] for b in missing if b in again}
+            if not found:
+                break
+            by_base.update(found)
+            missing = [b for b in missing if b not in found]
 
         records = [r for r in ul.records if r.base in by_base]
         if len(records) != len(ul.records):
@@ -373,8 +387,6 @@ class Folder:
         live: dict[str, int] = {}
         live_sizes: dict[str, tuple[int | None, int | None]] = {}
         utc = timezone.utc
-        cur = str(self.cur)
-        stat = os.stat
         old_infos = self._infos if self._infos_kw is self._kw else {}
         infos: dict[str, MessageInfo] = {}
         saved: dict[int, str] = {}
@@ -402,10 +414,10 @@ class Folder:
                 continue
             mtime = mtimes.get(base)
             if mtime is None:
-                try:
-                    mtime = int(stat(f"{cur}/{name}").st_mtime)
-                except FileNotFoundError:
+                found = self._stat_base(base, name)
+                if found is None:
                     continue  # expunged by someone else a moment ago
+                name, mtime = found
             live[base] = mtime
             sizes = name_sizes.get(base) or self._parse_sizes(base)
             live_sizes[base] = sizes
@@ -426,6 +438,25 @@ class Folder:
         self._mtimes = live
         self._name_sizes = live_sizes
         return FolderState(ul.uidvalidity, ul.nextuid, tuple(msgs), saved_uidls=saved)
+
+    def _stat_base(self, base: str, name: str) -> tuple[str, int] | None:
+        """(current name, mtime) of the message file ``base``; None once it is gone.
+
+        The name from the scan may have been renamed (a flag change by another session or
+        process) before this stat: that is not an expunge, so cur/ is listed again to find
+        the new name. Only a base missing from a fresh listing counts as expunged, never a
+        stale name (treating it as gone made the message vanish from the state, and an
+        IMAP client saw it expunged while it was only being flagged).
+        """
+        for _ in range(_RENAME_RETRIES):
+            try:
+                return name, int(os.stat(self.cur / name).st_mtime)
+            except FileNotFoundError:
+                current = self._scan_cur().get(base)
+                if current is None:
+                    return None
+                name = current
+        return None
 
     def _parse_sizes(self, base: str) -> tuple[int | None, int | None]:
         sizes = (size_from_name(base, "S"), size_from_name(base, "W"))

@@ -111,3 +111,53 @@ def test_processes_toggle_their_own_flags(maildir: Maildir) -> None:
         p.join(timeout=120)
         assert p.exitcode == 0
     _check_all_set(maildir)
+
+
+def _renaming_scan(folder, cur: Path, letters: str):
+    """Folder._scan_cur that returns a listing and then renames the message (another
+    session's flag change landing between the listing and the next step)."""
+    real = folder._scan_cur
+    done = []
+
+    def scan() -> dict[str, str]:
+        listing = real()
+        if not done:
+            done.append(True)
+            for base, name in listing.items():
+                os.rename(cur / name, cur / f"{base}:2,{letters}")
+        return listing
+
+    return scan
+
+
+def test_rename_between_listing_and_stat_is_not_an_expunge(maildir: Maildir) -> None:
+    maildir.deliver(b"Subject: x\r\n\r\nbody\r\n")
+    maildir.folder().sync()
+    f = maildir.folder()  # knows no mtimes yet: it stats every name it lists
+    f._scan_cur = _renaming_scan(f, maildir.root / "cur", "S")
+    state = f.sync()
+    assert [m.uid for m in state.messages] == [1]
+    assert state.messages[0].flags == {"\\Seen"}
+
+
+def test_base_missing_from_one_listing_keeps_its_uid(maildir: Maildir) -> None:
+    maildir.deliver(b"Subject: x\r\n\r\nbody\r\n")
+    maildir.deliver(b"Subject: y\r\n\r\nbody\r\n")
+    maildir.folder().sync()
+    f = maildir.folder()
+    real = f._scan_cur
+    calls = []
+
+    def scan() -> dict[str, str]:  # the first listing misses a file being renamed
+        listing = real()
+        calls.append(1)
+        if len(calls) == 1:
+            listing.pop(sorted(listing)[0])
+        return listing
+
+    f._scan_cur = scan
+    assert [m.uid for m in f.sync().messages] == [1, 2]
+    assert [m.uid for m in maildir.folder().sync().messages] == [1, 2]  # uidlist kept both
+    b = maildir.folder()
+    b.expunge([1])  # a real expunge is still one
+    assert [m.uid for m in f.sync().messages] == [2]
