@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from mailstack.imap import expunged
 from mailstack.imap.expunged import KEPT
 
 from .conftest import IMAPServer, message
@@ -138,7 +139,7 @@ def test_move_and_copy_into_the_selected_mailbox(imap: IMAPServer) -> None:
     assert b"* 4 EXISTS" in copy + noop
 
 
-def test_fetch_of_a_message_another_session_expunged(imap: IMAPServer) -> None:
+def test_fetch_of_a_message_another_session_expunged(imap: IMAPServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """RFC 2180 §4.1: A still sees message 1 after B expunged it and gets its bytes until
     it is told; then sequence number 1 is the next message. The kept file is released."""
     imap.deliver("alice@example.test", message("first", "body of the first\n"))
@@ -160,6 +161,8 @@ def test_fetch_of_a_message_another_session_expunged(imap: IMAPServer) -> None:
 
         cmd(b"a0", b"LOGIN alice@example.test secret")
         assert b"* 2 EXISTS" in cmd(b"a1", b"SELECT INBOX")
+        monkeypatch.setattr(expunged, "GRACE", 0.0)
+        KEPT.release()  # what earlier tests of this process left
         expunge = _transcript(imap, [b"SELECT INBOX", b"STORE 1 +FLAGS.SILENT (\\Deleted)", b"EXPUNGE"])[2]
         assert b"* 1 EXPUNGE" in expunge
         assert len(KEPT) == 1  # A still lists it
@@ -170,7 +173,8 @@ def test_fetch_of_a_message_another_session_expunged(imap: IMAPServer) -> None:
         assert b"body of the first" in got and b"a3 OK" in got, got
         got = cmd(b"a4", b"NOOP")
         assert b"* 1 EXPUNGE\r\n" in got
-        assert len(KEPT) == 0  # told: the file is let go
+        KEPT.release()
+        assert len(KEPT) == 0  # told, and the grace is over: the file is let go
         got = cmd(b"a5", b"FETCH 1 (BODY.PEEK[])")
         assert b"body of the second" in got and b"a5 OK" in got
         cmd(b"a6", b"LOGOUT")
@@ -187,3 +191,33 @@ def test_fetch_of_a_message_removed_by_another_process(imap: IMAPServer, session
     assert typ == "NO" and b"EXPUNGEISSUED" in bytes(data[0] or b""), data  # type: ignore[arg-type]
     typ, data = a.uid("FETCH", "1", "(BODY.PEEK[])")  # the EXPUNGE goes out here
     assert typ == "OK", data
+
+
+def test_fetch_of_a_message_another_session_closed_away(imap: IMAPServer) -> None:
+    """CLOSE expunges silently (RFC 3501 §6.4.2) and is an expunge like any other for the
+    sessions that still list the message (RFC 2180 §4.1): they keep getting its bytes."""
+    imap.deliver("alice@example.test", message("first", "body of the first\n"))
+    a = socket.create_connection(("127.0.0.1", imap.port), timeout=10)
+    try:
+        a.recv(4096)
+
+        def cmd(tag: bytes, line: bytes) -> bytes:
+            a.sendall(tag + b" " + line + b"\r\n")
+            data = b""
+            while not re.search(rb"(^|\r\n)" + tag + rb" [A-Z]+ [^\r\n]*\r\n", data):
+                chunk = a.recv(65536)
+                assert chunk, data
+                data += chunk
+            return data
+
+        cmd(b"a0", b"LOGIN alice@example.test secret")
+        assert b"* 1 EXISTS" in cmd(b"a1", b"SELECT INBOX")
+        close = _transcript(imap, [b"SELECT INBOX", b"STORE 1 +FLAGS.SILENT (\\Deleted)", b"CLOSE"])[2]
+        assert b"t3 OK" in close
+        assert imap.maildir().folder().sync().messages == ()
+        got = cmd(b"a2", b"FETCH 1 (BODY.PEEK[])")
+        assert b"body of the first" in got and b"a2 OK" in got, got
+        assert b"* 1 EXPUNGE\r\n" in cmd(b"a3", b"NOOP")
+        cmd(b"a4", b"LOGOUT")
+    finally:
+        a.close()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from mailstack.storage.errors import FolderNotFound
 
 from ..effects import Output
+from ..expunged import KEPT
 from ..mailbox import MailboxView, folder_stamp
 from ..responses import ImapError, ok
 from ..states import State
@@ -152,7 +153,8 @@ def close(s: Session, cmd: Command) -> Iterator[Output]:
     if not view.readonly:  # RFC 3501 §6.4.2: expunge silently
         deleted = [m.uid for m in view.folder.sync().messages if "\\Deleted" in m.flags]
         if deleted:
-            view.folder.expunge(deleted)
+            with KEPT.expunging(view, deleted):  # other sessions may still fetch them (RFC 2180 §4.1)
+                view.folder.expunge(deleted)
             s.changed(view.folder)
     s.view = None
     s.state = State.AUTHENTICATED
