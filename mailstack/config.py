@@ -161,6 +161,14 @@ class AuthConfig:
     hash_queue: int = 64  # checks waiting for a thread; more get "try again later" at once
     max_inflight_per_client: int = 10  # attempts of one client host at once; more get "try again later"
     state_file: str = ""  # the shared throttle; "" = auth-throttle.sqlite next to a SQLite database
+    # verified logins remembered per process (directory/credcache.py, like Dovecot's auth_cache)
+    cache_ttl: Duration = 600.0  # 0 = off
+    cache_size: int = 10000
+    # argon2id for new hashes; 0 = the library's default (3 rounds, 64 MiB, 4 lanes).
+    # Hashes made with other parameters are rehashed at the next successful login.
+    argon2_time_cost: int = 0
+    argon2_memory_cost: int = 0  # KiB
+    argon2_parallelism: int = 0
 
 
 @dataclass(frozen=True)
@@ -486,6 +494,10 @@ def _check(cfg: Config) -> None:
         raise _KeyError("[auth] hash_workers: must be at most 256")
     if cfg.auth.max_inflight_per_client < 1:
         raise _KeyError("[auth] max_inflight_per_client: must be at least 1")
+    if cfg.auth.argon2_memory_cost and not 8 * max(1, cfg.auth.argon2_parallelism) <= cfg.auth.argon2_memory_cost <= 4194304:
+        raise _KeyError("[auth] argon2_memory_cost: must be between 8 KiB per lane and 4194304 KiB (4 GiB)")
+    if cfg.auth.argon2_parallelism > 64 or cfg.auth.argon2_time_cost > 100:
+        raise _KeyError("[auth] argon2_parallelism: at most 64; argon2_time_cost: at most 100")
     if cfg.auth.max_block_time < cfg.auth.block_time:
         raise _KeyError("[auth] max_block_time: must not be less than block_time")
     for section in ("smtp", "submission", "lmtp"):

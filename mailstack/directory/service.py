@@ -57,6 +57,7 @@ from mailstack.directory.errors import (
     NotFound,
 )
 from mailstack.directory.models import AliasRow, AliasTargetRow, DomainRow, UserRow, utcnow
+from mailstack.directory.credcache import CredentialCache
 from mailstack.directory.passwords import PasswordError, Passwords
 from mailstack.mail.address import Address, AddressError, domain_to_unicode, normalize_domain, parse_address
 
@@ -161,7 +162,8 @@ def _domain_value(row: DomainRow) -> Domain:
 class Directory:
     """The directory database. `Directory(url)`; call `migrate()` once at start; `close()` at the end."""
 
-    def __init__(self, url: str, *, passwords: Passwords | None = None) -> None:
+    def __init__(self, url: str, *, passwords: Passwords | None = None,
+                 credential_cache: CredentialCache | None = None) -> None:
         try:
             self._engine = create_directory_engine(url)
         except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as exc:
@@ -170,11 +172,22 @@ class Directory:
             raise DirectoryUnavailable(f"cannot create the database folder: {exc}") from None
         self._read, self._write = make_sessions(self._engine)
         self._passwords = passwords if passwords is not None else Passwords()
+        self.credential_cache = credential_cache
 
     @classmethod
     def from_config(cls, cfg: _ConfigWithDatabase, *, passwords: Passwords | None = None) -> Directory:
-        """A directory on `cfg.database.url`."""
-        return cls(cfg.database.url, passwords=passwords)
+        """A directory on `cfg.database.url`; with an ``[auth]`` section (the full config),
+        its argon2id parameters and credential cache too."""
+        auth = getattr(cfg, "auth", None)
+        cache = None
+        if auth is not None:
+            if passwords is None:
+                argon2 = {k: v for k, v in (("rounds", auth.argon2_time_cost), ("memory_cost", auth.argon2_memory_cost),
+                                            ("parallelism", auth.argon2_parallelism)) if v}
+                passwords = Passwords(**argon2)
+            if auth.cache_ttl > 0 and auth.cache_size > 0:
+                cache = CredentialCache(auth.cache_ttl, auth.cache_size)
+        return cls(cfg.database.url, passwords=passwords, credential_cache=cache)
 
     @property
     def engine(self) -> Engine:
@@ -583,11 +596,16 @@ class Directory:
             self._passwords.dummy_verify()
             return None
         old_hash = row.password_hash
+        cache = self.credential_cache
+        if cache is not None and cache.verified(row.id, password, old_hash):
+            return _user_value(row)  # verified minutes ago against this very hash (credcache)
         result = self._passwords.verify(password, old_hash)
         if not result.ok:
             return None
         if result.new_hash is not None:
             self._rehash(row.id, old_hash, result.new_hash)
+        if cache is not None:
+            cache.remember(row.id, password, result.new_hash or old_hash)
         return _user_value(row)
 
     def _rehash(self, user_id: int, old_hash: str, new_hash: str) -> None:
