@@ -160,7 +160,7 @@ class AuthConfig:
     hash_workers: int = 0  # threads that check passwords (per process); 0 = one per CPU core, at most 8
     hash_queue: int = 64  # checks waiting for a thread; more get "try again later" at once
     max_inflight_per_client: int = 10  # attempts of one client host at once; more get "try again later"
-    state_file: str = ""  # the shared throttle; "" = auth-throttle.sqlite next to a SQLite database
+    state_file: str = ""  # the shared throttle; "" = in the directory database, a path = a SQLite file of its own
     # verified logins remembered per process (directory/credcache.py, like Dovecot's auth_cache)
     cache_ttl: Duration = 600.0  # 0 = off
     cache_size: int = 10000
@@ -199,6 +199,9 @@ class SubmissionConfig:
     tls_listen: Listeners = ()
     max_connections: int = 200
     max_connections_per_ip: int = 20  # users behind one NAT share an address
+    # per authenticated user, counted in the directory database (smtp/sendlimits.py); 0 = off
+    max_messages_per_hour: int = 500
+    max_recipients_per_day: int = 2000
 
 
 @dataclass(frozen=True)

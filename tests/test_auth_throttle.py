@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from mailstack.auth import (
+    Authenticator,
+    DirectoryThrottleStore,
     MemoryThrottleStore,
     SQLiteThrottleStore,
     ThrottlePolicy,
@@ -23,18 +25,29 @@ from mailstack.auth import (
     state_path,
 )
 from mailstack.config import Config, config_from_dict
+from mailstack.directory import Directory, Passwords
 
 POLICY = ThrottlePolicy(max_failures=3, failure_window=300, block_time=60, max_block_time=240)
 ALICE = account_key("alice@example.test")
 NET = "net:192.0.2.0/24"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "directory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ThrottleStore]:
-    s: ThrottleStore = MemoryThrottleStore(POLICY) if request.param == "memory" else \
-        SQLiteThrottleStore(tmp_path / "auth.sqlite", POLICY)
+    d = None
+    s: ThrottleStore
+    if request.param == "memory":
+        s = MemoryThrottleStore(POLICY)
+    elif request.param == "sqlite":
+        s = SQLiteThrottleStore(tmp_path / "auth.sqlite", POLICY)
+    else:
+        d = Directory(f"sqlite:///{tmp_path / 'dir.db'}", passwords=Passwords.fast())
+        d.migrate()
+        s = DirectoryThrottleStore(d, POLICY)
     yield s
     s.close()
+    if d is not None:
+        d.close()
 
 
 def test_spellings_of_one_address_are_one_account() -> None:
@@ -116,12 +129,60 @@ def test_sqlite_store_is_shared_by_processes_without_lost_failures(tmp_path: Pat
     assert path.stat().st_mode & 0o777 == 0o600
 
 
-def test_state_path_follows_the_database(tmp_path: Path) -> None:
+def test_state_path_only_when_asked(tmp_path: Path) -> None:
     def cfg(url: str, **auth: str) -> Config:
         return config_from_dict({"database": {"url": url}, "auth": auth}, tmp_path / "etc" / "mailstack.toml")
 
-    assert state_path(cfg("sqlite:///../var/m.db")) == (tmp_path / "var" / "auth-throttle.sqlite")
-    assert state_path(cfg("sqlite://")) is None
-    assert state_path(cfg("sqlite:///:memory:")) is None
-    assert state_path(cfg("postgresql+psycopg://h/db")) == (tmp_path / "var" / "auth-throttle.sqlite")
+    assert state_path(cfg("sqlite:///../var/m.db")) is None  # the directory database holds it
+    assert state_path(cfg("postgresql+psycopg://h/db")) is None
     assert state_path(cfg("sqlite:///x.db", state_file="../run/t.sqlite")) == tmp_path / "run" / "t.sqlite"
+
+
+@pytest.mark.parametrize(("url", "auth", "kind"), [
+    ("sqlite:///{tmp}/m.db", {}, DirectoryThrottleStore),
+    ("sqlite:///{tmp}/m.db", {"state_file": "t.sqlite"}, SQLiteThrottleStore),
+    ("sqlite://", {}, MemoryThrottleStore),
+    ("sqlite:///:memory:", {}, MemoryThrottleStore),
+])
+def test_the_store_each_config_gets(tmp_path: Path, url: str, auth: dict[str, str], kind: type) -> None:
+    config = config_from_dict({"database": {"url": url.format(tmp=tmp_path)}, "auth": auth},
+                              tmp_path / "mailstack.toml")
+    d = Directory(config.database.url, passwords=Passwords.fast())
+    a = Authenticator.from_config(config, d)
+    try:
+        assert type(a.store) is kind
+    finally:
+        a.close()
+        d.close()
+
+
+def _fail_many_in_directory(url: str, key: str, n: int) -> None:
+    d = Directory(url, passwords=Passwords.fast())
+    s = DirectoryThrottleStore(d, POLICY)
+    for i in range(n):
+        s.failure([key, NET], 3_000_000.0 + i * 0.001)
+    d.close()
+
+
+def test_directory_store_is_shared_by_processes_without_lost_failures(tmp_path: Path) -> None:
+    """Restarting or adding processes does not reset an attacker's count (issue: the
+    throttle must live where every process and host sees it)."""
+    url = f"sqlite:///{tmp_path / 'var' / 'mailstack.db'}"
+    d = Directory(url, passwords=Passwords.fast())
+    d.migrate()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_fail_many_in_directory, args=(url, ALICE, 25)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    s = DirectoryThrottleStore(d, POLICY)
+    try:
+        blocks = s.failure([ALICE, NET], 3_000_001.0)
+        assert {b.key: b.failures for b in blocks} == {ALICE: 101, NET: 101}
+        assert s.blocked([ALICE], 3_000_002.0) is not None
+        s.success(ALICE)
+        assert s.blocked([ALICE], 3_000_002.0) is None and s.blocked([NET], 3_000_002.0) is not None
+    finally:
+        d.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .keys import account_key, client_key, network_key
 from .service import MAX_SASL_LINE, AuthLimits, Authenticator, AuthOutcome, AuthStatus, state_path
-from .throttle import Block, MemoryThrottleStore, SQLiteThrottleStore, ThrottlePolicy, ThrottleStore
+from .throttle import Block, DirectoryThrottleStore, MemoryThrottleStore, SQLiteThrottleStore, ThrottlePolicy, ThrottleStore
 
 __all__ = [
     "MAX_SASL_LINE",
@@ -23,6 +23,7 @@ __all__ = [
     "Block",
     "MemoryThrottleStore",
     "SQLiteThrottleStore",
+    "DirectoryThrottleStore",
     "ThrottlePolicy",
     "ThrottleStore",
     "account_key",

@@ -38,9 +38,10 @@ What happens, in order:
    The password never reaches any log. The start of a block is also a WARNING on
    ``mailstack.auth``.
 
-Where the throttle lives: ``[auth] state_file``, by default ``auth-throttle.sqlite`` next
-to a SQLite directory database (else next to the queue folder), so every process and
-service of the host shares it; a directory in memory gets an in-memory throttle. The
+Where the throttle lives: by default in the directory database (``auth_failures``), so
+every service, process and host that shares the directory shares it; ``[auth]
+state_file`` puts it in a SQLite file of its own instead (one host); a directory in
+memory gets an in-memory throttle. The
 per-client in-flight cap and the hash pool are per process (they bound this process's
 work). Store errors never block logins: they are logged and the attempt goes on.
 """
@@ -63,7 +64,14 @@ from typing import TYPE_CHECKING, Any
 from mailstack import maillog
 
 from .keys import account_key, client_key, network_key
-from .throttle import Block, MemoryThrottleStore, SQLiteThrottleStore, ThrottlePolicy, ThrottleStore
+from .throttle import (
+    Block,
+    DirectoryThrottleStore,
+    MemoryThrottleStore,
+    SQLiteThrottleStore,
+    ThrottlePolicy,
+    ThrottleStore,
+)
 
 if TYPE_CHECKING:
     from mailstack.config import Config
@@ -77,7 +85,6 @@ log = logging.getLogger("mailstack.auth")
 # AUTH/AUTHENTICATE continuation line of SMTP and IMAP is bounded by this (PLAIN with a
 # 4096-byte password, the longest the directory takes, is under 6 KB of base64).
 MAX_SASL_LINE = 12288
-STATE_FILE_NAME = "auth-throttle.sqlite"
 DEFAULT_MAX_HASH_WORKERS = 8
 _LOG_USER_MAX = 256
 
@@ -118,20 +125,18 @@ class AuthLimits:
 
 
 def state_path(config: Config) -> Path | None:
-    """Where the shared throttle lives for this config; None: in memory (an in-memory directory)."""
+    """The SQLite file of ``[auth] state_file``, when set; None: the throttle lives in the
+    directory database (or in memory, for a directory in memory)."""
     raw = config.auth.state_file
-    if raw:
-        p = Path(os.path.expanduser(raw))
-        return p if p.is_absolute() else (config.base_dir / p).resolve()
-    m = re.match(r"^sqlite(?:\+\w+)?:///([^?]*)", config.database.url)
-    if m is not None:
-        db = m.group(1)
-        if db in ("", ":memory:") or db.startswith("file:"):
-            return None
-        return Path(db).parent / STATE_FILE_NAME
-    if re.match(r"^sqlite(?:\+\w+)?://", config.database.url):
-        return None  # sqlite:// is in memory
-    return config.queue.dir.parent / STATE_FILE_NAME
+    if not raw:
+        return None
+    p = Path(os.path.expanduser(raw))
+    return p if p.is_absolute() else (config.base_dir / p).resolve()
+
+
+def _in_memory(url: str) -> bool:
+    m = re.match(r"^sqlite(?:\+\w+)?://(/?)([^?]*)", url)
+    return m is not None and (not m.group(1) or m.group(2) in ("", ":memory:") or m.group(2).startswith("file:"))
 
 
 class Authenticator:
@@ -163,7 +168,13 @@ class Authenticator:
         a = config.auth
         policy = ThrottlePolicy(a.max_failures, a.failure_window, a.block_time, a.max_block_time)
         path = state_path(config)
-        store: ThrottleStore = MemoryThrottleStore(policy) if path is None else SQLiteThrottleStore(path, policy)
+        store: ThrottleStore
+        if path is not None:
+            store = SQLiteThrottleStore(path, policy)
+        elif _in_memory(config.database.url):
+            store = MemoryThrottleStore(policy)
+        else:
+            store = DirectoryThrottleStore(directory, policy)
         # 0: one per core, at most DEFAULT_MAX_HASH_WORKERS (each argon2id check holds 64 MiB)
         workers = a.hash_workers or min(os.cpu_count() or 1, DEFAULT_MAX_HASH_WORKERS)
         return cls(directory, store=store,

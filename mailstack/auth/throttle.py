@@ -16,11 +16,16 @@ A key is an account (``acct:alice@example.test``) or a client network
 - a successful login clears the account's key, never the network's (one valid account
   must not whitewash a network that guesses at others).
 
-Stores (``ThrottleStore``): ``SQLiteThrottleStore``, a small SQLite file that every
-process of one host shares (WAL, ``BEGIN IMMEDIATE`` for each read-modify-write, so two
-processes never lose a failure), and ``MemoryThrottleStore`` for a directory that lives
-in memory only (tests, ``sqlite://``), bounded to ``max_keys`` keys. Both are
-synchronous and not thread-safe: ``mailstack.auth.service`` calls them from one thread.
+Stores (``ThrottleStore``): ``DirectoryThrottleStore``, the default, keeps the records in
+the directory database (table ``auth_failures``), so every process and every host that
+shares the directory shares the counts, and restarting or adding processes does not reset
+an attacker's delay (one write transaction per failure, exact on SQLite and PostgreSQL:
+``Directory.throttle_update``); ``SQLiteThrottleStore``, a small SQLite file of its own
+(``[auth] state_file``: for a host that wants the throttle's writes off the directory
+database; WAL, ``BEGIN IMMEDIATE`` for each read-modify-write); ``MemoryThrottleStore``
+for a directory that lives in memory only (tests, ``sqlite://``), bounded to ``max_keys``
+keys. All are synchronous and not thread-safe: ``mailstack.auth.service`` calls them from
+one thread.
 Time is wall-clock seconds (``time.time``), the only clock processes share.
 """
 
@@ -32,10 +37,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from mailstack.directory import Directory
 
 __all__ = [
     "Block",
+    "DirectoryThrottleStore",
     "MemoryThrottleStore",
     "Record",
     "SQLiteThrottleStore",
@@ -238,3 +247,36 @@ class SQLiteThrottleStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+class DirectoryThrottleStore:
+    """Records in the directory database (``auth_failures``), shared by every process and host."""
+
+    def __init__(self, directory: Directory, policy: ThrottlePolicy) -> None:
+        self.directory = directory
+        self.policy = policy
+        self._writes = 0
+
+    def blocked(self, keys: Sequence[str], now: float) -> Block | None:
+        blocks = [Block(k, f, until) for k, (f, _last, until) in self.directory.throttle_records(keys).items()
+                  if until > now]
+        return max(blocks, key=lambda b: b.until, default=None)
+
+    def failure(self, keys: Sequence[str], now: float) -> list[Block]:
+        def step(_key: str, old: tuple[int, float, float] | None) -> tuple[int, float, float]:
+            rec = next_record(Record(*old) if old is not None else None, now, self.policy)
+            return rec.failures, rec.last_failure, rec.blocked_until
+
+        self._writes += 1
+        prune = now - self.policy.failure_window if self._writes % _PRUNE_EVERY == 0 else None
+        started = []
+        for key, (old, new) in self.directory.throttle_update(keys, step, prune_before=prune).items():
+            if new[2] > now and (old is None or new[2] > old[2]):
+                started.append(Block(key, new[0], new[2]))
+        return started
+
+    def success(self, key: str) -> None:
+        self.directory.throttle_clear(key)
+
+    def close(self) -> None:
+        pass  # the directory is closed by its owner

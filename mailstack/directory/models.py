@@ -12,6 +12,13 @@ Invariants kept by the schema (and created by migration 0001, which must stay in
 - Foreign keys to `domains` are RESTRICT: rows are deleted explicitly, never by cascade
   from a domain; an alias's targets go with the alias (CASCADE).
 - Timestamps are timezone-aware UTC on the Python side on every backend.
+
+Two tables of counters (migration 0002) live here too, so that every process and host
+that shares the directory shares them: ``auth_failures`` (the failed-login throttle,
+``mailstack.auth.throttle``) and ``sending_usage`` (messages and recipients a user sent
+per hour and per day, the submission sending limits). They hold no foreign keys: a key
+is a throttle key (``acct:...``, ``net:...``) or a user's address, and stale rows are
+swept by age.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
@@ -35,7 +43,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["AliasRow", "AliasTargetRow", "Base", "DomainRow", "UTCDateTime", "UserRow", "utcnow"]
+__all__ = ["AliasRow", "AliasTargetRow", "AuthFailureRow", "Base", "DomainRow", "SendingUsageRow", "UTCDateTime",
+           "UserRow", "utcnow"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -134,3 +143,27 @@ class AliasTargetRow(Base):
     target_key: Mapped[str] = mapped_column(String(512))
 
     alias: Mapped[AliasRow] = relationship(back_populates="targets")
+
+
+class AuthFailureRow(Base):
+    """One throttle key's failed logins (``mailstack.auth.throttle.Record``); times are unix seconds."""
+
+    __tablename__ = "auth_failures"
+
+    key: Mapped[str] = mapped_column(String(600), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure: Mapped[float] = mapped_column(Float)
+    blocked_until: Mapped[float] = mapped_column(Float)
+
+
+class SendingUsageRow(Base):
+    """What one user sent in one period: ``period`` is ``h2026120117`` (an hour, UTC) or
+    ``d20261201`` (a day); ``messages`` and ``recipients`` accepted on submission."""
+
+    __tablename__ = "sending_usage"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)
+    messages: Mapped[int] = mapped_column(Integer, default=0)
+    recipients: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[float] = mapped_column(Float, index=True)  # unix seconds: rows are swept by age

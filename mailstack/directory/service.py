@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, delete, func, select, update
@@ -56,7 +56,15 @@ from mailstack.directory.errors import (
     Invalid,
     NotFound,
 )
-from mailstack.directory.models import AliasRow, AliasTargetRow, DomainRow, UserRow, utcnow
+from mailstack.directory.models import (
+    AliasRow,
+    AliasTargetRow,
+    AuthFailureRow,
+    DomainRow,
+    SendingUsageRow,
+    UserRow,
+    utcnow,
+)
 from mailstack.directory.credcache import CredentialCache
 from mailstack.directory.passwords import PasswordError, Passwords
 from mailstack.mail.address import Address, AddressError, domain_to_unicode, normalize_domain, parse_address
@@ -585,6 +593,72 @@ class Directory:
 
     # -- authentication -------------------------------------------------------------------
 
+    # -- counters shared by every process and host (models: auth_failures, sending_usage) --
+
+    def throttle_records(self, keys: Sequence[str]) -> dict[str, ThrottleRow]:
+        """The stored (failures, last_failure, blocked_until) of each of ``keys`` that has one."""
+        if not keys:
+            return {}
+        with self._tx(write=False) as s:
+            rows = s.execute(select(AuthFailureRow).where(AuthFailureRow.key.in_(list(keys)))).scalars()
+            return {r.key: (r.failures, r.last_failure, r.blocked_until) for r in rows}
+
+    def throttle_update(self, keys: Sequence[str], update_fn: Callable[[str, ThrottleRow | None], ThrottleRow],
+                        *, prune_before: float | None = None) -> dict[str, tuple[ThrottleRow | None, ThrottleRow]]:
+        """Read-modify-write the records of ``keys`` in one write transaction:
+        ``update_fn(key, old or None)`` gives the new record; returns ``{key: (old, new)}``.
+
+        Exact under concurrency on both backends: SQLite's write transaction takes the lock
+        first (``BEGIN IMMEDIATE``); on PostgreSQL a missing row is inserted empty
+        (``ON CONFLICT DO NOTHING``) and every row is then locked (``FOR UPDATE``) before
+        it is read, so two hosts counting a failure at once never lose one.
+        ``prune_before``: also delete the records whose last failure and block both ended
+        before that time.
+        """
+        out: dict[str, tuple[ThrottleRow | None, ThrottleRow]] = {}
+        if not keys:
+            return out
+        ordered = sorted(set(keys))  # one lock order for every writer: no deadlock
+        with self._tx(write=True) as s:
+            s.execute(_insert_ignore(s, AuthFailureRow, [
+                {"key": k, "failures": 0, "last_failure": 0.0, "blocked_until": 0.0} for k in ordered]))
+            rows = {r.key: r for r in s.execute(
+                select(AuthFailureRow).where(AuthFailureRow.key.in_(ordered)).order_by(AuthFailureRow.key)
+                .with_for_update()).scalars()}
+            for key in keys:
+                row = rows[key]
+                old = None if row.failures == 0 else (row.failures, row.last_failure, row.blocked_until)
+                new = update_fn(key, old)
+                row.failures, row.last_failure, row.blocked_until = new
+                out[key] = (old, new)
+            s.flush()  # the new values first: the sweep must see them, not the empty placeholders
+            if prune_before is not None:
+                s.execute(delete(AuthFailureRow).where(AuthFailureRow.last_failure < prune_before,
+                                                       AuthFailureRow.blocked_until < prune_before))
+        return out
+
+    def throttle_clear(self, key: str) -> None:
+        """Forget one throttle key (the account of a successful login)."""
+        with self._tx(write=True) as s:
+            s.execute(delete(AuthFailureRow).where(AuthFailureRow.key == key))
+
+    def sending_usage(self, address: str, periods: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(messages, recipients) ``address`` sent in each of ``periods`` (missing: none sent)."""
+        with self._tx(write=False) as s:
+            rows = s.execute(select(SendingUsageRow).where(SendingUsageRow.address == address,
+                                                           SendingUsageRow.period.in_(list(periods)))).scalars()
+            return {r.period: (r.messages, r.recipients) for r in rows}
+
+    def add_sending_usage(self, address: str, periods: Sequence[str], messages: int, recipients: int, now: float,
+                          *, prune_before: float | None = None) -> None:
+        """Add to the counts of ``address`` in each of ``periods``, atomically (an upsert
+        that adds, on SQLite and PostgreSQL alike); ``prune_before`` sweeps older rows."""
+        with self._tx(write=True) as s:
+            for period in periods:
+                s.execute(_upsert_add(s, address, period, messages, recipients, now))
+            if prune_before is not None:
+                s.execute(delete(SendingUsageRow).where(SendingUsageRow.updated < prune_before))
+
     def authenticate(self, address: str | Address, password: str) -> User | None:
         """The user if the password is right and the user enabled; else None. CPU-bound: use a thread."""
         addr = _parse_lookup(address)
@@ -620,6 +694,33 @@ class Directory:
             log.warning("could not store the upgraded password hash of user %d: %s", user_id, exc)
         else:
             log.info("upgraded the password hash of user %d to the default scheme", user_id)
+
+
+ThrottleRow = tuple[int, float, float]  # failures, last_failure, blocked_until (unix seconds)
+
+
+def _dialect_insert(s: Session) -> Any:
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
+
+
+def _insert_ignore(s: Session, model: Any, rows: list[dict[str, Any]]) -> Any:
+    return _dialect_insert(s)(model).values(rows).on_conflict_do_nothing()
+
+
+def _upsert_add(s: Session, address: str, period: str, messages: int, recipients: int, now: float) -> Any:
+    stmt = _dialect_insert(s)(SendingUsageRow).values(address=address, period=period, messages=messages,
+                                                      recipients=recipients, updated=now)
+    return stmt.on_conflict_do_update(
+        index_elements=[SendingUsageRow.address, SendingUsageRow.period],
+        set_={"messages": SendingUsageRow.messages + stmt.excluded.messages,
+              "recipients": SendingUsageRow.recipients + stmt.excluded.recipients,
+              "updated": stmt.excluded.updated})
 
 
 def _parse(text: str) -> Address:

@@ -57,6 +57,7 @@ from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits
 from mailstack.smtp.mx import MXHandler, build_mda, make_delivery
 from mailstack.smtp.replies import Reply
+from mailstack.smtp.sendlimits import KEEP_SECONDS, SendingLimits, periods
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
 
 __all__ = ["SubmissionHandler", "SubmissionSMTP", "start", "add_missing_headers"]
@@ -106,9 +107,38 @@ class SubmissionHandler(MXHandler):
 
     service = "submission"
 
-    def __init__(self, *, directory: Any, keys_dir: Any, **kw: Any) -> None:
+    def __init__(self, *, directory: Any, keys_dir: Any, sending: SendingLimits = SendingLimits(), **kw: Any) -> None:
         super().__init__(keys_dir=keys_dir, **kw)
         self.directory = directory
+        self.sending = sending
+        self._usage_writes = 0
+
+    async def _usage(self, user: str) -> tuple[int, int]:
+        """(messages this hour, recipients today) of ``user``; (0, 0) if the directory is away."""
+        hour, day = periods(time.time())
+        try:
+            got = await asyncio.to_thread(self.directory.sending_usage, user, [hour, day])
+        except Exception as e:  # fail open: a lost count never loses mail (sendlimits)
+            log.warning("submission: cannot read the sending usage of %s: %s", user, e)
+            return 0, 0
+        return got.get(hour, (0, 0))[0], got.get(day, (0, 0))[1]
+
+    async def _count(self, user: str, recipients: int) -> None:
+        """One accepted message with ``recipients`` recipients, in this hour's and day's counts."""
+        if not self.sending.enabled:
+            return
+        now = time.time()
+        self._usage_writes += 1
+        prune = now - KEEP_SECONDS if self._usage_writes % 256 == 1 else None
+        try:
+            await asyncio.to_thread(self.directory.add_sending_usage, user, list(periods(now)), 1, recipients, now,
+                                    prune_before=prune)
+        except Exception as e:
+            log.warning("submission: cannot count the message of %s: %s", user, e)
+
+    def _log_limited(self, server: BaseSMTP, txn: Transaction, user: str, recipient: str | None, reply: Reply) -> None:
+        maillog.log_event("rejected", queue_id=None, service=self.service, client=server.peer_ip, sender=txn.sender,
+                          recipients=recipient, size=None, status="rate_limited", reply=reply, user=user)
 
     def may_relay(self, server: BaseSMTP) -> bool:
         return bool(server.session and server.session.authenticated)
@@ -151,11 +181,22 @@ class SubmissionHandler(MXHandler):
             maillog.log_event("rejected", queue_id=None, service=self.service, client=server.peer_ip, sender=sender,
                               recipients=None, size=None, status="not_owner", reply=NOT_OWNER, user=user)
             return NOT_OWNER
+        if self.sending.messages_per_hour:
+            limited = self.sending.at_mail((await self._usage(user))[0])
+            if limited is not None:
+                self._log_limited(server, txn, user, None, limited)
+                return limited
         return SENDER_OK
 
     async def rcpt(self, server: BaseSMTP, txn: Transaction, recipient: str) -> Reply:
         if not self.may_relay(server):
             return AUTH_NEEDED
+        user = getattr(server, "auth_user", None)
+        if self.sending.recipients_per_day and user is not None:
+            limited = self.sending.at_rcpt((await self._usage(user))[1], len(txn.resolutions))
+            if limited is not None:
+                self._log_limited(server, txn, user, recipient, limited)
+                return limited
         try:
             res = await asyncio.to_thread(self.resolver.resolve, recipient)
         except ResolveError as e:
@@ -231,10 +272,15 @@ class SubmissionHandler(MXHandler):
         if not local:
             reply = Reply(250, "2.0.0", f"OK: queued as {txn.queue_id}")
             maillog.log_event("accepted", recipients=txn.recipients, status="ok", reply=reply, user=user, **common)
+            if user is not None:
+                await self._count(user, len(txn.recipients))
             return [reply]
         order = {r: i for i, r in enumerate(txn.recipients)}
         results.sort(key=lambda r: order.get(r.recipient, 0))
-        return [await self._settle(txn, sender, data, results, common)]
+        settled = await self._settle(txn, sender, data, results, common)
+        if user is not None and settled.code < 300:
+            await self._count(user, len(txn.recipients))
+        return [settled]
 
 
 # ---------------------------------------------------------------------------
@@ -407,7 +453,9 @@ async def start(ctx: ServiceContext) -> RunningService:
     except ValueError as e:
         raise ServiceError(f"[smtp] mda: {e}") from None
     handler = SubmissionHandler(directory=ctx.directory, keys_dir=dkim.keys_dir(cfg), hostname=cfg.hostname,
-                                resolver=Resolver(ctx.directory), delivery=delivery, mda=mda, queue=queue)
+                                resolver=Resolver(ctx.directory), delivery=delivery, mda=mda, queue=queue,
+                                sending=SendingLimits(cfg.submission.max_messages_per_hour,
+                                                      cfg.submission.max_recipients_per_day))
     settings = ServerSettings(
         service="submission",
         hostname=cfg.hostname,

@@ -17,13 +17,13 @@ from mailstack.directory.models import Base
 # A later revision as a future developer would write it: it adds columns and, on SQLite,
 # rebuilds the parent table `domains` and `users` (batch mode copies them), which with
 # foreign keys on would delete or refuse the children.
-REVISION_0002 = '''
+REVISION_NEXT = '''
 """test: add columns, rebuilding tables on SQLite"""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "9999"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -49,10 +49,11 @@ def test_empty_database_to_head(directory_url: str) -> None:
     with Directory(directory_url, passwords=Passwords.fast()) as d:
         assert tables(d) == set()
         d.migrate()
-        assert tables(d) == {"alembic_version", "domains", "users", "aliases", "alias_targets"}
-        assert d.schema_revision() == migrations.head_revision() == "0001"
+        assert tables(d) == {"alembic_version", "domains", "users", "aliases", "alias_targets", "auth_failures",
+                             "sending_usage"}
+        assert d.schema_revision() == migrations.head_revision() == "0002"
         d.migrate()  # idempotent
-        assert d.schema_revision() == "0001"
+        assert d.schema_revision() == "0002"
 
 
 def test_models_match_the_migrations(directory_url: str) -> None:
@@ -67,8 +68,8 @@ def test_models_match_the_migrations(directory_url: str) -> None:
 def test_upgrade_keeps_users_aliases_and_passwords(directory_url: str, tmp_path: Path) -> None:
     scripts = tmp_path / "migrations"
     shutil.copytree(migrations.SCRIPT_LOCATION, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_test.py").write_text(REVISION_0002)
-    assert migrations.head_revision(scripts) == "0002"
+    (scripts / "versions" / "9999_test.py").write_text(REVISION_NEXT.replace("{head}", migrations.head_revision() or ""))
+    assert migrations.head_revision(scripts) == "9999"
 
     with Directory(directory_url, passwords=Passwords.fast()) as d:
         migrations.upgrade(d.engine, "0001", script_location=scripts)
@@ -84,7 +85,7 @@ def test_upgrade_keeps_users_aliases_and_passwords(directory_url: str, tmp_path:
 
         migrations.upgrade(d.engine, "head", script_location=scripts)
 
-        assert d.schema_revision() == "0002"
+        assert d.schema_revision() == "9999"
         columns = {c["name"] for c in inspect(d.engine).get_columns("users")}
         assert "display_name" in columns
         assert d.list_users() == sorted(before, key=lambda u: (u.domain, u.local.casefold()))
