@@ -13,7 +13,11 @@ Invariants:
   empty list means the system resolver (``/etc/resolv.conf``);
 - MX answers come back sorted by preference (RFC 5321 §5.1), hosts of equal preference
   shuffled, and a null MX (RFC 7505 §3: one record, preference 0, exchange ".") is
-  reported as such, never as a host named ".".
+  reported as such, never as a host named ".";
+- with ``cache_size`` (the queue runner asks for one) answers are kept for their own TTL
+  and no longer, in dnspython's ``LRUCache`` (RFC 1035 §3.2.1, RFC 2308 for the negative
+  answers it keeps); a failed lookup is never cached. Without it every call asks the
+  server (the MX checks, ``mailstack dns check``: they must see a record just published).
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ def _name(host: str) -> str:
 class DNSPythonResolver:
     """``Resolver`` over ``dns.asyncresolver`` (TCP fallback for truncated answers built in)."""
 
-    def __init__(self, nameservers: Sequence[str] = (), timeout: float = 5.0) -> None:
+    def __init__(self, nameservers: Sequence[str] = (), timeout: float = 5.0, *, cache_size: int = 0) -> None:
         if nameservers:
             r = dns.asyncresolver.Resolver(configure=False)
             r.nameservers = [dns.nameserver.Do53Nameserver(h, port=p) for h, p in map(parse_nameserver, nameservers)]
@@ -123,6 +127,8 @@ class DNSPythonResolver:
             r = dns.asyncresolver.Resolver()
         r.lifetime = timeout
         r.timeout = min(timeout, 2.0)
+        if cache_size:
+            r.cache = dns.resolver.LRUCache(cache_size)  # each answer for its TTL
         self._r = r
 
     async def _query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
@@ -203,6 +209,7 @@ def _short(e: Exception) -> str:
     return text[:200]
 
 
-def resolver_from_config(dns_config: object) -> DNSPythonResolver:
-    """The resolver for ``[dns]`` (``nameservers``, ``timeout``)."""
-    return DNSPythonResolver(tuple(getattr(dns_config, "nameservers", ())), float(getattr(dns_config, "timeout", 5.0)))
+def resolver_from_config(dns_config: object, *, cache_size: int = 0) -> DNSPythonResolver:
+    """The resolver for ``[dns]`` (``nameservers``, ``timeout``); ``cache_size``: see the module docstring."""
+    return DNSPythonResolver(tuple(getattr(dns_config, "nameservers", ())), float(getattr(dns_config, "timeout", 5.0)),
+                             cache_size=cache_size)

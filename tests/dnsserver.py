@@ -71,6 +71,8 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
         with self.owner.lock:
             records = {k: {t: list(vs) for t, vs in v.items()} for k, v in self.owner.records.items()}
             fail = self.owner.servfail
+            ttls = dict(self.owner.ttls)
+            self.owner.queries.append((qname, qtype))
         if qname in fail:
             reply.header.rcode = RCODE.SERVFAIL
             return reply
@@ -79,7 +81,7 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
             here = records.get(name, {})
             if qtype != "CNAME" and "CNAME" in here:
                 target = here["CNAME"][0]
-                reply.add_answer(RR(DNSLabel(name), QTYPE.CNAME, rdata=_rdata("CNAME", target), ttl=TTL))
+                reply.add_answer(RR(DNSLabel(name), QTYPE.CNAME, rdata=_rdata("CNAME", target), ttl=ttls.get(name, TTL)))
                 name = _norm(target)
                 continue
             break
@@ -88,7 +90,8 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
         found = False
         for rtype in wanted:
             for value in here.get(rtype, []):
-                reply.add_answer(RR(DNSLabel(name), getattr(QTYPE, rtype), rdata=_rdata(rtype, value), ttl=TTL))
+                reply.add_answer(RR(DNSLabel(name), getattr(QTYPE, rtype), rdata=_rdata(rtype, value),
+                                    ttl=ttls.get(name, TTL)))
                 found = True
         if found or here or reply.rr:
             return reply  # data, or NODATA for an existing name
@@ -108,6 +111,8 @@ class TestDNS:
         self.lock = threading.Lock()
         self.records: dict[str, dict[str, list[str]]] = defaultdict(dict)
         self.servfail: set[str] = set()
+        self.ttls: dict[str, int] = {}  # name -> TTL of its records (default TTL)
+        self.queries: list[tuple[str, str]] = []  # (name, type) of every question, in order
         resolver = _Resolver(self)
         logger = DNSLogger(log="-recv,-send,-request,-reply,-truncated,-error,-data", prefix=False)
         if port == 0:
@@ -140,6 +145,8 @@ class TestDNS:
         with self.lock:
             self.records.clear()
             self.servfail.clear()
+            self.ttls.clear()
+            self.queries.clear()
 
     def start(self) -> "TestDNS":
         self._udp.start_thread()

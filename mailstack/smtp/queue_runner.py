@@ -67,7 +67,7 @@ __all__ = ["QueueRunner", "start", "relay_settings"]
 log = logging.getLogger(__name__)
 
 BATCH_DELAY = 0.05  # seconds between a wake-up and the scan: messages arriving together share connections
-DNS_CACHE_TTL = 60.0
+DNS_CACHE_SIZE = 10000  # answers the runner's resolver keeps, each for its own TTL (mailstack.dns)
 
 
 def relay_settings(config: Config) -> RelaySettings | None:
@@ -116,7 +116,7 @@ class QueueRunner:
         self.config = config
         self.q = config.queue
         self.store = store
-        self.resolver = resolver = CachingResolver(resolver)
+        self.resolver = resolver
         self.directory = directory
         self.keys_dir = dkim.keys_dir(config)  # signs our DSNs (queue.bounce)
         self.route = Route(helo=config.hostname, resolver=resolver, port=self.q.smtp_port, client_tls=client_tls,
@@ -418,42 +418,6 @@ class QueueRunner:
                       attempts=attempts, next=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(next_attempt)))
 
 
-class CachingResolver:
-    """Positive MX/address answers kept for ``DNS_CACHE_TTL`` seconds (errors never are)."""
-
-    def __init__(self, inner: Resolver, ttl: float = DNS_CACHE_TTL) -> None:
-        self.inner = inner
-        self.ttl = ttl
-        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
-
-    async def _get(self, kind: str, name: str) -> Any:
-        key = (kind, name.lower())
-        hit = self._cache.get(key)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        value = await getattr(self.inner, kind)(name)
-        if len(self._cache) > 10000:
-            self._cache.clear()
-        self._cache[key] = (now + self.ttl, value)
-        return value
-
-    async def mx(self, domain: str) -> Any:
-        return await self._get("mx", domain)
-
-    async def addresses(self, host: str) -> list[str]:
-        return list(await self._get("addresses", host))
-
-    async def txt(self, name: str) -> list[str]:
-        return await self.inner.txt(name)
-
-    async def srv(self, name: str) -> Any:
-        return await self.inner.srv(name)
-
-    async def cname(self, name: str) -> list[str]:
-        return await self.inner.cname(name)
-
-
 def _mta(ro: RecipientOutcome | None) -> str | None:
     return ro.remote_mta if ro is not None else None
 
@@ -475,7 +439,8 @@ async def start(ctx: ServiceContext) -> QueueRunner:
     except ValueError as e:
         raise ServiceError(str(e)) from None
     store = QueueStore(ctx.config.queue.dir)
-    runner = QueueRunner(ctx.config, store, resolver_from_config(ctx.config.dns), directory=ctx.directory,
+    runner = QueueRunner(ctx.config, store, resolver_from_config(ctx.config.dns, cache_size=DNS_CACHE_SIZE),
+                         directory=ctx.directory,
                          client_tls=ctx.tls.client, relay=relay)
     runner.start_background()
     log.info("queue running on %s%s", store.dir, f" via relay {relay.host}:{relay.port}" if relay else "")
