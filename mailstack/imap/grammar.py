@@ -768,6 +768,22 @@ def _sort(r: _Reader) -> SearchArgs:
     return SearchArgs(charset, _search_program(r, charset), returns, tuple(criteria))
 
 
+THREAD_ALGORITHMS = frozenset({"ORDEREDSUBJECT", "REFERENCES"})  # RFC 5256 §4
+
+
+def _thread(r: _Reader) -> SearchArgs:
+    # RFC 5256 §5 thread = ["UID" SP] "THREAD" SP thread-alg SP search-criteria
+    #   search-criteria = charset 1*(SP search-key)
+    r.sp()
+    algorithm = r.atom("thread algorithm").upper()
+    if algorithm not in THREAD_ALGORITHMS:
+        raise GrammarError(f"Unknown thread algorithm {algorithm}")
+    r.sp()
+    charset = r.astr("charset").upper()
+    r.sp()
+    return SearchArgs(charset, _search_program(r, charset), thread=algorithm)
+
+
 def _search_key(r: _Reader, depth: int) -> SearchKey:
     if depth > MAX_SEARCH_DEPTH:
         raise GrammarError("Search program nested too deeply")
@@ -885,12 +901,13 @@ _COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "RENAME": _rename, "LIST": _list, "LSUB": _lsub, "STATUS": _status, "APPEND": _append,
     "CHECK": _no_args, "CLOSE": _no_args, "EXPUNGE": _no_args, "UNSELECT": _no_args,
     "SEARCH": _search, "SORT": _sort, "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
+    "THREAD": _thread,
     "IDLE": _no_args, "NAMESPACE": _no_args, "ID": _id, "ENABLE": _enable,
     "GETQUOTA": _getquota, "GETQUOTAROOT": _mailbox, "SETQUOTA": _setquota,
 }
 _UID_COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy, "SEARCH": _search,
-    "SORT": _sort, "EXPUNGE": _uid_expunge,
+    "SORT": _sort, "THREAD": _thread, "EXPUNGE": _uid_expunge,
 }
 KNOWN_COMMANDS = frozenset(_COMMANDS)
 

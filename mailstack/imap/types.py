@@ -308,13 +308,16 @@ class SearchArgs:
     ``returns`` is None for a plain SEARCH / SORT (answered ``* SEARCH`` / ``* SORT``), else
     the RETURN options, upper case (RFC 4731 §3.1, RFC 5182 SAVE, RFC 5267 for SORT; an
     empty ``RETURN ()`` is already turned into ``("ALL",)``). ``sort`` holds the SORT
-    criteria (RFC 5256 §3: ``(reverse, key)`` pairs), empty for SEARCH.
+    criteria (RFC 5256 §3: ``(reverse, key)`` pairs), empty for SEARCH. ``thread`` is the
+    THREAD algorithm, upper case (RFC 5256 §4: ``REFERENCES``, ``ORDEREDSUBJECT``), empty
+    for SEARCH and SORT.
     """
 
     charset: str | None
     key: SearchKey
     returns: tuple[str, ...] | None = None
     sort: tuple[tuple[bool, str], ...] = ()
+    thread: str = ""
 
 
 @dataclass(frozen=True)

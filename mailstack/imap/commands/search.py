@@ -1,5 +1,6 @@
 """IMAP SEARCH (RFC 3501 §6.4.4; MODSEQ search key RFC 7162 §3.1.5), its RETURN options
-(ESEARCH, RFC 4731; SAVE and ``$``, RFC 5182) and SORT (RFC 5256; RFC 5957 SORT=DISPLAY).
+(ESEARCH, RFC 4731; SAVE and ``$``, RFC 5182), SORT (RFC 5256; RFC 5957 SORT=DISPLAY) and
+THREAD (RFC 5256 §4, the algorithms in ``imap.thread``).
 
 The search program is evaluated by ``imap.search.matches`` over each message of the
 selected mailbox; headers come from the folder index, so a SEARCH FROM over a big
@@ -29,6 +30,7 @@ from ..message import ParsedMessage
 from ..responses import uid_set
 from ..search import SearchContext, body_text_of, matches
 from ..sort import SortItem, sort_items
+from ..thread import ALGORITHMS, render_threads
 from ..types import Command, SearchArgs, SearchKey
 
 if TYPE_CHECKING:
@@ -184,4 +186,18 @@ def _needs_headers(args: SearchArgs) -> bool:
     return any(k not in ("ARRIVAL", "SIZE") for _, k in args.sort)
 
 
-HANDLERS: Mapping[str, Handler] = {"SEARCH": search, "SORT": sort}
+def thread(s: Session, cmd: Command) -> Iterator[Output]:
+    """THREAD (RFC 5256 §4-5): the messages the search finds, threaded by the algorithm
+    from what the folder index holds (Message-ID, References, In-Reply-To, Subject, Date);
+    ``* THREAD`` lists sequence numbers, or UIDs for UID THREAD."""
+    args = cmd.args
+    assert isinstance(args, SearchArgs)
+    found, _ = _find(s, cmd, args)
+    items = [SortItem(m.seq, m.uid, m.internaldate, m.size, m.headers()) for m in found]
+    roots = ALGORITHMS[args.thread](items)
+    lists = render_threads(roots, (lambda i: i.uid) if cmd.uid else (lambda i: i.seq))
+    yield (f"* THREAD {lists}\r\n" if lists else "* THREAD\r\n").encode("ascii")
+    yield from s.done(cmd, "THREAD completed")
+
+
+HANDLERS: Mapping[str, Handler] = {"SEARCH": search, "SORT": sort, "THREAD": thread}
