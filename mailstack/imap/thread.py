@@ -41,28 +41,18 @@ MAX_REFERENCES = 1000  # IDs of one References field used (its last ones)
 WALK_BASE = 256  # loop-check steps every message may take...
 WALK_PER_REFERENCE = 4  # ...plus these per reference it has
 
-_WSP = re.compile(r"[ \t\r\n]+")
+_MSG_ID = re.compile(r"<([^>]*)>")  # "<" to the next ">" (Dovecot's message_id_get_next)
 _DATE = sort_key("DATE")
 
 
 def msg_ids(value: str | None, limit: int | None = None) -> list[str]:
     """The message IDs in a Message-ID / In-Reply-To / References value, in order (the
-    last ``limit`` of them when given). Linear in ``len(value)``."""
+    last ``limit`` of them when given). Linear in ``len(value)``: the search stops at the
+    last ">", so every "<" it starts from has a ">" after it and no attempt fails."""
     if not value:
         return []
-    out: list[str] = []
-    i = 0
-    while True:
-        lt = value.find("<", i)
-        if lt < 0:
-            break
-        gt = value.find(">", lt + 1)
-        if gt < 0:
-            break
-        i = gt + 1
-        inner = value[lt + 1 : gt]
-        if "@" in inner:
-            out.append(_WSP.sub("", inner))
+    end = value.rfind(">")
+    out = ["".join(x.split()) for x in _MSG_ID.findall(value, 0, end + 1) if "@" in x]
     if limit is not None and len(out) > limit:
         out = out[-limit:]
     return out
