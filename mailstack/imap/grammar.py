@@ -23,7 +23,8 @@ from mailstack.storage import mutf7
 
 from .dates import DateError, parse_date, parse_datetime
 from .types import (
-    FETCH_MACROS, AppendArgs, AppendMessage, AuthenticateArgs, Command, CommandArgs, CopyArgs, CreateArgs,
+    FETCH_MACROS, AppendArgs, AppendMessage, AuthenticateArgs, CatenatePart, Command, CommandArgs, CopyArgs,
+    CreateArgs,
     EnableArgs,
     ExpungeArgs, FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, NoArgs,
     QuotaRootArgs, RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet,
@@ -500,7 +501,8 @@ def _append(r: _Reader) -> AppendArgs:
         r.sp()
         flags, when = _append_opts(r)
         more.append(_append_message(r, flags, when))
-    return AppendArgs(mailbox, first.flags, first.internaldate, first.message, first.binary, tuple(more))
+    return AppendArgs(mailbox, first.flags, first.internaldate, first.message, first.binary, tuple(more),
+                      first.parts)
 
 
 def _append_opts(r: _Reader) -> tuple[tuple[str, ...], datetime | None]:
@@ -521,12 +523,58 @@ def _append_opts(r: _Reader) -> tuple[tuple[str, ...], datetime | None]:
 
 
 def _append_message(r: _Reader, flags: tuple[str, ...], when: datetime | None) -> AppendMessage:
-    # append-data = literal / literal8 (RFC 3516 §4.4)
+    # append-data = literal / literal8 (RFC 3516 §4.4) / catenate (RFC 4469 §5)
+    if r.take(b"CATENATE "):
+        return AppendMessage(flags, when, b"", parts=_catenate(r))
     if r.peek() == 0x7E:
         return AppendMessage(flags, when, r.literal(binary=True), binary=True)
     if r.peek() != 0x7B:
         raise GrammarError("Expected message literal")
     return AppendMessage(flags, when, r.literal())
+
+
+MAX_CATENATE_PARTS = 256  # RFC 4469 sets none; each URL part may read a message file
+
+
+def _catenate(r: _Reader) -> tuple[CatenatePart, ...]:
+    # RFC 4469 §5 catenate = "CATENATE" SP "(" cat-part *(SP cat-part) ")"
+    #   cat-part = text-literal / url; text-literal = "TEXT" SP literal; url = "URL" SP astring
+    #   A literal8 TEXT (RFC 3516 §4.4) is taken too; a NUL in it cannot be stored: NO [CANNOT].
+    r.expect(b"(")
+    parts: list[CatenatePart] = []
+    while True:
+        if r.take(b"TEXT "):
+            if r.peek() == 0x7E:
+                data = r.literal(binary=True)
+                if 0 in data:
+                    raise GrammarError("NUL in CATENATE TEXT", "NO", "CANNOT")
+            else:
+                data = r.literal()
+            parts.append(CatenatePart(text=data))
+        elif r.take(b"URL "):
+            raw = r.astring("URL")
+            try:
+                url = raw.decode("ascii")
+            except UnicodeDecodeError:  # RFC 5092: an IMAP URL is 7-bit (%-encoded)
+                raise GrammarError("URL is not ASCII") from None
+            parts.append(CatenatePart(url=url))
+        else:
+            raise GrammarError("Expected TEXT or URL")
+        if len(parts) > MAX_CATENATE_PARTS:
+            raise GrammarError("Too many CATENATE parts")
+        if r.take(b")"):
+            return tuple(parts)
+        r.sp()
+
+
+def parse_section(spec: bytes) -> Section:
+    """A section-spec as in ``BODY[spec]`` (RFC 3501 §9), for IMAP URLs' ``;SECTION=``
+    (RFC 5092 §6: the same grammar, %-decoded by the caller). Raises ``GrammarError``."""
+    r = _Reader(spec + b"]\r\n", mutf7.decode)
+    section = _section(r)
+    if r.i != len(spec) + 1:
+        raise GrammarError("Bad section")
+    return section
 
 
 def _copy(r: _Reader) -> CopyArgs:

@@ -274,14 +274,25 @@ class StatusArgs:
 
 
 @dataclass(frozen=True)
+class CatenatePart:
+    """One part of an APPEND CATENATE (RFC 4469 §5): ``TEXT`` literal bytes, or the ``URL``
+    of a message or part to copy (``url`` set, ``text`` empty)."""
+
+    text: bytes = field(default=b"", repr=False)
+    url: str | None = None
+
+
+@dataclass(frozen=True)
 class AppendMessage:
     """One message of an APPEND: its flags, date and the literal's exact bytes;
-    ``binary`` when it came as a literal8 ``~{n}`` (RFC 3516 §4.4)."""
+    ``binary`` when it came as a literal8 ``~{n}`` (RFC 3516 §4.4). A CATENATE message
+    (RFC 4469) has its ``parts`` instead (``message`` is empty until they are put together)."""
 
     flags: tuple[str, ...]
     internaldate: datetime | None
     message: bytes = field(repr=False)
     binary: bool = False
+    parts: tuple[CatenatePart, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -295,10 +306,11 @@ class AppendArgs:
     message: bytes = field(repr=False)
     binary: bool = False
     more: tuple[AppendMessage, ...] = ()
+    parts: tuple[CatenatePart, ...] = ()  # the first message's CATENATE parts (RFC 4469)
 
     @property
     def messages(self) -> tuple[AppendMessage, ...]:
-        return (AppendMessage(self.flags, self.internaldate, self.message, self.binary), *self.more)
+        return (AppendMessage(self.flags, self.internaldate, self.message, self.binary, self.parts), *self.more)
 
 
 @dataclass(frozen=True)
