@@ -34,6 +34,7 @@ _AUTH = _ANY | {  # RFC 3501 §6.3 and extensions
 _SELECTED = _AUTH | {  # RFC 3501 §6.4, RFC 3691 UNSELECT, RFC 6851 MOVE, RFC 5256 SORT
     "CHECK", "CLOSE", "EXPUNGE", "SEARCH", "SORT", "FETCH", "STORE", "COPY", "MOVE", "UNSELECT",
     "THREAD",  # RFC 5256 §5
+    "CANCELUPDATE",  # RFC 5267 §4.3.5
 }
 
 ALLOWED: dict[State, frozenset[str]] = {
@@ -71,6 +72,7 @@ BASE_CAPABILITIES = (
     "ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",  # RFC 4731, 5182, 5256, 5957, 5267
     "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",  # RFC 5256 §4
     "CATENATE",  # RFC 4469
+    "CONTEXT=SEARCH",  # RFC 5267 §4 (not CONTEXT=SORT: SORT results get no updates, as in Dovecot)
 )
 
 

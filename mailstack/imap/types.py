@@ -330,6 +330,7 @@ class SearchArgs:
     returns: tuple[str, ...] | None = None
     sort: tuple[tuple[bool, str], ...] = ()
     thread: str = ""
+    partial: tuple[int, int] | None = None  # RFC 5267 §4.4 RETURN (PARTIAL low:high), low <= high
 
 
 @dataclass(frozen=True)
@@ -380,6 +381,13 @@ class EnableArgs:
 
 
 @dataclass(frozen=True)
+class CancelUpdateArgs:
+    """CANCELUPDATE (RFC 5267 §4.3.5): the tags of the searches whose updates stop."""
+
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class QuotaRootArgs:
     """GETQUOTA (RFC 9208): a quota root name."""
 
@@ -395,7 +403,7 @@ class SetQuotaArgs:
 CommandArgs = Union[
     NoArgs, LoginArgs, AuthenticateArgs, SelectArgs, MailboxArgs, CreateArgs, RenameArgs, ListArgs,
     StatusArgs, AppendArgs, SearchArgs, FetchArgs, StoreArgs, CopyArgs, ExpungeArgs, IdArgs,
-    EnableArgs, QuotaRootArgs, SetQuotaArgs,
+    EnableArgs, QuotaRootArgs, SetQuotaArgs, CancelUpdateArgs,
 ]
 
 
