@@ -93,7 +93,8 @@ def test_rfc4469_badurl_stores_nothing(drafts: IMAPServer, login: Callable[[IMAP
     assert out.startswith(f"A003 NO [BADURL {bad}] ".encode()), out
     for url in ("/Drafts/;UID=99", "/Nope/;UID=1", "/Drafts;UIDVALIDITY=1/;UID=1", "/Drafts/;UID=1/;SECTION=7",
                 "/Drafts/;UID=1/;URLAUTH=anonymous:internal:0123", "imap://other.example/Drafts/;UID=1",
-                "imap://bob%40example.test@mx.example.test/Drafts/;UID=1", "Drafts/;UID=1"):
+                "imap://bob%40example.test@mx.example.test/Drafts/;UID=1", "Drafts/;UID=1",
+                "/..%2F..%2Fexample.test%2Fbob/;UID=1", "/.Drafts/;UID=1", "/~/;UID=1"):  # never outside
         out = cmd(s, f'APPEND Drafts CATENATE (URL "{url}")')
         assert out.startswith(f"t NO [BADURL {url}] ".encode()), out
     assert cmd(s, "STATUS Drafts (MESSAGES)").startswith(b"* STATUS Drafts (MESSAGES 2)\r\n")

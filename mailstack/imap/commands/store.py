@@ -219,13 +219,13 @@ def _url_reader(s: Session) -> Callable[[MessageUrl], ParsedMessage | None]:
 
     def read(u: MessageUrl) -> ParsedMessage | None:
         if u.mailbox not in folders:
+            folders[u.mailbox] = None
             try:
-                f: Folder | None = s.md.folder(u.mailbox)
-                assert f is not None
+                f = s.md.folder(u.mailbox)
                 f.sync()
+                folders[u.mailbox] = f
             except StorageError:  # missing, unsafe name, unreadable: nothing there
-                f = None
-            folders[u.mailbox] = f
+                pass
         folder = folders[u.mailbox]
         if folder is None or (u.uidvalidity is not None and u.uidvalidity != folder.state.uidvalidity):
             return None
