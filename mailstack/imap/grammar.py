@@ -23,7 +23,8 @@ from mailstack.storage import mutf7
 
 from .dates import DateError, parse_date, parse_datetime
 from .types import (
-    FETCH_MACROS, AppendArgs, AppendMessage, AuthenticateArgs, Command, CommandArgs, CopyArgs, CreateArgs,
+    FETCH_MACROS, AppendArgs, AppendMessage, AuthenticateArgs, CancelUpdateArgs, CatenatePart, Command,
+    CommandArgs, CopyArgs, CreateArgs,
     EnableArgs,
     ExpungeArgs, FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, NoArgs,
     QuotaRootArgs, RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet,
@@ -500,7 +501,8 @@ def _append(r: _Reader) -> AppendArgs:
         r.sp()
         flags, when = _append_opts(r)
         more.append(_append_message(r, flags, when))
-    return AppendArgs(mailbox, first.flags, first.internaldate, first.message, first.binary, tuple(more))
+    return AppendArgs(mailbox, first.flags, first.internaldate, first.message, first.binary, tuple(more),
+                      first.parts)
 
 
 def _append_opts(r: _Reader) -> tuple[tuple[str, ...], datetime | None]:
@@ -521,12 +523,58 @@ def _append_opts(r: _Reader) -> tuple[tuple[str, ...], datetime | None]:
 
 
 def _append_message(r: _Reader, flags: tuple[str, ...], when: datetime | None) -> AppendMessage:
-    # append-data = literal / literal8 (RFC 3516 §4.4)
+    # append-data = literal / literal8 (RFC 3516 §4.4) / catenate (RFC 4469 §5)
+    if r.take(b"CATENATE "):
+        return AppendMessage(flags, when, b"", parts=_catenate(r))
     if r.peek() == 0x7E:
         return AppendMessage(flags, when, r.literal(binary=True), binary=True)
     if r.peek() != 0x7B:
         raise GrammarError("Expected message literal")
     return AppendMessage(flags, when, r.literal())
+
+
+MAX_CATENATE_PARTS = 256  # RFC 4469 sets none; each URL part may read a message file
+
+
+def _catenate(r: _Reader) -> tuple[CatenatePart, ...]:
+    # RFC 4469 §5 catenate = "CATENATE" SP "(" cat-part *(SP cat-part) ")"
+    #   cat-part = text-literal / url; text-literal = "TEXT" SP literal; url = "URL" SP astring
+    #   A literal8 TEXT (RFC 3516 §4.4) is taken too; a NUL in it cannot be stored: NO [CANNOT].
+    r.expect(b"(")
+    parts: list[CatenatePart] = []
+    while True:
+        if r.take(b"TEXT "):
+            if r.peek() == 0x7E:
+                data = r.literal(binary=True)
+                if 0 in data:
+                    raise GrammarError("NUL in CATENATE TEXT", "NO", "CANNOT")
+            else:
+                data = r.literal()
+            parts.append(CatenatePart(text=data))
+        elif r.take(b"URL "):
+            raw = r.astring("URL")
+            try:
+                url = raw.decode("ascii")
+            except UnicodeDecodeError:  # RFC 5092: an IMAP URL is 7-bit (%-encoded)
+                raise GrammarError("URL is not ASCII") from None
+            parts.append(CatenatePart(url=url))
+        else:
+            raise GrammarError("Expected TEXT or URL")
+        if len(parts) > MAX_CATENATE_PARTS:
+            raise GrammarError("Too many CATENATE parts")
+        if r.take(b")"):
+            return tuple(parts)
+        r.sp()
+
+
+def parse_section(spec: bytes) -> Section:
+    """A section-spec as in ``BODY[spec]`` (RFC 3501 §9), for IMAP URLs' ``;SECTION=``
+    (RFC 5092 §6: the same grammar, %-decoded by the caller). Raises ``GrammarError``."""
+    r = _Reader(spec + b"]\r\n", mutf7.decode)
+    section = _section(r)
+    if r.i != len(spec) + 1:
+        raise GrammarError("Bad section")
+    return section
 
 
 def _copy(r: _Reader) -> CopyArgs:
@@ -696,24 +744,46 @@ _SEARCH_WITH_ARGS = _SEARCH_STRINGS | _SEARCH_DATES | {
 MAX_SEARCH_DEPTH = 64
 
 
-SEARCH_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})  # RFC 4731 §3.1, RFC 5182 §2.1
+SEARCH_RETURNS = frozenset({  # RFC 4731 §3.1, RFC 5182 §2.1, RFC 5267 §4.2-4.4
+    "MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL",
+})
 SORT_KEYS = frozenset({  # RFC 5256 §3, RFC 5957 §3 (DISPLAYFROM / DISPLAYTO)
     "ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO",
 })
 
 
-def _return_opts(r: _Reader) -> tuple[str, ...] | None:
-    """``SP "RETURN" SP "(" [opt *(SP opt)] ")"`` (RFC 4731 §7), None when absent.
-    An empty list means ALL (RFC 4731 §3.1); an unknown option is BAD (Dovecot)."""
+def _partial_range(r: _Reader) -> tuple[int, int]:
+    # RFC 5267 §4.4 partial-range = nz-number ":" nz-number (either order; "*" is not one)
+    low = r.number(nonzero=True)
+    r.expect(b":", "partial range")
+    high = r.number(nonzero=True)
+    return (low, high) if low <= high else (high, low)
+
+
+def _return_opts(r: _Reader) -> tuple[tuple[str, ...] | None, tuple[int, int] | None]:
+    """``SP "RETURN" SP "(" [opt *(SP opt)] ")"`` (RFC 4731 §7, RFC 5267 §4.4 PARTIAL),
+    (None, None) when absent. An empty list means ALL (RFC 4731 §3.1); an unknown option
+    is BAD (Dovecot); CONTEXT is a hint (RFC 5267 §4.2) and kept as given."""
     if not r.at(b"RETURN "):
-        return None
+        return None, None
     r.i += 7
-    opts = r.paren_atoms()
-    for o in opts:
+    r.expect(b"(")
+    opts: list[str] = []
+    partial: tuple[int, int] | None = None
+    while not r.take(b")"):
+        if opts:
+            r.sp()
+        o = r.atom("RETURN option").upper()
         if o not in SEARCH_RETURNS:
             raise GrammarError(f"Unknown SEARCH RETURN option {o}")
+        if o == "PARTIAL":
+            if partial is not None:
+                raise GrammarError("PARTIAL given twice")
+            r.sp()
+            partial = _partial_range(r)
+        opts.append(o)
     r.sp()
-    return tuple(dict.fromkeys(opts)) or ("ALL",)
+    return tuple(dict.fromkeys(opts)) or ("ALL",), partial
 
 
 def _search_program(r: _Reader, charset: str | None) -> SearchKey:
@@ -733,13 +803,13 @@ def _search(r: _Reader) -> SearchArgs:
     # RFC 3501 §9 search = "SEARCH" [SP "CHARSET" SP astring] 1*(SP search-key)
     # RFC 4731 §7 search =/ "SEARCH" [search-return-opts] SP search-program
     r.sp()
-    returns = _return_opts(r)
+    returns, partial = _return_opts(r)
     charset: str | None = None
     if r.at(b"CHARSET "):
         r.i += 8
         charset = r.astr("charset").upper()
         r.sp()
-    return SearchArgs(charset, _search_program(r, charset), returns)
+    return SearchArgs(charset, _search_program(r, charset), returns, partial=partial)
 
 
 def _sort(r: _Reader) -> SearchArgs:
@@ -748,7 +818,7 @@ def _sort(r: _Reader) -> SearchArgs:
     #   sort-criterion = ["REVERSE" SP] sort-key; search-criteria = charset 1*(SP search-key)
     # RFC 5267 §3.2 adds [sort-return-opts] after SORT (the same options as SEARCH's).
     r.sp()
-    returns = _return_opts(r)
+    returns, partial = _return_opts(r)
     words = r.paren_atoms()
     criteria: list[tuple[bool, str]] = []
     reverse = False
@@ -765,7 +835,23 @@ def _sort(r: _Reader) -> SearchArgs:
     r.sp()
     charset = r.astr("charset").upper()
     r.sp()
-    return SearchArgs(charset, _search_program(r, charset), returns, tuple(criteria))
+    return SearchArgs(charset, _search_program(r, charset), returns, tuple(criteria), partial=partial)
+
+
+THREAD_ALGORITHMS = frozenset({"ORDEREDSUBJECT", "REFERENCES"})  # RFC 5256 §4
+
+
+def _thread(r: _Reader) -> SearchArgs:
+    # RFC 5256 §5 thread = ["UID" SP] "THREAD" SP thread-alg SP search-criteria
+    #   search-criteria = charset 1*(SP search-key)
+    r.sp()
+    algorithm = r.atom("thread algorithm").upper()
+    if algorithm not in THREAD_ALGORITHMS:
+        raise GrammarError(f"Unknown thread algorithm {algorithm}")
+    r.sp()
+    charset = r.astr("charset").upper()
+    r.sp()
+    return SearchArgs(charset, _search_program(r, charset), thread=algorithm)
 
 
 def _search_key(r: _Reader, depth: int) -> SearchKey:
@@ -853,6 +939,20 @@ def _enable(r: _Reader) -> EnableArgs:
     return EnableArgs(tuple(caps))
 
 
+MAX_CANCEL_TAGS = 100  # RFC 5267 sets none
+
+
+def _cancelupdate(r: _Reader) -> CancelUpdateArgs:
+    # RFC 5267 §5 cancelupdate = "CANCELUPDATE" 1*(SP quoted)
+    tags: list[str] = []
+    while not r.at_end() or not tags:
+        r.sp()
+        tags.append(r.text(r.quoted(), "tag"))
+        if len(tags) > MAX_CANCEL_TAGS:
+            raise GrammarError("Too many tags")
+    return CancelUpdateArgs(tuple(tags))
+
+
 def _getquota(r: _Reader) -> QuotaRootArgs:
     r.sp()
     root = r.astr("quota root")
@@ -885,12 +985,13 @@ _COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "RENAME": _rename, "LIST": _list, "LSUB": _lsub, "STATUS": _status, "APPEND": _append,
     "CHECK": _no_args, "CLOSE": _no_args, "EXPUNGE": _no_args, "UNSELECT": _no_args,
     "SEARCH": _search, "SORT": _sort, "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
+    "THREAD": _thread, "CANCELUPDATE": _cancelupdate,
     "IDLE": _no_args, "NAMESPACE": _no_args, "ID": _id, "ENABLE": _enable,
     "GETQUOTA": _getquota, "GETQUOTAROOT": _mailbox, "SETQUOTA": _setquota,
 }
 _UID_COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy, "SEARCH": _search,
-    "SORT": _sort, "EXPUNGE": _uid_expunge,
+    "SORT": _sort, "THREAD": _thread, "EXPUNGE": _uid_expunge,
 }
 KNOWN_COMMANDS = frozenset(_COMMANDS)
 

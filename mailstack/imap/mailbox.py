@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from mailstack.storage import Folder, FolderState, MessageInfo
 
+from .contexts import UpdateContext
 from .expunged import KEPT
 from .responses import render_flags
 from .types import SequenceSet
@@ -90,6 +91,8 @@ class MailboxView:
         KEPT.register(self)  # may still FETCH what another session expunges (RFC 2180 §4.1)
         # RFC 5182 §2.1: the "$" of SEARCH RETURN (SAVE), as UIDs; empty at SELECT
         self.saved: frozenset[int] = frozenset()
+        # RFC 5267 §4.3: SEARCH RETURN (UPDATE) contexts by tag; they end with the selection
+        self.contexts: dict[str, UpdateContext] = {}
 
     # -- lookups ------------------------------------------------------------------------
     @property

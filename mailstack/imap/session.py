@@ -50,7 +50,7 @@ from mailstack.storage.errors import (
 )
 
 from . import states
-from .commands import COMMANDS, auth, idle
+from .commands import COMMANDS, auth, idle, search
 from .commands.auth import ENABLEABLE, parse_sasl_plain
 from .commands.listing import SPECIAL_USE
 from .effects import Effect, Idle, Login, Logout, Output, SaslNeedResponse, StartTLS
@@ -74,6 +74,8 @@ SUPPORTED = frozenset({
     "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED", "CONDSTORE",
     "CREATE-SPECIAL-USE", "STATUS=SIZE", "MULTIAPPEND", "BINARY",
     "ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",
+    "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
+    "CATENATE", "CONTEXT=SEARCH",
 })
 
 
@@ -195,8 +197,15 @@ class Session:
         if self.condstore:  # RFC 7162 §3.2: changes by anyone get a modseq; FETCH carries it
             idx.reconcile(state)
             modseq = idx.modseq
+        before = list(view.uids) if view.contexts else None
         out = view.changes(state, allow_expunge=not hold, modseq=modseq,
                            recent_floor=lambda top: idx.claim_recent(view.uidvalidity, top, not view.readonly))
+        if before is not None:  # RFC 5267 §4.3: results of SEARCH RETURN (UPDATE) that changed
+            first, last = search.context_updates(self, before)
+            at = next((i for i, line in enumerate(out) if line.endswith(b" EXPUNGE\r\n")
+                       or line.startswith(b"* VANISHED")), len(out))
+            out[at:at] = first
+            out.extend(last)
         if hold and len(view.uids) != len(state.messages):
             view.stamp = ()  # expunges held back: look again after the next command
         if out:

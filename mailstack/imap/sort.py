@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 
 from .addresses import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
 
-__all__ = ["MAX_SUBJECT", "SortItem", "base_subject", "sort_key", "sort_items"]
+__all__ = ["MAX_SUBJECT", "SortItem", "base_subject", "base_subject_info", "sort_key", "sort_items"]
 
 MAX_SUBJECT = 2000
 
@@ -93,11 +93,12 @@ def _refwd_end(s: str, i: int) -> int | None:
     return k + 1 if k < len(s) and s[k] == ":" else None
 
 
-def _strip_leaders(s: str) -> str:
+def _strip_leaders(s: str) -> tuple[str, bool]:
     """RFC 5256 §2.1 steps 3-5: leading subj-leader (WSP, *blob + re/fw/fwd ":") and
     subj-blob prefixes removed until none is left. A blob is not removed when nothing
-    would remain after it (step 4)."""
+    would remain after it (step 4). Also says whether a subj-refwd was removed."""
     i = 0
+    refwd = False
     while True:
         while i < len(s) and s[i] == " ":  # step 3, WSP
             i += 1
@@ -105,6 +106,7 @@ def _strip_leaders(s: str) -> str:
         end = _refwd_end(s, b)
         if end is not None:  # step 3, *subj-blob subj-refwd
             i = end
+            refwd = True
             continue
         if b > i:  # step 4: blobs, but keep the last one if nothing follows it
             if b < len(s):
@@ -113,7 +115,7 @@ def _strip_leaders(s: str) -> str:
             last = s.rfind("[", i, b)
             if last > i:
                 i = last
-        return s[i:]
+        return s[i:], refwd
 
 
 def _fold(s: str) -> str:
@@ -125,22 +127,34 @@ def _fold(s: str) -> str:
 
 def base_subject(subject: str) -> str:
     """The base subject of RFC 5256 §2.1, case-folded by ``_fold``."""
+    return base_subject_info(subject)[0]
+
+
+def base_subject_info(subject: str) -> tuple[str, bool]:
+    """The base subject (as ``base_subject``) and whether the subject was a reply or a
+    forward: whether extracting it removed a subj-refwd ("Re:", "Fw:", "Fwd:"), a
+    "(fwd)" trailer or a "[fwd: ...]" wrapper (RFC 5256 §2.1 steps 2, 3 and 6; THREAD
+    REFERENCES §4 step 6 needs it)."""
     s = _WSP.sub(" ", subject[:MAX_SUBJECT])  # step 1
+    reply = False
     while True:
         # step 2: trailing subj-trailer ("(fwd)" / WSP)
         while True:
             t = s.rstrip(" ")
             if t.lower().endswith("(fwd)"):
                 t = t[:-5]
+                reply = True
             if t == s:
                 break
             s = t
-        s = _strip_leaders(s)  # steps 3-5
+        s, refwd = _strip_leaders(s)  # steps 3-5
+        reply = reply or refwd
         # step 6: "[fwd:" subject "]": unwrap and start over at step 2
         if s[:5].lower() == "[fwd:" and s.endswith("]"):
             s = s[5:-1]
+            reply = True
             continue
-        return _fold(s)
+        return _fold(s), reply
 
 
 def _first_address(value: str | None) -> tuple[str, str] | None:

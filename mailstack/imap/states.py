@@ -33,6 +33,8 @@ _AUTH = _ANY | {  # RFC 3501 §6.3 and extensions
 }
 _SELECTED = _AUTH | {  # RFC 3501 §6.4, RFC 3691 UNSELECT, RFC 6851 MOVE, RFC 5256 SORT
     "CHECK", "CLOSE", "EXPUNGE", "SEARCH", "SORT", "FETCH", "STORE", "COPY", "MOVE", "UNSELECT",
+    "THREAD",  # RFC 5256 §5
+    "CANCELUPDATE",  # RFC 5267 §4.3.5
 }
 
 ALLOWED: dict[State, frozenset[str]] = {
@@ -43,7 +45,7 @@ ALLOWED: dict[State, frozenset[str]] = {
 }
 
 # Commands valid with the UID prefix (RFC 3501 §6.4.8, RFC 4315 UID EXPUNGE, RFC 6851)
-UID_COMMANDS = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "SORT", "EXPUNGE"})
+UID_COMMANDS = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "SORT", "EXPUNGE", "THREAD"})
 
 
 def is_allowed(state: State, name: str) -> bool:
@@ -68,6 +70,9 @@ BASE_CAPABILITIES = (
     "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
     "CREATE-SPECIAL-USE", "STATUS=SIZE", "MULTIAPPEND", "BINARY",  # RFC 6154 §3, RFC 8438, RFC 3502, RFC 3516
     "ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",  # RFC 4731, 5182, 5256, 5957, 5267
+    "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",  # RFC 5256 §4
+    "CATENATE",  # RFC 4469
+    "CONTEXT=SEARCH",  # RFC 5267 §4 (not CONTEXT=SORT: SORT results get no updates, as in Dovecot)
 )
 
 

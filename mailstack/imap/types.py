@@ -274,14 +274,25 @@ class StatusArgs:
 
 
 @dataclass(frozen=True)
+class CatenatePart:
+    """One part of an APPEND CATENATE (RFC 4469 §5): ``TEXT`` literal bytes, or the ``URL``
+    of a message or part to copy (``url`` set, ``text`` empty)."""
+
+    text: bytes = field(default=b"", repr=False)
+    url: str | None = None
+
+
+@dataclass(frozen=True)
 class AppendMessage:
     """One message of an APPEND: its flags, date and the literal's exact bytes;
-    ``binary`` when it came as a literal8 ``~{n}`` (RFC 3516 §4.4)."""
+    ``binary`` when it came as a literal8 ``~{n}`` (RFC 3516 §4.4). A CATENATE message
+    (RFC 4469) has its ``parts`` instead (``message`` is empty until they are put together)."""
 
     flags: tuple[str, ...]
     internaldate: datetime | None
     message: bytes = field(repr=False)
     binary: bool = False
+    parts: tuple[CatenatePart, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -295,10 +306,11 @@ class AppendArgs:
     message: bytes = field(repr=False)
     binary: bool = False
     more: tuple[AppendMessage, ...] = ()
+    parts: tuple[CatenatePart, ...] = ()  # the first message's CATENATE parts (RFC 4469)
 
     @property
     def messages(self) -> tuple[AppendMessage, ...]:
-        return (AppendMessage(self.flags, self.internaldate, self.message, self.binary), *self.more)
+        return (AppendMessage(self.flags, self.internaldate, self.message, self.binary, self.parts), *self.more)
 
 
 @dataclass(frozen=True)
@@ -308,13 +320,17 @@ class SearchArgs:
     ``returns`` is None for a plain SEARCH / SORT (answered ``* SEARCH`` / ``* SORT``), else
     the RETURN options, upper case (RFC 4731 §3.1, RFC 5182 SAVE, RFC 5267 for SORT; an
     empty ``RETURN ()`` is already turned into ``("ALL",)``). ``sort`` holds the SORT
-    criteria (RFC 5256 §3: ``(reverse, key)`` pairs), empty for SEARCH.
+    criteria (RFC 5256 §3: ``(reverse, key)`` pairs), empty for SEARCH. ``thread`` is the
+    THREAD algorithm, upper case (RFC 5256 §4: ``REFERENCES``, ``ORDEREDSUBJECT``), empty
+    for SEARCH and SORT.
     """
 
     charset: str | None
     key: SearchKey
     returns: tuple[str, ...] | None = None
     sort: tuple[tuple[bool, str], ...] = ()
+    thread: str = ""
+    partial: tuple[int, int] | None = None  # RFC 5267 §4.4 RETURN (PARTIAL low:high), low <= high
 
 
 @dataclass(frozen=True)
@@ -365,6 +381,13 @@ class EnableArgs:
 
 
 @dataclass(frozen=True)
+class CancelUpdateArgs:
+    """CANCELUPDATE (RFC 5267 §4.3.5): the tags of the searches whose updates stop."""
+
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class QuotaRootArgs:
     """GETQUOTA (RFC 9208): a quota root name."""
 
@@ -380,7 +403,7 @@ class SetQuotaArgs:
 CommandArgs = Union[
     NoArgs, LoginArgs, AuthenticateArgs, SelectArgs, MailboxArgs, CreateArgs, RenameArgs, ListArgs,
     StatusArgs, AppendArgs, SearchArgs, FetchArgs, StoreArgs, CopyArgs, ExpungeArgs, IdArgs,
-    EnableArgs, QuotaRootArgs, SetQuotaArgs,
+    EnableArgs, QuotaRootArgs, SetQuotaArgs, CancelUpdateArgs,
 ]
 
 

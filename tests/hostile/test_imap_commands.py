@@ -12,11 +12,13 @@ from mailstack.imap.types import Command, SequenceSet
 from tests.hostile.bounds import SETTINGS, bounded
 
 VERBS = [b"LOGIN", b"SELECT", b"LIST", b"LSUB", b"STATUS", b"APPEND", b"FETCH", b"UID FETCH", b"STORE",
-         b"SEARCH", b"UID SEARCH", b"COPY", b"ID", b"ENABLE", b"SETQUOTA", b"AUTHENTICATE PLAIN", b"IDLE"]
+         b"SEARCH", b"UID SEARCH", b"COPY", b"ID", b"ENABLE", b"SETQUOTA", b"AUTHENTICATE PLAIN", b"IDLE",
+         b"THREAD", b"UID THREAD", b"SORT", b"CANCELUPDATE", b"APPEND INBOX CATENATE"]
 TOKENS = [b" ", b"(", b")", b"[", b"]", b"<", b">", b".", b"*", b"%", b"\"", b"\\", b"{", b"}", b"+", b"1", b"2:*",
           b"4294967296", b"9" * 30, b"NIL", b"INBOX", b"BODY", b"BODY.PEEK[1.2.HEADER.FIELDS (To)]<0.10>",
           b"FLAGS", b"(\\Seen)", b"CHARSET", b"UTF-8", b"OR", b"NOT", b"HEADER", b"MODSEQ", b"&AMk-", b"\x80",
-          b"{3}\r\nabc", b"{2+}\r\nab", b"{999999999}\r\n", b"\r\n", b"\n", b"\x00"]
+          b"{3}\r\nabc", b"{2+}\r\nab", b"{999999999}\r\n", b"\r\n", b"\n", b"\x00",
+          b"REFERENCES", b"CATENATE", b"TEXT", b"URL", b'"/INBOX/;UID=1"', b"RETURN", b"(PARTIAL 1:5)", b"UPDATE"]
 commands = st.builds(
     lambda tag, verb, args: tag + b" " + verb + b"".join(args) + b"\r\n",
     st.sampled_from([b"a", b"A1", b"*", b"+", b""]), st.sampled_from(VERBS),

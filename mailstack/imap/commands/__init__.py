@@ -11,10 +11,12 @@ One module per command family, each with a docstring citing its RFCs and a
 - ``listing``: LIST, LSUB, STATUS (RFC 3501 §6.3.8-10; RFC 5258; RFC 5819; RFC 6154)
 - ``quota``: GETQUOTAROOT, GETQUOTA, SETQUOTA (RFC 9208)
 - ``store``: STORE, COPY, MOVE, EXPUNGE, APPEND (RFC 3501 §6.3.11, §6.4.3, §6.4.6-7;
-  RFC 4315; RFC 6851; RFC 7162 §3.1.3; MULTIAPPEND RFC 3502; literal8 RFC 3516 §4.4)
+  RFC 4315; RFC 6851; RFC 7162 §3.1.3; MULTIAPPEND RFC 3502; literal8 RFC 3516 §4.4;
+  CATENATE RFC 4469)
 - ``fetch``: FETCH, its items rendered from a table (RFC 3501 §6.4.5, §7.4.2; RFC 7162 §3.1.4;
   BINARY RFC 3516 §4.2)
-- ``search``: SEARCH (RFC 3501 §6.4.4; RFC 7162 §3.1.5)
+- ``search``: SEARCH (RFC 3501 §6.4.4; RFC 7162 §3.1.5), SORT and THREAD (RFC 5256),
+  CANCELUPDATE (RFC 5267 §4.3.5)
 - ``idle``: IDLE (RFC 2177)
 
 A handler is a generator ``handler(session, cmd)`` that yields response bytes and effects

@@ -1,5 +1,6 @@
 """IMAP SEARCH (RFC 3501 §6.4.4; MODSEQ search key RFC 7162 §3.1.5), its RETURN options
-(ESEARCH, RFC 4731; SAVE and ``$``, RFC 5182) and SORT (RFC 5256; RFC 5957 SORT=DISPLAY).
+(ESEARCH, RFC 4731; SAVE and ``$``, RFC 5182), SORT (RFC 5256; RFC 5957 SORT=DISPLAY) and
+THREAD (RFC 5256 §4, the algorithms in ``imap.thread``).
 
 The search program is evaluated by ``imap.search.matches`` over each message of the
 selected mailbox; headers come from the folder index, so a SEARCH FROM over a big
@@ -17,19 +18,22 @@ Invariants:
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from mailstack.storage import MessageInfo
 from mailstack.storage.errors import MessageNotFound
 
+from ..contexts import MAX_CONTEXTS, UpdateContext, partial_window, updatable
 from ..effects import Output
-from ..index import Entry
+from ..index import Entry, FolderIndex
 from ..message import ParsedMessage
-from ..responses import uid_set
+from ..responses import ImapError, uid_set
 from ..search import SearchContext, body_text_of, matches
 from ..sort import SortItem, sort_items
-from ..types import Command, SearchArgs, SearchKey
+from ..thread import ALGORITHMS, render_threads
+from ..types import CancelUpdateArgs, Command, SearchArgs, SearchKey
 
 if TYPE_CHECKING:
     from . import Handler
@@ -62,12 +66,29 @@ class _Searchable:
 
 
 
+def _searchable(s: Session, idx: FolderIndex, seq: int, uid: int, with_modseq: bool) -> _Searchable:
+    """Message ``uid`` of the selected mailbox as SEARCH sees it (headers from the index)."""
+    view = s.selected
+    folder = view.folder
+    info = view.info(uid)
+
+    def load() -> bytes:
+        try:
+            return folder.read(uid)
+        except MessageNotFound:
+            return b""
+
+    def entry() -> Entry:
+        return idx.entry(info.base, load)
+
+    return _Searchable(seq, uid, view.flags_for(uid), info, entry, load, idx.modseq(uid) if with_modseq else 0)
+
+
 def _find(s: Session, cmd: Command, args: SearchArgs) -> tuple[list[_Searchable], bool]:
     """The messages of the selected mailbox that match ``args.key``, in sequence order, and
     whether the program has MODSEQ (then each carries its modseq)."""
     view = s.selected
-    folder = view.folder
-    idx = s.index.get(folder.path)
+    idx = s.index.get(view.folder.path)
     ctx = SearchContext(view.exists, view.max_uid, view.saved)
     found: list[_Searchable] = []
     key = args.key
@@ -75,26 +96,14 @@ def _find(s: Session, cmd: Command, args: SearchArgs) -> tuple[list[_Searchable]
     if with_modseq:
         s.condstore_on()  # RFC 7162 §3.1
     for i, uid in enumerate(view.uids):
-        info = view.info(uid)
-
-        def load(u: int = uid) -> bytes:
-            try:
-                return folder.read(u)
-            except MessageNotFound:
-                return b""
-
-        def entry(inf: MessageInfo = info, ld: Callable[[], bytes] = load) -> Entry:
-            return idx.entry(inf.base, ld)
-
-        m = _Searchable(i + 1, uid, view.flags_for(uid), info, entry, load,
-                        idx.modseq(uid) if with_modseq else 0)
+        m = _searchable(s, idx, i + 1, uid, with_modseq)
         if matches(key, m, ctx):
             found.append(m)
     return found, with_modseq
 
 
 def _esearch(s: Session, cmd: Command, returns: tuple[str, ...], found: Sequence[_Searchable],
-             with_modseq: bool, ordered: bool = False) -> Iterator[Output]:
+             with_modseq: bool, ordered: bool = False, partial: tuple[int, int] | None = None) -> Iterator[Output]:
     """RFC 4731 §3.1 ESEARCH response, RFC 5182 §2.1 SAVE, RFC 5267 §3.2 for SORT
     (``ordered``: MIN/MAX/ALL follow the sort order). Parts in Dovecot's order:
     MIN MAX ALL COUNT MODSEQ; MIN/MAX/ALL left out when nothing matched (RFC 4731 §3.1)."""
@@ -129,6 +138,9 @@ def _esearch(s: Session, cmd: Command, returns: tuple[str, ...], found: Sequence
             # in sort order for SORT (RFC 5267 §3.2): only ascending runs become ranges
             parts.append("ALL " + uid_set(ids))
             modseqs.extend(m.modseq for m in found)
+    if partial is not None:  # RFC 5267 §4.4: the results at these positions, in result order
+        window = partial_window(ids, *partial)
+        parts.append(f"PARTIAL ({partial[0]}:{partial[1]} {uid_set(window) if window else 'NIL'})")
     if "COUNT" in returns:
         parts.append(f"COUNT {len(found)}")
         modseqs.extend(m.modseq for m in found)
@@ -150,14 +162,94 @@ def _run(s: Session, cmd: Command, ordered: Callable[[list[_Searchable]], list[_
         if args.returns is not None and "SAVE" in args.returns:
             s.selected.saved = frozenset()  # RFC 5182 §2.1: a failed SAVE leaves $ empty
         raise
+    if args.returns is not None and "UPDATE" in args.returns:
+        yield from _start_update(s, cmd, args, found)
     if args.returns is not None:
-        yield from _esearch(s, cmd, args.returns, found, with_modseq, ordered is not None)
+        yield from _esearch(s, cmd, args.returns, found, with_modseq, ordered is not None, args.partial)
     else:
         ids = [m.uid if cmd.uid else m.seq for m in found]
         # RFC 7162 §3.1.5: with MODSEQ in the program, the highest modseq of what was found
         tail = f" (MODSEQ {max(m.modseq for m in found)})" if with_modseq and found else ""
         yield (f"* {plain}" + "".join(f" {n}" for n in ids) + tail + "\r\n").encode("ascii")
     yield from s.done(cmd, f"{plain} completed")
+
+
+def _start_update(s: Session, cmd: Command, args: SearchArgs, found: Sequence[_Searchable]) -> Iterator[Output]:
+    """RFC 5267 §4.3: keep this SEARCH's result up to date, or say why not (§4.3.1 NOUPDATE)."""
+    view = s.selected
+    why = None
+    if args.sort:
+        why = "Updates of SORT results are not supported"  # CONTEXT=SORT is not offered
+    elif args.partial is not None:
+        why = "Updates of PARTIAL results are not supported"
+    elif not updatable(args.key):
+        why = "Search depends on sequence numbers"
+    elif cmd.tag not in view.contexts and len(view.contexts) >= MAX_CONTEXTS:
+        why = "Too many contexts"
+    if why is not None:
+        yield f'* NO [NOUPDATE "{cmd.tag}"] {why}\r\n'.encode()  # a tag never needs escaping
+        return
+    view.contexts[cmd.tag] = UpdateContext(cmd.tag, args.key, cmd.uid, {m.uid for m in found},
+                                           {u: view.flags_for(u) for u in view.uids})
+
+
+def context_updates(s: Session, before: Sequence[int]) -> tuple[list[bytes], list[bytes]]:
+    """What entered and left each update context (RFC 5267 §4.3.3-4) since it was last
+    looked at; ``before`` is the view's UIDs before this round of changes. Returns the
+    ESEARCH responses for expunged results (to go before the EXPUNGE responses, with the
+    sequence numbers they had) and those for the rest (to go after EXISTS)."""
+    view = s.selected
+    present = set(view.uids)
+    gone = [u for u in before if u not in present]
+    idx = s.index.get(view.folder.path)
+    first: list[bytes] = []
+    last: list[bytes] = []
+    for ctx in view.contexts.values():
+        head = f'* ESEARCH (TAG "{ctx.tag}")' + (" UID" if ctx.uid else "")
+        left = [u for u in gone if u in ctx.results]
+        for u in gone:
+            ctx.seen.pop(u, None)
+        if left:
+            ctx.results.difference_update(left)
+            ids = left if ctx.uid else [bisect_left(before, u) + 1 for u in left]
+            first.append(f"{head} REMOVEFROM (0 {uid_set(sorted(ids))})\r\n".encode())
+        added: list[int] = []
+        removed: list[int] = []
+        search_ctx = SearchContext(view.exists, view.max_uid, view.saved)
+        modseq = _has_modseq(ctx.key)
+        for seq, uid in enumerate(view.uids, 1):
+            flags = view.flags_for(uid)
+            if ctx.seen.get(uid) == flags:
+                continue
+            ctx.seen[uid] = flags
+            hit = matches(ctx.key, _searchable(s, idx, seq, uid, modseq), search_ctx)
+            if hit and uid not in ctx.results:
+                ctx.results.add(uid)
+                added.append(uid if ctx.uid else seq)
+            elif not hit and uid in ctx.results:
+                ctx.results.discard(uid)
+                removed.append(uid if ctx.uid else seq)
+        tail = ""
+        if removed:
+            tail += f" REMOVEFROM (0 {uid_set(removed)})"
+        if added:
+            tail += f" ADDTO (0 {uid_set(added)})"
+        if tail:
+            last.append(f"{head}{tail}\r\n".encode())
+    return first, last
+
+
+def cancelupdate(s: Session, cmd: Command) -> Iterator[Output]:
+    """CANCELUPDATE (RFC 5267 §4.3.5): no more updates for these searches."""
+    args = cmd.args
+    assert isinstance(args, CancelUpdateArgs)
+    contexts = s.selected.contexts
+    unknown = [t for t in args.tags if t not in contexts]
+    if unknown:
+        raise ImapError("NO", f"Unknown search update tag {unknown[0]!r}")
+    for t in args.tags:
+        del contexts[t]
+    yield from s.done(cmd, "CANCELUPDATE completed")
 
 
 def search(s: Session, cmd: Command) -> Iterator[Output]:
@@ -184,4 +276,19 @@ def _needs_headers(args: SearchArgs) -> bool:
     return any(k not in ("ARRIVAL", "SIZE") for _, k in args.sort)
 
 
-HANDLERS: Mapping[str, Handler] = {"SEARCH": search, "SORT": sort}
+def thread(s: Session, cmd: Command) -> Iterator[Output]:
+    """THREAD (RFC 5256 §4-5): the messages the search finds, threaded by the algorithm
+    from what the folder index holds (Message-ID, References, In-Reply-To, Subject, Date);
+    ``* THREAD`` lists sequence numbers, or UIDs for UID THREAD."""
+    args = cmd.args
+    assert isinstance(args, SearchArgs)
+    found, _ = _find(s, cmd, args)
+    items = [SortItem(m.seq, m.uid, m.internaldate, m.size, m.headers()) for m in found]
+    roots = ALGORITHMS[args.thread](items)
+    lists = render_threads(roots, (lambda i: i.uid) if cmd.uid else (lambda i: i.seq))
+    yield (f"* THREAD {lists}\r\n" if lists else "* THREAD\r\n").encode("ascii")
+    yield from s.done(cmd, "THREAD completed")
+
+
+HANDLERS: Mapping[str, Handler] = {"SEARCH": search, "SORT": sort, "THREAD": thread,
+                                   "CANCELUPDATE": cancelupdate}

@@ -2,8 +2,8 @@
 
 STORE (RFC 3501 §6.4.6; UNCHANGEDSINCE and MODIFIED from RFC 7162 §3.1.3), COPY
 (§6.4.7), MOVE (RFC 6851), EXPUNGE and UID EXPUNGE (§6.4.3, RFC 4315 §2.1), APPEND
-(§6.3.11, APPENDLIMIT RFC 7889, MULTIAPPEND RFC 3502, literal8 RFC 3516 §4.4); COPYUID
-and APPENDUID (RFC 4315 §3).
+(§6.3.11, APPENDLIMIT RFC 7889, MULTIAPPEND RFC 3502, literal8 RFC 3516 §4.4, CATENATE
+RFC 4469 with ``imap.catenate``); COPYUID and APPENDUID (RFC 4315 §3).
 
 Invariants:
 - A read-only mailbox is never changed: ``NO [READ-ONLY]`` (RFC 3501 §6.3.2).
@@ -13,6 +13,8 @@ Invariants:
   exceeded (``NO [OVERQUOTA]``, RFC 9208); a missing target gives ``NO [TRYCREATE]``.
 - A MULTIAPPEND stores all its messages or none; a literal8 message has its binary
   parts stored base64-encoded (no NUL ever reaches a Maildir file).
+- A CATENATE URL reads only the logged-in user's own mailboxes; every message of the
+  command is put together (``NO [BADURL]`` / ``NO [TOOBIG]`` otherwise) before any is stored.
 - A message another session expunged meanwhile is skipped by STORE, never recreated.
 - STORE +FLAGS/-FLAGS change the flags on disk at that moment (``Folder.update_flags``),
   not this session's possibly stale view of them; the FETCH FLAGS sent are the flags
@@ -26,17 +28,18 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from mailstack.storage import Folder, MessageInfo
-from mailstack.storage.errors import FolderNotFound, MessageNotFound
+from mailstack.storage.errors import FolderNotFound, MessageNotFound, StorageError
 
+from ..catenate import BadUrl, MessageUrl, TooBig, badurl_code, build_message
 from ..effects import Output
 from ..expunged import KEPT
 from ..mailbox import SYSTEM_FLAGS
 from ..responses import ImapError, ok, render_flags, uid_set
-from ..message import encode_binary_parts
+from ..message import ParsedMessage, encode_binary_parts
 from ..types import AppendArgs, AppendMessage, Command, CopyArgs, ExpungeArgs, StoreArgs
 from .quota import check_quota
 
@@ -208,6 +211,52 @@ def _unbinary(m: AppendMessage) -> AppendMessage:
     return AppendMessage(m.flags, m.internaldate, data)
 
 
+def _url_reader(s: Session) -> Callable[[MessageUrl], ParsedMessage | None]:
+    """Reads what a CATENATE URL names from the user's own mailboxes: each folder synced
+    once per command, the last message read kept (parts of one message are the usual case)."""
+    folders: dict[str, Folder | None] = {}
+    last: list[tuple[tuple[str, int], ParsedMessage]] = []
+
+    def read(u: MessageUrl) -> ParsedMessage | None:
+        if u.mailbox not in folders:
+            folders[u.mailbox] = None
+            try:
+                f = s.md.folder(u.mailbox)
+                f.sync()
+                folders[u.mailbox] = f
+            except StorageError:  # missing, unsafe name, unreadable: nothing there
+                pass
+        folder = folders[u.mailbox]
+        if folder is None or (u.uidvalidity is not None and u.uidvalidity != folder.state.uidvalidity):
+            return None
+        key = (u.mailbox, u.uid)
+        if last and last[0][0] == key:
+            return last[0][1]
+        try:
+            parsed = ParsedMessage(folder.read(u.uid))
+        except MessageNotFound:
+            return None
+        last[:] = [(key, parsed)]
+        return parsed
+
+    return read
+
+
+def _catenated(s: Session, m: AppendMessage) -> AppendMessage:
+    """A CATENATE message put together (RFC 4469 §3); ``NO [BADURL]`` / ``NO [TOOBIG]``."""
+    if not m.parts:
+        return m
+    assert s.user is not None
+    try:
+        data = build_message(m.parts, _url_reader(s), user=s.user.address, hostname=s.config.hostname,
+                             limit=s.config.append_limit)
+    except BadUrl as e:
+        raise ImapError("NO", e.reason, badurl_code(e.url)) from None
+    except TooBig:
+        raise ImapError("NO", "Message too large", "TOOBIG") from None
+    return AppendMessage(m.flags, m.internaldate, data)
+
+
 def append(s: Session, cmd: Command) -> Iterator[Output]:
     args = cmd.args
     assert isinstance(args, AppendArgs)
@@ -215,7 +264,8 @@ def append(s: Session, cmd: Command) -> Iterator[Output]:
         folder = s.md.folder(args.mailbox)
     except FolderNotFound:
         raise ImapError("NO", "Mailbox does not exist", "TRYCREATE") from None  # RFC 3501 §6.3.11
-    messages = [_unbinary(m) for m in args.messages]
+    # RFC 4469 §3: CATENATE parts are put together before anything is stored
+    messages = [_unbinary(_catenated(s, m)) for m in args.messages]
     if any(len(m.message) > s.config.append_limit for m in messages):
         raise ImapError("NO", "Message too large", "TOOBIG")
     check_quota(s, sum(len(m.message) for m in messages))
