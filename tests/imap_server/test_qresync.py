@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Generator
 from pathlib import Path
+from typing import cast
 
 from mailstack.imap.index import INDEX_NAME
 
 from .conftest import IMAPServer, make_server, message
 from .test_commands import until
 from .test_condstore import ALICE, cmd, highest, login
+from .test_dovecot_maildir import PrivateDovecot, dovecot  # noqa: F401  (the fixture)
 
 FLAGS = (b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
          b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted\r\n")
@@ -209,7 +212,7 @@ def test_index_lost_between_sessions(tmp_path: Path) -> None:
     """The index is a cache: lost, modseqs restart above the floor and the answer is the
     conservative one of RFC 7162 §3.2.5.2 (every known UID that is gone), never a wrong one;
     the message sequence match data narrows it."""
-    gen = make_server(tmp_path)
+    gen = cast(Generator[IMAPServer, None, None], make_server(tmp_path))
     imap = next(gen)
     deliver(imap, 10)
     root = imap.maildir().root
@@ -231,7 +234,7 @@ def test_index_lost_between_sessions(tmp_path: Path) -> None:
         p.unlink()
     folder.sync()
     folder.expunge([7])  # while the server is down (a Dovecot on the same Maildir)
-    gen = make_server(tmp_path)
+    gen = cast(Generator[IMAPServer, None, None], make_server(tmp_path))
     imap = next(gen)
     a = qlogin(imap)
     out = cmd(a, f"SELECT INBOX (QRESYNC ({v} {h0} 1:10))")
@@ -264,3 +267,68 @@ def test_index_lost_between_sessions(tmp_path: Path) -> None:
     assert out.startswith(b"* VANISHED (EARLIER) 2\r\n")
     a.close()
     gen.close()
+
+
+# -- the reference: the same conversation with a real Dovecot 2.3 ---------------------------------
+
+def _essence(data: bytes) -> list[object]:
+    """What must agree between two servers: VANISHED sets, [CLOSED], each FETCH's sequence
+    number, UID and flags (not \\Recent, not modseq values: those are each server's own),
+    and each tagged status."""
+    out: list[object] = []
+    for line in data.split(b"\r\n"):
+        if line.startswith((b"* VANISHED", b"* OK [CLOSED]")):
+            out.append(line.split(b"]")[0] if b"CLOSED" in line else line)
+        elif m := re.match(rb"\* (\d+) FETCH \((.*)\)$", line):
+            uid = re.search(rb"UID (\d+)", m.group(2))
+            flags = re.search(rb"FLAGS \(([^)]*)\)", m.group(2))
+            out.append((int(m.group(1)), int(uid.group(1)) if uid else None,
+                        sorted(set(flags.group(1).split()) - {b"\\Recent"}) if flags else None))
+        elif m := re.match(rb"t\d+ (OK|NO|BAD)", line):
+            out.append(m.group(1))
+    return out
+
+
+def _conversation(port: int, user: str) -> list[list[object]]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.recv(4096)
+    n = 0
+
+    def run(line: str) -> bytes:
+        nonlocal n
+        n += 1
+        return cmd(s, line, f"t{n}")
+
+    run(f"LOGIN {user} secret")
+    for i in range(10):
+        body = f"Subject: d{i}\r\n\r\nbody {i}\r\n".encode()
+        s.sendall(b"t0 APPEND INBOX {%d+}\r\n%s\r\n" % (len(body), body))
+        until(s, b"t0")
+    got = [_essence(run("ENABLE QRESYNC"))]
+    out = run("SELECT INBOX")
+    h0, v = highest(out), validity(out)
+    run("UID STORE 2,4,6 +FLAGS.SILENT (\\Deleted)")
+    for line in ("EXPUNGE", "UID STORE 7 +FLAGS (\\Flagged)", "UID STORE 10 +FLAGS.SILENT (\\Deleted)",
+                 "UID EXPUNGE 10", f"SELECT INBOX (QRESYNC ({v} {h0} 1:10))",
+                 f"UID FETCH 5:* (FLAGS) (CHANGEDSINCE {h0} VANISHED)",
+                 f"UID FETCH 9:* (FLAGS) (CHANGEDSINCE {h0} VANISHED)",
+                 f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {h0 + 100} VANISHED)",
+                 f"FETCH 1 (FLAGS) (CHANGEDSINCE {h0} VANISHED)",
+                 "UID FETCH 1 (FLAGS) (VANISHED)",
+                 f"EXAMINE INBOX (QRESYNC ({v} {h0} 1:10 (1:3 1,3,5)))",
+                 f"SELECT INBOX (QRESYNC ({v} 0 3:8))",
+                 f"SELECT INBOX (QRESYNC ({v + 1} {h0}))",
+                 "SELECT nosuch", "SELECT INBOX", "LOGOUT"):
+        got.append(_essence(run(line)))
+    s.close()
+    return got
+
+
+def test_same_answers_as_dovecot(dovecot: PrivateDovecot, imap: IMAPServer) -> None:
+    dovecot.start()
+    theirs = _conversation(dovecot.port, "alice@example.test")
+    ours = _conversation(imap.port, ALICE)
+    assert ours == theirs
+    # and the conversation said something: the resync found what went and what changed
+    assert [b"* VANISHED 2,4,6", b"OK"] in ours
+    assert [b"* OK [CLOSED", b"* VANISHED (EARLIER) 2,4,6,10", (4, 7, [b"\\Flagged"]), b"OK"] in ours
