@@ -27,7 +27,7 @@ from .types import (
     CommandArgs, CopyArgs, CreateArgs,
     EnableArgs,
     ExpungeArgs, FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, NoArgs,
-    QuotaRootArgs, RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet,
+    QresyncParams, QuotaRootArgs, RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet,
     SetQuotaArgs, StatusArgs, StoreArgs,
 )
 
@@ -340,17 +340,78 @@ def decode_base64(raw: bytes) -> bytes:
 
 
 def _select(r: _Reader) -> SelectArgs:
+    # RFC 4466 §2.1 select-params; RFC 7162 §3.1.8 CONDSTORE, §3.2.5 QRESYNC (...)
     r.sp()
     mailbox = r.mailbox()
     condstore = False
+    qresync: QresyncParams | None = None
     if not r.at_end():
         r.sp()
-        for param in r.paren_atoms():
-            if param != "CONDSTORE":  # RFC 7162 §3.2.5; QRESYNC is not offered
+        r.expect(b"(")
+        seen: set[str] = set()
+        while not r.take(b")"):
+            if seen:
+                r.sp()
+            param = r.atom("SELECT parameter").upper()
+            if param in seen:
+                raise GrammarError(f"Duplicate SELECT parameter {param}")
+            seen.add(param)
+            if param == "CONDSTORE":
+                condstore = True
+            elif param == "QRESYNC":
+                r.sp()
+                qresync = _qresync(r)
+            else:
                 raise GrammarError(f"Unknown SELECT parameter {param}")
-            condstore = True
     r.end()
-    return SelectArgs(mailbox, condstore)
+    return SelectArgs(mailbox, condstore, qresync)
+
+
+def _known_set(r: _Reader, what: str) -> SequenceSet:
+    """A sequence-set of QRESYNC (RFC 7162 §7: known-uids and the seq-match sets): no ``*``."""
+    seqs = r.sequence_set()
+    if seqs.saved or any(a is None or b is None for a, b in seqs.ranges):
+        raise GrammarError(f"Invalid QRESYNC {what}")
+    return seqs
+
+
+def _set_size(seqs: SequenceSet) -> int:
+    return sum(hi - lo + 1 for lo, hi in seqs.spans(0))
+
+
+def _qresync(r: _Reader) -> QresyncParams:
+    # RFC 7162 §7: "QRESYNC" SP "(" uidvalidity SP mod-sequence-value [SP known-uids]
+    #   [SP seq-match-data] ")"; seq-match-data = "(" known-sequence-set SP known-uid-set ")"
+    # (mod-sequence-value 0 is taken, as Dovecot does: everything changed since)
+    r.expect(b"(", "QRESYNC parameters")
+    try:
+        uidvalidity = r.number(nonzero=True)
+        r.sp()
+        modseq = r.number(limit=MAX_NUMBER64)
+    except GrammarError:
+        raise GrammarError("Invalid QRESYNC parameters") from None
+    known: SequenceSet | None = None
+    match: tuple[SequenceSet, SequenceSet] | None = None
+    if r.take(b" "):
+        if r.peek() != 0x28:
+            known = _known_set(r, "known-uids")
+            if r.take(b" "):
+                match = _seq_match(r)
+        else:
+            match = _seq_match(r)
+    r.expect(b")", "end of QRESYNC parameters")
+    return QresyncParams(uidvalidity, modseq, known, match)
+
+
+def _seq_match(r: _Reader) -> tuple[SequenceSet, SequenceSet]:
+    r.expect(b"(")
+    seqs = _known_set(r, "known-sequence-set")
+    r.sp()
+    uids = _known_set(r, "known-uid-set")
+    r.expect(b")")
+    if _set_size(seqs) != _set_size(uids):  # RFC 7162 §3.2.5.2: pairs, one to one
+        raise GrammarError("Invalid QRESYNC sets")
+    return seqs, uids
 
 
 def _mailbox(r: _Reader) -> MailboxArgs:
@@ -721,15 +782,23 @@ def _fetch(r: _Reader) -> FetchArgs:
         else:
             atts.append(_fetch_att(r))
     changedsince: int | None = None
-    if not r.at_end():
+    vanished = False
+    if not r.at_end():  # RFC 4466 §2.4 fetch-modifiers
         r.sp()
         r.expect(b"(")
-        r.expect(b"CHANGEDSINCE")  # RFC 7162 §3.1.4.1
-        r.sp()
-        changedsince = r.number(limit=MAX_NUMBER64)
-        r.expect(b")")
+        while True:
+            if r.take(b"CHANGEDSINCE"):  # RFC 7162 §3.1.4.1
+                r.sp()
+                changedsince = r.number(limit=MAX_NUMBER64)
+            elif r.take(b"VANISHED"):  # RFC 7162 §3.2.6 (UID FETCH only: the handler checks)
+                vanished = True
+            else:
+                raise GrammarError("Unknown FETCH modifier")
+            if r.take(b")"):
+                break
+            r.sp()
     r.end()
-    return FetchArgs(seqs, tuple(atts), changedsince)
+    return FetchArgs(seqs, tuple(atts), changedsince, vanished)
 
 
 _SEARCH_FLAGS = frozenset({

@@ -37,6 +37,24 @@ UIDVALIDITY):
   no dependence on the system time never going back.)
 - The ``\\Recent`` claim is not protected by the floor: losing the index makes the
   folder's messages recent once more (harmless; RFC 3501 lets a server be generous).
+
+Expunge records, for QRESYNC's ``VANISHED (EARLIER)`` (RFC 7162 §3.2.5.1, §3.2.6):
+- Each reconcile that finds UIDs gone writes one ``vanished`` row: its new modseq and the
+  UIDs as ranges (``uidranges``). "Gone" is both the UIDs the index knew that storage no
+  longer lists and the UIDs that came and went between two reconciles (never listed by
+  any): those below the folder's UIDNEXT, at or above the UIDNEXT the last reconcile saw
+  (``meta.uidnext``), that storage does not list. So every UID expunged after the state a
+  modseq names is in a row with a higher modseq, whoever expunged it (IMAP, POP3, Dovecot).
+- ``meta.vanishedfrom`` (V): the rows are complete for every modseq >= V. A new or lost
+  index, an index from before this table, a new UIDVALIDITY all start tracking at the
+  reconcile that finds ``uidnext`` unknown; V is then the modseq that reconcile hands out
+  (or the one after the current, when it hands out none). For a modseq below V,
+  ``expunged_since`` answers None and the caller falls back to the conservative answer
+  RFC 7162 §3.2.5.2 allows (every UID the client may know of that no longer exists), which
+  is never wrong; after an index loss every modseq a client holds is below the floor, so
+  below V.
+- Bounded: at most ``VANISHED_KEEP_ROWS`` rows and ``VANISHED_KEEP_BYTES`` of UID-set text;
+  the oldest rows beyond go, and V rises to the newest modseq dropped.
 """
 
 from __future__ import annotations
@@ -53,22 +71,27 @@ from pathlib import Path
 from mailstack.storage import FolderState, MessageInfo
 from mailstack.storage.safeio import write_durable
 
+from . import uidranges
 from .message import ParsedMessage
 from .responses import render_body_structure, render_envelope
 from .search import decode_header_value
 
-__all__ = ["Entry", "FolderIndex", "IndexCache", "entry_from_message", "INDEX_NAME", "FLOOR_NAME", "MODSEQ_BLOCK"]
+__all__ = ["Entry", "FolderIndex", "IndexCache", "entry_from_message", "INDEX_NAME", "FLOOR_NAME", "MODSEQ_BLOCK",
+           "VANISHED_KEEP_ROWS", "VANISHED_KEEP_BYTES"]
 
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "mailstack-index.sqlite"
 FLOOR_NAME = "mailstack-modseq"
 MODSEQ_BLOCK = 4096  # modseqs handed out per durable write of the floor file
+VANISHED_KEEP_ROWS = 1000  # reconciles with expunges remembered per folder (QRESYNC)
+VANISHED_KEEP_BYTES = 1 << 20  # UID-set text remembered per folder; older expunges: conservative answer
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS msg (base TEXT PRIMARY KEY, envelope BLOB NOT NULL, body BLOB NOT NULL, "
     "bodystructure BLOB NOT NULL, headers TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS modseq (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL, flags TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS vanished (modseq INTEGER PRIMARY KEY, uids TEXT NOT NULL)",
 )
 
 
@@ -109,6 +132,8 @@ class FolderIndex:
         self._uidvalidity = 0
         self._ceiling = 0
         self._recent_uid = 0
+        self._uidnext = 0  # UIDNEXT at the last reconcile; 0: expunge tracking not started
+        self._vanished_from = 0  # expunge records complete for modseqs >= this (0: none)
 
     def _connect(self) -> sqlite3.Connection | None:
         if self._db is not None or self._broken:
@@ -207,6 +232,7 @@ class FolderIndex:
                 self._uidvalidity = int(meta.get("uidvalidity", 0))
                 self._ceiling = floor
                 self._recent_uid = 0
+                self._uidnext = self._vanished_from = 0
             elif highest != self._highest or int(meta.get("uidvalidity", 0)) != self._uidvalidity:
                 self._mod = {int(u): (int(m), frozenset(f.split()) if f else frozenset())
                              for u, m, f in db.execute("SELECT uid, modseq, flags FROM modseq")}
@@ -214,6 +240,9 @@ class FolderIndex:
                 self._ceiling = int(meta.get("ceiling", 0))
             self._highest = max(highest, self._highest)  # memory ahead only after a failed commit
             self._recent_uid = int(meta.get("recentuid", self._recent_uid))
+            if highest:
+                self._uidnext = int(meta.get("uidnext", 0))
+                self._vanished_from = int(meta.get("vanishedfrom", 0))
             return db
         if self._highest == 0:  # no usable index: keep the state in memory, floor still honoured
             self._highest = max(self._read_floor(), 1)
@@ -221,14 +250,17 @@ class FolderIndex:
         return None
 
     def _commit(self, db: sqlite3.Connection | None, rows: dict[int, tuple[int, frozenset[str]]],
-                gone: Iterable[int], meta: dict[str, int]) -> None:
+                gone: Iterable[int], vanished: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Write the changes and ``_meta()`` (after ``vanished``, which may move it) and commit."""
         if db is None:
             return
         try:
             db.executemany("DELETE FROM modseq WHERE uid = ?", ((u,) for u in gone))
             db.executemany("INSERT OR REPLACE INTO modseq VALUES (?, ?, ?)",
                            ((u, m, _flag_text(f)) for u, (m, f) in rows.items()))
-            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+            if vanished is not None:
+                vanished(db)
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", self._meta().items())
             db.execute("COMMIT")
         except sqlite3.Error as e:
             log.warning("imap index %s: %s", self.path, e)
@@ -266,7 +298,7 @@ class FolderIndex:
 
     def _meta(self) -> dict[str, int]:
         return {"highestmodseq": self._highest, "uidvalidity": self._uidvalidity, "ceiling": self._ceiling,
-                "recentuid": self._recent_uid}
+                "recentuid": self._recent_uid, "uidnext": self._uidnext, "vanishedfrom": self._vanished_from}
 
     def _new_validity(self, uidvalidity: int) -> list[int]:
         """RFC 3501 §2.3.1.1: other UIDs, start over (HIGHESTMODSEQ still only grows).
@@ -277,6 +309,7 @@ class FolderIndex:
         self._mod = {}
         self._uidvalidity = uidvalidity
         self._recent_uid = 0
+        self._uidnext = self._vanished_from = 0  # expunge records start over (reconcile)
         return gone
 
     def reconcile(self, state: FolderState) -> int:
@@ -297,9 +330,20 @@ class FolderIndex:
             if len(mod) + len(changed) > len(state.messages) or gone_all:
                 present = {m.uid for m in state.messages}
                 gone = gone_all + [u for u in mod if u not in present]
-            if not changed and not gone:
-                if reset:
-                    self._commit(db, {}, (), self._meta())
+            tracking = self._uidnext > 0  # False after _new_validity too
+            vanished: uidranges.Ranges = []
+            if tracking:  # RFC 7162 §3.2.5.1: remember what went, with the modseq of now
+                vanished = uidranges.from_sorted(sorted(gone))
+                if state.uidnext > self._uidnext:  # came and went since the last reconcile
+                    fresh = uidranges.gaps([(self._uidnext, state.uidnext - 1)], [m.uid for m in state.messages])
+                    vanished = uidranges.normalize(vanished + fresh)
+            uidnext = max(state.uidnext, self._uidnext if tracking else 0)
+            if not changed and not gone and not vanished:
+                if reset or uidnext != self._uidnext:
+                    if not tracking:
+                        self._vanished_from = self._highest + 1
+                    self._uidnext = uidnext
+                    self._commit(db, {}, (), None if tracking else self._clear_vanished)
                 else:
                     self._rollback(db)
                 return self._highest
@@ -308,7 +352,15 @@ class FolderIndex:
             for u in gone:
                 mod.pop(u, None)
             mod.update(rows)
-            self._commit(db, rows, gone, self._meta())
+            self._uidnext = uidnext
+            if not tracking:
+                self._vanished_from = new
+                self._commit(db, rows, gone, self._clear_vanished)
+            elif vanished:
+                text = uidranges.render(vanished)
+                self._commit(db, rows, gone, lambda d: self._add_vanished(d, new, text))
+            else:
+                self._commit(db, rows, gone)
             return self._highest
 
     def record(self, infos: Iterable[MessageInfo]) -> int:
@@ -324,8 +376,55 @@ class FolderIndex:
             new = self._next_modseq()
             out = {u: (new, k) for u, k in rows.items()}
             self._mod.update(out)
-            self._commit(db, out, (), self._meta())
+            self._commit(db, out, ())
             return new
+
+    @staticmethod
+    def _clear_vanished(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM vanished")  # tracking starts (over): older rows mean nothing
+
+    def _add_vanished(self, db: sqlite3.Connection, modseq: int, text: str) -> None:
+        """One row of expunged UIDs; the oldest rows beyond the bounds go, V rises."""
+        db.execute("INSERT OR REPLACE INTO vanished VALUES (?, ?)", (modseq, text))
+        total = 0
+        for i, (m, n) in enumerate(db.execute("SELECT modseq, length(uids) FROM vanished ORDER BY modseq DESC")
+                                   .fetchall()):
+            total += int(n)
+            if i >= VANISHED_KEEP_ROWS or total > VANISHED_KEEP_BYTES:
+                db.execute("DELETE FROM vanished WHERE modseq <= ?", (m,))
+                self._vanished_from = max(self._vanished_from, int(m))
+                break
+
+    def expunged_since(self, uidvalidity: int, modseq: int) -> uidranges.Ranges | None:
+        """The UIDs expunged after the state ``modseq`` names (RFC 7162 §3.2.5.1, §3.2.6), as
+        the last reconcile found them; None when the index cannot tell (records pruned, or
+        started after ``modseq``: a new, lost or unusable index, another UIDVALIDITY): the
+        caller then answers conservatively (RFC 7162 §3.2.5.2)."""
+        with self._lock:
+            db = self._connect()
+            if db is None:
+                return None
+            try:
+                db.execute("BEGIN")  # one snapshot for meta and rows
+                meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('uidvalidity', 'vanishedfrom')")
+                            .fetchall())
+                since = int(meta.get("vanishedfrom", 0))
+                if int(meta.get("uidvalidity", 0)) != uidvalidity or since == 0 or modseq < since:
+                    return None
+                texts = [str(t) for (t,) in db.execute("SELECT uids FROM vanished WHERE modseq > ?", (modseq,))]
+            except sqlite3.Error as e:
+                log.warning("imap index %s: %s", self.path, e)
+                return None
+            finally:
+                try:
+                    db.execute("COMMIT")
+                except sqlite3.Error:
+                    pass
+        try:
+            return uidranges.normalize(r for t in texts for r in uidranges.parse(t))
+        except ValueError as e:
+            log.warning("imap index %s: bad expunge record (%s): answering conservatively", self.path, e)
+            return None
 
     def modseq(self, uid: int) -> int:
         """The last modseq of a message (as of the last ``reconcile``/``record``)."""
@@ -341,11 +440,12 @@ class FolderIndex:
         ``claim`` they are taken (no other session will see them as recent)."""
         with self._lock:
             db = self._begin()
+            reset = uidvalidity != self._uidvalidity
             gone = self._new_validity(uidvalidity)
             before = self._recent_uid
-            if (claim and max_uid > before) or gone:
+            if (claim and max_uid > before) or reset:
                 self._recent_uid = max(before, max_uid) if claim else before
-                self._commit(db, {}, gone, self._meta())
+                self._commit(db, {}, gone, self._clear_vanished if reset else None)
             else:
                 self._rollback(db)
             return before

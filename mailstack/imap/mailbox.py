@@ -23,6 +23,10 @@ Invariants:
   for other sessions' and processes' changes, STORE, FETCH's implicit \\Seen).
 - With ``modseq`` given (CONDSTORE enabled, RFC 7162 §3.2), unsolicited FETCH responses
   for flag changes carry ``MODSEQ (n)``.
+- With ``vanished`` (QRESYNC enabled, RFC 7162 §3.2.10) expunges go out as one
+  ``* VANISHED <uid-set>`` (split into lines of ``uidranges.MAX_LINE``) instead of one
+  ``* n EXPUNGE`` each; the UIDs are exactly those the view drops, so the client's count
+  of messages stays right.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 
 from mailstack.storage import Folder, FolderState, MessageInfo
 
+from . import uidranges
 from .contexts import UpdateContext
 from .expunged import KEPT
 from .responses import render_flags
@@ -178,24 +183,29 @@ class MailboxView:
 
     def changes(self, state: FolderState, *, allow_expunge: bool = True, with_uid: bool = False,
                 modseq: Callable[[int], int] | None = None,
-                recent_floor: Callable[[int], int] | None = None) -> list[bytes]:
+                recent_floor: Callable[[int], int] | None = None, vanished: bool = False) -> list[bytes]:
         """Untagged responses for what changed since the client's view; updates the view.
 
         With ``allow_expunge`` False (during FETCH, STORE, SEARCH: RFC 3501 §7.4.1) removed
         messages stay in the view until a later call. ``modseq(uid)`` adds MODSEQ to the
         FETCH responses (RFC 7162 §3.2); ``recent_floor(max_uid)`` claims new arrivals as
-        ``\\Recent`` and returns the UID above which they are this session's.
+        ``\\Recent`` and returns the UID above which they are this session's. ``vanished``
+        reports expunges as VANISHED (RFC 7162 §3.2.10), not EXPUNGE.
         """
         out: list[bytes] = []
         new_uids = [m.uid for m in state.messages]
         new_set = set(new_uids) if len(new_uids) != len(self.uids) or new_uids != self.uids else None
         if new_set is not None and allow_expunge:
             gone = [u for u in self.uids if u not in new_set]
+            if vanished and gone:  # RFC 7162 §3.2.10: UIDs, not sequence numbers
+                out.extend(uidranges.vanished_responses(uidranges.from_sorted(gone)))
+                self.uids = [u for u in self.uids if u in new_set]
             for u in reversed(gone):
-                seq = self.seq_of(u)
-                assert seq is not None
-                out.append(b"* %d EXPUNGE\r\n" % seq)
-                del self.uids[seq - 1]
+                if not vanished:
+                    seq = self.seq_of(u)
+                    assert seq is not None
+                    out.append(b"* %d EXPUNGE\r\n" % seq)
+                    del self.uids[seq - 1]
                 self.infos.pop(u, None)
                 self.flags.pop(u, None)
                 self.recent.discard(u)

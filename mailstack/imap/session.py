@@ -28,6 +28,9 @@ Invariants:
   so changes by any process get modseqs, SELECT reports ``[HIGHESTMODSEQ]`` and every
   FETCH about flags carries MODSEQ. Sessions without it never pay for modseqs: changes
   are found by comparison whenever someone next asks.
+- QRESYNC (RFC 7162 §3.2) is on after ENABLE QRESYNC, which turns CONDSTORE on too
+  (§3.2.3); from then on expunges go out as VANISHED (§3.2.10), held back exactly where
+  EXPUNGE would be, and unsolicited FETCH responses carry UID (§3.2.4).
 - ``\\Recent`` (RFC 3501 §2.3.2): SELECT claims the folder's unclaimed UIDs (EXAMINE
   only looks), so each message is recent in one session at most.
 """
@@ -71,7 +74,7 @@ log = logging.getLogger(__name__)
 SUPPORTED = frozenset({
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS",
     "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE",
-    "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED", "CONDSTORE",
+    "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED", "CONDSTORE", "QRESYNC",
     "CREATE-SPECIAL-USE", "STATUS=SIZE", "MULTIAPPEND", "BINARY",
     "ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",
     "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
@@ -198,7 +201,8 @@ class Session:
             idx.reconcile(state)
             modseq = idx.modseq
         before = list(view.uids) if view.contexts else None
-        out = view.changes(state, allow_expunge=not hold, modseq=modseq,
+        qresync = self.qresync  # RFC 7162 §3.2.10 VANISHED; §3.2.4 UID in every unsolicited FETCH
+        out = view.changes(state, allow_expunge=not hold, modseq=modseq, with_uid=qresync, vanished=qresync,
                            recent_floor=lambda top: idx.claim_recent(view.uidvalidity, top, not view.readonly))
         if before is not None:  # RFC 5267 §4.3: results of SEARCH RETURN (UPDATE) that changed
             first, last = search.context_updates(self, before)
@@ -222,6 +226,10 @@ class Session:
     @property
     def condstore(self) -> bool:
         return "CONDSTORE" in self.enabled
+
+    @property
+    def qresync(self) -> bool:
+        return "QRESYNC" in self.enabled
 
     def condstore_on(self) -> None:
         """A CONDSTORE-enabling command (RFC 7162 §3.1): with a mailbox selected, the client

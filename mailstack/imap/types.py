@@ -221,11 +221,26 @@ class AuthenticateArgs:
 
 
 @dataclass(frozen=True)
+class QresyncParams:
+    """The QRESYNC parameter of SELECT / EXAMINE (RFC 7162 §3.2.5): what the client knew.
+
+    ``known_uids`` and the two sets of ``seq_match`` (known-sequence-set, known-uid-set:
+    equally many numbers, checked by the grammar) never hold ``*`` or ``$``."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
+@dataclass(frozen=True)
 class SelectArgs:
-    """SELECT / EXAMINE; ``condstore`` is the (CONDSTORE) parameter of RFC 7162 §3.2.5."""
+    """SELECT / EXAMINE; ``condstore`` is the (CONDSTORE) parameter of RFC 7162 §3.1.8,
+    ``qresync`` the QRESYNC one (§3.2.5)."""
 
     mailbox: str
     condstore: bool = False
+    qresync: QresyncParams | None = None
 
 
 @dataclass(frozen=True)
@@ -335,11 +350,12 @@ class SearchArgs:
 
 @dataclass(frozen=True)
 class FetchArgs:
-    """FETCH; ``changedsince`` is RFC 7162 §3.1.4's modifier."""
+    """FETCH; ``changedsince`` is RFC 7162 §3.1.4's modifier, ``vanished`` §3.2.6's."""
 
     sequence_set: SequenceSet
     attributes: tuple[FetchAttribute, ...]
     changedsince: int | None = None
+    vanished: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 from mailstack.imap.grammar import GrammarError, parse_command
 from mailstack.imap.types import (
     FETCH_MACROS, AppendArgs, AppendMessage, AuthenticateArgs, Command, CopyArgs, CreateArgs, EnableArgs, ExpungeArgs,
-    FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, QuotaRootArgs,
+    FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, QresyncParams, QuotaRootArgs,
     RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet, SetQuotaArgs, StatusArgs,
     StoreArgs,
 )
@@ -37,6 +37,25 @@ COMMANDS: list[tuple[bytes, Command]] = [
     (b"t SELECT InBoX.sub", Command("t", "SELECT", SelectArgs("InBoX.sub"))),
     (b"t EXAMINE Archive (CONDSTORE)", Command("t", "EXAMINE", SelectArgs("Archive", True))),
     (b"t SELECT &ZeVnLIqe-", Command("t", "SELECT", SelectArgs("日本語"))),
+    # RFC 7162 §3.2.5 QRESYNC (uidvalidity modseq [known-uids] [(seq-set uid-set)])
+    (b"t SELECT INBOX (QRESYNC (67890007 20050715194045000))",
+     Command("t", "SELECT", SelectArgs("INBOX", qresync=QresyncParams(67890007, 20050715194045000)))),
+    (b"t SELECT INBOX (QRESYNC (67890007 90060115194045000 41:211,214:541))",
+     Command("t", "SELECT", SelectArgs("INBOX", qresync=QresyncParams(
+         67890007, 90060115194045000, seq((41, 211), (214, 541)))))),
+    (b"t EXAMINE INBOX (CONDSTORE qresync (67890007 0 1:9 (1:3,5 1,3,5,7)))",
+     Command("t", "EXAMINE", SelectArgs("INBOX", True, QresyncParams(
+         67890007, 0, seq((1, 9)), (seq((1, 3), (5, 5)), seq((1, 1), (3, 3), (5, 5), (7, 7))))))),
+    (b"t SELECT INBOX (QRESYNC (5 7 (1:2 4,9)))",
+     Command("t", "SELECT", SelectArgs("INBOX", qresync=QresyncParams(5, 7, None, (seq((1, 2)), seq((4, 4), (9, 9))))))),
+    (b"t SELECT INBOX (QRESYNC (5 7 1:*))", None),  # type: ignore[list-item]  # no * in known-uids
+    (b"t SELECT INBOX (QRESYNC (5 7 1:9 (1:* 1,3)))", None),  # type: ignore[list-item]
+    (b"t SELECT INBOX (QRESYNC (5 7 1:9 (1:3 1:4)))", None),  # type: ignore[list-item]  # 3 vs 4 numbers
+    (b"t SELECT INBOX (QRESYNC (5 7 1:9 (0:2 1,3)))", None),  # type: ignore[list-item]
+    (b"t SELECT INBOX (QRESYNC (5))", None),  # type: ignore[list-item]
+    (b"t SELECT INBOX (QRESYNC (0 5))", None),  # type: ignore[list-item]  # uidvalidity is nz-number
+    (b"t SELECT INBOX (QRESYNC)", None),  # type: ignore[list-item]
+    (b"t SELECT INBOX (CONDSTORE CONDSTORE)", None),  # type: ignore[list-item]
     (b'T SELECT "A & B"', None),  # type: ignore[list-item]  # raw "&" is bad modified UTF-7
     (b"t CREATE Archive.2024", Command("t", "CREATE", CreateArgs("Archive.2024"))),
     (b'"t" DELETE x', None),  # type: ignore[list-item]  # a quoted tag is not a tag
@@ -121,6 +140,16 @@ COMMANDS: list[tuple[bytes, Command]] = [
         b"t UID FETCH 1:* (FLAGS) (CHANGEDSINCE 7)",
         Command("t", "FETCH", FetchArgs(seq((1, None)), (FetchAttribute("FLAGS"),), 7), uid=True),
     ),
+    (  # RFC 7162 §3.2.6, either order
+        b"t UID FETCH 300:500 (FLAGS) (CHANGEDSINCE 12345 VANISHED)",
+        Command("t", "FETCH", FetchArgs(seq((300, 500)), (FetchAttribute("FLAGS"),), 12345, True), uid=True),
+    ),
+    (
+        b"t UID FETCH 1 FLAGS (vanished changedsince 3)",
+        Command("t", "FETCH", FetchArgs(seq((1, 1)), (FetchAttribute("FLAGS"),), 3, True), uid=True),
+    ),
+    (b"t UID FETCH 1 FLAGS (CHANGEDSINCE 3 FROB)", None),  # type: ignore[list-item]
+    (b"t UID FETCH 1 FLAGS ()", None),  # type: ignore[list-item]
     (
         b"t FETCH 1 (BODY BODYSTRUCTURE ENVELOPE INTERNALDATE RFC822 RFC822.HEADER RFC822.SIZE RFC822.TEXT MODSEQ)",
         Command("t", "FETCH", FetchArgs(seq((1, 1)), tuple(FetchAttribute(n) for n in (

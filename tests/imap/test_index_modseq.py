@@ -7,9 +7,13 @@ HIGHESTMODSEQ from going backwards when the index is lost.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
+
+from mailstack.imap import index as index_mod
 from mailstack.imap.index import FLOOR_NAME, INDEX_NAME, MODSEQ_BLOCK, FolderIndex
 from mailstack.storage import FolderState, MessageInfo
 
@@ -98,3 +102,68 @@ def test_recent_claims_and_uidvalidity(tmp_path: Path) -> None:
     assert h2 > h  # ... but HIGHESTMODSEQ still only grows
     assert idx.claim_recent(8, 1, claim=False) == 0
     idx.close()
+
+
+# -- expunge records for QRESYNC (RFC 7162 §3.2.5.1) -------------------------------------------
+
+def test_expunges_are_recorded_with_their_modseq(tmp_path: Path) -> None:
+    idx = FolderIndex(tmp_path)
+    h1 = idx.reconcile(state(info(1), info(2), info(3), info(4)))
+    assert idx.expunged_since(7, h1) == []  # tracking starts here: exact from h1 on
+    assert idx.expunged_since(7, h1 - 1) is None  # before: the index cannot tell
+    h2 = idx.reconcile(state(info(1), info(3), info(4)))  # 2 expunged (any process)
+    h3 = idx.reconcile(state(info(1), info(4)))  # then 3
+    assert idx.expunged_since(7, h1) == [(2, 3)]
+    assert idx.expunged_since(7, h2) == [(3, 3)]
+    assert idx.expunged_since(7, h3) == []
+    assert idx.expunged_since(8, h1) is None  # another UIDVALIDITY
+    # a UID that came and went between two reconciles was never in the modseq table:
+    # it is found below UIDNEXT all the same
+    h4 = idx.reconcile(FolderState(7, 9, (info(1), info(4), info(6))))  # 5, 7, 8 came and went
+    assert idx.expunged_since(7, h3) == [(5, 5), (7, 8)]
+    # another process's index (same file) sees the same records
+    other = FolderIndex(tmp_path)
+    assert other.expunged_since(7, h1) == [(2, 3), (5, 5), (7, 8)]
+    assert other.expunged_since(7, h4) == []
+
+
+def test_lost_index_answers_none_for_older_modseqs(tmp_path: Path) -> None:
+    idx = FolderIndex(tmp_path)
+    idx.reconcile(state(info(1), info(2), info(3)))
+    h = idx.reconcile(state(info(1), info(3)))
+    idx.close()
+    for p in tmp_path.glob(INDEX_NAME + "*"):
+        p.unlink()
+    fresh = FolderIndex(tmp_path)
+    h2 = fresh.reconcile(state(info(1)))  # 3 went while the index was gone: nobody saw it
+    assert h2 > h
+    assert fresh.expunged_since(7, h) is None  # every older modseq: conservative answer
+    assert fresh.expunged_since(7, h2) == []
+
+
+def test_new_uidvalidity_restarts_the_records(tmp_path: Path) -> None:
+    idx = FolderIndex(tmp_path)
+    idx.reconcile(state(info(1), info(2)))
+    h = idx.reconcile(state(info(1)))
+    h2 = idx.reconcile(state(info(1), validity=9))  # the uidlist was rebuilt
+    assert idx.expunged_since(7, h) is None and idx.expunged_since(9, h) is None
+    assert idx.expunged_since(9, h2) == []
+
+
+def test_records_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_mod, "VANISHED_KEEP_ROWS", 3)
+    idx = FolderIndex(tmp_path)
+    msgs = [info(u) for u in range(1, 11)]
+    seen = [idx.reconcile(state(*msgs))]
+    for _ in range(6):  # six reconciles, each finding one expunge
+        msgs = msgs[1:]
+        seen.append(idx.reconcile(FolderState(7, 11, tuple(msgs))))
+    db = sqlite3.connect(tmp_path / INDEX_NAME)
+    assert db.execute("SELECT count(*) FROM vanished").fetchone()[0] == 3
+    db.close()
+    assert idx.expunged_since(7, seen[3]) == [(4, 6)]  # the newest three rows are kept
+    assert idx.expunged_since(7, seen[2]) is None  # its row is gone: conservative answer
+    monkeypatch.setattr(index_mod, "VANISHED_KEEP_BYTES", 2)  # rows "7", "6" fit, "5" not
+    seen.append(idx.reconcile(FolderState(7, 11, tuple(msgs[1:]))))
+    assert idx.expunged_since(7, seen[5]) == [(6, 7)]
+    assert idx.expunged_since(7, seen[4]) is None

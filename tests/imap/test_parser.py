@@ -183,7 +183,10 @@ BAD_LINES = [
     (b"a1 SEARCH SINCE 1-Foo-2020\r\n", "a1", "Invalid date"),
     (b"a1 STORE 1 FLAGS\r\n", "a1", "Expected space"),
     (b"a1 STORE 1 *FLAGS (\\Seen)\r\n", "a1", "Expected FLAGS"),
-    (b"a1 SELECT INBOX (QRESYNC)\r\n", "a1", "Unknown SELECT parameter QRESYNC"),
+    (b"a1 SELECT INBOX (FROB)\r\n", "a1", "Unknown SELECT parameter FROB"),
+    (b"a1 SELECT INBOX (QRESYNC (1 2 1:9 (1:3 1:4)))\r\n", "a1", "Invalid QRESYNC sets"),  # RFC 7162 §3.2.5.2
+    (b"a1 SELECT INBOX (QRESYNC (1 2 1:*))\r\n", "a1", "Invalid QRESYNC known-uids"),
+    (b"a1 UID FETCH 1 FLAGS (CHANGEDSINCE 1 FROB)\r\n", "a1", "Unknown FETCH modifier"),
     (b"a1 STATUS INBOX (FROB)\r\n", "a1", "Unknown STATUS item FROB"),
     (b"a1 STATUS INBOX ()\r\n", "a1", "Empty STATUS item list"),
     (b"a1 APPEND INBOX\r\n", "a1", "Expected space"),

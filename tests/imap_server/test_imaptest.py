@@ -233,3 +233,34 @@ def test_imaptest_stress_ratchet(imaptest_server: IMAPServer, caplog: pytest.Log
     # at the end means the server dropped connections.
     assert done["Logi"] - done["Logo"] <= STRESS_CLIENTS, f"connections dropped by the server: {done}"
     assert _server_errors(caplog) == []
+
+
+QRESYNC_SECS = 15
+
+
+def test_imaptest_stress_qresync(imaptest_server: IMAPServer, caplog: pytest.LogCaptureFixture) -> None:
+    """imaptest's stress mode with its ``qresync`` option: every client ENABLEs QRESYNC,
+    reselects with ``SELECT ... (QRESYNC (uidvalidity modseq))`` from its own cache of the
+    mailbox and checks every VANISHED, FETCH (UID is required) and EXISTS against what it
+    saw (RFC 7162 §3.2). Same rules as the plain stress run: no unknown kind of error."""
+    imaptest = require_tool("imaptest")
+    mbox = _tests_dir(imaptest) / "default.mbox"
+    clients = STRESS_CLIENTS // 2
+    proc = subprocess.run(
+        [imaptest, "host=127.0.0.1", f"port={imaptest_server.port}", "user=u%d@example.test", f"users={clients}",
+         f"clients={clients}", f"secs={QRESYNC_SECS}", f"pass={PASSWORD}", f"mbox={mbox}", "qresync"],
+        capture_output=True, text=True, errors="replace", timeout=QRESYNC_SECS + 60, stdin=subprocess.DEVNULL)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    totals = _TOTALS.search(out)
+    assert totals, f"no Totals in imaptest's output:\n{out[-3000:]}"
+    done = dict(zip(totals.group(1).split(), [int(v) for v in totals.group(2).split()], strict=True))
+    print(f"imaptest stress qresync {QRESYNC_SECS}s: {done}")
+    assert all(done[k] >= QRESYNC_SECS for k in ("Logi", "Sele", "Fetc", "Stor", "Expu", "Appe")), done
+    known, unknown = classify_stress(_ERROR.findall(out))
+    assert unknown == Counter(), f"imaptest stress (qresync): errors of kinds not allowed: {dict(unknown)}"
+    worse = [f"{k}: {n} (table {STRESS_KNOWN[k].count})" for k, n in known.items() if n > STRESS_KNOWN[k].count]
+    assert worse == [], f"imaptest stress (qresync) got worse: {worse}"
+    # each login is counted twice here: imaptest sends ENABLE QRESYNC in its LOGIN state
+    assert done["Logi"] // 2 - done["Logo"] <= clients, f"connections dropped by the server: {done}"
+    assert _server_errors(caplog) == []

@@ -10,7 +10,8 @@ Invariants:
   or the session allows plaintext (loopback) (RFC 3501 §6.2.3, §11.1; RFC 5530).
 - ``login_ok`` is the only way into the authenticated state; it creates the Maildir and
   the special-use folders (RFC 6154) on first login.
-- ENABLE turns on only what this server implements and needs enabling (RFC 5161 §3.1).
+- ENABLE turns on only what this server implements and needs enabling (RFC 5161 §3.1);
+  QRESYNC turns CONDSTORE on with it (RFC 7162 §3.2.3).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = ["HANDLERS", "ENABLEABLE", "parse_sasl_plain", "sasl_response", "login
 log = logging.getLogger(__name__)
 
 # What ENABLE can turn on (RFC 5161 §3.1).
-ENABLEABLE = frozenset({"CONDSTORE"})
+ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC"})
 
 
 def parse_sasl_plain(data: bytes) -> tuple[str, str] | None:
@@ -84,6 +85,8 @@ def enable(s: Session, cmd: Command) -> Iterator[Output]:
     assert isinstance(args, EnableArgs)
     # RFC 5161 §3.1: only extensions we support and that need enabling, not yet enabled
     done = list(dict.fromkeys(c for c in args.capabilities if c in ENABLEABLE and c not in s.enabled))
+    if "QRESYNC" in done:  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE (listed only if asked, as Dovecot)
+        s.condstore_on()
     s.enabled.update(done)
     yield ("* ENABLED" + "".join(" " + c for c in done) + "\r\n").encode("ascii")
     yield from s.done(cmd, "ENABLE completed")

@@ -1,5 +1,5 @@
 """IMAP FETCH (RFC 3501 §6.4.5, §7.4.2; UID FETCH §6.4.8; MODSEQ and CHANGEDSINCE RFC 7162 §3.1.4;
-BINARY, BINARY.PEEK, BINARY.SIZE RFC 3516 §4.2).
+the VANISHED modifier RFC 7162 §3.2.6; BINARY, BINARY.PEEK, BINARY.SIZE RFC 3516 §4.2).
 
 Each FETCH item is rendered by one function of ``RENDERERS`` (item name -> renderer)
 from a ``_Message``: what is known of one message, whose file is read and whose index
@@ -20,7 +20,13 @@ Invariants:
   a read-only mailbox, and only after the message file was read; the response then
   carries FLAGS even if not asked for (and MODSEQ with CONDSTORE on, RFC 7162 §3.2).
 - A response item a client did not name is never added, except UID for UID FETCH
-  (§6.4.8), MODSEQ under CHANGEDSINCE (RFC 7162 §3.1.4.1) and the FLAGS above.
+  (§6.4.8), MODSEQ under CHANGEDSINCE (RFC 7162 §3.1.4.1), the FLAGS above, and UID
+  beside those FLAGS when QRESYNC is on (RFC 7162 §3.2.4: flag changes carry the UID).
+- ``UID FETCH ... (CHANGEDSINCE m VANISHED)`` (RFC 7162 §3.2.6) sends ``VANISHED
+  (EARLIER)`` for the UIDs of its set expunged since m (``qresync.vanished_earlier``)
+  before the FETCHes. ``*`` in the set is taken as "no upper bound" for that, as Dovecot
+  does (``UID FETCH 11:*`` never reports UID 10). VANISHED without UID, without
+  CHANGEDSINCE or without ENABLE QRESYNC is BAD.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ from typing import TYPE_CHECKING
 from mailstack.storage import Folder, MessageInfo
 from mailstack.storage.errors import MessageNotFound
 
+from .. import uidranges
 from ..effects import Output
 from ..expunged import KEPT
 from ..index import Entry, FolderIndex, entry_from_message
 from ..mailbox import MailboxView
 from ..message import ParsedMessage, UnknownCTE
+from ..qresync import vanished_earlier
 from ..responses import ImapError, Literal, Raw, Value, fetch_response, no, ok, render_flags
 from ..types import Command, FetchArgs, FetchAttribute
 
@@ -167,6 +175,7 @@ class _Fetch:
         self.needs_file = any(_needs_file(a) for a in self.atts)
         self.has_flags = any(a.name == "FLAGS" for a in self.atts)
         self.has_modseq = any(a.name == "MODSEQ" for a in self.atts)
+        self.has_uid = any(a.name == "UID" for a in self.atts)
         self.changed = False  # some \Seen was set: other sessions must hear of it
 
     def line(self, seq: int, uid: int) -> bytes | None:
@@ -194,6 +203,8 @@ class _Fetch:
         except MessageNotFound:  # expunged by someone else meanwhile (RFC 2180 §4.1.2)
             return None
         if add_flags:
+            if self.s.qresync and not self.has_uid:  # RFC 7162 §3.2.4
+                items.append(("UID", uid))
             items.append(("FLAGS", m.flags()))
             if self.s.condstore and not self.has_modseq:  # RFC 7162 §3.2
                 items.append(("MODSEQ", m.modseq()))
@@ -206,6 +217,13 @@ def fetch(s: Session, cmd: Command) -> Iterator[Output]:
     args = cmd.args
     assert isinstance(args, FetchArgs)
     view = s.selected
+    if args.vanished:  # RFC 7162 §3.2.6
+        if not cmd.uid:
+            raise ImapError("BAD", "VANISHED is a UID FETCH modifier")
+        if args.changedsince is None:
+            raise ImapError("BAD", "VANISHED used without CHANGEDSINCE")
+        if not s.qresync:
+            raise ImapError("BAD", "QRESYNC not enabled")
     pairs = s.pairs(cmd, args.sequence_set)
     atts = list(args.attributes)
     if cmd.uid and not any(a.name == "UID" for a in atts):
@@ -218,6 +236,11 @@ def fetch(s: Session, cmd: Command) -> Iterator[Output]:
         idx = s.index.get(view.folder.path)
         since = args.changedsince
         pairs = [(n, u) for n, u in pairs if idx.modseq(u) > since]
+        if args.vanished:  # RFC 7162 §3.2.6: before the FETCHes
+            known = uidranges.normalize(args.sequence_set.spans(uidranges.MAX_UID))
+            lines = uidranges.vanished_responses(vanished_earlier(idx, view, since, known), earlier=True)
+            if lines:
+                yield b"".join(lines)
     job = _Fetch(s, view, atts)
     buf: list[bytes] = []
     size = 0

@@ -1,6 +1,7 @@
 """IMAP mailbox commands: choosing and managing mailboxes (RFC 3501 §6.3, §6.4.1-6.4.2).
 
-SELECT / EXAMINE (§6.3.1-2, CONDSTORE parameter RFC 7162 §3.2.5), CREATE (§6.3.3, with
+SELECT / EXAMINE (§6.3.1-2, CONDSTORE parameter RFC 7162 §3.1.8, QRESYNC parameter
+§3.2.5, the CLOSED response code §3.2.11), CREATE (§6.3.3, with
 USE (...) from RFC 6154 §5.2, kept by ``Maildir.create_special_folder``),
 DELETE (§6.3.4), RENAME (§6.3.5), SUBSCRIBE / UNSUBSCRIBE (§6.3.6-7), NAMESPACE
 (RFC 2342), CHECK (§6.4.1), CLOSE (§6.4.2) and UNSELECT (RFC 3691). LIST, LSUB and
@@ -9,6 +10,15 @@ STATUS are in ``listing``.
 Invariants:
 - A SELECT that fails leaves no mailbox selected (RFC 3501 §6.3.1); SELECT claims the
   folder's unclaimed messages as its ``\\Recent``, EXAMINE only looks (§2.3.2).
+- SELECT / EXAMINE with a mailbox selected first sends ``* OK [CLOSED]`` (RFC 7162
+  §3.2.11), whether it then succeeds or not, and whether QRESYNC is on or not (as
+  Dovecot 2.3 does). A QRESYNC parameter without ENABLE QRESYNC is BAD and changes
+  nothing: the selected mailbox stays (Dovecot closes it first; a BAD command should
+  not have effects).
+- QRESYNC (§3.2.5.1): with the client's UIDVALIDITY (another one: the parameter is
+  ignored), after HIGHESTMODSEQ come ``VANISHED (EARLIER)`` (``qresync``) and then
+  ``FETCH (UID FLAGS MODSEQ)`` of each message changed since the client's modseq, only
+  those in known-uids when given (Dovecot's order and choice).
 - INBOX can be neither created nor deleted (§6.3.3, §6.3.4); deleting or renaming the
   selected mailbox unselects it.
 - CLOSE expunges silently, and only when the mailbox is read-write (§6.4.2).
@@ -22,12 +32,15 @@ from typing import TYPE_CHECKING
 
 from mailstack.storage.errors import FolderNotFound
 
+from .. import uidranges
 from ..effects import Output
 from ..expunged import KEPT
+from ..index import FolderIndex
 from ..mailbox import MailboxView, folder_stamp
-from ..responses import ImapError, ok
+from ..qresync import vanished_earlier
+from ..responses import ImapError, ok, render_flags
 from ..states import State
-from ..types import Command, CreateArgs, MailboxArgs, RenameArgs, SelectArgs
+from ..types import Command, CreateArgs, MailboxArgs, QresyncParams, RenameArgs, SelectArgs
 
 if TYPE_CHECKING:
     from . import Handler
@@ -45,6 +58,11 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
     args = cmd.args
     assert isinstance(args, SelectArgs)
     readonly = cmd.name == "EXAMINE"
+    if args.qresync is not None and not s.qresync:  # RFC 7162 §3.2.5
+        raise ImapError("BAD", "QRESYNC not enabled")
+    if s.view is not None:  # RFC 7162 §3.2.11: what follows is about the new mailbox
+        s.view = None
+        yield b"* OK [CLOSED] Previous mailbox closed.\r\n"
     s.view = None  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
     s.state = State.AUTHENTICATED
     try:
@@ -76,7 +94,26 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
     s.view = view
     s.state = State.SELECTED
     yield "".join(out).encode("ascii")
+    q = args.qresync
+    if q is not None and q.uidvalidity == view.uidvalidity:  # RFC 7162 §3.2.5.1
+        yield from _resync(view, idx, q)
     yield ok(cmd.tag, f"{cmd.name} completed", "READ-ONLY" if readonly else "READ-WRITE").to_bytes()
+
+
+def _resync(view: MailboxView, idx: FolderIndex, q: QresyncParams) -> Iterator[bytes]:
+    """RFC 7162 §3.2.5.1: what went and what changed since the client's modseq."""
+    known = uidranges.normalize(q.known_uids.spans(0)) if q.known_uids is not None else [(1, uidranges.MAX_UID)]
+    yield from uidranges.vanished_responses(vanished_earlier(idx, view, q.modseq, known, q.seq_match), earlier=True)
+    buf: list[bytes] = []
+    for seq, uid in enumerate(view.uids, 1):
+        m = idx.modseq(uid)
+        if m > q.modseq and (q.known_uids is None or q.known_uids.contains(uid, 0)):
+            buf.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (seq, uid, render_flags(view.flags_for(uid)), m))
+            if len(buf) >= 1000:
+                yield b"".join(buf)
+                buf = []
+    if buf:
+        yield b"".join(buf)
 
 
 # RFC 6154 §2: the special uses a CREATE may give a folder of ours. \All and \Flagged

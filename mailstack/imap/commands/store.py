@@ -24,6 +24,9 @@ Invariants:
   (``expunged.KEPT``, RFC 2180 §4.1).
 - With CONDSTORE on, every FETCH a STORE sends carries MODSEQ, even under .SILENT
   when the flags changed (RFC 7162 §3.1.3, §3.2).
+- With QRESYNC on, every FETCH a STORE sends carries UID (RFC 7162 §3.2.4), expunges go
+  out as VANISHED (§3.2.10, ``Session.updates``) and EXPUNGE, UID EXPUNGE and MOVE end
+  with ``OK [HIGHESTMODSEQ n]`` (§3.2.7, §3.2.9; for MOVE as Dovecot does).
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ def store(s: Session, cmd: Command) -> Iterator[Output]:
     # RFC 3501 §7.2.6: keywords new to the mailbox go out in FLAGS before the FETCHes
     buf: list[bytes] = view.announce(k for _, uid, changed, _s in done if changed for k in view.flags_for(uid))
     for seq, uid, flag_change, surprise in done:
-        uid_part = b"UID %d " % uid if cmd.uid else b""
+        uid_part = b"UID %d " % uid if cmd.uid or s.qresync else b""  # RFC 7162 §3.2.4
         silent = args.silent and not surprise
         if condstore and (flag_change or not silent):
             # RFC 7162 §3.1.3 / §3.2: MODSEQ in the FETCH, sent even for .SILENT when changed
@@ -151,7 +154,13 @@ def expunge(s: Session, cmd: Command) -> Iterator[Output]:
             view.folder.expunge(deleted)
         s.changed(view.folder)
     yield from s.updates(cmd, force=True)
-    yield ok(cmd.tag, "EXPUNGE completed").to_bytes()
+    yield ok(cmd.tag, "EXPUNGE completed", _highest(s, view.folder)).to_bytes()
+
+
+def _highest(s: Session, folder: Folder) -> str | None:
+    """RFC 7162 §3.2.7, §3.2.9: with QRESYNC the tagged OK of an expunge gives the modseq it
+    made (``updates`` has just reconciled)."""
+    return f"HIGHESTMODSEQ {s.index.get(folder.path).highest}" if s.qresync else None
 
 
 def _target(s: Session, name: str) -> Folder:
@@ -197,7 +206,7 @@ def move(s: Session, cmd: Command) -> Iterator[Output]:
         code = f"COPYUID {validity} {uid_set([a for a, _ in moved])} {uid_set([b for _, b in moved])}"
         yield ok(None, "Moved", code).to_bytes()
     yield from s.updates(cmd, force=True)
-    yield ok(cmd.tag, "MOVE completed").to_bytes()
+    yield ok(cmd.tag, "MOVE completed", _highest(s, view.folder)).to_bytes()
 
 
 def _unbinary(m: AppendMessage) -> AppendMessage:
