@@ -23,7 +23,8 @@ from mailstack.storage import mutf7
 
 from .dates import DateError, parse_date, parse_datetime
 from .types import (
-    FETCH_MACROS, AppendArgs, AppendMessage, AuthenticateArgs, Command, CommandArgs, CopyArgs, CreateArgs,
+    FETCH_MACROS, AppendArgs, AppendMessage, AuthenticateArgs, Command, CommandArgs, CompressArgs, CopyArgs,
+    CreateArgs,
     EnableArgs,
     ExpungeArgs, FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, NoArgs,
     QuotaRootArgs, RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet,
@@ -877,6 +878,14 @@ def _setquota(r: _Reader) -> SetQuotaArgs:
     return SetQuotaArgs(root, tuple(limits))
 
 
+def _compress(r: _Reader) -> CompressArgs:
+    # RFC 4978 §5: compress = "COMPRESS" SP algorithm; algorithm = "DEFLATE" (others: NO)
+    r.sp()
+    mechanism = r.atom("compression mechanism").upper()
+    r.end()
+    return CompressArgs(mechanism)
+
+
 _COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "CAPABILITY": _no_args, "NOOP": _no_args, "LOGOUT": _no_args, "STARTTLS": _no_args,
     "AUTHENTICATE": _authenticate, "LOGIN": _login,
@@ -887,6 +896,7 @@ _COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "SEARCH": _search, "SORT": _sort, "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
     "IDLE": _no_args, "NAMESPACE": _no_args, "ID": _id, "ENABLE": _enable,
     "GETQUOTA": _getquota, "GETQUOTAROOT": _mailbox, "SETQUOTA": _setquota,
+    "COMPRESS": _compress,
 }
 _UID_COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy, "SEARCH": _search,

@@ -154,6 +154,14 @@ class CommandReader:
         """Bytes held but not yet consumed (for tests and STARTTLS checks, RFC 3501 §6.2.1)."""
         return len(self._buf) + sum(len(p) for p in self._parts)
 
+    def take_buffered(self) -> bytes:
+        """Hand over (and forget) the octets received after the last complete command:
+        after COMPRESS (RFC 4978 §3) they are the start of the client's deflate stream."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._scanned = 0
+        return data
+
     def expect_line(self) -> None:
         """Read the next line raw (AUTHENTICATE continuation, IDLE's DONE)."""
         self._line_mode = True

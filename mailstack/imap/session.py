@@ -53,7 +53,7 @@ from . import states
 from .commands import COMMANDS, auth, idle
 from .commands.auth import ENABLEABLE, parse_sasl_plain
 from .commands.listing import SPECIAL_USE
-from .effects import Effect, Idle, Login, Logout, Output, SaslNeedResponse, StartTLS
+from .effects import Compress, Effect, Idle, Login, Logout, Output, SaslNeedResponse, StartTLS
 from .index import IndexCache
 from .mailbox import MailboxView, folder_stamp
 from .responses import ImapError, bad, ok
@@ -61,7 +61,7 @@ from .states import State
 from .types import Command, SequenceSet
 
 __all__ = [
-    "Session", "SessionConfig", "UserInfo", "Login", "StartTLS", "Idle", "Logout", "SaslNeedResponse", "Effect",
+    "Session", "SessionConfig", "UserInfo", "Login", "StartTLS", "Compress", "Idle", "Logout", "SaslNeedResponse", "Effect",
     "Output", "SPECIAL_USE", "SUPPORTED", "ENABLEABLE", "parse_sasl_plain",
 ]
 
@@ -74,6 +74,7 @@ SUPPORTED = frozenset({
     "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED", "CONDSTORE",
     "CREATE-SPECIAL-USE", "STATUS=SIZE", "MULTIAPPEND", "BINARY",
     "ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",
+    "COMPRESS=DEFLATE",
 })
 
 
@@ -129,6 +130,7 @@ class Session:
         self.enabled: set[str] = set()
         self.client_id: dict[str, str | None] = {}
         self._pending: list[bytes] = []  # untagged responses to send with the next updates
+        self.compressed = False  # COMPRESS=DEFLATE is on (RFC 4978)
 
     # -- capabilities -------------------------------------------------------------------
     def capabilities(self) -> list[str]:
