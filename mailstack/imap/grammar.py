@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable
 from datetime import date, datetime
 
@@ -54,7 +55,8 @@ TAG_CHARS = ASTRING_CHARS - {ord("+")}  # tag = 1*<any ASTRING-CHAR except "+">
 _DIGITS = frozenset(b"0123456789")
 
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")}
-STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE"})
+STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE",
+                          "MAILBOXID", "DELETED"})  # RFC 8474 §4.4, RFC 9051 §6.3.11
 SEARCH_CHARSETS = ("US-ASCII", "UTF-8")
 MAX_NUMBER = 2**32 - 1  # RFC 3501 §9 number: 32-bit unsigned
 MAX_NUMBER64 = 2**63 - 1  # RFC 7162 §7 mod-sequence-value
@@ -581,6 +583,7 @@ def _store(r: _Reader) -> StoreArgs:
 _SIMPLE_FETCH = {
     "ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE",
     "RFC822.TEXT", "BODYSTRUCTURE", "UID", "MODSEQ",
+    "EMAILID", "THREADID", "SAVEDATE",  # RFC 8474 §5, RFC 8514 §4.1
 }
 _NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.")
 
@@ -688,13 +691,17 @@ def _fetch(r: _Reader) -> FetchArgs:
 _SEARCH_FLAGS = frozenset({
     "ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT", "SEEN",
     "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN",
+    "SAVEDATESUPPORTED",  # RFC 8514 §4.2
 })
 _SEARCH_STRINGS = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
 _SEARCH_DATES = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
-_SEARCH_WITH_ARGS = _SEARCH_STRINGS | _SEARCH_DATES | {
+_SEARCH_SAVED = frozenset({"SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"})  # RFC 8514 §4.2
+_SEARCH_OBJECTIDS = frozenset({"EMAILID", "THREADID"})  # RFC 8474 §6
+_SEARCH_WITH_ARGS = _SEARCH_STRINGS | _SEARCH_DATES | _SEARCH_SAVED | _SEARCH_OBJECTIDS | {
     "KEYWORD", "UNKEYWORD", "LARGER", "SMALLER", "UID", "HEADER", "NOT", "OR", "MODSEQ",
 }
 MAX_SEARCH_DEPTH = 64
+_OBJECTID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # RFC 8474 §7
 
 
 SEARCH_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})  # RFC 4731 §3.1, RFC 5182 §2.1
@@ -795,8 +802,13 @@ def _search_key(r: _Reader, depth: int) -> SearchKey:
         return SearchKey(word, r.astr())
     if word in ("KEYWORD", "UNKEYWORD"):
         return SearchKey(word, r.atom("keyword"))
-    if word in _SEARCH_DATES:
+    if word in _SEARCH_DATES or word in _SEARCH_SAVED:
         return SearchKey(word, r.date())
+    if word in _SEARCH_OBJECTIDS:  # RFC 8474 §7: objectid = 1*255(ALPHA / DIGIT / "_" / "-")
+        oid = r.astr("object id")
+        if not _OBJECTID.fullmatch(oid):
+            raise GrammarError(f"Invalid {word}")
+        return SearchKey(word, oid)
     if word in ("LARGER", "SMALLER"):
         return SearchKey(word, r.number())
     if word == "UID":

@@ -25,6 +25,7 @@ from mailstack.storage.errors import FolderNotFound
 
 from ..effects import Output
 from ..listmatch import compile_pattern
+from ..objectid import mailbox_id
 from ..responses import ImapError, render_mailbox
 from ..types import Command, ListArgs, StatusArgs
 
@@ -161,6 +162,11 @@ def status_line(s: Session, name: str, items: Sequence[str]) -> bytes:
             v = sum(1 for m in st.messages if "\\Seen" not in m.flags)
         elif item == "SIZE":  # RFC 8438
             v = sum(m.vsize for m in st.messages)
+        elif item == "DELETED":  # RFC 9051 §6.3.11
+            v = sum(1 for m in st.messages if "\\Deleted" in m.flags)
+        elif item == "MAILBOXID":  # RFC 8474 §4.4
+            values.append(f"MAILBOXID ({mailbox_id(st)})")
+            continue
         else:
             raise ImapError("BAD", f"STATUS item {item} not supported")
         values.append(f"{item} {v}")

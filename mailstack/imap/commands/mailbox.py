@@ -20,10 +20,12 @@ from bisect import bisect_right
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from mailstack.storage import Folder
 from mailstack.storage.errors import FolderNotFound
 
 from ..effects import Output
 from ..mailbox import MailboxView, folder_stamp
+from ..objectid import mailbox_id
 from ..responses import ImapError, ok
 from ..states import State
 from ..types import Command, CreateArgs, MailboxArgs, RenameArgs, SelectArgs
@@ -70,6 +72,7 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
         out.append(f"* OK [UNSEEN {first_unseen}] First unseen\r\n")
     out.append(f"* OK [UIDVALIDITY {view.uidvalidity}] UIDs valid\r\n")
     out.append(f"* OK [UIDNEXT {view.uidnext}] Predicted next UID\r\n")
+    out.append(f"* OK [MAILBOXID ({mailbox_id(st)})] Ok\r\n")  # RFC 8474 §4.2
     if s.condstore:  # RFC 7162 §3.1.2.1 (NOMODSEQ never: every folder has modseqs)
         out.append(f"* OK [HIGHESTMODSEQ {idx.reconcile(st)}] Highest\r\n")
     s.view = view
@@ -91,8 +94,8 @@ def create(s: Session, cmd: Command) -> Iterator[Output]:
     if name.upper() == "INBOX":
         raise ImapError("NO", "INBOX always exists", "ALREADYEXISTS")
     if not args.uses:
-        s.md.create_folder(name)
-        yield from s.done(cmd, "CREATE completed")
+        folder = s.md.create_folder(name)
+        yield from s.done(cmd, "CREATE completed", _mailbox_id_code(folder))
         return
     uses = []
     for use in args.uses:  # RFC 6154 §5.2: an unsupported use creates nothing
@@ -100,8 +103,13 @@ def create(s: Session, cmd: Command) -> Iterator[Output]:
         if canonical is None:
             raise ImapError("NO", f"Special use {use} is not supported here", "USEATTR")
         uses.append(canonical)
-    s.md.create_special_folder(name, tuple(dict.fromkeys(uses)))
-    yield from s.done(cmd, "CREATE completed")
+    folder = s.md.create_special_folder(name, tuple(dict.fromkeys(uses)))
+    yield from s.done(cmd, "CREATE completed", _mailbox_id_code(folder))
+
+
+def _mailbox_id_code(folder: Folder) -> str:
+    """RFC 8474 §4.1: CREATE answers with the new mailbox's MAILBOXID (its uidlist is made now)."""
+    return f"MAILBOXID ({mailbox_id(folder.sync())})"
 
 
 def delete(s: Session, cmd: Command) -> Iterator[Output]:

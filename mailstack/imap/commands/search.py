@@ -18,14 +18,17 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from mailstack.storage import MessageInfo
 from mailstack.storage.errors import MessageNotFound
 
 from ..effects import Output
-from ..index import Entry
+from ..index import Entry, FolderIndex
+from ..mailbox import MailboxView
 from ..message import ParsedMessage
+from ..objectid import email_id, save_date
 from ..responses import uid_set
 from ..search import SearchContext, body_text_of, matches
 from ..sort import SortItem, sort_items
@@ -45,14 +48,25 @@ def _has_modseq(key: SearchKey) -> bool:
 class _Searchable:
     """A ``search.SearchableMessage`` whose headers come from the index."""
 
-    __slots__ = ("seq", "uid", "flags", "internaldate", "size", "modseq", "_entry", "_load")
+    __slots__ = ("seq", "uid", "flags", "internaldate", "size", "modseq", "_entry", "_load", "_info", "_view",
+                 "_idx")
 
     def __init__(self, seq: int, uid: int, flags: frozenset[str], info: MessageInfo,
-                 entry: Callable[[], Entry], load: Callable[[], bytes], modseq: int = 0) -> None:
+                 entry: Callable[[], Entry], load: Callable[[], bytes], modseq: int = 0,
+                 view: MailboxView | None = None, idx: FolderIndex | None = None) -> None:
         self.seq, self.uid, self.flags = seq, uid, flags
         self.internaldate, self.size, self.modseq = info.internaldate, info.vsize, modseq
         self._entry = entry
         self._load = load
+        self._info, self._view, self._idx = info, view, idx
+
+    def save_date(self) -> datetime | None:  # RFC 8514
+        assert self._view is not None and self._idx is not None
+        return save_date(self._view.folder, self._info, self._idx)
+
+    def email_id(self) -> str:  # RFC 8474
+        assert self._view is not None
+        return email_id(self._view.folder.state, self._info)
 
     def headers(self) -> Sequence[tuple[str, str]]:
         return self._entry().headers
@@ -87,7 +101,7 @@ def _find(s: Session, cmd: Command, args: SearchArgs) -> tuple[list[_Searchable]
             return idx.entry(inf.base, ld)
 
         m = _Searchable(i + 1, uid, view.flags_for(uid), info, entry, load,
-                        idx.modseq(uid) if with_modseq else 0)
+                        idx.modseq(uid) if with_modseq else 0, view, idx)
         if matches(key, m, ctx):
             found.append(m)
     return found, with_modseq
