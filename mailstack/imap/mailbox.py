@@ -90,6 +90,8 @@ class MailboxView:
         KEPT.register(self)  # may still FETCH what another session expunges (RFC 2180 §4.1)
         # RFC 5182 §2.1: the "$" of SEARCH RETURN (SAVE), as UIDs; empty at SELECT
         self.saved: frozenset[int] = frozenset()
+        # RFC 9051 (the session enabled IMAP4rev2): no \Recent flag, no RECENT response
+        self.rev2 = False
 
     # -- lookups ------------------------------------------------------------------------
     @property
@@ -104,7 +106,7 @@ class MailboxView:
         f = self.flags.get(uid)
         if f is None:
             f = flags_of(self.infos[uid])
-        return f | {"\\Recent"} if uid in self.recent else f
+        return f | {"\\Recent"} if uid in self.recent and not self.rev2 else f
 
     def seq_of(self, uid: int) -> int | None:
         i = bisect_left(self.uids, uid)
@@ -225,6 +227,7 @@ class MailboxView:
                 if m.uid > floor:
                     self.recent.add(m.uid)
             out.append(b"* %d EXISTS\r\n" % self.exists)
-            out.append(b"* %d RECENT\r\n" % len(self.recent))
+            if not self.rev2:  # RFC 9051 Appendix E: no RECENT response in rev2
+                out.append(b"* %d RECENT\r\n" % len(self.recent))
         self.uidnext = max(self.uidnext, state.uidnext)
         return out

@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 # What this server implements of the core's capability list (states.BASE_CAPABILITIES).
 SUPPORTED = frozenset({
-    "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS",
+    "IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS",
     "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE",
     "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED", "CONDSTORE",
     "CREATE-SPECIAL-USE", "STATUS=SIZE", "MULTIAPPEND", "BINARY",
@@ -210,6 +210,13 @@ class Session:
 
     def changed(self, folder: Folder) -> None:
         self.on_change(folder.path)
+
+    @property
+    def rev2(self) -> bool:
+        """ENABLE IMAP4rev2 was given (RFC 9051 §6.3.1): rev2's rules for this session
+        (no \\Recent nor RECENT, SEARCH answers ESEARCH, \\NonExistent in LIST, SELECT
+        without UNSEEN, [CLOSED] when a SELECT replaces a selected mailbox)."""
+        return "IMAP4rev2" in self.enabled
 
     # -- CONDSTORE (RFC 7162) -------------------------------------------------------------
     @property

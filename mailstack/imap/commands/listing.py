@@ -78,7 +78,8 @@ def list_(s: Session, cmd: Command) -> Iterator[Output]:
         extra = b""
         is_sub = name in subscribed
         if name not in exists:
-            attrs.append("\\NonExistent" if args.extended else "\\Noselect")
+            # RFC 9051 §7.3.1: rev2 says \NonExistent (which implies \Noselect) too
+            attrs.append("\\NonExistent" if args.extended or s.rev2 else "\\Noselect")
         if "SUBSCRIBED" in sel and not is_sub:
             if "RECURSIVEMATCH" in sel and name in sub_children:  # RFC 5258 §3.5
                 extra = b' ("CHILDINFO" ("SUBSCRIBED"))'

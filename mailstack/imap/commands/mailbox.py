@@ -26,7 +26,7 @@ from mailstack.storage.errors import FolderNotFound
 from ..effects import Output
 from ..mailbox import MailboxView, folder_stamp
 from ..objectid import mailbox_id
-from ..responses import ImapError, ok
+from ..responses import ImapError, ok, render_mailbox
 from ..states import State
 from ..types import Command, CreateArgs, MailboxArgs, RenameArgs, SelectArgs
 
@@ -46,6 +46,8 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
     args = cmd.args
     assert isinstance(args, SelectArgs)
     readonly = cmd.name == "EXAMINE"
+    # RFC 9051 §6.3.2, §7.1: in rev2, a SELECT that replaces a selected mailbox says so first
+    closed = b"* OK [CLOSED] Previous mailbox closed\r\n" if s.rev2 and s.view is not None else b""
     s.view = None  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
     s.state = State.AUTHENTICATED
     try:
@@ -56,6 +58,7 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
         raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT") from None
     view = MailboxView(folder, st, readonly=readonly)
     view.stamp = stamp
+    view.rev2 = s.rev2
     idx = s.index.get(folder.path)
     # RFC 3501 §2.3.2: SELECT takes the unclaimed messages as its \Recent; EXAMINE only looks
     floor = idx.claim_recent(view.uidvalidity, view.max_uid, not readonly)
@@ -64,11 +67,15 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
         s.enabled.add("CONDSTORE")
     first_unseen = next((i + 1 for i, m in enumerate(st.messages) if "\\Seen" not in m.flags), None)
     out = [
+        closed.decode("ascii"),
         view.flags_response().decode("ascii"),
         f"* {view.exists} EXISTS\r\n",
-        f"* {len(view.recent)} RECENT\r\n",
     ]
-    if first_unseen is not None:
+    if s.rev2:  # RFC 9051 §6.3.2: a LIST response with the mailbox name is REQUIRED
+        out.append("* LIST () \".\" " + render_mailbox(folder.name).decode("ascii") + "\r\n")
+    else:  # RFC 9051 Appendix E: rev2 has neither RECENT nor the UNSEEN response code
+        out.append(f"* {len(view.recent)} RECENT\r\n")
+    if first_unseen is not None and not s.rev2:
         out.append(f"* OK [UNSEEN {first_unseen}] First unseen\r\n")
     out.append(f"* OK [UIDVALIDITY {view.uidvalidity}] UIDs valid\r\n")
     out.append(f"* OK [UIDNEXT {view.uidnext}] Predicted next UID\r\n")

@@ -164,8 +164,11 @@ def _run(s: Session, cmd: Command, ordered: Callable[[list[_Searchable]], list[_
         if args.returns is not None and "SAVE" in args.returns:
             s.selected.saved = frozenset()  # RFC 5182 §2.1: a failed SAVE leaves $ empty
         raise
-    if args.returns is not None:
-        yield from _esearch(s, cmd, args.returns, found, with_modseq, ordered is not None)
+    returns = args.returns
+    if returns is None and s.rev2 and ordered is None:  # RFC 9051 §6.4.4: SEARCH answers ESEARCH (ALL)
+        returns = ("ALL",)
+    if returns is not None:
+        yield from _esearch(s, cmd, returns, found, with_modseq, ordered is not None)
     else:
         ids = [m.uid if cmd.uid else m.seq for m in found]
         # RFC 7162 §3.1.5: with MODSEQ in the program, the highest modseq of what was found
