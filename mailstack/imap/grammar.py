@@ -68,10 +68,13 @@ MAX_SEARCH_KEYS = 1000  # RFC 3501 sets none; every key may be evaluated on ever
 class _Reader:
     """Recursive-descent reader over one framed command."""
 
-    def __init__(self, data: bytes, decode_mailbox: MailboxDecoder) -> None:
+    def __init__(self, data: bytes, decode_mailbox: MailboxDecoder, utf8: bool = False) -> None:
         self.d = data
         self.i = 0
         self.decode_mailbox = decode_mailbox
+        # RFC 9051 §5.1, §9 (IMAP4rev2 enabled): quoted strings may hold UTF-8 and mailbox
+        # names are UTF-8, not modified UTF-7
+        self.utf8 = utf8
         self.keys = 0  # search keys read so far (MAX_SEARCH_KEYS)
         # A mailbox argument that is not valid modified UTF-7: the command is well-formed
         # (BAD is only for malformed commands, RFC 3501 §7.1.3), so ``parse_command`` answers
@@ -154,7 +157,7 @@ class _Reader:
                 raise GrammarError("Bad escape in quoted string")
             if c in (0x0A, 0x0D):
                 raise GrammarError("Unterminated quoted string")
-            if c == 0 or c >= 0x80:
+            if c == 0 or (c >= 0x80 and not self.utf8):
                 raise GrammarError("Invalid character in quoted string")
             out.append(c)
 
@@ -225,9 +228,10 @@ class _Reader:
         return name
 
     def _mailbox_name(self, raw: bytes) -> str | None:
-        # RFC 3501 §5.1: INBOX is case-insensitive; §5.1.3: names are modified UTF-7.
+        # RFC 3501 §5.1: INBOX is case-insensitive; §5.1.3: names are modified UTF-7
+        # (RFC 9051 §5.1: UTF-8 once IMAP4rev2 is enabled).
         try:
-            name = self.decode_mailbox(raw.decode("ascii"))
+            name = raw.decode("utf-8") if self.utf8 else self.decode_mailbox(raw.decode("ascii"))
         except (UnicodeError, ValueError):
             return None
         return "INBOX" if name.upper() == "INBOX" else name
@@ -930,9 +934,10 @@ def parse_tag(data: bytes, complete: bool = True) -> str | None:
     return data[:end].decode("ascii")
 
 
-def parse_command(data: bytes, decode_mailbox: MailboxDecoder = mutf7.decode) -> Command:
-    """Parse one framed command (ending in CRLF). Raises ``GrammarError``."""
-    r = _Reader(data, decode_mailbox)
+def parse_command(data: bytes, decode_mailbox: MailboxDecoder = mutf7.decode, utf8: bool = False) -> Command:
+    """Parse one framed command (ending in CRLF). Raises ``GrammarError``. ``utf8``: the
+    session enabled IMAP4rev2 (UTF-8 in quoted strings and mailbox names, RFC 9051 §5.1)."""
+    r = _Reader(data, decode_mailbox, utf8)
     tag_raw = r.run(TAG_CHARS)
     if not tag_raw:
         raise GrammarError("Missing tag")

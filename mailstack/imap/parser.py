@@ -124,6 +124,7 @@ class CommandReader:
         self.max_append = max_append
         self.max_literals = max_literals
         self._decode = decode_mailbox or mutf7.decode  # RFC 3501 §5.1.3
+        self.utf8 = False  # RFC 9051 §5.1: UTF-8 mailbox names (the session enabled IMAP4rev2)
         self._buf = bytearray()
         self._parts: list[bytes] = []  # the current command so far, CRLF-normalised
         self._tag: str | None = None
@@ -307,7 +308,7 @@ class CommandReader:
         tag = self._tag
         self._reset()
         try:
-            return parse_command(data, self._decode)
+            return parse_command(data, self._decode, self.utf8)
         except GrammarError as exc:
             return ParseError(tag, exc.message, exc.status, exc.code)
 

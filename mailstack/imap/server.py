@@ -330,6 +330,7 @@ class IMAPService:
             elif isinstance(ev, Command):
                 log.debug("imap: %s C: %s %s%s", ip, ev.tag, "UID " if ev.uid else "", ev.name)
                 reader = await self._execute(conn, sess, reader, ev, ip)
+                reader.utf8 = sess.rev2  # RFC 9051 §5.1: after ENABLE IMAP4rev2, names are UTF-8
 
     async def _execute(self, conn: _Connection, sess: Session, reader: CommandReader, cmd: Command,
                        ip: str | None) -> CommandReader:

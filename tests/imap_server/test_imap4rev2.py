@@ -106,3 +106,28 @@ def test_status_deleted_list_nonexistent_and_closed(imap: IMAPServer, connect: C
     assert '* LIST (\\Noselect \\HasChildren) "." a\r\n' in other.cmd('LIST "" a*')
     other.cmd("SELECT INBOX")
     assert "[CLOSED]" not in other.cmd("EXAMINE INBOX")
+
+
+def test_mailbox_names_are_utf8_after_enable(imap: IMAPServer, connect: Callable[[], Raw]) -> None:
+    """RFC 9051 §5.1: rev2 names are UTF-8 (quoted strings carry UTF-8, §9); rev1 sessions
+    keep modified UTF-7 (RFC 3501 §5.1.3), for the same folder on disk."""
+    c = connect()
+    rev1 = connect()
+    assert tagged(c.cmd('CREATE "Été"')).startswith("BAD ")  # rev1: 8-bit in a quoted string
+    _rev2(c)
+    assert tagged(c.cmd('CREATE "Été"')).startswith("OK [MAILBOXID (")
+    assert tagged(c.cmd('CREATE "Été.Brouillons"')).startswith("OK [MAILBOXID (")
+    resp = c.cmd('LIST "" "Été*"')  # the pattern in UTF-8 too
+    assert '* LIST (\\HasChildren) "." "Été"\r\n' in resp
+    assert '* LIST (\\HasNoChildren) "." "Été.Brouillons"\r\n' in resp
+    assert '* LIST () "." "Été.Brouillons"\r\n' in c.cmd('SELECT "Été.Brouillons"')
+    assert c.cmd('STATUS "Été" (MESSAGES)').startswith('* STATUS "Été" (MESSAGES 0)\r\n')
+    # the same folders for a rev1 client, in modified UTF-7, and on disk as Dovecot keeps them
+    resp = rev1.cmd('LIST "" *')
+    assert '"." &AMk-t&AOk-\r\n' in resp and '"." &AMk-t&AOk-.Brouillons\r\n' in resp
+    assert (imap.maildir().root / ".&AMk-t&AOk-.Brouillons").is_dir()
+    # a rev2 name is not decoded as modified UTF-7: "&AMk-t&AOk-" is just those characters
+    assert tagged(c.cmd("STATUS &AMk-t&AOk- (MESSAGES)")).startswith("NO [NONEXISTENT]")
+    # octets that are not UTF-8 name no mailbox: NO, as a name that is not modified UTF-7 in rev1
+    c.sock.sendall(b't99 CREATE "bad\xff\xfe"\r\n')
+    assert c._until("t99").startswith("t99 NO [CANNOT]")

@@ -98,7 +98,7 @@ def list_(s: Session, cmd: Command) -> Iterator[Output]:
             continue
         if want_subscribed and is_sub:
             attrs.append("\\Subscribed")
-        lines.append(b"* LIST (" + " ".join(attrs).encode("ascii") + b') "." ' + render_mailbox(name) + extra
+        lines.append(b"* LIST (" + " ".join(attrs).encode("ascii") + b') "." ' + render_mailbox(name, s.rev2) + extra
                      + b"\r\n")
         if "STATUS" in args.returns and name in exists:  # RFC 5819
             lines.append(status_line(s, name, args.status_items))
@@ -124,7 +124,7 @@ def lsub(s: Session, cmd: Command) -> Iterator[Output]:
     for name in sorted(listed | parents, key=lambda n: (n != "INBOX", n)):
         if regex.match(name):
             attrs = "" if name in exists and name not in parents else "\\Noselect"
-            out.append(b"* LSUB (" + attrs.encode() + b') "." ' + render_mailbox(name) + b"\r\n")
+            out.append(b"* LSUB (" + attrs.encode() + b') "." ' + render_mailbox(name, s.rev2) + b"\r\n")
     yield b"".join(out)
     yield from s.done(cmd, "LSUB completed")
 
@@ -171,7 +171,7 @@ def status_line(s: Session, name: str, items: Sequence[str]) -> bytes:
         else:
             raise ImapError("BAD", f"STATUS item {item} not supported")
         values.append(f"{item} {v}")
-    return b"* STATUS " + render_mailbox(name) + b" (" + " ".join(values).encode("ascii") + b")\r\n"
+    return b"* STATUS " + render_mailbox(name, s.rev2) + b" (" + " ".join(values).encode("ascii") + b")\r\n"
 
 
 def status(s: Session, cmd: Command) -> Iterator[Output]:

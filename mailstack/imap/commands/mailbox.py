@@ -72,7 +72,7 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
         f"* {view.exists} EXISTS\r\n",
     ]
     if s.rev2:  # RFC 9051 §6.3.2: a LIST response with the mailbox name is REQUIRED
-        out.append("* LIST () \".\" " + render_mailbox(folder.name).decode("ascii") + "\r\n")
+        out.append("* LIST () \".\" " + render_mailbox(folder.name, True).decode("utf-8") + "\r\n")
     else:  # RFC 9051 Appendix E: rev2 has neither RECENT nor the UNSEEN response code
         out.append(f"* {len(view.recent)} RECENT\r\n")
     if first_unseen is not None and not s.rev2:
@@ -84,7 +84,7 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
         out.append(f"* OK [HIGHESTMODSEQ {idx.reconcile(st)}] Highest\r\n")
     s.view = view
     s.state = State.SELECTED
-    yield "".join(out).encode("ascii")
+    yield "".join(out).encode("utf-8")
     yield ok(cmd.tag, f"{cmd.name} completed", "READ-ONLY" if readonly else "READ-WRITE").to_bytes()
 
 
