@@ -140,10 +140,11 @@ class _Deflated:
         self.raw.sock.sendall(z)
 
     def until(self, tag: str) -> str:
+        start = f"{tag} ".encode()
         while True:
-            i = self.buf.find(f"{tag} ".encode())
-            if i >= 0 and (i == 0 or self.buf[i - 2 : i] == b"\r\n") and self.buf.find(b"\r\n", i) >= 0:
-                end = self.buf.find(b"\r\n", i) + 2
+            i = 0 if self.buf.startswith(start) else self.buf.find(b"\r\n" + start)
+            if i >= 0 and self.buf.find(b"\r\n", i + 2) >= 0:
+                end = self.buf.find(b"\r\n", i + 2) + 2
                 out, self.buf = self.buf[:end], self.buf[end:]
                 return out.decode()
             chunk = self.raw.sock.recv(65536)
@@ -272,3 +273,23 @@ def test_corrupt_deflate_stream_ends_only_that_connection(imap: IMAPServer) -> N
     other = imap.client()
     assert other.noop()[0] == "OK"
     other.logout()
+
+
+def test_idle_pushes_are_flushed_under_compression(imap: IMAPServer) -> None:
+    """An untagged EXISTS pushed during IDLE is written with no command to answer: it must
+    still be flushed (Z_SYNC_FLUSH) at once, not sit in the deflater."""
+    raw = Raw(imap)
+    raw.sock.sendall(b"c COMPRESS DEFLATE\r\n")
+    assert raw._until("c") == "c OK Begin compression\r\n"
+    d = _Deflated(raw)
+    d.send(b"s SELECT INBOX\r\n")
+    assert "s OK [READ-WRITE]" in d.until("s")
+    d.send(b"i IDLE\r\n")
+    while b"+ idling" not in d.buf:
+        d.buf += d.inp.decompress(raw.sock.recv(65536))
+    imap.deliver(ALICE, message("pushed"))
+    while b"* 1 EXISTS\r\n" not in d.buf:  # the socket timeout (10 s) fails the test if it never comes
+        d.buf += d.inp.decompress(raw.sock.recv(65536))
+    d.send(b"DONE\r\n")
+    assert d.until("i").endswith("i OK IDLE terminated\r\n")
+    raw.sock.close()
