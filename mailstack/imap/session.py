@@ -197,7 +197,8 @@ class Session:
         if self.condstore:  # RFC 7162 §3.2: changes by anyone get a modseq; FETCH carries it
             idx.reconcile(state)
             modseq = idx.modseq
-        out = view.changes(state, allow_expunge=not hold, modseq=modseq,
+        # RFC 9051 §7.5.2: in rev2, unsolicited FETCH responses carry the UID
+        out = view.changes(state, allow_expunge=not hold, modseq=modseq, with_uid=self.rev2,
                            recent_floor=lambda top: idx.claim_recent(view.uidvalidity, top, not view.readonly))
         if hold and len(view.uids) != len(state.messages):
             view.stamp = ()  # expunges held back: look again after the next command
@@ -213,9 +214,14 @@ class Session:
 
     @property
     def rev2(self) -> bool:
-        """ENABLE IMAP4rev2 was given (RFC 9051 §6.3.1): rev2's rules for this session
-        (no \\Recent nor RECENT, SEARCH answers ESEARCH, \\NonExistent in LIST, SELECT
-        without UNSEEN, [CLOSED] when a SELECT replaces a selected mailbox)."""
+        """ENABLE IMAP4rev2 was given (RFC 9051 §6.3.1): rev2's rules for this session, from
+        Appendix E: no \\Recent flag nor RECENT response, SEARCH answers ESEARCH (RETURN
+        (ALL)), SELECT sends LIST and no [UNSEEN], [CLOSED] when a SELECT replaces a selected
+        mailbox, \\NonExistent in LIST, UID in unsolicited FETCH, mailbox names in UTF-8 both
+        ways (the reader is told by the adapter), STATUS DELETED (accepted from anyone).
+        LSUB, STATUS RECENT and the NEW/OLD/RECENT search keys, gone from rev2, still answer
+        as in rev1 (a client that uses them gets what it asked for). Dovecot 2.3.19 announces
+        no IMAP4rev2, so RFC 9051 itself is the reference here."""
         return "IMAP4rev2" in self.enabled
 
     # -- CONDSTORE (RFC 7162) -------------------------------------------------------------

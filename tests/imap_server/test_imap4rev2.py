@@ -44,6 +44,11 @@ def test_select_and_updates_without_recent(imap: IMAPServer, connect: Callable[[
     assert resp.startswith("* 2 EXISTS\r\n") and "RECENT" not in resp
     assert c.cmd("FETCH 2 (FLAGS)").startswith("* 2 FETCH (FLAGS ())\r\n")
     assert c.cmd("SEARCH RECENT").startswith('* ESEARCH (TAG "')
+    # a flag change by another session: the unsolicited FETCH carries the UID (§7.5.2)
+    setter = connect()
+    setter.cmd("SELECT INBOX")
+    setter.cmd("STORE 1 +FLAGS (\\Flagged)")
+    assert c.cmd("NOOP").startswith("* 1 FETCH (UID 1 FLAGS (\\Flagged))\r\n")
     # a rev1 session on the same mailbox keeps rev1's responses
     other = connect()
     resp = other.cmd("SELECT INBOX")
