@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-__all__ = ["Login", "SaslNeedResponse", "StartTLS", "Idle", "Logout", "Effect", "Output"]
+__all__ = ["Login", "SaslNeedResponse", "StartTLS", "Compress", "Idle", "Logout", "Effect", "Output"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,11 @@ class StartTLS:
 
 
 @dataclass(frozen=True)
+class Compress:
+    """The tagged OK is out, uncompressed: deflate both directions from here on (RFC 4978 §3)."""
+
+
+@dataclass(frozen=True)
 class Idle:
     """``+ idling`` is out: wait for DONE or changes (``idle_updates``), then ``idle_done`` (RFC 2177)."""
 
@@ -48,5 +53,5 @@ class Logout:
     """The BYE and tagged OK are out: close the connection (RFC 3501 §6.1.3)."""
 
 
-Effect = Union[Login, SaslNeedResponse, StartTLS, Idle, Logout]
+Effect = Union[Login, SaslNeedResponse, StartTLS, Compress, Idle, Logout]
 Output = Union[bytes, Effect]

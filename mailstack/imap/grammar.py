@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable
 from datetime import date, datetime
 
@@ -24,7 +25,7 @@ from mailstack.storage import mutf7
 from .dates import DateError, parse_date, parse_datetime
 from .types import (
     FETCH_MACROS, AppendArgs, AppendMessage, AuthenticateArgs, CancelUpdateArgs, CatenatePart, Command,
-    CommandArgs, CopyArgs, CreateArgs,
+    CommandArgs, CompressArgs, CopyArgs, CreateArgs,
     EnableArgs,
     ExpungeArgs, FetchArgs, FetchAttribute, IdArgs, ListArgs, LoginArgs, MailboxArgs, NoArgs,
     QresyncParams, QuotaRootArgs, RenameArgs, SearchArgs, SearchKey, Section, SelectArgs, SequenceSet,
@@ -54,7 +55,8 @@ TAG_CHARS = ASTRING_CHARS - {ord("+")}  # tag = 1*<any ASTRING-CHAR except "+">
 _DIGITS = frozenset(b"0123456789")
 
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")}
-STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE"})
+STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE",
+                          "MAILBOXID", "DELETED"})  # RFC 8474 §4.4, RFC 9051 §6.3.11
 SEARCH_CHARSETS = ("US-ASCII", "UTF-8")
 MAX_NUMBER = 2**32 - 1  # RFC 3501 §9 number: 32-bit unsigned
 MAX_NUMBER64 = 2**63 - 1  # RFC 7162 §7 mod-sequence-value
@@ -66,10 +68,13 @@ MAX_SEARCH_KEYS = 1000  # RFC 3501 sets none; every key may be evaluated on ever
 class _Reader:
     """Recursive-descent reader over one framed command."""
 
-    def __init__(self, data: bytes, decode_mailbox: MailboxDecoder) -> None:
+    def __init__(self, data: bytes, decode_mailbox: MailboxDecoder, utf8: bool = False) -> None:
         self.d = data
         self.i = 0
         self.decode_mailbox = decode_mailbox
+        # RFC 9051 §5.1, §9 (IMAP4rev2 enabled): quoted strings may hold UTF-8 and mailbox
+        # names are UTF-8, not modified UTF-7
+        self.utf8 = utf8
         self.keys = 0  # search keys read so far (MAX_SEARCH_KEYS)
         # A mailbox argument that is not valid modified UTF-7: the command is well-formed
         # (BAD is only for malformed commands, RFC 3501 §7.1.3), so ``parse_command`` answers
@@ -152,7 +157,7 @@ class _Reader:
                 raise GrammarError("Bad escape in quoted string")
             if c in (0x0A, 0x0D):
                 raise GrammarError("Unterminated quoted string")
-            if c == 0 or c >= 0x80:
+            if c == 0 or (c >= 0x80 and not self.utf8):
                 raise GrammarError("Invalid character in quoted string")
             out.append(c)
 
@@ -223,9 +228,10 @@ class _Reader:
         return name
 
     def _mailbox_name(self, raw: bytes) -> str | None:
-        # RFC 3501 §5.1: INBOX is case-insensitive; §5.1.3: names are modified UTF-7.
+        # RFC 3501 §5.1: INBOX is case-insensitive; §5.1.3: names are modified UTF-7
+        # (RFC 9051 §5.1: UTF-8 once IMAP4rev2 is enabled).
         try:
-            name = self.decode_mailbox(raw.decode("ascii"))
+            name = raw.decode("utf-8") if self.utf8 else self.decode_mailbox(raw.decode("ascii"))
         except (UnicodeError, ValueError):
             return None
         return "INBOX" if name.upper() == "INBOX" else name
@@ -689,6 +695,7 @@ def _store(r: _Reader) -> StoreArgs:
 _SIMPLE_FETCH = {
     "ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE",
     "RFC822.TEXT", "BODYSTRUCTURE", "UID", "MODSEQ",
+    "EMAILID", "THREADID", "SAVEDATE",  # RFC 8474 §5, RFC 8514 §4.1
 }
 _NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.")
 
@@ -804,13 +811,17 @@ def _fetch(r: _Reader) -> FetchArgs:
 _SEARCH_FLAGS = frozenset({
     "ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT", "SEEN",
     "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN",
+    "SAVEDATESUPPORTED",  # RFC 8514 §4.2
 })
 _SEARCH_STRINGS = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
 _SEARCH_DATES = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
-_SEARCH_WITH_ARGS = _SEARCH_STRINGS | _SEARCH_DATES | {
+_SEARCH_SAVED = frozenset({"SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"})  # RFC 8514 §4.2
+_SEARCH_OBJECTIDS = frozenset({"EMAILID", "THREADID"})  # RFC 8474 §6
+_SEARCH_WITH_ARGS = _SEARCH_STRINGS | _SEARCH_DATES | _SEARCH_SAVED | _SEARCH_OBJECTIDS | {
     "KEYWORD", "UNKEYWORD", "LARGER", "SMALLER", "UID", "HEADER", "NOT", "OR", "MODSEQ",
 }
 MAX_SEARCH_DEPTH = 64
+_OBJECTID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # RFC 8474 §7
 
 
 SEARCH_RETURNS = frozenset({  # RFC 4731 §3.1, RFC 5182 §2.1, RFC 5267 §4.2-4.4
@@ -949,8 +960,13 @@ def _search_key(r: _Reader, depth: int) -> SearchKey:
         return SearchKey(word, r.astr())
     if word in ("KEYWORD", "UNKEYWORD"):
         return SearchKey(word, r.atom("keyword"))
-    if word in _SEARCH_DATES:
+    if word in _SEARCH_DATES or word in _SEARCH_SAVED:
         return SearchKey(word, r.date())
+    if word in _SEARCH_OBJECTIDS:  # RFC 8474 §7: objectid = 1*255(ALPHA / DIGIT / "_" / "-")
+        oid = r.astr("object id")
+        if not _OBJECTID.fullmatch(oid):
+            raise GrammarError(f"Invalid {word}")
+        return SearchKey(word, oid)
     if word in ("LARGER", "SMALLER"):
         return SearchKey(word, r.number())
     if word == "UID":
@@ -1046,6 +1062,14 @@ def _setquota(r: _Reader) -> SetQuotaArgs:
     return SetQuotaArgs(root, tuple(limits))
 
 
+def _compress(r: _Reader) -> CompressArgs:
+    # RFC 4978 §5: compress = "COMPRESS" SP algorithm; algorithm = "DEFLATE" (others: NO)
+    r.sp()
+    mechanism = r.atom("compression mechanism").upper()
+    r.end()
+    return CompressArgs(mechanism)
+
+
 _COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "CAPABILITY": _no_args, "NOOP": _no_args, "LOGOUT": _no_args, "STARTTLS": _no_args,
     "AUTHENTICATE": _authenticate, "LOGIN": _login,
@@ -1057,6 +1081,7 @@ _COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "THREAD": _thread, "CANCELUPDATE": _cancelupdate,
     "IDLE": _no_args, "NAMESPACE": _no_args, "ID": _id, "ENABLE": _enable,
     "GETQUOTA": _getquota, "GETQUOTAROOT": _mailbox, "SETQUOTA": _setquota,
+    "COMPRESS": _compress,
 }
 _UID_COMMANDS: dict[str, Callable[[_Reader], CommandArgs]] = {
     "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy, "SEARCH": _search,
@@ -1078,9 +1103,10 @@ def parse_tag(data: bytes, complete: bool = True) -> str | None:
     return data[:end].decode("ascii")
 
 
-def parse_command(data: bytes, decode_mailbox: MailboxDecoder = mutf7.decode) -> Command:
-    """Parse one framed command (ending in CRLF). Raises ``GrammarError``."""
-    r = _Reader(data, decode_mailbox)
+def parse_command(data: bytes, decode_mailbox: MailboxDecoder = mutf7.decode, utf8: bool = False) -> Command:
+    """Parse one framed command (ending in CRLF). Raises ``GrammarError``. ``utf8``: the
+    session enabled IMAP4rev2 (UTF-8 in quoted strings and mailbox names, RFC 9051 §5.1)."""
+    r = _Reader(data, decode_mailbox, utf8)
     tag_raw = r.run(TAG_CHARS)
     if not tag_raw:
         raise GrammarError("Missing tag")

@@ -92,6 +92,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS modseq (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL, flags TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS vanished (modseq INTEGER PRIMARY KEY, uids TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS savedate (base TEXT PRIMARY KEY, t REAL NOT NULL)",  # RFC 8514
 )
 
 
@@ -189,6 +190,32 @@ class FolderIndex:
                            (base, entry.envelope, entry.body, entry.bodystructure, json.dumps(entry.headers)))
             except sqlite3.Error as e:
                 log.warning("imap index %s: %s", self.path, e)
+
+    def save_time(self, base: str, first_sight: Callable[[], float | None]) -> float | None:
+        """RFC 8514 save date of a message whose file name tells none: the value kept for
+        ``base``, else ``first_sight()`` (the file's ctime), kept from now on and never
+        changed (the first writer wins across sessions and processes). Without a usable
+        index, ``first_sight()`` each time."""
+        with self._lock:
+            db = self._connect()
+            if db is not None:
+                try:
+                    row = db.execute("SELECT t FROM savedate WHERE base = ?", (base,)).fetchone()
+                    if row is not None:
+                        return float(row[0])
+                except sqlite3.Error as e:
+                    log.warning("imap index %s: %s", self.path, e)
+                    db = None
+            t = first_sight()
+            if t is None or db is None:
+                return t
+            try:
+                db.execute("INSERT OR IGNORE INTO savedate VALUES (?, ?)", (base, t))
+                row = db.execute("SELECT t FROM savedate WHERE base = ?", (base,)).fetchone()
+            except sqlite3.Error as e:
+                log.warning("imap index %s: %s", self.path, e)
+                return t
+            return float(row[0]) if row is not None else t
 
     def entry(self, base: str, load: Callable[[], bytes]) -> Entry:
         """The cached entry, or one built from the message (``load`` reads it) and stored."""

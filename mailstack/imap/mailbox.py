@@ -98,6 +98,8 @@ class MailboxView:
         self.saved: frozenset[int] = frozenset()
         # RFC 5267 §4.3: SEARCH RETURN (UPDATE) contexts by tag; they end with the selection
         self.contexts: dict[str, UpdateContext] = {}
+        # RFC 9051 (the session enabled IMAP4rev2): no \Recent flag, no RECENT response
+        self.rev2 = False
 
     # -- lookups ------------------------------------------------------------------------
     @property
@@ -112,7 +114,7 @@ class MailboxView:
         f = self.flags.get(uid)
         if f is None:
             f = flags_of(self.infos[uid])
-        return f | {"\\Recent"} if uid in self.recent else f
+        return f | {"\\Recent"} if uid in self.recent and not self.rev2 else f
 
     def seq_of(self, uid: int) -> int | None:
         i = bisect_left(self.uids, uid)
@@ -238,6 +240,7 @@ class MailboxView:
                 if m.uid > floor:
                     self.recent.add(m.uid)
             out.append(b"* %d EXISTS\r\n" % self.exists)
-            out.append(b"* %d RECENT\r\n" % len(self.recent))
+            if not self.rev2:  # RFC 9051 Appendix E: no RECENT response in rev2
+                out.append(b"* %d RECENT\r\n" % len(self.recent))
         self.uidnext = max(self.uidnext, state.uidnext)
         return out

@@ -124,6 +124,7 @@ class CommandReader:
         self.max_append = max_append
         self.max_literals = max_literals
         self._decode = decode_mailbox or mutf7.decode  # RFC 3501 §5.1.3
+        self.utf8 = False  # RFC 9051 §5.1: UTF-8 mailbox names (the session enabled IMAP4rev2)
         self._buf = bytearray()
         self._parts: list[bytes] = []  # the current command so far, CRLF-normalised
         self._tag: str | None = None
@@ -153,6 +154,14 @@ class CommandReader:
     def buffered(self) -> int:
         """Bytes held but not yet consumed (for tests and STARTTLS checks, RFC 3501 §6.2.1)."""
         return len(self._buf) + sum(len(p) for p in self._parts)
+
+    def take_buffered(self) -> bytes:
+        """Hand over (and forget) the octets received after the last complete command:
+        after COMPRESS (RFC 4978 §3) they are the start of the client's deflate stream."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._scanned = 0
+        return data
 
     def expect_line(self) -> None:
         """Read the next line raw (AUTHENTICATE continuation, IDLE's DONE)."""
@@ -299,7 +308,7 @@ class CommandReader:
         tag = self._tag
         self._reset()
         try:
-            return parse_command(data, self._decode)
+            return parse_command(data, self._decode, self.utf8)
         except GrammarError as exc:
             return ParseError(tag, exc.message, exc.status, exc.code)
 

@@ -93,9 +93,16 @@ def render_astring(s: str | bytes) -> bytes:
     return render_string(data)
 
 
-def render_mailbox(name: str) -> bytes:
-    """A mailbox name on the wire: modified UTF-7 (RFC 3501 §5.1.3), as an astring."""
-    return render_astring(mutf7.encode(name))
+def render_mailbox(name: str, utf8: bool = False) -> bytes:
+    """A mailbox name on the wire: modified UTF-7 (RFC 3501 §5.1.3), as an astring; with
+    ``utf8`` (a session that enabled IMAP4rev2), UTF-8 (RFC 9051 §5.1), quoted (§9:
+    QUOTED-CHAR includes UTF8-2/3/4) unless it holds what no quoted string may."""
+    if not utf8:
+        return render_astring(mutf7.encode(name))
+    data = name.encode("utf-8", "surrogateescape")
+    if data.isascii() or not (len(data) <= MAX_QUOTED and all(c not in (0, 0x0A, 0x0D) for c in data)):
+        return render_astring(data)
+    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def render(value: Value) -> bytes:

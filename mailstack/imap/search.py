@@ -55,6 +55,14 @@ class SearchableMessage(Protocol):
         """The decoded text of the message's text parts."""
         ...
 
+    def save_date(self) -> datetime | None:
+        """When the message was stored in its mailbox (RFC 8514), None if unknown."""
+        ...
+
+    def email_id(self) -> str:
+        """Its EMAILID (RFC 8474 §5.1)."""
+        ...
+
 
 @dataclass(frozen=True)
 class SearchContext:
@@ -187,6 +195,16 @@ def _matches(key: SearchKey, message: SearchableMessage, ctx: SearchContext, fol
     if kind in ("BEFORE", "ON", "SINCE"):
         assert isinstance(value, date)
         return _compare(kind, message.internaldate.date(), value)
+    if kind in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):  # RFC 8514 §4.2: the save date's day (UTC)
+        assert isinstance(value, date)
+        saved = message.save_date()
+        return saved is not None and _compare(kind[5:], saved.date(), value)
+    if kind == "SAVEDATESUPPORTED":  # RFC 8514 §4.2: every mailbox here has save dates
+        return True
+    if kind == "EMAILID":  # RFC 8474 §6
+        return message.email_id() == value
+    if kind == "THREADID":  # RFC 8474 §6: no threads here (THREADID is NIL): matches nothing
+        return False
     if kind in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         assert isinstance(value, date)
         sent = _sent_date(message)
@@ -275,6 +293,8 @@ class MessageView:
     size: int
     load: Callable[[], bytes] = field(repr=False)
     modseq: int = 0
+    saved: datetime | None = None
+    emailid: str = ""
     _parsed: ParsedMessage | None = field(default=None, repr=False)
     _headers: list[tuple[str, str]] | None = field(default=None, repr=False)
 
@@ -291,3 +311,9 @@ class MessageView:
 
     def body_text(self) -> str:
         return body_text_of(self.parsed)
+
+    def save_date(self) -> datetime | None:
+        return self.saved
+
+    def email_id(self) -> str:
+        return self.emailid

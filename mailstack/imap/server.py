@@ -44,6 +44,7 @@ from mailstack.auth import MAX_SASL_LINE, Authenticator, MemoryThrottleStore, Th
 from mailstack.maillog import quote
 from mailstack.service import ServiceContext
 
+from .compress import CompressionError, Deflater, Inflater
 from .grammar import GrammarError
 from .index import IndexCache
 from .notify import Notifier
@@ -58,7 +59,7 @@ from .parser import (
     is_idle_done,
 )
 from .responses import bad, no
-from .session import Idle, Login, Logout, Output, SaslNeedResponse, Session, SessionConfig, StartTLS, UserInfo
+from .session import Compress, Idle, Login, Logout, Output, SaslNeedResponse, Session, SessionConfig, StartTLS, UserInfo
 from .states import State
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ _PULL_BYTES = 256 * 1024
 DEFAULT_IDLE_TIMEOUT = 1800.0  # RFC 3501 §5.4: at least 30 minutes
 DEFAULT_LOGIN_TIMEOUT = 60.0
 # Commands that never touch storage run on the loop; the rest in a worker thread.
-_INLINE = frozenset({"CAPABILITY", "LOGOUT", "ID", "STARTTLS", "LOGIN", "AUTHENTICATE", "NAMESPACE", "ENABLE",
+_INLINE = frozenset({"CAPABILITY", "LOGOUT", "ID", "STARTTLS", "LOGIN", "AUTHENTICATE", "NAMESPACE", "ENABLE", "COMPRESS",
                      "UNSELECT"})
 _END = object()
 # Threads of the IMAP pool: as many as asyncio's default executor would have (I/O-bound
@@ -86,7 +87,97 @@ class _Stop(Exception):
 
 
 class _Connection(net.StreamConnection):
-    """A client connection (inbox, flow control, STARTTLS): ``net.StreamConnection``."""
+    """A client connection (inbox, flow control, STARTTLS): ``net.StreamConnection``,
+    plus COMPRESS=DEFLATE (RFC 4978) once ``start_compress`` ran: what arrives is
+    inflated into the inbox at most ``MAX_INBOX`` octets at a time (the rest waits
+    compressed, and reading pauses while more than ``MAX_INBOX`` compressed octets wait),
+    so a deflate bomb meets the reader's line and literal limits like plain input; what
+    is written is deflated and flushed (``Z_SYNC_FLUSH``) once per burst: before the
+    loop runs again, before ``drain`` and before ``close``."""
+
+    def __init__(self, host: net.SessionHost, implicit_tls: bool) -> None:
+        super().__init__(host, implicit_tls)
+        self._inflater: Inflater | None = None
+        self._deflater: Deflater | None = None
+        self._flush_handle: asyncio.Handle | None = None
+
+    @property
+    def compressed(self) -> bool:
+        return self._deflater is not None
+
+    def start_compress(self, pending: bytes) -> None:
+        """RFC 4978 §3: from now on both directions are deflated. ``pending``: what the
+        reader held after the COMPRESS command (the client compresses from there on)."""
+        self._inflater, self._deflater = Inflater(), Deflater()
+        raw = pending + bytes(self.inbox)
+        self.inbox.clear()
+        self._inflater.feed(raw)
+        self._fill()
+
+    def _fill(self) -> None:
+        """Inflate into the inbox up to ``MAX_INBOX``; a broken stream ends the connection."""
+        inf = self._inflater
+        assert inf is not None
+        room = self.MAX_INBOX - len(self.inbox)
+        if room <= 0 or not inf.pending:
+            return
+        try:
+            self.inbox += inf.take(room)
+        except CompressionError as e:
+            log.info("imap: broken COMPRESS stream from the client: %s", e)
+            self._inflater = Inflater()  # nothing more is read from it
+            self.eof = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._inflater is None:
+            super().data_received(data)
+            return
+        self._inflater.feed(data)
+        self._fill()
+        if self._inflater.pending > self.MAX_INBOX and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    async def read(self) -> bytes:
+        if self._inflater is None:
+            return await super().read()
+        await self.wait_readable()
+        data = bytes(self.inbox)
+        self.inbox.clear()
+        self._fill()
+        if self._read_paused and self._inflater.pending <= self.MAX_INBOX and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def write(self, data: bytes) -> None:
+        z = self._deflater
+        if z is None:
+            super().write(data)
+            return
+        if not data or self.transport is None or self.transport.is_closing():
+            return
+        super().write(z.compress(data))
+        if self._flush_handle is None:  # one Z_SYNC_FLUSH per burst of writes
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()  # called directly (drain, close): the scheduled one has nothing left
+        if self._deflater is not None:
+            super().write(self._deflater.flush())
+
+    async def drain(self) -> None:
+        self._flush()
+        await super().drain()
+
+    def close(self) -> None:
+        self._flush()
+        super().close()
 
 
 def _pull(gen: Iterator[Output]) -> list[object]:
@@ -239,6 +330,7 @@ class IMAPService:
             elif isinstance(ev, Command):
                 log.debug("imap: %s C: %s %s%s", ip, ev.tag, "UID " if ev.uid else "", ev.name)
                 reader = await self._execute(conn, sess, reader, ev, ip)
+                reader.utf8 = sess.rev2  # RFC 9051 §5.1: after ENABLE IMAP4rev2, names are UTF-8
 
     async def _execute(self, conn: _Connection, sess: Session, reader: CommandReader, cmd: Command,
                        ip: str | None) -> CommandReader:
@@ -291,6 +383,8 @@ class IMAPService:
                     await conn.start_tls(self.tls_context)
                     sess.tls_started()
                     reader = self._reader()  # RFC 3501 §6.2.1: forget anything buffered
+                elif isinstance(item, Compress):  # RFC 4978 §3: the tagged OK went out uncompressed
+                    conn.start_compress(reader.take_buffered())
                 elif isinstance(item, Idle):
                     await self._idle(conn, sess, reader, item.tag)
                 elif isinstance(item, Logout):

@@ -56,7 +56,7 @@ from . import states
 from .commands import COMMANDS, auth, idle, search
 from .commands.auth import ENABLEABLE, parse_sasl_plain
 from .commands.listing import SPECIAL_USE
-from .effects import Effect, Idle, Login, Logout, Output, SaslNeedResponse, StartTLS
+from .effects import Compress, Effect, Idle, Login, Logout, Output, SaslNeedResponse, StartTLS
 from .index import IndexCache
 from .mailbox import MailboxView, folder_stamp
 from .responses import ImapError, bad, ok
@@ -64,7 +64,7 @@ from .states import State
 from .types import Command, SequenceSet
 
 __all__ = [
-    "Session", "SessionConfig", "UserInfo", "Login", "StartTLS", "Idle", "Logout", "SaslNeedResponse", "Effect",
+    "Session", "SessionConfig", "UserInfo", "Login", "StartTLS", "Compress", "Idle", "Logout", "SaslNeedResponse", "Effect",
     "Output", "SPECIAL_USE", "SUPPORTED", "ENABLEABLE", "parse_sasl_plain",
 ]
 
@@ -72,13 +72,14 @@ log = logging.getLogger(__name__)
 
 # What this server implements of the core's capability list (states.BASE_CAPABILITIES).
 SUPPORTED = frozenset({
-    "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS",
+    "IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS",
     "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE",
     "STARTTLS", "AUTH=PLAIN", "LOGINDISABLED", "CONDSTORE", "QRESYNC",
     "CREATE-SPECIAL-USE", "STATUS=SIZE", "MULTIAPPEND", "BINARY",
     "ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",
     "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
     "CATENATE", "CONTEXT=SEARCH",
+    "COMPRESS=DEFLATE", "OBJECTID", "SAVEDATE",
 })
 
 
@@ -134,6 +135,7 @@ class Session:
         self.enabled: set[str] = set()
         self.client_id: dict[str, str | None] = {}
         self._pending: list[bytes] = []  # untagged responses to send with the next updates
+        self.compressed = False  # COMPRESS=DEFLATE is on (RFC 4978)
 
     # -- capabilities -------------------------------------------------------------------
     def capabilities(self) -> list[str]:
@@ -202,7 +204,9 @@ class Session:
             modseq = idx.modseq
         before = list(view.uids) if view.contexts else None
         qresync = self.qresync  # RFC 7162 §3.2.10 VANISHED; §3.2.4 UID in every unsolicited FETCH
-        out = view.changes(state, allow_expunge=not hold, modseq=modseq, with_uid=qresync, vanished=qresync,
+        # RFC 9051 §7.5.2: in rev2 too, unsolicited FETCH responses carry the UID
+        out = view.changes(state, allow_expunge=not hold, modseq=modseq, with_uid=qresync or self.rev2,
+                           vanished=qresync,
                            recent_floor=lambda top: idx.claim_recent(view.uidvalidity, top, not view.readonly))
         if before is not None:  # RFC 5267 §4.3: results of SEARCH RETURN (UPDATE) that changed
             first, last = search.context_updates(self, before)
@@ -221,6 +225,18 @@ class Session:
 
     def changed(self, folder: Folder) -> None:
         self.on_change(folder.path)
+
+    @property
+    def rev2(self) -> bool:
+        """ENABLE IMAP4rev2 was given (RFC 9051 §6.3.1): rev2's rules for this session, from
+        Appendix E: no \\Recent flag nor RECENT response, SEARCH answers ESEARCH (RETURN
+        (ALL)), SELECT sends LIST and no [UNSEEN], [CLOSED] when a SELECT replaces a selected
+        mailbox, \\NonExistent in LIST, UID in unsolicited FETCH, mailbox names in UTF-8 both
+        ways (the reader is told by the adapter), STATUS DELETED (accepted from anyone).
+        LSUB, STATUS RECENT and the NEW/OLD/RECENT search keys, gone from rev2, still answer
+        as in rev1 (a client that uses them gets what it asked for). Dovecot 2.3.19 announces
+        no IMAP4rev2, so RFC 9051 itself is the reference here."""
+        return "IMAP4rev2" in self.enabled
 
     # -- CONDSTORE (RFC 7162) -------------------------------------------------------------
     @property

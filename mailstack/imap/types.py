@@ -416,10 +416,17 @@ class SetQuotaArgs:
     limits: tuple[tuple[str, int], ...]
 
 
+@dataclass(frozen=True)
+class CompressArgs:
+    """COMPRESS (RFC 4978 §3): the mechanism, upper case."""
+
+    mechanism: str
+
+
 CommandArgs = Union[
     NoArgs, LoginArgs, AuthenticateArgs, SelectArgs, MailboxArgs, CreateArgs, RenameArgs, ListArgs,
     StatusArgs, AppendArgs, SearchArgs, FetchArgs, StoreArgs, CopyArgs, ExpungeArgs, IdArgs,
-    EnableArgs, QuotaRootArgs, SetQuotaArgs, CancelUpdateArgs,
+    EnableArgs, QuotaRootArgs, SetQuotaArgs, CancelUpdateArgs, CompressArgs,
 ]
 
 

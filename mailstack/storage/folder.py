@@ -94,6 +94,9 @@ class FolderState:
 
     saved_uidls: the POP3 UIDLs kept in the uidlist's `P` fields (uid -> UIDL, an empty
     `P` already resolved to the base name), see `pop3_uidl`.
+    guids: the message GUIDs kept in the uidlist's `G` fields (uid -> GUID), see `message_guid`.
+    mailbox_guid: the uidlist header's `G` (32 hex digits): the folder's identity, which moves
+    with its directory on a rename and is new for a folder deleted and made again.
     """
 
     uidvalidity: int
@@ -101,6 +104,8 @@ class FolderState:
     messages: tuple[MessageInfo, ...]
     _index: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
     saved_uidls: Mapping[int, str] = field(default_factory=dict, repr=False)
+    guids: Mapping[int, str] = field(default_factory=dict, repr=False)
+    mailbox_guid: str = ""
 
     def __post_init__(self) -> None:
         if not self._index:
@@ -124,11 +129,17 @@ class FolderState:
         """
         return self.saved_uidls.get(msg.uid) or default_pop3_uidl(msg.uid, self.uidvalidity)
 
+    def message_guid(self, msg: MessageInfo) -> str:
+        """The message's GUID as Dovecot's Maildir sees it: the record's `G` field when there
+        is one (written for a copy, whose file has a new name), else the base name."""
+        return self.guids.get(msg.uid) or msg.base
+
     def _with(self, msg: MessageInfo) -> FolderState:
         i = self._index[msg.uid]
         msgs = list(self.messages)
         msgs[i] = msg
-        return FolderState(self.uidvalidity, self.uidnext, tuple(msgs), self._index, self.saved_uidls)
+        return FolderState(self.uidvalidity, self.uidnext, tuple(msgs), self._index, self.saved_uidls, self.guids,
+                           self.mailbox_guid)
 
 
 def default_pop3_uidl(uid: int, uidvalidity: int) -> str:
@@ -338,6 +349,9 @@ class Folder:
         if ul is None:
             ul = UidList.new(next_uidvalidity(self.maildir.root))
             changed = True
+        if ul.guid_new:  # made up when read: written now, or each read would make another
+            ul.guid_new = False
+            changed = True
         self._move_new()
         by_base = self._scan_cur()
         missing = [r.base for r in ul.records if r.base not in by_base]
@@ -390,11 +404,14 @@ class Folder:
         old_infos = self._infos if self._infos_kw is self._kw else {}
         infos: dict[str, MessageInfo] = {}
         saved: dict[int, str] = {}
+        guids: dict[int, str] = {}
         for rec in ul.records:
             base = rec.base
             name = by_base.get(base)
             if name is None:
                 continue
+            if rec.ext.get("G"):
+                guids[rec.uid] = rec.ext["G"]
             if "P" in rec.ext:
                 uidl = _saved_uidl(rec)
                 if uidl is not None:
@@ -437,7 +454,8 @@ class Folder:
         self._infos, self._infos_kw = infos, self._kw
         self._mtimes = live
         self._name_sizes = live_sizes
-        return FolderState(ul.uidvalidity, ul.nextuid, tuple(msgs), saved_uidls=saved)
+        return FolderState(ul.uidvalidity, ul.nextuid, tuple(msgs), saved_uidls=saved, guids=guids,
+                           mailbox_guid=ul.guid)
 
     def _stat_base(self, base: str, name: str) -> tuple[str, int] | None:
         """(current name, mtime) of the message file ``base``; None once it is gone.
@@ -618,8 +636,9 @@ class Folder:
 
     # ------------------------------------------------------------------ adding
 
-    def _assign_locked(self, bases: Sequence[str]) -> dict[str, int]:
-        """Give UIDs to base names already in cur/ (must hold the lock)."""
+    def _assign_locked(self, bases: Sequence[str], guids: Mapping[str, str] | None = None) -> dict[str, int]:
+        """Give UIDs to base names already in cur/ (must hold the lock); ``guids``: the
+        message GUID to keep in the new record's `G` field, by base name (copies)."""
         ul = self._load_uidlist()
         if ul is None:
             state = self._sync_locked()
@@ -632,7 +651,8 @@ class Folder:
             if uid is None:
                 uid = ul.nextuid
                 ul.nextuid += 1
-                ul.records.append(UidRecord(uid, base))
+                guid = (guids or {}).get(base)
+                ul.records.append(UidRecord(uid, base, {"G": guid} if guid else {}))
                 existing[base] = uid
             out[base] = uid
         self._write_uidlist(ul)
@@ -721,6 +741,7 @@ class Folder:
         if any(state.get(u) is None for u in wanted):
             state = self.sync()
         placed: list[tuple[MessageInfo, str]] = []
+        guids: dict[str, str] = {}  # RFC 8474 §5.1: a copy keeps the EMAILID (the message GUID)
         try:
             for uid in wanted:
                 info = state.get(uid)
@@ -729,6 +750,9 @@ class Folder:
                 base = self._place_copy(info, other)
                 if base is not None:
                     placed.append((info, base))
+                    guid = state.message_guid(info)
+                    if guid and not any(c.isspace() for c in guid):
+                        guids[base] = guid
             if not placed:
                 return []
             with other._lock:
@@ -738,7 +762,7 @@ class Folder:
                     sys_letters = "".join(c for c in (old_letters or "") if c in "DFRST")
                     os.rename(other.tmp / base, other.cur / with_flags(base, None, sys_letters, kw))
                 fsync_dir(other.cur)
-                new_uids = other._assign_locked([b for _, b in placed])
+                new_uids = other._assign_locked([b for _, b in placed], guids)
         except BaseException:
             for _, base in placed:
                 try:

@@ -71,6 +71,7 @@ class UidList:
     guid: str
     records: list[UidRecord] = field(default_factory=list)
     header_ext: list[str] = field(default_factory=list)
+    guid_new: bool = False  # the file had no mailbox GUID: one was made up, to be written
 
     @classmethod
     def new(cls, uidvalidity: int) -> UidList:
@@ -157,9 +158,10 @@ def parse_uidlist(data: bytes) -> UidList | None:
             records = [r for r in records if r.uid != old]
         seen[base] = uid
         records.append(UidRecord(uid, base, ext))
-    if not guid:
+    made_up = not guid
+    if made_up:
         guid = secrets.token_hex(16)
-    return UidList(uidvalidity, max(nextuid, prev + 1), guid, records, other)
+    return UidList(uidvalidity, max(nextuid, prev + 1), guid, records, other, guid_new=made_up)
 
 
 def format_uidlist(ul: UidList) -> bytes:

@@ -91,7 +91,7 @@ def test_every_fetch_item_the_grammar_accepts_has_a_renderer() -> None:
     names = (  # RFC 3501 §6.4.5, RFC 7162 §3.1.4, and items of extensions this server does not have
         "ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE", "RFC822.TEXT", "BODY",
         "BODYSTRUCTURE", "UID", "MODSEQ", "BODY[]", "BODY.PEEK[1.MIME]", "RFC822.PEEK", "BINARY[]", "BINARY.SIZE[]",
-        "EMAILID", "SAVEDATE", "X-GM-LABELS", "PREVIEW",
+        "EMAILID", "THREADID", "SAVEDATE", "X-GM-LABELS", "PREVIEW",
     )
     for name in names:
         try:

@@ -18,6 +18,7 @@ One module per command family, each with a docstring citing its RFCs and a
 - ``search``: SEARCH (RFC 3501 §6.4.4; RFC 7162 §3.1.5), SORT and THREAD (RFC 5256),
   CANCELUPDATE (RFC 5267 §4.3.5)
 - ``idle``: IDLE (RFC 2177)
+- ``compress``: COMPRESS (RFC 4978)
 
 A handler is a generator ``handler(session, cmd)`` that yields response bytes and effects
 (``effects``); it raises ``ImapError`` (or a ``StorageError``) for a failure, and
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING
 from ..effects import Output
 from ..states import State, states_of
 from ..types import Command
-from . import auth, fetch, idle, listing, mailbox, quota, search, store
+from . import auth, compress, fetch, idle, listing, mailbox, quota, search, store
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -51,7 +52,7 @@ Handler = Callable[["Session", Command], Iterator[Output]]
 
 _FAMILIES: tuple[Mapping[str, Handler], ...] = (
     auth.HANDLERS, mailbox.HANDLERS, listing.HANDLERS, quota.HANDLERS, fetch.HANDLERS, store.HANDLERS,
-    search.HANDLERS, idle.HANDLERS,
+    search.HANDLERS, idle.HANDLERS, compress.HANDLERS,
 )
 
 

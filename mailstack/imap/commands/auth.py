@@ -36,8 +36,9 @@ __all__ = ["HANDLERS", "ENABLEABLE", "parse_sasl_plain", "sasl_response", "login
 
 log = logging.getLogger(__name__)
 
-# What ENABLE can turn on (RFC 5161 §3.1).
-ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC"})
+# What ENABLE can turn on (RFC 5161 §3.1); IMAP4rev2 (RFC 9051 §6.3.1) switches a session
+# that announced both revisions to rev2's rules (``Session.rev2``).
+ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "IMAP4rev2"})
 
 
 def parse_sasl_plain(data: bytes) -> tuple[str, str] | None:
@@ -84,10 +85,14 @@ def enable(s: Session, cmd: Command) -> Iterator[Output]:
     args = cmd.args
     assert isinstance(args, EnableArgs)
     # RFC 5161 §3.1: only extensions we support and that need enabling, not yet enabled
-    done = list(dict.fromkeys(c for c in args.capabilities if c in ENABLEABLE and c not in s.enabled))
+    by_upper = {c.upper(): c for c in ENABLEABLE}  # capability names are case-insensitive
+    done = list(dict.fromkeys(by_upper[c.upper()] for c in args.capabilities
+                              if c.upper() in by_upper and by_upper[c.upper()] not in s.enabled))
     if "QRESYNC" in done:  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE (listed only if asked, as Dovecot)
         s.condstore_on()
     s.enabled.update(done)
+    if "IMAP4rev2" in done and s.view is not None:  # RFC 9051 §2.3.2: no \Recent from here on
+        s.view.rev2 = True
     yield ("* ENABLED" + "".join(" " + c for c in done) + "\r\n").encode("ascii")
     yield from s.done(cmd, "ENABLE completed")
 

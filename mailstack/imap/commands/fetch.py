@@ -43,6 +43,7 @@ from ..expunged import KEPT
 from ..index import Entry, FolderIndex, entry_from_message
 from ..mailbox import MailboxView
 from ..message import ParsedMessage, UnknownCTE
+from ..objectid import email_id, save_date
 from ..qresync import vanished_earlier
 from ..responses import ImapError, Literal, Raw, Value, fetch_response, no, ok, render_flags
 from ..types import Command, FetchArgs, FetchAttribute
@@ -157,6 +158,9 @@ RENDERERS: Mapping[str, Renderer] = {
     "RFC822.TEXT": _section,
     "BINARY": _binary,  # RFC 3516 §4.2
     "BINARY.SIZE": lambda m, a: (a.response_name(), len(_binary_content(m, a))),  # RFC 3516 §4.2
+    "EMAILID": lambda m, a: ("EMAILID", Raw(b"(%s)" % email_id(m.folder.state, m.info).encode("ascii"))),  # RFC 8474
+    "THREADID": lambda m, a: ("THREADID", None),  # RFC 8474 §5.2: NIL, no threads here
+    "SAVEDATE": lambda m, a: ("SAVEDATE", save_date(m.folder, m.info, m.idx)),  # RFC 8514 §4.1 (NIL: unknown)
 }
 
 

@@ -25,6 +25,7 @@ from mailstack.storage.errors import FolderNotFound
 
 from ..effects import Output
 from ..listmatch import compile_pattern
+from ..objectid import mailbox_id
 from ..responses import ImapError, render_mailbox
 from ..types import Command, ListArgs, StatusArgs
 
@@ -77,7 +78,8 @@ def list_(s: Session, cmd: Command) -> Iterator[Output]:
         extra = b""
         is_sub = name in subscribed
         if name not in exists:
-            attrs.append("\\NonExistent" if args.extended else "\\Noselect")
+            # RFC 9051 §7.3.1: rev2 says \NonExistent (which implies \Noselect) too
+            attrs.append("\\NonExistent" if args.extended or s.rev2 else "\\Noselect")
         if "SUBSCRIBED" in sel and not is_sub:
             if "RECURSIVEMATCH" in sel and name in sub_children:  # RFC 5258 §3.5
                 extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
@@ -96,7 +98,7 @@ def list_(s: Session, cmd: Command) -> Iterator[Output]:
             continue
         if want_subscribed and is_sub:
             attrs.append("\\Subscribed")
-        lines.append(b"* LIST (" + " ".join(attrs).encode("ascii") + b') "." ' + render_mailbox(name) + extra
+        lines.append(b"* LIST (" + " ".join(attrs).encode("ascii") + b') "." ' + render_mailbox(name, s.rev2) + extra
                      + b"\r\n")
         if "STATUS" in args.returns and name in exists:  # RFC 5819
             lines.append(status_line(s, name, args.status_items))
@@ -122,7 +124,7 @@ def lsub(s: Session, cmd: Command) -> Iterator[Output]:
     for name in sorted(listed | parents, key=lambda n: (n != "INBOX", n)):
         if regex.match(name):
             attrs = "" if name in exists and name not in parents else "\\Noselect"
-            out.append(b"* LSUB (" + attrs.encode() + b') "." ' + render_mailbox(name) + b"\r\n")
+            out.append(b"* LSUB (" + attrs.encode() + b') "." ' + render_mailbox(name, s.rev2) + b"\r\n")
     yield b"".join(out)
     yield from s.done(cmd, "LSUB completed")
 
@@ -161,10 +163,15 @@ def status_line(s: Session, name: str, items: Sequence[str]) -> bytes:
             v = sum(1 for m in st.messages if "\\Seen" not in m.flags)
         elif item == "SIZE":  # RFC 8438
             v = sum(m.vsize for m in st.messages)
+        elif item == "DELETED":  # RFC 9051 §6.3.11
+            v = sum(1 for m in st.messages if "\\Deleted" in m.flags)
+        elif item == "MAILBOXID":  # RFC 8474 §4.4
+            values.append(f"MAILBOXID ({mailbox_id(st)})")
+            continue
         else:
             raise ImapError("BAD", f"STATUS item {item} not supported")
         values.append(f"{item} {v}")
-    return b"* STATUS " + render_mailbox(name) + b" (" + " ".join(values).encode("ascii") + b")\r\n"
+    return b"* STATUS " + render_mailbox(name, s.rev2) + b" (" + " ".join(values).encode("ascii") + b")\r\n"
 
 
 def status(s: Session, cmd: Command) -> Iterator[Output]:

@@ -30,6 +30,7 @@ from bisect import bisect_right
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from mailstack.storage import Folder
 from mailstack.storage.errors import FolderNotFound
 
 from .. import uidranges
@@ -37,8 +38,9 @@ from ..effects import Output
 from ..expunged import KEPT
 from ..index import FolderIndex
 from ..mailbox import MailboxView, folder_stamp
+from ..objectid import mailbox_id
 from ..qresync import vanished_earlier
-from ..responses import ImapError, ok, render_flags
+from ..responses import ImapError, ok, render_flags, render_mailbox
 from ..states import State
 from ..types import Command, CreateArgs, MailboxArgs, QresyncParams, RenameArgs, SelectArgs
 
@@ -60,7 +62,9 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
     readonly = cmd.name == "EXAMINE"
     if args.qresync is not None and not s.qresync:  # RFC 7162 §3.2.5
         raise ImapError("BAD", "QRESYNC not enabled")
-    if s.view is not None:  # RFC 7162 §3.2.11: what follows is about the new mailbox
+    # RFC 7162 §3.2.11, RFC 9051 §7.1: a SELECT that replaces a selected mailbox says so first
+    # (sent whatever the session enabled, as Dovecot does)
+    if s.view is not None:
         s.view = None
         yield b"* OK [CLOSED] Previous mailbox closed.\r\n"
     s.view = None  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
@@ -73,6 +77,7 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
         raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT") from None
     view = MailboxView(folder, st, readonly=readonly)
     view.stamp = stamp
+    view.rev2 = s.rev2
     idx = s.index.get(folder.path)
     # RFC 3501 §2.3.2: SELECT takes the unclaimed messages as its \Recent; EXAMINE only looks
     floor = idx.claim_recent(view.uidvalidity, view.max_uid, not readonly)
@@ -83,17 +88,21 @@ def select(s: Session, cmd: Command) -> Iterator[Output]:
     out = [
         view.flags_response().decode("ascii"),
         f"* {view.exists} EXISTS\r\n",
-        f"* {len(view.recent)} RECENT\r\n",
     ]
-    if first_unseen is not None:
+    if s.rev2:  # RFC 9051 §6.3.2: a LIST response with the mailbox name is REQUIRED
+        out.append("* LIST () \".\" " + render_mailbox(folder.name, True).decode("utf-8") + "\r\n")
+    else:  # RFC 9051 Appendix E: rev2 has neither RECENT nor the UNSEEN response code
+        out.append(f"* {len(view.recent)} RECENT\r\n")
+    if first_unseen is not None and not s.rev2:
         out.append(f"* OK [UNSEEN {first_unseen}] First unseen\r\n")
     out.append(f"* OK [UIDVALIDITY {view.uidvalidity}] UIDs valid\r\n")
     out.append(f"* OK [UIDNEXT {view.uidnext}] Predicted next UID\r\n")
+    out.append(f"* OK [MAILBOXID ({mailbox_id(st)})] Ok\r\n")  # RFC 8474 §4.2
     if s.condstore:  # RFC 7162 §3.1.2.1 (NOMODSEQ never: every folder has modseqs)
         out.append(f"* OK [HIGHESTMODSEQ {idx.reconcile(st)}] Highest\r\n")
     s.view = view
     s.state = State.SELECTED
-    yield "".join(out).encode("ascii")
+    yield "".join(out).encode("utf-8")
     q = args.qresync
     if q is not None and q.uidvalidity == view.uidvalidity:  # RFC 7162 §3.2.5.1
         yield from _resync(view, idx, q)
@@ -129,8 +138,8 @@ def create(s: Session, cmd: Command) -> Iterator[Output]:
     if name.upper() == "INBOX":
         raise ImapError("NO", "INBOX always exists", "ALREADYEXISTS")
     if not args.uses:
-        s.md.create_folder(name)
-        yield from s.done(cmd, "CREATE completed")
+        folder = s.md.create_folder(name)
+        yield from s.done(cmd, "CREATE completed", _mailbox_id_code(folder))
         return
     uses = []
     for use in args.uses:  # RFC 6154 §5.2: an unsupported use creates nothing
@@ -138,8 +147,13 @@ def create(s: Session, cmd: Command) -> Iterator[Output]:
         if canonical is None:
             raise ImapError("NO", f"Special use {use} is not supported here", "USEATTR")
         uses.append(canonical)
-    s.md.create_special_folder(name, tuple(dict.fromkeys(uses)))
-    yield from s.done(cmd, "CREATE completed")
+    folder = s.md.create_special_folder(name, tuple(dict.fromkeys(uses)))
+    yield from s.done(cmd, "CREATE completed", _mailbox_id_code(folder))
+
+
+def _mailbox_id_code(folder: Folder) -> str:
+    """RFC 8474 §4.1: CREATE answers with the new mailbox's MAILBOXID (its uidlist is made now)."""
+    return f"MAILBOXID ({mailbox_id(folder.sync())})"
 
 
 def delete(s: Session, cmd: Command) -> Iterator[Output]:

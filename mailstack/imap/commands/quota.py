@@ -41,7 +41,7 @@ def getquotaroot(s: Session, cmd: Command) -> Iterator[Output]:
     assert isinstance(args, MailboxArgs)
     if not s.md.has_folder(args.mailbox):
         raise ImapError("NO", "Mailbox does not exist", "NONEXISTENT")
-    yield b"* QUOTAROOT " + render_mailbox(args.mailbox) + b' ""\r\n' + quota_line(s)
+    yield b"* QUOTAROOT " + render_mailbox(args.mailbox, s.rev2) + b' ""\r\n' + quota_line(s)
     yield from s.done(cmd, "GETQUOTAROOT completed")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from mailstack.storage import MessageInfo
@@ -28,7 +29,9 @@ from mailstack.storage.errors import MessageNotFound
 from ..contexts import MAX_CONTEXTS, UpdateContext, partial_window, updatable
 from ..effects import Output
 from ..index import Entry, FolderIndex
+from ..mailbox import MailboxView
 from ..message import ParsedMessage
+from ..objectid import email_id, save_date
 from ..responses import ImapError, uid_set
 from ..search import SearchContext, body_text_of, matches
 from ..sort import SortItem, sort_items
@@ -49,14 +52,25 @@ def _has_modseq(key: SearchKey) -> bool:
 class _Searchable:
     """A ``search.SearchableMessage`` whose headers come from the index."""
 
-    __slots__ = ("seq", "uid", "flags", "internaldate", "size", "modseq", "_entry", "_load")
+    __slots__ = ("seq", "uid", "flags", "internaldate", "size", "modseq", "_entry", "_load", "_info", "_view",
+                 "_idx")
 
     def __init__(self, seq: int, uid: int, flags: frozenset[str], info: MessageInfo,
-                 entry: Callable[[], Entry], load: Callable[[], bytes], modseq: int = 0) -> None:
+                 entry: Callable[[], Entry], load: Callable[[], bytes], modseq: int = 0,
+                 view: MailboxView | None = None, idx: FolderIndex | None = None) -> None:
         self.seq, self.uid, self.flags = seq, uid, flags
         self.internaldate, self.size, self.modseq = info.internaldate, info.vsize, modseq
         self._entry = entry
         self._load = load
+        self._info, self._view, self._idx = info, view, idx
+
+    def save_date(self) -> datetime | None:  # RFC 8514
+        assert self._view is not None and self._idx is not None
+        return save_date(self._view.folder, self._info, self._idx)
+
+    def email_id(self) -> str:  # RFC 8474
+        assert self._view is not None
+        return email_id(self._view.folder.state, self._info)
 
     def headers(self) -> Sequence[tuple[str, str]]:
         return self._entry().headers
@@ -81,7 +95,8 @@ def _searchable(s: Session, idx: FolderIndex, seq: int, uid: int, with_modseq: b
     def entry() -> Entry:
         return idx.entry(info.base, load)
 
-    return _Searchable(seq, uid, view.flags_for(uid), info, entry, load, idx.modseq(uid) if with_modseq else 0)
+    return _Searchable(seq, uid, view.flags_for(uid), info, entry, load, idx.modseq(uid) if with_modseq else 0,
+                       view, idx)
 
 
 def _find(s: Session, cmd: Command, args: SearchArgs) -> tuple[list[_Searchable], bool]:
@@ -162,10 +177,13 @@ def _run(s: Session, cmd: Command, ordered: Callable[[list[_Searchable]], list[_
         if args.returns is not None and "SAVE" in args.returns:
             s.selected.saved = frozenset()  # RFC 5182 §2.1: a failed SAVE leaves $ empty
         raise
-    if args.returns is not None and "UPDATE" in args.returns:
+    returns = args.returns
+    if returns is None and s.rev2 and ordered is None:  # RFC 9051 §6.4.4: SEARCH answers ESEARCH (ALL)
+        returns = ("ALL",)
+    if returns is not None and "UPDATE" in returns:
         yield from _start_update(s, cmd, args, found)
-    if args.returns is not None:
-        yield from _esearch(s, cmd, args.returns, found, with_modseq, ordered is not None, args.partial)
+    if returns is not None:
+        yield from _esearch(s, cmd, returns, found, with_modseq, ordered is not None, args.partial)
     else:
         ids = [m.uid if cmd.uid else m.seq for m in found]
         # RFC 7162 §3.1.5: with MODSEQ in the program, the highest modseq of what was found
