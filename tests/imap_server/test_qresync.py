@@ -184,16 +184,19 @@ def test_resync_after_expunges_and_flag_changes(imap: IMAPServer) -> None:
     assert m
     h = int(m.group(1))
     assert h > h0
+    mailboxid = re.search(rb"\[MAILBOXID \((\w+)\)\]", out)
+    assert mailboxid
     assert out == FLAGS + (
         b"* 16 EXISTS\r\n"
         b"* 1 RECENT\r\n"
         b"* OK [UNSEEN 1] First unseen\r\n"
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
         b"* OK [UIDNEXT 22] Predicted next UID\r\n"
+        b"* OK [MAILBOXID (%s)] Ok\r\n"  # RFC 8474 §4.2
         b"* OK [HIGHESTMODSEQ %d] Highest\r\n"
         b"* VANISHED (EARLIER) 3,8:9,15\r\n"  # not 20: the client synced after it went
         b"* 9 FETCH (UID 12 FLAGS (\\Seen) MODSEQ (%d))\r\n"  # 21 is not in known-uids
-        b"t OK [READ-WRITE] SELECT completed\r\n") % (v, h, h)
+        b"t OK [READ-WRITE] SELECT completed\r\n") % (v, mailboxid.group(1), h, h)
     # the same over UID FETCH (RFC 7162 §3.2.6); now the arrival is in the set
     out = cmd(a, f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {h0} VANISHED)")
     assert out == (b"* VANISHED (EARLIER) 3,8:9,15\r\n"
