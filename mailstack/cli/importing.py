@@ -211,13 +211,13 @@ def _accounts(args: argparse.Namespace) -> list[tuple[int, str, str]]:
 
 def _imap(args: argparse.Namespace, ctx: Context) -> int:
     from mailstack.migrate.imapcopy import ImportOptions, ImportStopped, import_account
-    from mailstack.migrate.source import SourceError, SourceSettings
+    from mailstack.migrate.source import Security, SourceError, SourceSettings
     from mailstack.storage import Maildir, StorageError
 
     accounts = _accounts(args)
     if args.ca_file is not None and not Path(args.ca_file).is_file():
         raise CLIError(f"--ca-file {args.ca_file}: no such file", EXIT_USAGE)
-    security = args.security or "tls"
+    security: Security = args.security or "tls"
     port = args.port or (993 if security == "tls" else 143)
     directory = ctx.directory
     users = []

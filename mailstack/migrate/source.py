@@ -26,7 +26,7 @@ import aioimaplib  # type: ignore[import-untyped,unused-ignore]
 
 from mailstack.migrate.wire import FetchedMessage, ListEntry, parse_fetch, parse_list, quote
 
-__all__ = ["SourceDropped", "SourceError", "SourceRefused", "SourceSettings", "SourceConnection"]
+__all__ = ["Security", "SourceDropped", "SourceError", "SourceRefused", "SourceSettings", "SourceConnection"]
 
 T = TypeVar("T")
 Security = Literal["tls", "starttls", "plain"]
@@ -116,13 +116,15 @@ class SourceConnection:
     async def _guard(self, call: Awaitable[T]) -> T:
         """Run one call; a lost connection or a timeout is `SourceDropped` at once."""
         assert self._lost is not None
-        task = asyncio.ensure_future(call)
-        done, _ = await asyncio.wait({task, self._lost}, return_when=asyncio.FIRST_COMPLETED)
+        task: asyncio.Future[T] = asyncio.ensure_future(call)
+        lost: asyncio.Future[Any] = self._lost
+        waiters: set[asyncio.Future[Any]] = {task, lost}
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if task not in done:
             task.cancel()
             try:
                 await task
-            except BaseException:
+            except BaseException:  # noqa: S110 - the call is abandoned, its end does not matter
                 pass
             raise SourceDropped(f"{self.settings.host}:{self.settings.port} closed the connection")
         try:
