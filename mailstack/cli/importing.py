@@ -134,8 +134,9 @@ def _passwd_file(args: argparse.Namespace, ctx: Context) -> int:
             if directory.get_user(entry.address) is not None:
                 existing += 1  # kept as it is: a second run changes nothing
                 continue
+            # validated before a domain is created for it; what is stored is given on, so a
+            # {PLAIN} password is hashed once, not twice
             stored = directory.passwords.import_hash(entry.password_hash)
-            del stored  # validated here, before a domain is created for it
         except DirectoryError as e:
             skip(line_no, f"{entry.address}: {e}")
             continue
@@ -151,7 +152,9 @@ def _passwd_file(args: argparse.Namespace, ctx: Context) -> int:
                     created_domain = True
                 except AlreadyExists:
                     pass
-            user = directory.add_user(entry.address, None, entry.quota_bytes, password_hash=entry.password_hash)
+            clear = entry.password_hash.upper().startswith(("{PLAIN", "{CLEARTEXT"))
+            user = directory.add_user(entry.address, None, entry.quota_bytes,
+                                      password_hash=stored if clear else entry.password_hash)
         except AlreadyExists:
             existing += 1
             continue

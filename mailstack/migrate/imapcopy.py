@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from mailstack.migrate.source import SourceConnection, SourceDropped, SourceRefused, SourceSettings
 from mailstack.migrate.progress import Progress
 from mailstack.migrate.state import Fingerprint, ImportState
-from mailstack.migrate.wire import FetchedMessage, ListEntry, message_id, split_flags, tokens
+from mailstack.migrate.wire import FetchedMessage, ListEntry, message_id, parse_namespace, split_flags
 from mailstack.storage import Folder, Maildir, StorageError, TooManyKeywords, UnsafeName, mutf7
 
 __all__ = ["ImportOptions", "ImportReport", "ImportStopped", "Progress", "import_account", "local_folder_name"]
@@ -114,13 +114,18 @@ async def import_account(settings: SourceSettings, maildir: Maildir, *, quota_by
             state.close()
 
 
-def local_folder_name(raw: bytes, delimiter: str | None, prefix: str = "") -> str:
-    """The local (Unicode, `.`-separated) name of a source folder."""
+def mutf7_or_text(raw: bytes) -> str:
+    """A name off the wire: modified UTF-7 (RFC 3501 §5.1.3), else taken as UTF-8 (RFC 6855)."""
     text = raw.decode("utf-8", "replace")
     try:
-        text = mutf7.decode(text)
+        return mutf7.decode(text)
     except ValueError:
-        pass  # not modified UTF-7: a server that sends UTF-8 (RFC 6855) or a plain name
+        return text
+
+
+def local_folder_name(raw: bytes, delimiter: str | None, prefix: str = "") -> str:
+    """The local (Unicode, `.`-separated) name of a source folder."""
+    text = mutf7_or_text(raw)
     if prefix and text.upper().startswith(prefix.upper()) and len(text) > len(prefix):
         text = text[len(prefix):]
     if text.upper() == "INBOX":
@@ -152,8 +157,8 @@ class _Copier:
             self.progress.note(text)
 
     async def run(self, conn: SourceConnection) -> None:
-        entries = await conn.list_folders()
-        prefix = await self._personal_prefix(conn)
+        prefix, foreign = await self._namespaces(conn)
+        entries = [e for e in await conn.list_folders() if not any(e.name.startswith(p) for p in foreign)]
         subscribed = {e.name for e in await conn.subscriptions()}
         entries.sort(key=lambda e: (e.name.upper() != b"INBOX", e.name))
         for entry in entries:
@@ -168,20 +173,14 @@ class _Copier:
             self.folders_done.add(entry.name)
             self.report.folders += 1
 
-    async def _personal_prefix(self, conn: SourceConnection) -> str:
-        """The personal namespace prefix (RFC 2342), e.g. `INBOX.` on Courier/Cyrus; "" if none."""
+    async def _namespaces(self, conn: SourceConnection) -> tuple[str, list[bytes]]:
+        """(the personal namespace prefix, e.g. `INBOX.` on Courier/Cyrus, "" if none; the raw
+        prefixes of other users' and shared namespaces, whose folders are not this account's)."""
         if "NAMESPACE" not in conn.capabilities:
-            return ""
-        response = await conn._command("NAMESPACE")
-        for line in response.lines:
-            if not isinstance(line, bytes) or not line.startswith(b"("):
-                continue
-            toks = tokens([line])
-            if toks and isinstance(toks[0], list) and toks[0] and isinstance(toks[0][0], list):
-                first = toks[0][0]
-                if first and isinstance(first[0], bytes):
-                    return mutf7.decode(first[0].decode("utf-8", "replace"))
-        return ""
+            return "", []
+        response = await conn.command("NAMESPACE")
+        personal, others = parse_namespace(response.lines)
+        return mutf7_or_text(personal), others
 
     async def _local_folder(self, name: str, entry: ListEntry) -> Folder | None:
         def make() -> Folder | None:

@@ -134,6 +134,10 @@ class SourceConnection:
         except (ConnectionError, aioimaplib.Abort) as exc:
             raise SourceDropped(f"{self.settings.host}:{self.settings.port}: {exc}") from None
 
+    async def command(self, name: str, *args: str, untagged: str | None = None) -> Any:
+        """One command as it is (the caller reads the response); `SourceDropped` if the line breaks."""
+        return await self._command(name, *args, untagged=untagged)
+
     async def _command(self, name: str, *args: str, untagged: str | None = None) -> Any:
         protocol = self._client.protocol
         cmd = aioimaplib.Command(name, protocol.new_tag(), *args, untagged_resp_name=untagged,

@@ -24,6 +24,7 @@ __all__ = [
     "parse_fetch",
     "parse_internaldate",
     "parse_list",
+    "parse_namespace",
     "quote",
     "split_flags",
 ]
@@ -168,6 +169,23 @@ def _list_entry(parts: list[object]) -> list[ListEntry]:
     if not isinstance(name, bytes):
         return []
     return [ListEntry(bytes(name), delim or None, attrs)]
+
+
+def parse_namespace(lines: Sequence[bytes | bytearray]) -> tuple[bytes, list[bytes]]:
+    """RFC 2342 §5 NAMESPACE data -> (the first personal prefix, the prefixes of other users'
+    and shared namespaces); (b"", []) when there is none."""
+    for line in lines:
+        if not isinstance(line, bytes):
+            continue
+        text = line[10:] if line.upper().startswith(b"NAMESPACE ") else line
+        if not text.startswith((b"(", b"NIL")):
+            continue
+        groups = [t if isinstance(t, list) else [] for t in tokens([text])[:3]]
+        prefixes = [[bytes(ns[0]) for ns in g if isinstance(ns, list) and ns and isinstance(ns[0], bytes)]
+                    for g in groups]
+        personal = prefixes[0][0] if prefixes and prefixes[0] else b""
+        return personal, [p for g in prefixes[1:] for p in g if p]
+    return b"", []
 
 
 def parse_fetch(lines: Sequence[bytes | bytearray]) -> list[FetchedMessage]:

@@ -295,3 +295,21 @@ def test_dropped_connection_is_retried(dovecot: Dovecot, local: IMAPServer) -> N
     assert "reconnecting" in err, err
     assert "120 messages copied" in out or "messages copied" in out
     assert assert_same_account(dovecot, local) == 120
+
+
+def test_quota_is_honoured_and_a_non_ascii_password_logs_in(dovecot: Dovecot, local: IMAPServer) -> None:
+    c = source(dovecot, "carol@old.test")
+    for n in range(80):  # ~1.6 MB; bob's quota is 1 MB
+        assert c.append("INBOX", None, None, msg(n, "carol", size=20000))[0] == "OK"
+    c.logout()
+    args = plain_args(dovecot, address="bob@example.test", login="carol@old.test")
+    r = run_import(local, *args, password=SOURCE_USERS["carol@old.test"], ok=1)  # SASL PLAIN carries UTF-8
+    assert "over quota" in r.stderr and len(r.stderr.strip().splitlines()) >= 1, r.stderr
+    copied = len(local.maildir("bob@example.test").folder("INBOX").sync().messages)
+    assert 0 < copied < 80
+    used, _ = local.maildir("bob@example.test").quota_usage()
+    assert used <= 1024 * 1024
+    local.directory.set_quota("bob@example.test", None)
+    again = run_import(local, *args, password=SOURCE_USERS["carol@old.test"])
+    assert f"{80 - copied} messages copied" in again.stdout, again.stdout
+    assert assert_same_account(dovecot, local, "carol@old.test", "bob@example.test") == 80

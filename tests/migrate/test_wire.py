@@ -16,6 +16,7 @@ from mailstack.migrate.wire import (
     parse_fetch,
     parse_internaldate,
     parse_list,
+    parse_namespace,
     split_flags,
 )
 
@@ -27,6 +28,13 @@ def test_list_forms() -> None:
     got = [(e.name, e.delimiter, e.selectable) for e in parse_list(lines)]
     assert got == [(b"&AMQ-rger", ".", True), (b"Work", "/", False), (b'Work/Say "hi"', "/", True),
                    (b"Lit (eral) ", "/", True), (b"INBOX", None, True)]
+
+
+def test_namespace() -> None:
+    assert parse_namespace([b'(("" ".")) NIL NIL', b"Namespace completed."]) == (b"", [])
+    assert parse_namespace([b'NAMESPACE (("INBOX." ".")) (("#Users." ".")) (("#Public." ".")("#ftp/" "/"))']) == (
+        b"INBOX.", [b"#Users.", b"#Public.", b"#ftp/"])
+    assert parse_namespace([b"Namespace completed."]) == (b"", [])
 
 
 def test_fetch_items_in_any_order_and_a_body_with_parentheses() -> None:
@@ -77,5 +85,6 @@ def test_batches_and_uid_sets() -> None:
 def test_parsers_never_raise(lines: list[bytes | bytearray]) -> None:
     parse_fetch(lines)
     parse_list(lines)
+    parse_namespace(lines)
     for part in lines:
         message_id(bytes(part))
