@@ -245,7 +245,7 @@ def _imap(args: argparse.Namespace, ctx: Context) -> int:
             maildir = Maildir.for_user(root, user.domain, user.local)
             report = asyncio.run(import_account(settings, maildir, quota_bytes=user.quota_bytes,
                                                 options=options, progress=bar))
-        except (SourceError, ImportStopped, StorageError) as e:
+        except (SourceError, ImportStopped, StorageError, OSError) as e:  # OSError: the local disk
             if len(users) == 1:
                 raise CLIError(f"{user.address}: {e}") from None
             print(f"mailstack: {user.address}: {e}", file=sys.stderr)

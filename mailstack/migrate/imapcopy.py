@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -59,6 +59,8 @@ class ImportOptions:
 
 @dataclass
 class ImportReport:
+    """What one run did: filled in as the copy goes (not frozen: an accumulator)."""
+
     folders: int = 0
     copied: int = 0
     already: int = 0  # found copied by an earlier run (state or fingerprint)
@@ -69,7 +71,7 @@ class ImportReport:
 
 async def import_account(settings: SourceSettings, maildir: Maildir, *, quota_bytes: int | None = None,
                          options: ImportOptions = ImportOptions(), progress: Progress | None = None,
-                         sleep: Callable[[float], object] = asyncio.sleep) -> ImportReport:
+                         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> ImportReport:
     """Copy everything new from the source account into `maildir`; raises `SourceRefused`,
     `SourceDropped` (retries used up) or `ImportStopped`, each with a one-line `str()`."""
     progress = progress or Progress()
@@ -106,7 +108,7 @@ async def import_account(settings: SourceSettings, maildir: Maildir, *, quota_by
                 raise SourceDropped(f"{reason} (gave up after {options.retries} retries)")
             report.reconnects += 1
             progress.note(f"{reason}; reconnecting in {delay:g} s")
-            await sleep(delay)  # type: ignore[misc]
+            await sleep(delay)
             delay = min(delay * 2, MAX_RETRY_DELAY)
     finally:
         progress.finish()

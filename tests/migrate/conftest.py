@@ -40,10 +40,7 @@ class Dovecot:
         self.conf = self.conf_dir / "dovecot.conf"
         self.cert = self.conf_dir / "cert.pem"
         self.key = self.conf_dir / "key.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                        "-keyout", str(self.key), "-out", str(self.cert)],
-                       check=True, capture_output=True, timeout=60)
+        _self_signed(self.cert, self.key)
         (self.conf_dir / "users").write_text(
             "".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in SOURCE_USERS.items()))
         (self.conf_dir / "masters").write_text(f"{MASTER[0]}:{{PLAIN}}{MASTER[1]}\n")
@@ -140,6 +137,33 @@ service imap-login {{
     def kick(self, user: str) -> None:
         """Drop the user's IMAP connections (doveadm kick), Dovecot keeps running."""
         subprocess.run(["doveadm", "-c", str(self.conf), "kick", user], capture_output=True, timeout=30)
+
+
+def _self_signed(cert: Path, key: Path) -> None:
+    """A certificate for localhost and 127.0.0.1 (the old server's; the importer trusts it
+    with --ca-file)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=2))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                               x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(private, hashes.SHA256()))
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                          serialization.NoEncryption()))
 
 
 def _descendants(pid: int) -> list[int]:
