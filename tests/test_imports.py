@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"mailstack.dns", "mailstack.maillog"},
     {"mailstack.mail"},  # message code over a resolver
     {"mailstack.directory", "mailstack.net"},
+    {"mailstack.migrate"},  # import from other servers (storage + an IMAP client), used by the CLI
     {"mailstack.auth"},  # the one login path
     {"mailstack.queue"},  # the spool, its wake-ups, bounces: used by delivery and every protocol
     {"mailstack.delivery"},  # recipients -> Maildirs (remote targets -> the queue)

@@ -1,7 +1,9 @@
 """`mailstack user add|passwd|remove|list|disable|enable|quota`: mailbox users.
 
 Passwords come from `--password-stdin` (one line) or a no-echo prompt asked twice;
-never from the command line, where `ps` would show them. Removing a user leaves the
+never from the command line, where `ps` would show them. `--password-hash` takes a hash
+made elsewhere in Dovecot's `{SCHEME}hash` form (`{SHA512-CRYPT}$6$...`, `{ARGON2ID}...`,
+see `directory.passwords`): a hash reveals no password, so the command line is fine for it. Removing a user leaves the
 Maildir on disk unless `--purge` is given (Postfix/Dovecot admins expect mail to
 survive a directory mistake).
 """
@@ -24,13 +26,18 @@ def register(nouns: Any) -> None:
 
     add = verbs.add_parser("add", help="add a mailbox user")
     add.add_argument("address")
-    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    how = add.add_mutually_exclusive_group()
+    how.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    how.add_argument("--password-hash", metavar="HASH",
+                     help="a hash from Dovecot, kept as it is: {SHA512-CRYPT}$6$..., {BLF-CRYPT}, {ARGON2ID}, ...")
     add.add_argument("--quota", metavar="SIZE", type=_quota, help="like 500M or 2G; 0 = unlimited (default)")
     add.set_defaults(handler=_add)
 
     pw = verbs.add_parser("passwd", help="set a new password")
     pw.add_argument("address")
-    pw.add_argument("--password-stdin", action="store_true")
+    pw_how = pw.add_mutually_exclusive_group()
+    pw_how.add_argument("--password-stdin", action="store_true")
+    pw_how.add_argument("--password-hash", metavar="HASH", help="a {SCHEME}hash kept as it is")
     pw.set_defaults(handler=_passwd)
 
     rm = verbs.add_parser("remove", help="remove a user (the Maildir stays unless --purge)")
@@ -81,10 +88,19 @@ def _read_password(from_stdin: bool) -> str:
     return password
 
 
+def _hash_arg(text: str) -> str:
+    """The hash as given; `directory.passwords.import_hash` judges it (one-line `Invalid`)."""
+    if not text.strip():
+        raise CLIError("empty password hash", EXIT_USAGE)
+    return text.strip()
+
+
 def _add(args: argparse.Namespace, ctx: Context) -> int:
     directory = ctx.directory
-    password = _read_password(args.password_stdin)
-    u = directory.add_user(args.address, password, args.quota)
+    if args.password_hash is not None:
+        u = directory.add_user(args.address, None, args.quota, password_hash=_hash_arg(args.password_hash))
+    else:
+        u = directory.add_user(args.address, _read_password(args.password_stdin), args.quota)
     print(f"user {u.address} added (quota {format_size(u.quota_bytes)})")
     return EXIT_OK
 
@@ -93,7 +109,10 @@ def _passwd(args: argparse.Namespace, ctx: Context) -> int:
     directory = ctx.directory
     if directory.get_user(args.address) is None:  # fail before asking for a password
         raise CLIError(f"no such user: {args.address}")
-    directory.set_password(args.address, _read_password(args.password_stdin))
+    if args.password_hash is not None:
+        directory.set_password(args.address, None, password_hash=_hash_arg(args.password_hash))
+    else:
+        directory.set_password(args.address, _read_password(args.password_stdin))
     print(f"password of {args.address} changed")
     return EXIT_OK
 

@@ -8,14 +8,19 @@
   `{SSHA256}`, `{SSHA}`, base64).
 - Dovecot's `{SCHEME}` prefixes are understood, so a `passwd-file` or SQL user table can
   be imported as is: `{SHA512-CRYPT}$6$...`, `{SHA256-CRYPT}`, `{MD5-CRYPT}`,
-  `{BLF-CRYPT}$2y$...`, `{ARGON2I}`, `{ARGON2ID}$argon2id$...`, `{CRYPT}` (with a
-  `$1$ $5$ $6$ $2y$` hash; DES crypt is refused), `{SSHA512}`, `{SSHA256}`, `{SSHA}`.
-  `import_hash` stores them without the crypt-style prefix (the hash names its scheme).
+  `{BLF-CRYPT}$2y$...`, `{ARGON2I}`, `{ARGON2ID}$argon2id$...`, `{CRYPT}` (a
+  `$1$ $5$ $6$ $2y$` hash, or traditional 13-character DES crypt), `{SSHA512}`,
+  `{SSHA256}`, `{SSHA}`. `import_hash` stores them without the crypt-style prefix (the
+  hash names its scheme).
+- Decision on DES crypt: Dovecot's `{CRYPT}` still verifies old DES hashes (only the first
+  8 characters of the password count), so an import keeps them, or those users would be
+  locked out; the next login replaces it with argon2id. A bare 13-character value without
+  the `{CRYPT}` prefix is refused: it is too easy to mistake for something else.
 - Decision on clear text: `{PLAIN}secret`, `{CLEARTEXT}secret` and `{PLAIN.B64}` /
   `{PLAIN.BASE64}` are accepted by `import_hash`, which hashes the password with argon2id
   at once: a clear-text password is never stored. A `{PLAIN}` value found in the
   database anyway (written by something else) never verifies.
-- Unsalted digests (`{SHA512}`, `{MD5}`, `{PLAIN-MD5}`, ...), DES crypt and unknown
+- Unsalted digests (`{SHA512}`, `{MD5}`, `{PLAIN-MD5}`, ...), bare DES crypt and unknown
   schemes are refused on import: reset those users' passwords instead.
 - A failed check is just `False`: a malformed stored hash, a password longer than 72
   bytes against bcrypt (bcrypt 5 raises `ValueError`), or longer than 4096 bytes.
@@ -45,6 +50,7 @@ SCHEMES = (
     "ldap_salted_sha512",
     "ldap_salted_sha256",
     "ldap_salted_sha1",
+    "des_crypt",  # only ever stored through an explicit {CRYPT} import (see import_hash)
 )
 
 MAX_PASSWORD_BYTES = 4096  # passlib's own limit; longer is refused (a DoS guard too)
@@ -57,7 +63,7 @@ _CRYPT_PREFIXES: dict[str, frozenset[str]] = {
     "BLF-CRYPT": frozenset({"bcrypt"}),
     "ARGON2I": frozenset({"argon2"}),
     "ARGON2ID": frozenset({"argon2"}),
-    "CRYPT": frozenset({"sha512_crypt", "sha256_crypt", "md5_crypt", "bcrypt"}),
+    "CRYPT": frozenset({"sha512_crypt", "sha256_crypt", "md5_crypt", "bcrypt", "des_crypt"}),
 }
 # Dovecot scheme -> the LDAP-style prefix passlib expects (these keep a prefix).
 _LDAP_PREFIXES = {"SSHA512": "{SSHA512}", "SSHA256": "{SSHA256}", "SSHA": "{SSHA}"}
@@ -167,8 +173,10 @@ class Passwords:
         scheme_name = self._identify_native(native)
         if scheme_name is None:
             raise PasswordError("unrecognised password hash format")
-        if match is not None:
-            prefix = match.group(1).upper()
+        prefix = match.group(1).upper() if match is not None else None
+        if scheme_name == "des_crypt" and prefix != "CRYPT":
+            raise PasswordError("a DES crypt hash is taken only with its {CRYPT} prefix")
+        if prefix is not None:
             allowed = _CRYPT_PREFIXES.get(prefix)
             if allowed is not None and scheme_name not in allowed:
                 raise PasswordError(f"{{{prefix}}} hash is not a {prefix} hash")

@@ -21,6 +21,7 @@ BCRYPT_2B = "$2b$05$9aNtGUKRnFMLdDtojG6o6.2m.tkdKMwjRvqX8Wx.X.79Lvfk0oqgu"
 BCRYPT_2Y = BCRYPT_2B.replace("$2b$", "$2y$", 1)  # what Dovecot's BLF-CRYPT writes
 ARGON2I = "$argon2i$v=19$m=512,t=1,p=1$Mgv/sCcnMeggKAnzXWAyag$HHQ3Aw6bQBZLJCCHll+ZBoxBttdEwP6a4cjAUaK4Lik"
 ARGON2ID_OLD = "$argon2id$v=19$m=512,t=1,p=1$5HPAWbnutYH7UxFubz+QWg$uJLGUna9ioAhlE5W1ul6SmxUxstuvLOXqJ6+AScat/s"
+DES_CRYPT = "abNANd1rDfiNc"  # glibc crypt("secret", "ab"): what an old {CRYPT} line holds
 SSHA512 = "{SSHA512}KO8EsMPQTwZrxxbOkDAOOXEeVCc2grMQg1pnZwZhC1bBQLby8zCmFn7qTZRvoTd+yQdROQQNYHWpTUST4zjTdQECAwQFBgcI"
 
 # (value to import, what is stored): every one verifies "secret".
@@ -35,6 +36,7 @@ IMPORTS = [
     ("{ARGON2I}" + ARGON2I, ARGON2I),
     ("{ARGON2ID}" + ARGON2ID_OLD, ARGON2ID_OLD),
     (SSHA512, SSHA512),
+    ("{CRYPT}" + DES_CRYPT, DES_CRYPT),  # Dovecot still verifies these: the user keeps the password
 ]
 
 
@@ -75,7 +77,8 @@ def test_plain_is_hashed_at_import_never_stored(fast: Passwords) -> None:
 @pytest.mark.parametrize(
     "bad",
     ["", "garbage", "{MD5}5ebe2294ecd0e0f08eab7690d2a6ee69", "{SHA512}abc", "{PLAIN-MD5}abc", "{NOPE}x",
-     "{SHA512-CRYPT}" + BCRYPT_2Y, "{BLF-CRYPT}" + SHA512_CRYPT, "$6$broken", "{CRYPT}abJnggxhB/yWI",
+     "{SHA512-CRYPT}" + BCRYPT_2Y, "{BLF-CRYPT}" + SHA512_CRYPT, "$6$broken", DES_CRYPT,
+     "{SHA512-CRYPT}" + DES_CRYPT, "{CRYPT}abNANd1rDfi!c",
      "{PLAIN.B64}!!!", "{PLAIN}"],
 )
 def test_import_refuses(fast: Passwords, bad: str) -> None:
