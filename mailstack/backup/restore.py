@@ -35,7 +35,7 @@ from mailstack.storage.safeio import make_dirs
 
 from .areas import FROM_BACKUP_SUFFIX, Area, areas
 from .maildirs import list_messages
-from .manifest import MANIFEST_NAME, FileEntry, Manifest, ManifestError
+from .manifest import AREAS, MANIFEST_NAME, FileEntry, Manifest, ManifestError
 from .snapshot import latest
 from .writer import CHUNK, BackupError
 
@@ -60,6 +60,8 @@ def find_snapshot(src: Path) -> Path:
         return snap
     if not src.exists():
         raise BackupError(f"{src}: no such folder")
+    if any((src / area).is_dir() for area in AREAS):
+        raise BackupError(f"{src}: damaged backup, nothing restored: {MANIFEST_NAME} is missing")
     raise BackupError(f"{src}: no backup here (neither {MANIFEST_NAME} nor a 'latest' snapshot)")
 
 
