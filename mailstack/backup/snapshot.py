@@ -146,6 +146,10 @@ def backup(config: Config, dest: Path, *, full: bool = False, keep: int = 0,
         raise BackupError(str(e)) from None
     if (dest / MANIFEST_NAME).exists():
         raise BackupError(f"{dest} is a snapshot itself: give the folder that holds the snapshots")
+    where = dest.resolve()
+    for area in areas(config):
+        if area.kind != "file" and (where == area.path or area.path in where.parents):
+            raise BackupError(f"{dest} is inside {area.path}, which it backs up: choose a folder outside it")
     try:
         make_dirs(dest, 0o700)
     except OSError as e:
@@ -156,8 +160,8 @@ def backup(config: Config, dest: Path, *, full: bool = False, keep: int = 0,
         with _locked(dest):
             return _backup_locked(config, dest, kind, full, keep, now or datetime.now(timezone.utc))
     except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        raise BackupError(f"{where}{e.strerror or e}") from None
+        path = f"{e.filename}: " if e.filename else ""
+        raise BackupError(f"{path}{e.strerror or e}") from None
 
 
 def _backup_locked(config: Config, dest: Path, kind: str, full: bool, keep: int, now: datetime) -> BackupResult:

@@ -272,13 +272,14 @@ def test_usage_and_refusals_are_one_line(old: Root, tmp_path: Path, capsys: pyte
     assert run(old, capsys, "backup", str(tmp_path / "bk"))[0] == 0
     status, out, err = run(old, capsys, "backup", str(tmp_path / "bk" / "latest"))
     assert status == 1 and "is a snapshot" in err
+    status, out, err = run(old, capsys, "backup", str(old.maildirs / "backups"))  # would copy itself
+    assert status == 1 and "is inside" in err and not (old.maildirs / "backups").exists()
 
 
 def test_a_failed_backup_leaves_no_snapshot(old: Root, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dest = tmp_path / "bk"
     assert run(old, capsys, "backup", str(dest))[0] == 0
     good = os.readlink(dest / "latest")
-    os.chmod(old.base / "var" / "tls" / "key.pem", 0)  # unreadable (for anyone but root: see below)
     db = old.base / "var" / "mailstack.db"
     shutil.move(db, tmp_path / "db-aside")  # the database is gone: the backup must fail
     status, out, err = run(old, capsys, "backup", str(dest))
