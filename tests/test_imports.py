@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
     {"mailstack.service"},  # what a service gets from its runner
     {"mailstack.smtp", "mailstack.imap", "mailstack.pop3", "mailstack.http"},  # the services
     {"mailstack.serve"},  # the runner
+    {"mailstack.backup"},  # backup and restore: the directory's dump + every file the config names
     {"mailstack.cli"},
     {"mailstack.__main__"},
 ]

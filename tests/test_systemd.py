@@ -20,7 +20,8 @@ PRODUCTION = ROOT / "config" / "mailstack.production.toml"
 EXEC = "/usr/bin/mailstack --config /etc/mailstack/mailstack.toml serve"
 
 SPLIT_UNITS = [f"mailstack-{name}.service" for name in SERVICES]
-ALL_UNITS = ["mailstack.service", *SPLIT_UNITS, "mailstack.target"]
+BACKUP_UNITS = ["mailstack-backup.service", "mailstack-backup.timer"]
+ALL_UNITS = ["mailstack.service", *SPLIT_UNITS, "mailstack.target", *BACKUP_UNITS]
 
 HARDENING = {
     "User": "mailstack",
@@ -79,7 +80,7 @@ def _verify(units: list[Path], tmp_path: Path) -> subprocess.CompletedProcess[st
 def test_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
     # The other units sit next to it, as they would in /usr/lib/systemd/system.
     for other in UNIT_DIR.glob("mailstack*.*"):
-        if other.suffix in (".service", ".target"):
+        if other.suffix in (".service", ".target", ".timer"):
             text = other.read_text().replace("ExecStart=/usr/bin/mailstack ", f"ExecStart={sys.executable} -m mailstack ")
             (tmp_path / other.name).write_text(text)
     result = _verify([UNIT_DIR / unit], tmp_path)
@@ -178,3 +179,25 @@ def test_sysusers_and_tmpfiles_make_the_user_and_the_paths(tmp_path: Path) -> No
         made = tmp_path / path.relative_to("/")
         assert made.is_dir(), path
         assert made.stat().st_uid == uid, path
+
+
+def test_the_backup_unit_is_hardened_and_writes_only_its_destination() -> None:
+    service = parse_unit(UNIT_DIR / "mailstack-backup.service")["Service"]
+    assert service["Type"] == ["oneshot"]
+    (exec_start,) = service["ExecStart"]
+    argv = exec_start.split()
+    assert argv[:4] == ["/usr/bin/mailstack", "--config", "/etc/mailstack/mailstack.toml", "backup"]
+    dest = Path(argv[4])
+    for key, value in HARDENING.items():
+        assert service.get(key) == [value], key
+    assert service["CapabilityBoundingSet"] == [""] and service["AmbientCapabilities"] == [""]
+    assert "@system-service" in service["SystemCallFilter"]
+    writable = [Path(p.lstrip("-")) for v in service["ReadWritePaths"] for p in v.split()]
+    assert writable == [dest]
+    # reading a SQLite database in WAL mode writes its -shm: the state directory is writable
+    assert service["StateDirectory"] == ["mailstack"]
+    tmpfiles = (UNIT_DIR / "mailstack.tmpfiles").read_text()
+    assert f"d {dest} 0700 mailstack mailstack" in " ".join(tmpfiles.split())
+    timer = parse_unit(UNIT_DIR / "mailstack-backup.timer")
+    assert timer["Timer"]["Unit"] == ["mailstack-backup.service"] and timer["Timer"]["Persistent"] == ["yes"]
+    assert timer["Install"]["WantedBy"] == ["timers.target"]
