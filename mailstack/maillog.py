@@ -14,6 +14,9 @@ sender). A value with a space, ``"`` or ``=`` is double-quoted with ``\\`` escap
 LF and other control characters never reach the log (they are escaped as ``\\xNN``),
 so a client cannot forge a log line.
 
+Every line is counted as well (``mailstack.metrics``: ``mailstack_messages_total``,
+``mailstack_logins_total``, ...), so the metrics and the log never disagree.
+
 Examples::
 
     event=rejected id=- service=smtp client=192.0.2.7 from=<a@example.org> to=<nobody@example.test> size=- status=rejected reply="550 5.1.1 Recipient address rejected: user unknown"
@@ -26,6 +29,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+
+from mailstack import metrics
 
 __all__ = ["LOGGER_NAME", "log_event", "format_event", "quote"]
 
@@ -91,6 +96,8 @@ def format_event(
 
 
 def log_event(event: str, **fields: object) -> None:
-    """Write one mail log line at INFO (see module docstring for keys)."""
+    """Write one mail log line at INFO (see module docstring for keys); every line is
+    counted for ``GET /metrics`` (``metrics.record_event``) whatever the log level."""
+    metrics.record_event(event, str(fields.get("service")), str(fields.get("status")), fields.get("reply"), fields)
     if _logger.isEnabledFor(logging.INFO):
         _logger.info(format_event(event, **fields))  # type: ignore[arg-type]
