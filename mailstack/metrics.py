@@ -29,8 +29,8 @@ Invariants:
 - counts are per process (``mailstack serve`` runs every service in one process; separate
   ``serve NAME`` processes each count their own and only the one running ``http`` is seen);
 - a metric has at most ``MAX_SERIES`` label sets: later new ones are counted under
-  ``reason``/``status``/``result`` = ``other`` (a remote MX cannot grow memory without bound
-  by inventing reply codes);
+  ``reason``/``status``/``result`` = ``other`` (every label ``other`` when even that set
+  would be new), so a remote MX cannot grow memory without bound by inventing reply codes;
 - nothing here does I/O, and ``prometheus_client`` is imported only to render a scrape.
 """
 
@@ -65,6 +65,7 @@ __all__ = [
 ]
 
 MAX_SERIES = 500  # label sets per metric (services x events x reasons is well below)
+OTHER_ROOM = 50  # of which kept for the "other" sets, so one per service still fits
 OTHER = "other"
 # The text format generate_latest() writes (Prometheus exposition format 0.0.4).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -151,8 +152,10 @@ def _admit(name: str, labels: tuple[str, ...]) -> tuple[str, ...]:
         known = _series.setdefault(name, set())
         if labels in known:
             return labels
-        if len(known) >= MAX_SERIES:
+        if len(known) >= MAX_SERIES - OTHER_ROOM:
             labels = (*labels[:-1], OTHER)
+            if labels not in known and len(known) >= MAX_SERIES - 1:  # the last place: all "other"
+                labels = (OTHER,) * len(labels)
         known.add(labels)
         return labels
 
