@@ -249,7 +249,8 @@ def snapshot() -> Snapshot:
     with _lock:
         keep = []
         for ref, shard in _live:
-            if ref() is None or not ref().is_alive():  # type: ignore[union-attr]
+            thread = ref()
+            if thread is None or not thread.is_alive():
                 _fold(_retired, shard)  # it will never write again
             else:
                 keep.append((ref, shard))

@@ -141,3 +141,10 @@ def test_probe_speaks_tls_on_an_implicit_tls_listener(tmp_path: Path) -> None:
     over_tls, plain = asyncio.run(run())
     assert over_tls.up and over_tls.detail.startswith("* OK") and over_tls.name.endswith("(TLS)")
     assert not plain.up
+
+
+def test_wrong_thresholds_are_usage_errors(tmp_path: Path) -> None:
+    conf = write_config(tmp_path, ports_for("smtp"))
+    for args in (("--disk-warn", "150"), ("--cert-warn-days", "-1"), ("--disk-warn", "5", "--disk-crit", "10")):
+        code, out, err = status(conf, *args)
+        assert code == 2 and out == "" and "Traceback" not in err and err.strip(), args
