@@ -272,6 +272,7 @@ class HTTPConfig:
     mta_sts_mode: str = "testing"  # RFC 8461 §3.2: "enforce", "testing" or "none"
     mta_sts_max_age: int = 604800  # seconds a sender caches the policy (RFC 8461 §3.2)
     mta_sts_mx: tuple[str, ...] = ()  # MX host patterns in the policy; () = [hostname]
+    metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # who may GET /metrics; others 403
 
 
 @dataclass(frozen=True)
@@ -531,6 +532,11 @@ def _check(cfg: Config) -> None:
     for i, mx in enumerate(cfg.http.mta_sts_mx):
         if not _HOSTNAME_RE.match(mx.removeprefix("*.")):
             raise _KeyError(f"[http] mta_sts_mx[{i}]: {mx!r} is not a host name (or *.domain)")
+    for i, net in enumerate(cfg.http.metrics_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise _KeyError(f"[http] metrics_networks[{i}]: {net!r} is not a network like 127.0.0.0/8") from None
     for i, net in enumerate(cfg.checks.ignore_networks):
         try:
             ipaddress.ip_network(net, strict=False)

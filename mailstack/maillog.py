@@ -14,6 +14,9 @@ sender). A value with a space, ``"`` or ``=`` is double-quoted with ``\\`` escap
 LF and other control characters never reach the log (they are escaped as ``\\xNN``),
 so a client cannot forge a log line.
 
+Every line is counted as well (``mailstack.metrics``: ``mailstack_messages_total``,
+``mailstack_logins_total``, ...), so the metrics and the log never disagree.
+
 Examples::
 
     event=rejected id=- service=smtp client=192.0.2.7 from=<a@example.org> to=<nobody@example.test> size=- status=rejected reply="550 5.1.1 Recipient address rejected: user unknown"
@@ -25,9 +28,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-__all__ = ["LOGGER_NAME", "log_event", "format_event", "quote"]
+from mailstack import metrics
+
+__all__ = ["LOGGER_NAME", "follow", "format_event", "log_event", "parse", "quote"]
 
 LOGGER_NAME = "mailstack.maillog"
 _logger = logging.getLogger(LOGGER_NAME)
@@ -91,6 +96,64 @@ def format_event(
 
 
 def log_event(event: str, **fields: object) -> None:
-    """Write one mail log line at INFO (see module docstring for keys)."""
+    """Write one mail log line at INFO (see module docstring for keys); every line is
+    counted for ``GET /metrics`` (``metrics.record_event``) whatever the log level."""
+    metrics.record_event(event, str(fields.get("service")), str(fields.get("status")), fields.get("reply"), fields)
     if _logger.isEnabledFor(logging.INFO):
         _logger.info(format_event(event, **fields))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# reading it back
+
+# Where a line's fields begin (after a timestamp, a syslog tag, "INFO mailstack.maillog: ").
+_START = re.compile(r"(?:^|\s)(event=[a-z_]+ id=)")
+_FIELD = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\.)*"|\S*)(?:\s+|$)')
+_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|.)")
+
+
+def _unquote(raw: str) -> str:
+    if not raw.startswith('"'):
+        return raw
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1)[1:], 16)) if len(m.group(1)) == 3 else m.group(1), raw[1:-1])
+
+
+def parse(line: str) -> dict[str, str] | None:
+    """The fields of one mail-log line (whatever precedes ``event=``), None if it is not one.
+
+    The inverse of ``format_event``: quoted values are unquoted. Values are only what the
+    line says (``-`` stays ``-``); a value holding ``=`` or a space is always quoted, so a
+    client's text cannot pose as another field.
+    """
+    m = _START.search(line)
+    if m is None:
+        return None
+    fields: dict[str, str] = {}
+    pos = m.start(1)
+    text = line.rstrip("\r\n")
+    while pos < len(text):
+        f = _FIELD.match(text, pos)
+        if f is None:
+            break
+        fields.setdefault(f.group(1), _unquote(f.group(2)))
+        pos = f.end()
+    return fields
+
+
+def follow(lines: Iterable[str], queue_id: str) -> Iterator[str]:
+    """The lines about message ``queue_id`` and those it led to, in the order given.
+
+    A message changes id where the log says so: the MX's ``event=queued`` line for a local
+    retry has the new ``id=`` and ``orig_id=`` the accepted one; a bounce has ``dsn=`` the
+    id of the DSN it queued. Lines are read once, oldest first (as a log is written), so
+    an id is followed from the line that introduces it on.
+    """
+    ids = {queue_id.upper()}
+    for line in lines:
+        fields = parse(line)
+        if fields is None:
+            continue
+        linked = {fields.get("id", "-"), fields.get("orig_id", "-"), fields.get("dsn", "-")} - {"-", ""}
+        if linked & ids:
+            ids |= {i.upper() for i in linked}
+            yield line

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import AbstractSet, Any, Protocol
 from pathlib import Path
 
+from mailstack import metrics
 from mailstack.config import ListenAddress, TLSConfig
 from mailstack.storage.safeio import make_dirs, write_durable
 
@@ -379,11 +380,15 @@ class ConnectionLimits:
     socket peer) counts toward the total only. Event-loop confined: not thread-safe.
     """
 
-    def __init__(self, max_total: int, max_per_ip: int) -> None:
+    def __init__(self, max_total: int, max_per_ip: int, service: str = "") -> None:
         self.max_total = max_total
         self.max_per_ip = max_per_ip
         self._total = 0
         self._per_ip: dict[str, int] = {}
+        # named: counted for GET /metrics (mailstack_connections_total, _open)
+        self.service = service
+        if service:
+            metrics.watch_connections(self)
 
     @property
     def active(self) -> int:
@@ -392,16 +397,24 @@ class ConnectionLimits:
     def count(self, ip: str | None) -> int:
         return self._per_ip.get(ip, 0) if ip is not None else 0
 
-    def acquire(self, ip: str | None) -> bool:
-        if self._total >= self.max_total:
+    def acquire(self, ip: str | None, *, count_refusal: bool = True) -> bool:
+        """Take a slot for a connection from ``ip``; False = over a cap. ``count_refusal``
+        False: the caller may still admit it another way (it calls ``note_refused`` if not)."""
+        if self._total >= self.max_total or (ip is not None and self._per_ip.get(ip, 0) >= self.max_per_ip):
+            if count_refusal:
+                self.note_refused()
             return False
         if ip is not None:
-            n = self._per_ip.get(ip, 0)
-            if n >= self.max_per_ip:
-                return False
-            self._per_ip[ip] = n + 1
+            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self._total += 1
+        if self.service:
+            metrics.inc(metrics.CONNECTIONS, self.service, "accepted")
         return True
+
+    def note_refused(self) -> None:
+        """Count a connection refused over the caps."""
+        if self.service:
+            metrics.inc(metrics.CONNECTIONS, self.service, "refused")
 
     def release(self, ip: str | None) -> None:
         if self._total <= 0:

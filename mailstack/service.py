@@ -83,8 +83,8 @@ def limits_for(config: Config, name: str) -> net.ConnectionLimits:
     """The connection caps of service ``name``: ``[smtp] max_connections``/``..._per_ip``
     for smtp, ``DEFAULT_MAX_CONNECTIONS``/``..._PER_IP`` for the others (no keys yet)."""
     if name == "smtp":
-        return net.ConnectionLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip)
-    return net.ConnectionLimits(DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP)
+        return net.ConnectionLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip, name)
+    return net.ConnectionLimits(DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, name)
 
 
 class SimpleService:

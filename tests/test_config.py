@@ -121,6 +121,7 @@ BAD = [
      "[imap] listen: 127.0.0.1:2525 is already used by [smtp] listen"),
     ('hostname = "mx.a.test"\n[smtp\n', "invalid TOML"),
     ('hostname = "mx.a.test"\n[checks]\nignore_networks = ["loopback"]\n', "[checks] ignore_networks[0]"),
+    ('hostname = "mx.a.test"\n[http]\nmetrics_networks = ["127.0.0.0/8", "anyone"]\n', "[http] metrics_networks[1]"),
 ]
 
 

@@ -20,7 +20,7 @@ PACKAGE = ROOT / "mailstack"
 # Lowest first. A "unit" is mailstack itself (its __init__: the version), a top-level
 # module (mailstack.net) or a top-level package (mailstack.smtp).
 LAYERS: list[set[str]] = [
-    {"mailstack", "mailstack.config", "mailstack.storage", "mailstack.replies"},  # values, files
+    {"mailstack", "mailstack.config", "mailstack.storage", "mailstack.replies", "mailstack.metrics"},  # values, files, counters
     {"mailstack.dns", "mailstack.maillog"},
     {"mailstack.mail"},  # message code over a resolver
     {"mailstack.directory", "mailstack.net"},
@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"mailstack.auth"},  # the one login path
     {"mailstack.queue"},  # the spool, its wake-ups, bounces: used by delivery and every protocol
     {"mailstack.delivery"},  # recipients -> Maildirs (remote targets -> the queue)
+    {"mailstack.ops"},  # status checks and scrape-time gauges: used by cli and http
     {"mailstack.service"},  # what a service gets from its runner
     {"mailstack.smtp", "mailstack.imap", "mailstack.pop3", "mailstack.http"},  # the services
     {"mailstack.serve"},  # the runner

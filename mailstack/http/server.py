@@ -1,4 +1,4 @@
-"""The ``http`` service (``mailstack.http.server:start``): autoconfig, Autodiscover, MTA-STS.
+"""The ``http`` service (``mailstack.http.server:start``): autoconfig, Autodiscover, MTA-STS, metrics.
 
 An aiohttp application on the ``[http]`` listeners (``tls_listen`` with the ``[tls]``
 certificate), opened through ``net.open_listeners`` like every other service.
@@ -12,6 +12,8 @@ Routes:
 ``/Autodiscover/Autodiscover.xml``                         POST    the same (Outlook's casing)
 ``/.well-known/mta-sts.txt``                               GET     MTA-STS policy (RFC 8461 §3.3),
                                                                    only for Host ``mta-sts.<local domain>``
+``/metrics``                                               GET     Prometheus text format, only for
+                                                                   clients in ``[http] metrics_networks``
 =========================================================  ======  ============================
 
 Invariants:
@@ -26,6 +28,10 @@ Invariants:
   cannot parse included (they never reach the application, so its
   ``on_response_prepare`` signal does not see them: the header is set where each
   connection's writer sends the status line);
+- ``/metrics`` answers only a client whose own address (the socket's peer: a proxy's
+  ``X-Forwarded-For`` is not believed) is in ``[http] metrics_networks``, anyone else ``403``;
+  one scrape is measured at a time, in a thread (it reads the queue and the disks), so
+  scrapes cannot pile up on the event loop;
 - no traceback ever reaches a client: an unexpected error is logged and answered with a
   bare ``500``; a directory that cannot be reached is ``503``;
 - connections are bounded like every service's (``ctx.limits``: in total and per client
@@ -37,14 +43,16 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import weakref
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 
-from mailstack import net
+from mailstack import metrics, net
 from mailstack.http import documents as docs
+from mailstack.ops.scrape import gauges
 from mailstack.service import RunningService, ServiceContext
 
 if TYPE_CHECKING:
@@ -63,6 +71,8 @@ MAX_CONNECTION_AGE = 120.0  # seconds; autoconfig clients make one or two reques
 
 CONFIG_KEY: web.AppKey[Any] = web.AppKey("mailstack_config", object)
 DOMAINS_KEY: web.AppKey[Any] = web.AppKey("mailstack_is_local_domain", object)
+METRICS_NETWORKS_KEY: web.AppKey[Any] = web.AppKey("mailstack_metrics_networks", object)
+SCRAPE_LOCK_KEY: web.AppKey[Any] = web.AppKey("mailstack_scrape_lock", object)
 
 
 class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -214,6 +224,28 @@ async def mta_sts(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
+def _metrics_allowed(request: web.Request) -> bool:
+    """Is the peer of this connection in ``[http] metrics_networks``? (A unix socket peer
+    has no address: no, since a proxy in front of it would speak for anyone.)"""
+    try:
+        ip = ipaddress.ip_address((request.remote or "").partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack listener's ::ffff:192.0.2.1
+    return any(ip in net for net in request.app[METRICS_NETWORKS_KEY])
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """This process's counters and the scrape-time gauges, in Prometheus text format."""
+    if not _metrics_allowed(request):
+        raise _Problem(403, "Forbidden")
+    config: Config = request.app[CONFIG_KEY]
+    async with request.app[SCRAPE_LOCK_KEY]:
+        body = await asyncio.to_thread(metrics.render, lambda: gauges(config))
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: metrics.CONTENT_TYPE})
+
+
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers[hdrs.SERVER] = SERVER_NAME
 
@@ -258,11 +290,14 @@ def make_app(config: Config, is_local_domain: Any) -> web.Application:
     app.on_response_prepare.append(_server_header)
     app[CONFIG_KEY] = config
     app[DOMAINS_KEY] = is_local_domain
+    app[METRICS_NETWORKS_KEY] = tuple(ipaddress.ip_network(n, strict=False) for n in config.http.metrics_networks)
+    app[SCRAPE_LOCK_KEY] = asyncio.Lock()
     app.router.add_get("/mail/config-v1.1.xml", autoconfig)
     app.router.add_get("/.well-known/autoconfig/mail/config-v1.1.xml", autoconfig)
     app.router.add_post("/autodiscover/autodiscover.xml", autodiscover)
     app.router.add_post("/Autodiscover/Autodiscover.xml", autodiscover)
     app.router.add_get("/.well-known/mta-sts.txt", mta_sts)
+    app.router.add_get("/metrics", metrics_page)
     return app
 
 

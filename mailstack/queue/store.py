@@ -57,7 +57,8 @@ from mailstack.queue import wake
 from mailstack.storage.safeio import create_exclusive, fsync_dir, make_dirs, write_durable
 from mailstack.storage.tmpclean import TMP_MAX_AGE, is_stale
 
-__all__ = ["LOCK_DIR", "QueueStore", "QueuedEnvelope", "QueueIdError", "claim", "new_queue_id", "release_claim"]
+__all__ = ["LOCK_DIR", "QueueStore", "QueuedEnvelope", "QueueIdError", "claim", "arrival_time", "delay_since",
+           "new_queue_id", "release_claim"]
 
 _ID_RE = re.compile(r"^[0-9A-F]{18}$")
 # Temp files: enqueue's ".tmp-<id>-<hex>.msg|env"; write_durable's ".<name>.<pid>.<hex>.tmp".
@@ -72,6 +73,22 @@ class QueueIdError(ValueError):
 
 def new_queue_id() -> str:
     return f"{time.time_ns() // 1000:013X}{secrets.randbelow(16**5):05X}"
+
+
+def arrival_time(queue_id: str) -> float | None:
+    """When the message ``queue_id`` arrived (its first 13 hex digits: microseconds since
+    the epoch); None for anything that is not a queue id."""
+    if not _ID_RE.match(queue_id or ""):
+        return None
+    return int(queue_id[:13], 16) / 1e6
+
+
+def delay_since(queue_id: str, now: float | None = None) -> str | None:
+    """The mail log's ``delay=`` (Postfix's): seconds from arrival to ``now``, 3 decimals."""
+    t = arrival_time(queue_id)
+    if t is None:
+        return None
+    return f"{max(0.0, (time.time() if now is None else now) - t):.3f}"
 
 
 @dataclass(frozen=True)

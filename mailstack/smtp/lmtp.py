@@ -26,6 +26,7 @@ from mailstack.service import RunningService, ServiceContext
 from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits
 from mailstack.queue import QueueStore
+from mailstack.queue.store import delay_since
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
 
@@ -101,7 +102,8 @@ class LMTPHandler:
         for r in results:
             event = {Outcome.OK: "delivered", Outcome.TEMPORARY: "deferred", Outcome.PERMANENT: "rejected"}[r.outcome]
             self._log(server, txn, event, r.recipient, r.reply, size=len(data),
-                      mailbox=",".join(r.mailboxes) or None, forwarded=r.queued)
+                      mailbox=",".join(r.mailboxes) or None, forwarded=r.queued,
+                      **({"delay": delay_since(txn.queue_id)} if event == "delivered" else {}))
             reply = r.reply
             if reply.is_ok:
                 reply = Reply(250, "2.0.0", f"<{r.recipient}> delivered, id {txn.queue_id}")
@@ -134,7 +136,7 @@ async def start(ctx: ServiceContext) -> RunningService:
         limits=SessionLimits.off(),
         min_data_rate=cfg.smtp.min_data_rate,
     )
-    limits = net.ConnectionLimits(cfg.lmtp.max_connections, cfg.lmtp.max_connections_per_ip)
+    limits = net.ConnectionLimits(cfg.lmtp.max_connections, cfg.lmtp.max_connections_per_ip, "lmtp")
     inflight = net.InFlight()
     conns = ConnectionSet()
 

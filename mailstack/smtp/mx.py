@@ -45,6 +45,7 @@ from mailstack.smtp.limits import SessionLimits
 from mailstack.smtp.mda import MDA, InProcessMDA, LMTPClient
 from mailstack.queue import QueueStore
 from mailstack.queue.bounce import bounce
+from mailstack.queue.store import delay_since
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
 
@@ -206,8 +207,9 @@ class MXHandler:
                 )
                 extra_ids.append(qid)
                 for r in temp:
+                    # orig_id: the accepted message's id, so ``mailstack log ID`` follows it here
                     maillog.log_event("queued", recipients=r.recipient, status="deferred", reply=r.reply,
-                                      **{**common, "queue_id": qid})
+                                      **{**common, "queue_id": qid}, orig_id=txn.queue_id)
             if perm:
                 extra = {k: v for k, v in common.items() if k not in ("queue_id", "service", "client", "sender", "size")}
                 dsn_id = await asyncio.to_thread(
@@ -224,7 +226,8 @@ class MXHandler:
             return R.LOCAL_ERROR
         for r in ok:
             maillog.log_event("delivered", recipients=r.recipient, status="ok", reply=r.reply, **common,
-                              mailbox=",".join(r.mailboxes) or None, forwarded=r.queued)
+                              mailbox=",".join(r.mailboxes) or None, forwarded=r.queued,
+                              delay=delay_since(txn.queue_id))
         reply = Reply(250, "2.0.0", f"OK: queued as {txn.queue_id}")
         maillog.log_event("accepted", recipients=txn.recipients, status="ok", reply=reply, **common)
         return reply

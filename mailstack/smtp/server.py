@@ -377,7 +377,7 @@ class BaseSMTP(SMTP):
             self._refuse(transport, R.SHUTTING_DOWN)
             return
         if self.limits is not None:
-            if not self.limits.acquire(self.peer_ip):
+            if not self.limits.acquire(self.peer_ip, count_refusal=False):
                 total_full = self.limits.active >= self.limits.max_total
                 ip_full = self.peer_ip is not None and self.limits.count(self.peer_ip) >= self.limits.max_per_ip
                 # room for newcomers: a client within its per-IP cap displaces a session
@@ -385,6 +385,7 @@ class BaseSMTP(SMTP):
                 if not (total_full and not ip_full and self.connections is not None
                         and self.connections.may_evict(self.peer_ip)
                         and self.connections.evict_idle() and self.limits.acquire(self.peer_ip)):
+                    self.limits.note_refused()
                     self._refuse(transport, R.TOO_MANY_FROM_IP if ip_full else R.TOO_MANY_CONNECTIONS)
                     return
             self._acquired = True

@@ -469,7 +469,7 @@ async def start(ctx: ServiceContext) -> RunningService:
     )
     auth = ctx.auth or Authenticator.from_config(cfg, ctx.directory)
     # [submission]'s own connection caps (not the MX's: users behind one NAT share an IP)
-    limits = net.ConnectionLimits(cfg.submission.max_connections, cfg.submission.max_connections_per_ip)
+    limits = net.ConnectionLimits(cfg.submission.max_connections, cfg.submission.max_connections_per_ip, "submission")
     inflight = net.InFlight()
     conns = ConnectionSet()
 
