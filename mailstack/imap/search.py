@@ -55,6 +55,11 @@ class SearchableMessage(Protocol):
         """The decoded text of the message's text parts."""
         ...
 
+    def body_contains(self, needle: str) -> bool | None:
+        """Whether the case-folded body text holds ``needle`` (already case-folded), when
+        known without ``body_text`` (a full-text index, ``imap.fts``); None: not known."""
+        ...
+
 
 @dataclass(frozen=True)
 class SearchContext:
@@ -125,6 +130,15 @@ class _Folded:
         if self._body is None:
             self._body = self.message.body_text().casefold()
         return self._body
+
+    def body_has(self, needle: str) -> bool:
+        """``needle`` (case-folded) in the body text: asked of the message first (an index
+        may know), else by reading it."""
+        if self._body is None:
+            known = self.message.body_contains(needle)
+            if known is not None:
+                return known
+        return needle in self.body()
 
 
 def _in_set(seqs: object, n: int, largest: int, ctx: SearchContext, uid: int) -> bool:
@@ -210,11 +224,11 @@ def _matches(key: SearchKey, message: SearchableMessage, ctx: SearchContext, fol
         return any(n == name and needle in v for n, v in folded.headers())
     if kind == "BODY":
         assert isinstance(value, str)
-        return value.casefold() in folded.body()
+        return folded.body_has(value.casefold())
     if kind == "TEXT":
         assert isinstance(value, str)
         needle = value.casefold()
-        return any(needle in f"{n}: {v}" for n, v in folded.headers()) or needle in folded.body()
+        return any(needle in f"{n}: {v}" for n, v in folded.headers()) or folded.body_has(needle)
     raise ValueError(f"unknown search key {kind}")
 
 
@@ -291,3 +305,6 @@ class MessageView:
 
     def body_text(self) -> str:
         return body_text_of(self.parsed)
+
+    def body_contains(self, needle: str) -> bool | None:
+        return None

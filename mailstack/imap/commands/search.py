@@ -3,7 +3,8 @@
 
 The search program is evaluated by ``imap.search.matches`` over each message of the
 selected mailbox; headers come from the folder index, so a SEARCH FROM over a big
-mailbox reads each file at most once, ever. BODY and TEXT read the file.
+mailbox reads each file at most once, ever. BODY and TEXT ask the folder's full-text
+index (``imap.fts``) and read only the files it does not know yet (which it then learns).
 
 Invariants:
 - A message expunged by another process meanwhile matches as if empty; it never fails
@@ -24,7 +25,8 @@ from mailstack.storage import MessageInfo
 from mailstack.storage.errors import MessageNotFound
 
 from ..effects import Output
-from ..index import Entry
+from ..fts import BodySearch
+from ..index import Entry, FolderIndex
 from ..message import ParsedMessage
 from ..responses import uid_set
 from ..search import SearchContext, body_text_of, matches
@@ -42,23 +44,39 @@ def _has_modseq(key: SearchKey) -> bool:
     return key.kind == "MODSEQ" or any(_has_modseq(c) for c in key.children)
 
 
+def _has_body(key: SearchKey) -> bool:
+    return key.kind in ("BODY", "TEXT") or any(_has_body(c) for c in key.children)
+
+
 class _Searchable:
     """A ``search.SearchableMessage`` whose headers come from the index."""
 
-    __slots__ = ("seq", "uid", "flags", "internaldate", "size", "modseq", "_entry", "_load")
+    __slots__ = ("seq", "uid", "flags", "internaldate", "size", "modseq", "_entry", "_load", "_base", "_fts")
 
     def __init__(self, seq: int, uid: int, flags: frozenset[str], info: MessageInfo,
-                 entry: Callable[[], Entry], load: Callable[[], bytes], modseq: int = 0) -> None:
+                 entry: Callable[[], Entry], load: Callable[[], bytes], modseq: int = 0,
+                 fts: BodySearch | None = None) -> None:
         self.seq, self.uid, self.flags = seq, uid, flags
         self.internaldate, self.size, self.modseq = info.internaldate, info.vsize, modseq
         self._entry = entry
         self._load = load
+        self._base = info.base
+        self._fts = fts
 
     def headers(self) -> Sequence[tuple[str, str]]:
         return self._entry().headers
 
     def body_text(self) -> str:
         return body_text_of(ParsedMessage(self._load()))
+
+    def body_contains(self, needle: str) -> bool | None:
+        if self._fts is None:
+            return None
+        return self._fts.contains(self._base, needle, self._load_or_none)
+
+    def _load_or_none(self) -> bytes | None:
+        data = self._load()
+        return data if data else None  # gone (or empty): matched as empty, not indexed
 
 
 
@@ -74,7 +92,21 @@ def _find(s: Session, cmd: Command, args: SearchArgs) -> tuple[list[_Searchable]
     with_modseq = _has_modseq(key)
     if with_modseq:
         s.condstore_on()  # RFC 7162 §3.1
-    for i, uid in enumerate(view.uids):
+    fts = BodySearch(folder.path, {view.info(u).base for u in view.uids}) \
+        if s.index.full_text and _has_body(key) else None
+    try:
+        _scan(s, view.uids, key, ctx, idx, fts, with_modseq, found)
+    finally:
+        if fts is not None:
+            fts.close()
+    return found, with_modseq
+
+
+def _scan(s: Session, uids: Sequence[int], key: SearchKey, ctx: SearchContext, idx: FolderIndex,
+          fts: BodySearch | None, with_modseq: bool, found: list[_Searchable]) -> None:
+    view = s.selected
+    folder = view.folder
+    for i, uid in enumerate(uids):
         info = view.info(uid)
 
         def load(u: int = uid) -> bytes:
@@ -87,10 +119,9 @@ def _find(s: Session, cmd: Command, args: SearchArgs) -> tuple[list[_Searchable]
             return idx.entry(inf.base, ld)
 
         m = _Searchable(i + 1, uid, view.flags_for(uid), info, entry, load,
-                        idx.modseq(uid) if with_modseq else 0)
+                        idx.modseq(uid) if with_modseq else 0, fts)
         if matches(key, m, ctx):
             found.append(m)
-    return found, with_modseq
 
 
 def _esearch(s: Session, cmd: Command, returns: tuple[str, ...], found: Sequence[_Searchable],
