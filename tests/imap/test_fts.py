@@ -16,6 +16,7 @@ import multiprocessing as mp
 import quopri
 import sqlite3
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -83,11 +84,11 @@ def test_index_answers_exactly_as_the_scan(bodies: list[bytes], data: st.DataObj
         first = BodySearch(folder, set(bases))  # empty index: reads the files, learns them
         for needle in wanted:
             for base, body in bases.items():
-                assert first.contains(base, needle.casefold(), lambda b=body: b) == scan(body, needle)
+                assert first.contains(base, needle.casefold(), partial(bytes, body)) == scan(body, needle)
         first.close()
         second = BodySearch(folder, set(bases))  # current index: no file is read
         for needle in wanted:
-            got = {base for base in bases if second.contains(base, needle.casefold(), lambda b=base: never(b))}
+            got = {base for base in bases if second.contains(base, needle.casefold(), partial(never, base))}
             assert got == {base for base, body in bases.items() if scan(body, needle)}, needle
         assert second.read_files == 0
         second.close()
@@ -124,10 +125,10 @@ def docs(folder: Path) -> list[str]:
         db.close()
 
 
-def run(folder: Path, bodies: dict[str, bytes], needle: str, reader: object = None) -> tuple[set[str], int]:
+def run(folder: Path, bodies: dict[str, bytes], needle: str) -> tuple[set[str], int]:
     s = BodySearch(folder, set(bodies))
     try:
-        got = {b for b, d in bodies.items() if s.contains(b, needle, lambda d=d: d)}
+        got = {b for b, d in bodies.items() if s.contains(b, needle, partial(bytes, d))}
         return got, s.read_files
     finally:
         s.close()

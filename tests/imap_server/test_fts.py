@@ -30,7 +30,8 @@ def scanning(tmp_path: Path) -> Iterator[IMAPServer]:
 def search(c: imaplib.IMAP4, *criteria: str) -> list[bytes]:
     typ, data = c.uid("SEARCH", *criteria)
     assert typ == "OK", data
-    return data[0].split()
+    uids: list[bytes] = data[0].split()
+    return uids
 
 
 def overwrite_files(imap: IMAPServer, text: str) -> None:
@@ -115,7 +116,7 @@ def test_answers_are_byte_identical_with_and_without_the_index(imap: IMAPServer,
     for query in QUERIES:
         answers = []
         for c in clients:  # the last argument as a literal (imaplib sends it after the others)
-            c.literal = query[-1].encode()
+            c.literal = query[-1].encode()  # type: ignore[assignment]  # typeshed: str
             answers.append(c.uid("SEARCH", "CHARSET", "UTF-8", *query[:-1]))
         assert answers[0] == answers[1], query
         seen.add(repr(answers[0]))
