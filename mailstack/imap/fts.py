@@ -263,6 +263,15 @@ class BodySearch:
             log.warning("imap fts index %s: entry %d unreadable (%s)", self.path, doc, e)
             return None
 
+    def may_contain(self, base: str, needle: str) -> bool:
+        """False only when the index shows that message ``base`` lacks ``needle`` (case-folded);
+        lets a search skip it before anything else is looked at."""
+        doc = self._known.get(base)
+        if doc is None or self._reader is None:
+            return True
+        ids = self._candidate_ids(needle)
+        return ids is None or doc in ids
+
     def contains(self, base: str, needle: str, load: Callable[[], bytes | None]) -> bool:
         """Whether the body text of message ``base`` contains ``needle`` (already
         case-folded). ``load`` reads the message file (None: it is gone, matched as empty);

@@ -209,3 +209,14 @@ def test_several_processes_share_one_index(tmp_path: Path) -> None:
 def test_fold_body_is_what_the_scan_compares() -> None:
     data = b"Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: quoted-printable\n\nStra=DFe"
     assert fold_body(data) == "strasse"
+
+
+def test_may_contain_rules_out_only_what_cannot_match(tmp_path: Path) -> None:
+    run(tmp_path, BODIES, "zzz")
+    s = BodySearch(tmp_path, set(BODIES) | {"new"})
+    try:
+        assert [b for b in BODIES if s.may_contain(b, "line 1")] == ["m1"] + [f"m{i}" for i in range(10, 20)]
+        assert s.may_contain("new", "line 1")  # not indexed yet: must be looked at
+        assert all(s.may_contain(b, "ne") for b in BODIES)  # no trigram: no filter
+    finally:
+        s.close()

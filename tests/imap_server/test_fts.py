@@ -99,7 +99,7 @@ QUERIES = [
     ("BODY", "fox"), ("BODY", "FOX"), ("BODY", "strasse"), ("BODY", "STRAẞE"), ("BODY", "grüße"), ("BODY", "café"),
     ("BODY", "hedgehog"), ("BODY", "hidden"), ("BODY", "x"), ("BODY", "ox"), ("BODY", ""), ("BODY", "&amp;"),
     ("TEXT", "subject: german"), ("TEXT", "fox"), ("TEXT", "carol"), ("OR", "BODY", "fox", "BODY", "crème"),
-    ("NOT", "BODY", "o"), ("BODY", "quick", "BODY", "brown"), ("BODY", "the quick brown fox\n"),
+    ("NOT", "BODY", "o"), ("BODY", "quick", "BODY", "brown"), ("UNDELETED", "BODY", "hedgehog"), ("BODY", "the quick brown fox\n"),
 ]
 
 

@@ -48,6 +48,15 @@ def _has_body(key: SearchKey) -> bool:
     return key.kind in ("BODY", "TEXT") or any(_has_body(c) for c in key.children)
 
 
+def _required_body(key: SearchKey) -> str | None:
+    """A BODY string every match must hold (the program is that key, or an AND of it and
+    more), case-folded; None when there is none."""
+    for k in (key, *key.children) if key.kind == "AND" else (key,):
+        if k.kind == "BODY" and isinstance(k.value, str) and k.value:
+            return k.value.casefold()
+    return None
+
+
 class _Searchable:
     """A ``search.SearchableMessage`` whose headers come from the index."""
 
@@ -106,8 +115,11 @@ def _scan(s: Session, uids: Sequence[int], key: SearchKey, ctx: SearchContext, i
           fts: BodySearch | None, with_modseq: bool, found: list[_Searchable]) -> None:
     view = s.selected
     folder = view.folder
+    needle = _required_body(key) if fts is not None else None
     for i, uid in enumerate(uids):
         info = view.info(uid)
+        if needle is not None and fts is not None and not fts.may_contain(info.base, needle):
+            continue  # the full-text index rules it out: BODY is false, so is the whole AND
 
         def load(u: int = uid) -> bytes:
             try:
