@@ -131,7 +131,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=OFF")  # a cache: losing the tail costs a re-read, nothing else
         row = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() if _has_meta(db) else None
         if row is None or row[0] != _version():
-            _prepare(db)
+            _prepare(db, path)
     except BaseException:
         db.close()
         raise
@@ -142,7 +142,7 @@ def _has_meta(db: sqlite3.Connection) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is not None
 
 
-def _prepare(db: sqlite3.Connection) -> None:
+def _prepare(db: sqlite3.Connection, path: Path) -> None:
     """Create the tables, or empty them when written under another format (see module doc)."""
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -151,7 +151,7 @@ def _prepare(db: sqlite3.Connection) -> None:
         row = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
         if row is None or row[0] != _version():
             if row is not None:
-                log.info("imap fts index %s: format %r, want %r: rebuilding", db, row[0], _version())
+                log.info("imap fts index %s: format %r, want %r: rebuilding", path, row[0], _version())
             db.execute("DELETE FROM doc")
             db.execute("INSERT INTO body(body) VALUES ('delete-all')")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (_version(),))
