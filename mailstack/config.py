@@ -220,6 +220,7 @@ class IMAPConfig:
     append_limit: int = 52428800  # RFC 7889 APPENDLIMIT: largest message APPEND accepts
     max_line: int = 65536  # longest command line (without its literals)
     poll_interval: Duration = 0.5  # seconds between checks for changes made by other processes (IDLE)
+    full_text_index: bool = True  # SEARCH BODY/TEXT from a per-folder index (mailstack-fts.sqlite), built lazily
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,7 @@ def exercise(base: Path, ports: dict[str, int]) -> None:
         assert imap.copy("1", "Projects")[0] == "OK"
         assert imap.append("Projects", "(\\Flagged)", None, MESSAGE)[0] == "OK"
         assert imap.select("Projects")[0] == "OK"
+        assert imap.search(None, "BODY", "modes")[0] == "OK"  # the full-text index
     finally:
         imap.logout()
     pop = poplib.POP3("127.0.0.1", ports["pop3"], timeout=30)
@@ -161,6 +162,7 @@ def test_everything_created_is_private(tmp_path: Path, umask: int,
                      "mailboxes/example.test/alice/dovecot-keywords",
                      "mailboxes/example.test/alice/maildirsize",
                      "mailboxes/example.test/alice/subscriptions",
+                     "mailboxes/example.test/alice/.Projects/mailstack-fts.sqlite",
                      "mailboxes/example.test/alice/.Projects/maildirfolder"):
         assert expected in made, sorted(made)
     assert any(p.startswith("var/queue/") and p.endswith(".msg") for p in made), sorted(made)

@@ -16,6 +16,6 @@ The modules here take bytes in and give typed events and bytes out, in the style
   bytes and ``effects`` (password check, STARTTLS, IDLE, LOGOUT) for the adapter.
 
 Nothing here touches a socket or the clock; only ``session`` and ``commands`` touch
-files (through ``mailstack.storage`` and ``index``). ``server`` is the thin asyncio
+files (through ``mailstack.storage``, ``index`` and ``fts``). ``server`` is the thin asyncio
 adapter that reads and writes the socket.
 """

@@ -485,10 +485,12 @@ class FolderIndex:
 
 
 class IndexCache:
-    """Process-wide: one ``FolderIndex`` per folder path, the least recently used closed first."""
+    """Process-wide: one ``FolderIndex`` per folder path, the least recently used closed first.
+    ``full_text``: SEARCH BODY/TEXT use the folders' full-text indexes (``imap.fts``)."""
 
-    def __init__(self, max_open: int = 64) -> None:
+    def __init__(self, max_open: int = 64, full_text: bool = True) -> None:
         self.max_open = max_open
+        self.full_text = full_text
         self._lock = threading.Lock()
         self._open: OrderedDict[Path, FolderIndex] = OrderedDict()
 

@@ -63,6 +63,11 @@ class SearchableMessage(Protocol):
         """Its EMAILID (RFC 8474 §5.1)."""
         ...
 
+    def body_contains(self, needle: str) -> bool | None:
+        """Whether the case-folded body text holds ``needle`` (already case-folded), when
+        known without ``body_text`` (a full-text index, ``imap.fts``); None: not known."""
+        ...
+
 
 @dataclass(frozen=True)
 class SearchContext:
@@ -133,6 +138,15 @@ class _Folded:
         if self._body is None:
             self._body = self.message.body_text().casefold()
         return self._body
+
+    def body_has(self, needle: str) -> bool:
+        """``needle`` (case-folded) in the body text: asked of the message first (an index
+        may know), else by reading it."""
+        if self._body is None:
+            known = self.message.body_contains(needle)
+            if known is not None:
+                return known
+        return needle in self.body()
 
 
 def _in_set(seqs: object, n: int, largest: int, ctx: SearchContext, uid: int) -> bool:
@@ -228,11 +242,11 @@ def _matches(key: SearchKey, message: SearchableMessage, ctx: SearchContext, fol
         return any(n == name and needle in v for n, v in folded.headers())
     if kind == "BODY":
         assert isinstance(value, str)
-        return value.casefold() in folded.body()
+        return folded.body_has(value.casefold())
     if kind == "TEXT":
         assert isinstance(value, str)
         needle = value.casefold()
-        return any(needle in f"{n}: {v}" for n, v in folded.headers()) or needle in folded.body()
+        return any(needle in f"{n}: {v}" for n, v in folded.headers()) or folded.body_has(needle)
     raise ValueError(f"unknown search key {kind}")
 
 
@@ -317,3 +331,6 @@ class MessageView:
 
     def email_id(self) -> str:
         return self.emailid
+
+    def body_contains(self, needle: str) -> bool | None:
+        return None

@@ -216,6 +216,7 @@ class IMAPService:
         append_limit: int = 50 * 1024 * 1024,
         max_line: int = 64 * 1024,
         poll_interval: float = 0.5,
+        full_text_index: bool = True,
     ) -> None:
         self.hostname = hostname
         self.maildir_root = maildir_root
@@ -230,7 +231,7 @@ class IMAPService:
         self.append_limit = append_limit
         self.max_line = max_line
         self.notifier = Notifier(poll_interval)
-        self.index = IndexCache()
+        self.index = IndexCache(full_text=full_text_index)
         self.servers: list[asyncio.Server] = []
         self.connections: set[_Connection] = set()
         self.inflight = net.InFlight()
@@ -464,6 +465,7 @@ async def start(ctx: ServiceContext) -> IMAPService:
         append_limit=icfg.append_limit,
         max_line=icfg.max_line,
         poll_interval=icfg.poll_interval,
+        full_text_index=icfg.full_text_index,
     )
     service.servers = await net.open_listeners(
         "imap", cfg.listeners("imap"), lambda _addr, tls: service.factory(tls), ctx.tls.server

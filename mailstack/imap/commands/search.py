@@ -4,7 +4,8 @@ THREAD (RFC 5256 §4, the algorithms in ``imap.thread``).
 
 The search program is evaluated by ``imap.search.matches`` over each message of the
 selected mailbox; headers come from the folder index, so a SEARCH FROM over a big
-mailbox reads each file at most once, ever. BODY and TEXT read the file.
+mailbox reads each file at most once, ever. BODY and TEXT ask the folder's full-text
+index (``imap.fts``) and read only the files it does not know yet (which it then learns).
 
 Invariants:
 - A message expunged by another process meanwhile matches as if empty; it never fails
@@ -28,6 +29,7 @@ from mailstack.storage.errors import MessageNotFound
 
 from ..contexts import MAX_CONTEXTS, UpdateContext, partial_window, updatable
 from ..effects import Output
+from ..fts import BodySearch
 from ..index import Entry, FolderIndex
 from ..mailbox import MailboxView
 from ..message import ParsedMessage
@@ -49,15 +51,29 @@ def _has_modseq(key: SearchKey) -> bool:
     return key.kind == "MODSEQ" or any(_has_modseq(c) for c in key.children)
 
 
+def _has_body(key: SearchKey) -> bool:
+    return key.kind in ("BODY", "TEXT") or any(_has_body(c) for c in key.children)
+
+
+def _required_body(key: SearchKey) -> str | None:
+    """A BODY string every match must hold (the program is that key, or an AND of it and
+    more), case-folded; None when there is none."""
+    for k in (key, *key.children) if key.kind == "AND" else (key,):
+        if k.kind == "BODY" and isinstance(k.value, str) and k.value:
+            return k.value.casefold()
+    return None
+
+
 class _Searchable:
     """A ``search.SearchableMessage`` whose headers come from the index."""
 
     __slots__ = ("seq", "uid", "flags", "internaldate", "size", "modseq", "_entry", "_load", "_info", "_view",
-                 "_idx")
+                 "_idx", "_base", "_fts")
 
     def __init__(self, seq: int, uid: int, flags: frozenset[str], info: MessageInfo,
                  entry: Callable[[], Entry], load: Callable[[], bytes], modseq: int = 0,
-                 view: MailboxView | None = None, idx: FolderIndex | None = None) -> None:
+                 view: MailboxView | None = None, idx: FolderIndex | None = None,
+                 fts: BodySearch | None = None) -> None:
         self.seq, self.uid, self.flags = seq, uid, flags
         self.internaldate, self.size, self.modseq = info.internaldate, info.vsize, modseq
         self._entry = entry
@@ -71,6 +87,8 @@ class _Searchable:
     def email_id(self) -> str:  # RFC 8474
         assert self._view is not None
         return email_id(self._view.folder.state, self._info)
+        self._base = info.base
+        self._fts = fts
 
     def headers(self) -> Sequence[tuple[str, str]]:
         return self._entry().headers
@@ -78,9 +96,18 @@ class _Searchable:
     def body_text(self) -> str:
         return body_text_of(ParsedMessage(self._load()))
 
+    def body_contains(self, needle: str) -> bool | None:
+        if self._fts is None:
+            return None
+        return self._fts.contains(self._base, needle, self._load_or_none)
+
+    def _load_or_none(self) -> bytes | None:
+        data = self._load()
+        return data if data else None  # gone (or empty): matched as empty, not indexed
 
 
-def _searchable(s: Session, idx: FolderIndex, seq: int, uid: int, with_modseq: bool) -> _Searchable:
+def _searchable(s: Session, idx: FolderIndex, seq: int, uid: int, with_modseq: bool,
+                fts: BodySearch | None = None) -> _Searchable:
     """Message ``uid`` of the selected mailbox as SEARCH sees it (headers from the index)."""
     view = s.selected
     folder = view.folder
@@ -96,7 +123,7 @@ def _searchable(s: Session, idx: FolderIndex, seq: int, uid: int, with_modseq: b
         return idx.entry(info.base, load)
 
     return _Searchable(seq, uid, view.flags_for(uid), info, entry, load, idx.modseq(uid) if with_modseq else 0,
-                       view, idx)
+                       view, idx, fts)
 
 
 def _find(s: Session, cmd: Command, args: SearchArgs) -> tuple[list[_Searchable], bool]:
@@ -110,11 +137,26 @@ def _find(s: Session, cmd: Command, args: SearchArgs) -> tuple[list[_Searchable]
     with_modseq = _has_modseq(key)
     if with_modseq:
         s.condstore_on()  # RFC 7162 §3.1
-    for i, uid in enumerate(view.uids):
-        m = _searchable(s, idx, i + 1, uid, with_modseq)
+    fts = BodySearch(view.folder.path, {view.info(u).base for u in view.uids}) \
+        if s.index.full_text and _has_body(key) else None
+    try:
+        _scan(s, view.uids, key, ctx, idx, fts, with_modseq, found)
+    finally:
+        if fts is not None:
+            fts.close()
+    return found, with_modseq
+
+
+def _scan(s: Session, uids: Sequence[int], key: SearchKey, ctx: SearchContext, idx: FolderIndex,
+          fts: BodySearch | None, with_modseq: bool, found: list[_Searchable]) -> None:
+    view = s.selected
+    needle = _required_body(key) if fts is not None else None
+    for i, uid in enumerate(uids):
+        if needle is not None and fts is not None and not fts.may_contain(view.info(uid).base, needle):
+            continue  # the full-text index rules it out: BODY is false, so is the whole AND
+        m = _searchable(s, idx, i + 1, uid, with_modseq, fts)
         if matches(key, m, ctx):
             found.append(m)
-    return found, with_modseq
 
 
 def _esearch(s: Session, cmd: Command, returns: tuple[str, ...], found: Sequence[_Searchable],
