@@ -79,6 +79,8 @@ class _Searchable:
         self._entry = entry
         self._load = load
         self._info, self._view, self._idx = info, view, idx
+        self._base = info.base
+        self._fts = fts
 
     def save_date(self) -> datetime | None:  # RFC 8514
         assert self._view is not None and self._idx is not None
@@ -87,8 +89,6 @@ class _Searchable:
     def email_id(self) -> str:  # RFC 8474
         assert self._view is not None
         return email_id(self._view.folder.state, self._info)
-        self._base = info.base
-        self._fts = fts
 
     def headers(self) -> Sequence[tuple[str, str]]:
         return self._entry().headers
