@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"mailstack", "mailstack.config", "mailstack.storage", "mailstack.replies"},  # values, files
     {"mailstack.dns", "mailstack.maillog"},
     {"mailstack.mail"},  # message code over a resolver
+    {"mailstack.spam"},  # the rspamd client and the learning queue: used by the MX and IMAP moves
     {"mailstack.directory", "mailstack.net"},
     {"mailstack.auth"},  # the one login path
     {"mailstack.queue"},  # the spool, its wake-ups, bounces: used by delivery and every protocol

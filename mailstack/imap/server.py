@@ -43,6 +43,7 @@ from mailstack import net
 from mailstack.auth import MAX_SASL_LINE, Authenticator, MemoryThrottleStore, ThrottlePolicy
 from mailstack.maillog import quote
 from mailstack.service import ServiceContext
+from mailstack.spam.learn import Learning
 
 from .grammar import GrammarError
 from .index import IndexCache
@@ -125,6 +126,7 @@ class IMAPService:
         append_limit: int = 50 * 1024 * 1024,
         max_line: int = 64 * 1024,
         poll_interval: float = 0.5,
+        learning: Learning | None = None,
     ) -> None:
         self.hostname = hostname
         self.maildir_root = maildir_root
@@ -139,6 +141,7 @@ class IMAPService:
         self.append_limit = append_limit
         self.max_line = max_line
         self.notifier = Notifier(poll_interval)
+        self.learning = learning  # the spam learning queue ([spam] rspamd_controller_url), started by start()
         self.index = IndexCache()
         self.servers: list[asyncio.Server] = []
         self.connections: set[_Connection] = set()
@@ -153,6 +156,8 @@ class IMAPService:
         await net.stop_sessions("imap", self.servers, self.inflight, self.connections,
                                 b"* BYE [UNAVAILABLE] Server shutting down\r\n", grace)
         await self.notifier.close()
+        if self.learning is not None:
+            await self.learning.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.index.close()
         if self.owns_auth:
@@ -180,7 +185,7 @@ class IMAPService:
             return
         sess = Session(
             SessionConfig(self.hostname, self.maildir_root, tls_available=self.tls_context is not None,
-                          append_limit=self.append_limit),
+                          append_limit=self.append_limit, learning=self.learning),
             tls_active=conn.implicit_tls,
             plaintext_allowed=self.allow_plaintext_on_loopback and net.is_loopback_peer(conn.transport),
             index=self.index, on_change=self._poke,
@@ -370,7 +375,10 @@ async def start(ctx: ServiceContext) -> IMAPService:
         append_limit=icfg.append_limit,
         max_line=icfg.max_line,
         poll_interval=icfg.poll_interval,
+        learning=Learning.from_config(cfg),
     )
+    if service.learning is not None:
+        await service.learning.start()
     service.servers = await net.open_listeners(
         "imap", cfg.listeners("imap"), lambda _addr, tls: service.factory(tls), ctx.tls.server
     )
