@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -163,10 +164,10 @@ def start_server(cfg: Path, port: int, uvloop: bool) -> subprocess.Popen[bytes]:
 
 
 def measure(target: str, cfg: Path, port: int, maildir: Path, sessions: list[int],
-            a: argparse.Namespace) -> list[dict[str, object]]:
+            a: argparse.Namespace) -> list[dict[str, Any]]:
     """One server (``cfg``), the load for each session count; a row per count."""
     server = start_server(cfg, port, a.uvloop)
-    results: list[dict[str, object]] = []
+    results: list[dict[str, Any]] = []
     try:
         run_source("127.0.0.1", port, 1, 20, a.size, a.timeout)  # warm-up
         for s in sessions:
@@ -225,7 +226,7 @@ def main() -> int:
             plain = next(r for r in results if r["target"] == "mailstack" and r["sessions"] == s)
             scanned = next(r for r in results if r["target"] == "mailstack+rspamd" and r["sessions"] == s)
             print(f"sessions={s}: without rspamd {plain['accepted_per_s']} msg/s, with rspamd scanning "
-                  f"{scanned['accepted_per_s']} msg/s, ratio {scanned['accepted_per_s'] / plain['accepted_per_s']:.2f}")
+                  f"{scanned['accepted_per_s']} msg/s, ratio {float(scanned['accepted_per_s']) / float(plain['accepted_per_s']):.2f}")
     if not a.no_reference and port_open(*REFERENCE):
         for s in sessions:
             wall = run_source(*REFERENCE, s, a.messages, a.size, a.timeout)

@@ -12,8 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from mailstack.config import Config
 from mailstack.spam.learn import Learning, note_copy
 from mailstack.spam.rspamd import RspamdClient, ping
 from mailstack.spam.scan import Scanner
@@ -21,7 +20,7 @@ from mailstack.spam.scan import Scanner
 __all__ = ["Learning", "RspamdClient", "Scanner", "note_copy", "ping", "reachable", "scanner_from_config"]
 
 
-async def reachable(config: Any, timeout: float = 2.0) -> bool | None:
+async def reachable(config: Config, timeout: float = 2.0) -> bool | None:
     """Is the rspamd of ``config`` (``[spam] rspamd_url``) answering ``/ping``?
     None when no rspamd is configured (nothing to check)."""
     url = config.spam.rspamd_url
@@ -30,7 +29,7 @@ async def reachable(config: Any, timeout: float = 2.0) -> bool | None:
     return await ping(url, timeout)
 
 
-def scanner_from_config(config: Any) -> Scanner | None:
+def scanner_from_config(config: Config) -> Scanner | None:
     """The MX's scanner, or None when ``[spam] rspamd_url`` is empty."""
     spam = config.spam
     if not spam.rspamd_url:

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from mailstack.config import Config
 from mailstack.spam.rspamd import RspamdClient
 from mailstack.storage import Folder, Maildir, safeio
 from mailstack.storage.errors import StorageError
@@ -282,15 +283,15 @@ class Learning:
         self.junk_folder = junk_folder
 
     @classmethod
-    def from_config(cls, config: object) -> Learning | None:
-        """From a ``Config``: None when ``[spam] rspamd_controller_url`` is empty."""
-        spam = getattr(config, "spam")
+    def from_config(cls, config: Config) -> Learning | None:
+        """None when ``[spam] rspamd_controller_url`` is empty."""
+        spam = config.spam
         if not spam.rspamd_controller_url:
             return None
         client = RspamdClient(controller_url=spam.rspamd_controller_url, password=spam.rspamd_password,
                               timeout=max(spam.timeout, 30.0))  # learning a big message takes a while
         queue = LearnQueue(spam.learn_dir)
-        return cls(queue, Learner(queue, client), getattr(config, "checks").junk_folder)
+        return cls(queue, Learner(queue, client), config.checks.junk_folder)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.queue.ensure)

@@ -12,9 +12,9 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -34,12 +34,12 @@ def text(kind: str) -> bytes:
 
 @pytest.fixture
 def learning_imap(tmp_path: Path, rspamd: Rspamd) -> Iterator[Any]:
-    made: list[Iterator[IMAPServer]] = []
+    made: list[Generator[IMAPServer, None, None]] = []
 
     def factory(**spam: Any) -> IMAPServer:
-        gen = make_server(tmp_path / str(len(made)), spam={
+        gen = cast(Generator[IMAPServer, None, None], make_server(tmp_path / str(len(made)), spam={
             "rspamd_controller_url": rspamd.controller_url, "rspamd_password": PASSWORD,
-            "learn_dir": str(tmp_path / "learn"), **spam})
+            "learn_dir": str(tmp_path / "learn"), **spam}))
         made.append(gen)
         return next(gen)
 
@@ -182,7 +182,7 @@ def test_a_full_queue_refuses_new_entries_with_a_warning(tmp_path: Path, caplog:
 
 
 def test_without_a_controller_nothing_is_queued(tmp_path: Path) -> None:
-    gen = make_server(tmp_path, spam={"learn_dir": str(tmp_path / "learn")})
+    gen = cast(Generator[IMAPServer, None, None], make_server(tmp_path, spam={"learn_dir": str(tmp_path / "learn")}))
     imap = next(gen)
     try:
         assert imap.service.learning is None
