@@ -14,14 +14,13 @@ while rspamd is away.
 
 The queue (one directory, any number of processes):
 
-- an entry is ``<id>.msg`` (a hard link to the message file: no copy of the bytes, and the
-  user may expunge their copy meanwhile; copied when the link is impossible) and
-  ``<id>.json`` (``{"class": "spam"|"ham", "user": ..., "created": ...}``), written last
-  with ``safeio.write_durable``: an entry exists once its ``.json`` does, and it is on disk
-  before the IMAP command answers; a ``.msg`` left without one (a crash between the two) is
-  removed after an hour;
-- ids sort by time, so the oldest is learned first; one process drains at a time (an
-  ``flock`` on ``.lock``), so two IMAP workers never teach rspamd a message twice;
+- an entry is one file, ``<learn_dir>/<spam|ham>/<domain>/<local>/<id>``: a hard link to
+  the message file (no copy of the bytes, and the user may expunge their copy meanwhile;
+  a copy where a link is impossible, e.g. another file system). Its place says what to
+  learn and for whom, so queueing a COPY of many messages costs one link each and one
+  directory fsync for the lot, before the IMAP command answers;
+- ids start with the time in ns, so the oldest is learned first; one process drains at a
+  time (an ``flock`` on ``.lock``), so two IMAP workers never teach rspamd a message twice;
 - an entry is removed once rspamd has learned it or says it never will (too short,
   already learned: ``RspamdClient.learn``); rspamd away, failing, or refusing the
   password keeps it and the learner retries with a growing delay (``RETRY_MIN`` doubling
@@ -40,7 +39,6 @@ import contextlib
 import errno
 import fcntl
 import itertools
-import json
 import logging
 import os
 import secrets
@@ -64,7 +62,6 @@ MAX_AGE = 7 * 86400.0  # seconds an entry may wait for rspamd before it is dropp
 RETRY_MIN = 5.0  # seconds before the first retry while rspamd is away ...
 RETRY_MAX = 300.0  # ... doubling up to this
 POLL = 30.0  # seconds between looks at the queue when nobody wakes the learner (other processes' entries)
-ORPHAN_AGE = 3600.0  # a .msg without its .json (a crash between the two writes) is removed after this
 TRASH = "Trash"
 
 _counter = itertools.count()
@@ -72,13 +69,17 @@ _counter = itertools.count()
 
 @dataclass(frozen=True)
 class Entry:
-    id: str
+    path: Path
     spam: bool
     user: str
     created: float
 
-    def paths(self, root: Path) -> tuple[Path, Path]:
-        return root / f"{self.id}.msg", root / f"{self.id}.json"
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+
+CLASSES = (("spam", True), ("ham", False))
 
 
 class LearnQueue:
@@ -91,39 +92,42 @@ class LearnQueue:
     def ensure(self) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def add(self, spam: bool, user: str, sources: Sequence[Folder | Path], uids: Sequence[int] = ()) -> int:
-        """Queue messages: ``sources`` are paths, or one folder whose ``uids`` are meant.
-        Returns how many were queued."""
+    def _dir(self, spam: bool, user: str) -> Path:
+        """``<root>/<spam|ham>/<domain>/<local>`` (storage's checks: never outside the root)."""
+        local, _, domain = user.rpartition("@")
+        return Maildir.for_user(self.root / ("spam" if spam else "ham"), domain, local).root
+
+    def add(self, spam: bool, user: str, folder: Folder, uids: Sequence[int]) -> int:
+        """Queue the messages ``uids`` of ``folder`` for ``user``; returns how many were queued.
+        They are on disk (the directory fsynced) when this returns."""
         self.ensure()
-        waiting = sum(1 for n in os.listdir(self.root) if n.endswith(".json"))
-        items: list[tuple[Folder, int] | Path] = []
-        for src in sources:
-            if isinstance(src, Path):
-                items.append(src)
-            else:
-                items += [(src, uid) for uid in uids]
+        waiting = self.count()
+        if waiting >= self.max_entries:
+            log.warning("spam: learn queue %s is full (%d entries): %d message(s) not queued for learning",
+                        self.root, self.max_entries, len(uids))
+            return 0
+        target = self._dir(spam, user)
+        new_dirs = [d for d in (target.parent.parent, target.parent, target) if not d.is_dir()]
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
         done = 0
-        for item in items:
-            if waiting + done >= self.max_entries:
-                log.warning("spam: learn queue %s is full (%d entries): %d message(s) not queued for learning",
-                            self.root, self.max_entries, len(items) - done)
-                break
-            entry_id = f"{time.time_ns():020d}.{os.getpid()}.{next(_counter)}.{secrets.token_hex(3)}"
-            entry = Entry(entry_id, spam, user, time.time())
-            msg, meta = entry.paths(self.root)
-            self._link(item, msg)
-            body = json.dumps({"class": "spam" if spam else "ham", "user": user, "created": entry.created})
-            safeio.write_durable(meta, body.encode(), mode=0o600)  # fsyncs the dir: the link is durable too
+        for uid in uids[: self.max_entries - waiting]:
+            name = f"{time.time_ns():020d}.{os.getpid()}.{next(_counter)}.{secrets.token_hex(3)}"
+            self._link(folder, uid, target / name)
             done += 1
+        if done < len(uids):
+            log.warning("spam: learn queue %s is full (%d entries): %d message(s) not queued for learning",
+                        self.root, self.max_entries, len(uids) - done)
+        safeio.fsync_dir(target)
+        for d in reversed(new_dirs):  # the new directories' entries in their parents too
+            safeio.fsync_dir(d.parent)
         return done
 
     @staticmethod
-    def _link(item: tuple[Folder, int] | Path, target: Path) -> None:
+    def _link(folder: Folder, uid: int, target: Path) -> None:
         """A hard link to the message file (renamed by a flag change meanwhile: looked up again)."""
         for _ in range(3):
             try:
-                source = item if isinstance(item, Path) else item[0].open_path(item[1])
-                os.link(source, target)
+                os.link(folder.open_path(uid), target)
                 return
             except FileNotFoundError:
                 continue
@@ -131,51 +135,49 @@ class LearnQueue:
                 if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                     raise
                 break
-        data = item.read_bytes() if isinstance(item, Path) else item[0].read(item[1])
-        safeio.create_exclusive(target, data)
+        safeio.create_exclusive(target, folder.read(uid))
 
-    def entries(self) -> list[Entry]:
-        """The waiting entries, oldest first; unreadable ones and orphans are cleaned up."""
-        try:
-            names = sorted(os.listdir(self.root))
-        except FileNotFoundError:
-            return []
-        have = set(names)
-        out = []
-        now = time.time()
-        for name in names:
-            if name.endswith(".msg") and name[:-4] + ".json" not in have:
-                self._remove_if_old(self.root / name, now)
-            if not name.endswith(".json"):
-                continue
-            path = self.root / name
+    def _files(self) -> Iterator[tuple[Path, bool, str]]:
+        for cls, spam in CLASSES:
+            base = self.root / cls
             try:
-                doc = json.loads(path.read_bytes())
-                out.append(Entry(name[:-5], doc["class"] == "spam", str(doc.get("user", "")),
-                                 float(doc.get("created", now))))
+                domains = list(os.scandir(base))
             except FileNotFoundError:
                 continue
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.warning("spam: dropping unreadable learn entry %s: %s", path, e)
-                self.remove(Entry(name[:-5], False, "", now))
+            for d in domains:
+                if not d.is_dir(follow_symlinks=False):
+                    continue
+                for u in os.scandir(d.path):
+                    if not u.is_dir(follow_symlinks=False):
+                        continue
+                    for f in os.scandir(u.path):
+                        if f.is_file(follow_symlinks=False):
+                            yield Path(f.path), spam, f"{u.name}@{d.name}"
+
+    def count(self) -> int:
+        return sum(1 for _ in self._files())
+
+    def entries(self) -> list[Entry]:
+        """The waiting entries, oldest first."""
+        out = []
+        for path, spam, user in self._files():
+            try:
+                created = int(path.name.split(".", 1)[0]) / 1e9
+            except ValueError:
+                created = path.stat().st_mtime if path.exists() else time.time()
+            out.append(Entry(path, spam, user, created))
+        out.sort(key=lambda e: e.id)
         return out
 
     def read(self, entry: Entry) -> bytes | None:
         try:
-            return entry.paths(self.root)[0].read_bytes()
+            return entry.path.read_bytes()
         except FileNotFoundError:
             return None
 
     def remove(self, entry: Entry) -> None:
-        for p in reversed(entry.paths(self.root)):  # the .json first: the entry is gone at once
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-
-    @staticmethod
-    def _remove_if_old(path: Path, now: float) -> None:
-        with contextlib.suppress(OSError):
-            if now - path.stat().st_mtime > ORPHAN_AGE and now - path.stat().st_ctime > ORPHAN_AGE:
-                path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            entry.path.unlink()
 
     @contextlib.contextmanager
     def drain_lock(self) -> Iterator[bool]:
@@ -324,7 +326,7 @@ class Learning:
             spam = self.verdict(md, source, target.name)
             if spam is None:
                 return
-            if self.queue.add(spam, user, [target], uids):
+            if self.queue.add(spam, user, target, uids):
                 if self.learner is not None:
                     self.learner.wake()
         except (OSError, StorageError, ValueError) as e:

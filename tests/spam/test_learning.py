@@ -20,6 +20,8 @@ import pytest
 
 from mailstack.spam.learn import LearnQueue, Learner
 from mailstack.spam.rspamd import RspamdClient, ScanRequest
+from mailstack.storage import Maildir
+from mailstack.storage.errors import StorageError
 from tests.helpers import free_port
 from tests.imap_server.conftest import IMAPServer, make_server
 from tests.spam.rspamd_peer import PASSWORD, Rspamd
@@ -51,7 +53,8 @@ def learning_imap(tmp_path: Path, rspamd: Rspamd) -> Iterator[Any]:
 
 
 def waiting(learn_dir: Path) -> list[Path]:
-    return sorted(learn_dir.glob("*.json")) if learn_dir.is_dir() else []
+    """The queued entries: <learn_dir>/<spam|ham>/<domain>/<local>/<id>."""
+    return sorted(learn_dir.glob("*/*/*/*")) if learn_dir.is_dir() else []
 
 
 def wait_for(cond: Any, timeout: float = 30.0) -> None:
@@ -137,7 +140,8 @@ def test_learning_waits_on_disk_while_rspamd_is_away(learning_imap: Any, rspamd:
         assert c.uid("MOVE", "1", "Junk")[0] == "OK"
         assert time.monotonic() - start < 3  # not waiting for the dead controller
         [entry] = waiting(learn_dir)
-        assert entry.with_suffix(".msg").read_bytes() == spam.replace(b"\r\n", b"\n")
+        assert entry.relative_to(learn_dir).parts[:3] == ("spam", "example.test", "alice")
+        assert entry.read_bytes() == spam.replace(b"\r\n", b"\n")
         c.select("Junk")  # the user deletes it for good before rspamd is back
         c.uid("STORE", "1", "+FLAGS", r"(\Deleted)")
         c.expunge()
@@ -161,24 +165,27 @@ def test_learning_waits_on_disk_while_rspamd_is_away(learning_imap: Any, rspamd:
     delay, learned = asyncio.run(drain("wrong-password"))
     assert learned == 0 and delay > 0 and waiting(learn_dir) == [entry]
     delay, learned = asyncio.run(drain(PASSWORD))
-    assert learned == 1 and waiting(learn_dir) == [] and list(learn_dir.glob("*.msg")) == []
+    assert learned == 1 and waiting(learn_dir) == []
     assert rspamd.learned() == before + 1
 
 
 def test_a_full_queue_refuses_new_entries_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    md = Maildir.for_user(tmp_path / "mail", "example.test", "alice")
+    md.ensure()
+    for _ in range(3):
+        md.deliver(b"Subject: x\n\nhello\n")
+    inbox = md.folder("INBOX")
+    uids = inbox.sync().uids()
     queue = LearnQueue(tmp_path / "learn", max_entries=2)
-    msgs = []
-    for i in range(3):
-        p = tmp_path / f"m{i}"
-        p.write_bytes(b"Subject: x\n\nhello\n")
-        msgs.append(p)
     caplog.set_level(logging.WARNING, logger="mailstack.spam")
-    assert queue.add(True, "alice@example.test", msgs) == 2
-    assert len(queue.entries()) == 2
-    assert any("is full" in r.getMessage() for r in caplog.records)
-    # an unreadable entry is dropped, not retried for ever
-    (tmp_path / "learn" / "0.x.json").write_text("{not json")
-    assert len(queue.entries()) == 2 and not (tmp_path / "learn" / "0.x.json").exists()
+    assert queue.add(True, "alice@example.test", inbox, uids) == 2
+    assert queue.add(False, "alice@example.test", inbox, uids) == 0
+    assert [e.spam for e in queue.entries()] == [True, True]
+    assert sum("is full" in r.getMessage() for r in caplog.records) == 2
+    # a user name that would leave the queue's directory is refused, nothing written
+    with pytest.raises(StorageError):
+        LearnQueue(tmp_path / "learn2").add(True, "../x@example.test", inbox, uids)
+    assert waiting(tmp_path / "learn2") == []
 
 
 def test_without_a_controller_nothing_is_queued(tmp_path: Path) -> None:
