@@ -202,8 +202,8 @@ class MXHandler:
                 try:
                     md = Maildir.for_user(self.delivery.maildir_root, mb.domain, mb.local)
                     if not md.has_folder(self.junk_folder):
-                        try:
-                            md.create_folder(self.junk_folder)
+                        try:  # with the \\Junk special use (RFC 6154), as Dovecot's config gives it
+                            md.create_special_folder(self.junk_folder, ("\\Junk",))
                             md.subscribe(self.junk_folder)
                         except FolderExists:  # made by someone else meanwhile
                             pass

@@ -99,7 +99,10 @@ class RspamdClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # no cookies, no proxies from the environment, no redirects followed (below)
-            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+            # A connection per request (rspamd on loopback: cheap): a kept-alive one that rspamd
+            # closed meanwhile would fail the next scan and deliver it unscanned.
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+                                                  connector=aiohttp.TCPConnector(force_close=True))
         return self._session
 
     async def close(self) -> None:

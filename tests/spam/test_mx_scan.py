@@ -82,6 +82,13 @@ def test_add_header_goes_to_junk_with_spam_headers_and_forged_ones_removed(spam_
     assert "Junk" in mx.maildir("bob").list_subscriptions()
 
 
+def test_a_junk_folder_of_another_name_is_made_with_the_junk_special_use(spam_mx: Any) -> None:
+    mx = spam_mx(checks={"enabled": False, "ignore_networks": [], "junk_folder": "Spam"})
+    assert send(mx, message(b"SPAMMYWORD"))[0] == 250
+    assert len(mx.messages("bob", "Spam")) == 1
+    assert mx.maildir("bob").special_use("Spam") == ("\\Junk",)  # LIST shows it as \Junk (RFC 6154)
+
+
 def test_rewrite_subject_goes_to_junk_with_rspamds_subject(spam_mx: Any) -> None:
     mx = spam_mx()
     code, _ = send(mx, message(b"a SUBJWORD offer", subject="Lunch?"))
