@@ -377,9 +377,9 @@ async def start(ctx: ServiceContext) -> IMAPService:
         poll_interval=icfg.poll_interval,
         learning=Learning.from_config(cfg),
     )
-    if service.learning is not None:
-        await service.learning.start()
     service.servers = await net.open_listeners(
         "imap", cfg.listeners("imap"), lambda _addr, tls: service.factory(tls), ctx.tls.server
     )
+    if service.learning is not None:  # after the listeners: a failed start leaves no task behind
+        await service.learning.start()
     return service
