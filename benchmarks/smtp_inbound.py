@@ -15,9 +15,13 @@ What it does:
    it then checks that exactly M files are in the Maildir;
 4. if a reference Postfix is running on 127.0.0.1:31025 (one you set up to compare
    with, same disk, same durability), runs the same load against it and prints the ratio
-   ours/Postfix per session count.
+   ours/Postfix per session count;
+5. with ``--rspamd``: starts a real rspamd + redis-server on loopback (the offline config of
+   tests/spam/rspamd_peer.py) and runs the same load again against an MX that scans every
+   message through it (``[spam] rspamd_url``, loopback not ignored), so the cost of
+   filtering is a number: msg/s without and with scanning, and their ratio.
 
-Usage: python benchmarks/smtp_inbound.py [-m 2000] [--sessions 1,20] [--uvloop]
+Usage: python benchmarks/smtp_inbound.py [-m 2000] [--sessions 1,20] [--uvloop] [--rspamd]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -95,10 +100,10 @@ def run_source(host: str, port: int, sessions: int, messages: int, size: int, ti
     return wall
 
 
-def setup_store(tmp: Path, port: int) -> Path:
+def setup_store(tmp: Path, port: int, extra: str = "", name: str = "etc") -> Path:
     from mailstack.directory import Directory, Passwords
 
-    cfg = tmp / "etc" / "mailstack.toml"
+    cfg = tmp / name / "mailstack.toml"
     cfg.parent.mkdir(parents=True)
     cfg.write_text(
         f'''hostname = "mx.example.test"
@@ -127,13 +132,14 @@ tls_listen = []
 listen = []
 [queue]
 dir = "{tmp}/var/queue"
-'''
+''' + extra
     )
     (tmp / "var").mkdir(exist_ok=True)
     d = Directory(f"sqlite:///{tmp}/var/mailstack.db", passwords=Passwords.fast())
     d.migrate()
-    d.add_domain("example.test")
-    d.add_user("user1@example.test", "pass")
+    if d.get_domain("example.test") is None:
+        d.add_domain("example.test")
+        d.add_user("user1@example.test", "pass")
     d.close()
     return cfg
 
@@ -157,26 +163,11 @@ def start_server(cfg: Path, port: int, uvloop: bool) -> subprocess.Popen[bytes]:
     raise SystemExit("server did not start")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-m", "--messages", type=int, default=2000)
-    ap.add_argument("-l", "--size", type=int, default=5000)
-    ap.add_argument("--sessions", default="1,20")
-    ap.add_argument("--uvloop", action="store_true", help="run the server on uvloop (if installed)")
-    ap.add_argument("--no-reference", action="store_true")
-    ap.add_argument("--timeout", type=float, default=600)
-    ap.add_argument("--json-out")
-    a = ap.parse_args()
-    if not os.path.exists(SMTP_SOURCE):
-        print("smtp-source not found (Debian package postfix)", file=sys.stderr)
-        return 1
-    sessions = [int(x) for x in a.sessions.split(",")]
-    tmp = Path(tempfile.mkdtemp(prefix="mailstack-bench-"))
-    port = free_port()
-    cfg = setup_store(tmp, port)
-    maildir = tmp / "mailboxes" / "example.test" / "user1"
+def measure(target: str, cfg: Path, port: int, maildir: Path, sessions: list[int],
+            a: argparse.Namespace) -> list[dict[str, Any]]:
+    """One server (``cfg``), the load for each session count; a row per count."""
     server = start_server(cfg, port, a.uvloop)
-    results = []
+    results: list[dict[str, Any]] = []
     try:
         run_source("127.0.0.1", port, 1, 20, a.size, a.timeout)  # warm-up
         for s in sessions:
@@ -185,7 +176,7 @@ def main() -> int:
             wall = run_source("127.0.0.1", port, s, a.messages, a.size, a.timeout)
             cpu = cpu_of(server.pid) - cpu0
             files = count_files(maildir)
-            row = {"target": "mailstack", "sessions": s, "messages": a.messages, "size": a.size,
+            row = {"target": target, "sessions": s, "messages": a.messages, "size": a.size,
                    "accepted_per_s": round(a.messages / wall, 1), "wall_s": round(wall, 2),
                    "files_in_maildir": files, "server_cpu_ms_per_msg": round(1000 * cpu / a.messages, 2)}
             results.append(row)
@@ -196,6 +187,46 @@ def main() -> int:
             server.wait(15)
         except subprocess.TimeoutExpired:
             server.kill()
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-m", "--messages", type=int, default=2000)
+    ap.add_argument("-l", "--size", type=int, default=5000)
+    ap.add_argument("--sessions", default="1,20")
+    ap.add_argument("--uvloop", action="store_true", help="run the server on uvloop (if installed)")
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--json-out")
+    ap.add_argument("--rspamd", action="store_true", help="also measure with rspamd scanning every message")
+    a = ap.parse_args()
+    if not os.path.exists(SMTP_SOURCE):
+        print("smtp-source not found (Debian package postfix)", file=sys.stderr)
+        return 1
+    sessions = [int(x) for x in a.sessions.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="mailstack-bench-"))
+    port = free_port()
+    cfg = setup_store(tmp, port)
+    maildir = tmp / "mailboxes" / "example.test" / "user1"
+    results = measure("mailstack", cfg, port, maildir, sessions, a)
+    if a.rspamd:
+        from tests.spam.rspamd_peer import start_rspamd
+
+        peer = start_rspamd(tmp / "rspamd")
+        try:
+            port = free_port()
+            spam = (f'[spam]\nrspamd_url = "{peer.url}"\n'
+                    '[checks]\nenabled = false\nignore_networks = []\n')  # loopback scanned; no DNS
+            cfg = setup_store(tmp, port, spam, name="etc-rspamd")
+            results += measure("mailstack+rspamd", cfg, port, maildir, sessions, a)
+        finally:
+            peer.stop()
+        for s in sessions:
+            plain = next(r for r in results if r["target"] == "mailstack" and r["sessions"] == s)
+            scanned = next(r for r in results if r["target"] == "mailstack+rspamd" and r["sessions"] == s)
+            print(f"sessions={s}: without rspamd {plain['accepted_per_s']} msg/s, with rspamd scanning "
+                  f"{scanned['accepted_per_s']} msg/s, ratio {float(scanned['accepted_per_s']) / float(plain['accepted_per_s']):.2f}")
     if not a.no_reference and port_open(*REFERENCE):
         for s in sessions:
             wall = run_source(*REFERENCE, s, a.messages, a.size, a.timeout)
@@ -211,7 +242,7 @@ def main() -> int:
     else:
         print("reference Postfix not running on 127.0.0.1:31025: mailstack figures only")
         for r in results:
-            print(f"sessions={r['sessions']}: mailstack {r['accepted_per_s']} msg/s "
+            print(f"sessions={r['sessions']}: {r['target']} {r['accepted_per_s']} msg/s "
                   f"({r['files_in_maildir']}/{r['messages']} files, {r['server_cpu_ms_per_msg']} ms CPU/msg)")
     if a.json_out:
         with open(a.json_out, "a") as f:

@@ -291,6 +291,20 @@ class ChecksConfig:
 
 
 @dataclass(frozen=True)
+class SpamConfig:
+    """rspamd scanning on the MX and learning from IMAP moves into/out of Junk (``mailstack.spam``)."""
+
+    rspamd_url: str = ""  # the normal worker, e.g. "http://127.0.0.1:11333"; "" = no scanning
+    rspamd_controller_url: str = ""  # the controller, e.g. "http://127.0.0.1:11334"; "" = no learning
+    rspamd_password: str = ""  # the controller's password (Password: header), when it has one
+    timeout: Duration = 5.0  # seconds for one scan; over it the message is handled as fail_mode says
+    # rspamd down, slow or answering garbage: "accept" = delivered unscanned with an
+    # X-Spam-Scanned: no header (Postfix milter_default_action = accept); "defer" = 451 4.7.1
+    fail_mode: str = "accept"
+    learn_dir: Path = Path("../var/spam-learn")  # the durable queue of messages to learn
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. ``path`` is the file it came from (None for defaults)."""
 
@@ -309,6 +323,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    spam: SpamConfig = field(default_factory=SpamConfig)
     path: Path | None = None
 
     @property
@@ -467,6 +482,7 @@ def _resolve_defaults(cfg: Config, base: Path) -> Config:
         storage=fix(cfg.storage),
         tls=fix(cfg.tls),
         queue=fix(cfg.queue),
+        spam=fix(cfg.spam),
         database=dataclasses.replace(cfg.database, url=_resolve_db_url(cfg.database.url, base)),
     )
     return cfg
@@ -543,6 +559,14 @@ def _check(cfg: Config) -> None:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise _KeyError(f"[checks] ignore_networks[{i}]: {net!r} is not a network like 127.0.0.0/8") from None
+    for key in ("rspamd_url", "rspamd_controller_url"):
+        url = getattr(cfg.spam, key)
+        if url and not re.fullmatch(r"https?://[^\s/?#]+/?", url):
+            raise _KeyError(f"[spam] {key}: {url!r} is not a URL like http://127.0.0.1:11333")
+    if cfg.spam.fail_mode not in ("accept", "defer"):
+        raise _KeyError(f"[spam] fail_mode: {cfg.spam.fail_mode!r} is not \"accept\" or \"defer\"")
+    if not 0 < cfg.spam.timeout <= 600:
+        raise _KeyError("[spam] timeout: must be more than 0 and at most 600 seconds")
     seen: dict[ListenAddress, str] = {}
     for service in ("smtp", "submission", "lmtp", "imap", "pop3", "http"):
         for addr, tls in cfg.listeners(service):

@@ -122,6 +122,11 @@ BAD = [
     ('hostname = "mx.a.test"\n[smtp\n', "invalid TOML"),
     ('hostname = "mx.a.test"\n[checks]\nignore_networks = ["loopback"]\n', "[checks] ignore_networks[0]"),
     ('hostname = "mx.a.test"\n[http]\nmetrics_networks = ["127.0.0.0/8", "anyone"]\n', "[http] metrics_networks[1]"),
+    ('hostname = "mx.a.test"\n[spam]\nrspamd_url = "127.0.0.1:11333"\n', "[spam] rspamd_url"),
+    ('hostname = "mx.a.test"\n[spam]\nrspamd_controller_url = "http://a b"\n', "[spam] rspamd_controller_url"),
+    ('hostname = "mx.a.test"\n[spam]\nfail_mode = "tempfail"\n', "[spam] fail_mode"),
+    ('hostname = "mx.a.test"\n[spam]\ntimeout = 0\n', "[spam] timeout"),
+    ('hostname = "mx.a.test"\n[spam]\nrspamd_uri = "http://127.0.0.1:11333"\n', "unknown key 'rspamd_uri'"),
 ]
 
 

@@ -43,6 +43,7 @@ from mailstack import net
 from mailstack.auth import MAX_SASL_LINE, Authenticator, MemoryThrottleStore, ThrottlePolicy
 from mailstack.maillog import quote
 from mailstack.service import ServiceContext
+from mailstack.spam.learn import Learning
 
 from .compress import CompressionError, Deflater, Inflater
 from .grammar import GrammarError
@@ -217,6 +218,7 @@ class IMAPService:
         max_line: int = 64 * 1024,
         poll_interval: float = 0.5,
         full_text_index: bool = True,
+        learning: Learning | None = None,
     ) -> None:
         self.hostname = hostname
         self.maildir_root = maildir_root
@@ -231,6 +233,7 @@ class IMAPService:
         self.append_limit = append_limit
         self.max_line = max_line
         self.notifier = Notifier(poll_interval)
+        self.learning = learning  # the spam learning queue ([spam] rspamd_controller_url), started by start()
         self.index = IndexCache(full_text=full_text_index)
         self.servers: list[asyncio.Server] = []
         self.connections: set[_Connection] = set()
@@ -245,6 +248,8 @@ class IMAPService:
         await net.stop_sessions("imap", self.servers, self.inflight, self.connections,
                                 b"* BYE [UNAVAILABLE] Server shutting down\r\n", grace)
         await self.notifier.close()
+        if self.learning is not None:
+            await self.learning.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.index.close()
         if self.owns_auth:
@@ -272,7 +277,7 @@ class IMAPService:
             return
         sess = Session(
             SessionConfig(self.hostname, self.maildir_root, tls_available=self.tls_context is not None,
-                          append_limit=self.append_limit),
+                          append_limit=self.append_limit, learning=self.learning),
             tls_active=conn.implicit_tls,
             plaintext_allowed=self.allow_plaintext_on_loopback and net.is_loopback_peer(conn.transport),
             index=self.index, on_change=self._poke,
@@ -466,8 +471,11 @@ async def start(ctx: ServiceContext) -> IMAPService:
         max_line=icfg.max_line,
         poll_interval=icfg.poll_interval,
         full_text_index=icfg.full_text_index,
+        learning=Learning.from_config(cfg),
     )
     service.servers = await net.open_listeners(
         "imap", cfg.listeners("imap"), lambda _addr, tls: service.factory(tls), ctx.tls.server
     )
+    if service.learning is not None:  # after the listeners: a failed start leaves no task behind
+        await service.learning.start()
     return service

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailstack.spam.learn import Learning
 from mailstack.storage import Folder, Maildir
 from mailstack.storage.errors import (
     FolderExists,
@@ -90,6 +91,7 @@ class SessionConfig:
     tls_available: bool = True
     append_limit: int = 50 * 1024 * 1024
     special_use: tuple[str, ...] = tuple(SPECIAL_USE)
+    learning: Learning | None = None  # COPY/MOVE into or out of Junk teach rspamd (mailstack.spam.learn)
 
 
 @dataclass(frozen=True)

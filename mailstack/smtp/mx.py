@@ -20,6 +20,11 @@ Policy (``MXHandler``), each rule where it is enforced:
   ``451 4.4.3`` when DNS cannot answer, Junk folder for ``p=quarantine``; forged
   ``Authentication-Results:`` claiming our hostname are removed and ours goes on top
   (RFC 8601 §5). With ``[checks] enabled = false`` no DNS is used at all.
+- DATA, then: rspamd (``[spam] rspamd_url``, ``mailstack.spam``, MX only, clients outside
+  ``[checks] ignore_networks``) with our SPF/DKIM/DMARC results: ``reject`` ``550 5.7.1``,
+  ``soft reject``/``greylist`` ``451 4.7.1``, ``add header``/``rewrite subject`` Junk,
+  ``no action`` INBOX, each with the spam headers (forged ones removed). rspamd down, slow
+  or answering garbage: delivered unscanned with a header, or 451 (``[spam] fail_mode``).
 - Every accepted, rejected, delivered, deferred and bounced message is one mail log line.
 """
 
@@ -40,6 +45,9 @@ from mailstack.mail.headers import received_header
 from mailstack.mail.authcheck import Action, AuthChecker, CheckPolicy
 from mailstack.mail.dsn import DSNRecipient
 from mailstack.service import RunningService, ServiceContext, ServiceError
+from mailstack.spam import Scanner, scanner_from_config
+from mailstack.spam.policy import Disposition
+from mailstack.spam.rspamd import ScanRequest
 from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits
 from mailstack.smtp.mda import MDA, InProcessMDA, LMTPClient
@@ -74,6 +82,7 @@ class MXHandler:
         checks: AuthChecker | None = None,
         junk_folder: str = "Junk",
         ignore_networks: Sequence[str] = (),
+        spam: Scanner | None = None,
     ) -> None:
         self.hostname = hostname
         self.resolver = resolver
@@ -84,6 +93,7 @@ class MXHandler:
         self.checks = checks  # None: no SPF/DKIM/DMARC (submission, or [checks] enabled = false)
         self.junk_folder = junk_folder
         self.ignore_networks = tuple(ipaddress.ip_network(n, strict=False) for n in ignore_networks)
+        self.spam = spam  # None: no rspamd (submission, LMTP, or [spam] rspamd_url = "")
 
     def _ignored(self, ip: str) -> bool:
         """A client in ``[checks] ignore_networks`` (loopback by default) is not checked."""
@@ -136,8 +146,12 @@ class MXHandler:
         )
         resolutions = txn.resolutions
         auth: dict[str, object] = {}  # for the mail log: auth="spf=pass dkim=pass dmarc=pass", folder=Junk
-        if self.checks is not None and server.peer_ip and not self._ignored(server.peer_ip):
-            verdict = await self.checks.check(content, client_ip=server.peer_ip, helo=server.helo_name,
+        client_ip = server.peer_ip or ""
+        outside = bool(client_ip) and not self._ignored(client_ip)  # [checks] ignore_networks: neither checks nor spam
+        verdict = None
+        junk = False
+        if self.checks is not None and outside:
+            verdict = await self.checks.check(content, client_ip=client_ip, helo=server.helo_name,
                                               mail_from=sender)
             if verdict.action in (Action.REJECT, Action.DEFER):
                 reply = Reply(verdict.code, verdict.status, verdict.text)
@@ -148,9 +162,24 @@ class MXHandler:
                 return [reply]
             content = verdict.apply(content, self.hostname)  # RFC 8601 §5: ours on top, forged ones gone
             auth["auth"] = verdict.summary
-            if verdict.action is Action.JUNK:
-                resolutions = await asyncio.to_thread(self._to_junk, resolutions)
-                auth["folder"] = self.junk_folder
+            junk = verdict.action is Action.JUNK
+        if self.spam is not None and outside:
+            decision = await self.spam.scan(content, ScanRequest(
+                client_ip=server.peer_ip, helo=server.helo_name, sender=sender, recipients=tuple(txn.recipients),
+                queue_id=txn.queue_id, hostname=self.hostname), auth=verdict)
+            auth["spam"] = decision.summary
+            if decision.disposition in (Disposition.REJECT, Disposition.DEFER):
+                reply = Reply(decision.code, decision.status, decision.text)
+                maillog.log_event("rejected" if reply.is_permanent else "deferred", queue_id=txn.queue_id,
+                                  service=self.service, client=server.peer_ip, sender=sender,
+                                  recipients=txn.recipients, size=len(content), **auth,
+                                  status="rejected" if reply.is_permanent else "deferred", reply=reply)
+                return [reply]
+            content = decision.apply(content)  # forged X-Spam-* gone, ours on top
+            junk = junk or decision.disposition is Disposition.JUNK
+        if junk:
+            resolutions = await asyncio.to_thread(self._to_junk, resolutions)
+            auth["folder"] = self.junk_folder
         data = trace + content
         common = dict(queue_id=txn.queue_id, service=self.service, client=server.peer_ip, sender=sender,
                       size=len(data), **auth)
@@ -174,8 +203,8 @@ class MXHandler:
                 try:
                     md = Maildir.for_user(self.delivery.maildir_root, mb.domain, mb.local)
                     if not md.has_folder(self.junk_folder):
-                        try:
-                            md.create_folder(self.junk_folder)
+                        try:  # with the \\Junk special use (RFC 6154), as Dovecot's config gives it
+                            md.create_special_folder(self.junk_folder, ("\\Junk",))
                             md.subscribe(self.junk_folder)
                         except FolderExists:  # made by someone else meanwhile
                             pass
@@ -270,7 +299,7 @@ async def start(ctx: ServiceContext) -> RunningService:
             raise ServiceError(f"[checks]: no DNS resolver: {e}") from None
     handler = MXHandler(hostname=cfg.hostname, resolver=Resolver(ctx.directory), delivery=delivery, mda=mda,
                         queue=queue, keys_dir=dkim.keys_dir(cfg), checks=checks, junk_folder=cfg.checks.junk_folder,
-                        ignore_networks=cfg.checks.ignore_networks)
+                        ignore_networks=cfg.checks.ignore_networks, spam=scanner_from_config(cfg))
     settings = ServerSettings(
         service="smtp",
         hostname=cfg.hostname,
@@ -289,4 +318,4 @@ async def start(ctx: ServiceContext) -> RunningService:
         return lambda: BaseSMTP(handler, s, limits=ctx.limits, inflight=inflight, connections=conns)
 
     servers = await net.open_listeners("smtp", cfg.listeners("smtp"), factory_for, ctx.tls.server)
-    return SMTPService("smtp", servers, inflight, conns)
+    return SMTPService("smtp", servers, inflight, conns, closers=[handler.spam.close] if handler.spam else [])

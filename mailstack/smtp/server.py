@@ -215,11 +215,12 @@ class SMTPService:
     """
 
     def __init__(self, name: str, servers: Sequence[asyncio.Server], inflight: net.InFlight,
-                 connections: ConnectionSet) -> None:
+                 connections: ConnectionSet, closers: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
         self.name = name
         self.servers = list(servers)
         self.inflight = inflight
         self.connections = connections
+        self.closers = list(closers)  # run last at stop (e.g. the rspamd client's HTTP session)
 
     async def stop(self, grace: float) -> None:
         for s in self.servers:
@@ -243,6 +244,11 @@ class SMTPService:
                 await asyncio.wait_for(s.wait_closed(), 1.0)
             except (TimeoutError, asyncio.TimeoutError):
                 pass
+        for close in self.closers:
+            try:
+                await close()
+            except Exception:  # a closer's failure must not keep the service from stopping
+                log.exception("%s: error at stop", self.name)
 
 
 Command = Callable[[Any, Any], Awaitable[None]]

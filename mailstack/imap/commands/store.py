@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from mailstack.spam.learn import note_copy
 from mailstack.storage import Folder, MessageInfo
 from mailstack.storage.errors import FolderNotFound, MessageNotFound, StorageError
 
@@ -180,6 +181,7 @@ def copy(s: Session, cmd: Command) -> Iterator[Output]:
     check_quota(s, sum(view.info(u).size for u in uids))
     moved = view.folder.copy_to(uids, target)
     s.changed(target)
+    note_copy(s.config.learning, s.md, s.user.address if s.user else "", view.folder.name, target, moved)
     code = None
     if moved:
         validity = target.sync().uidvalidity
@@ -200,6 +202,7 @@ def move(s: Session, cmd: Command) -> Iterator[Output]:
     with KEPT.expunging(view, uids):  # other sessions may still fetch them (RFC 2180 §4.1)
         moved = view.folder.move_to(uids, target)
     s.changed(target)
+    note_copy(s.config.learning, s.md, s.user.address if s.user else "", view.folder.name, target, moved)
     s.changed(view.folder)
     if moved:  # RFC 6851 §4.3: COPYUID in an untagged OK, before the EXPUNGEs
         validity = target.sync().uidvalidity
