@@ -13,8 +13,8 @@ The checks, all from the outside (what a monitoring system would see), all bound
 - free space on the file systems of ``[storage] maildir_root`` and ``[queue] dir``;
 - the directory database answers (and its schema is current); a SQLite file that does not
   exist is reported, never created;
-- the spam scanner: ``check_spam_scanner`` is the hook for rspamd, which mailstack does not
-  support yet (no ``[spam]`` section), so it reports nothing (``None``) rather than a guess.
+- the spam scanner: when ``[spam] rspamd_url`` is set, rspamd's normal worker must answer
+  ``/ping`` (``mailstack.spam.reachable``); not configured: nothing to report (``None``).
 
 The verdict (Nagios plugin convention, the contract's exit status): ``down`` (2) when no
 service answers, the database cannot be used, the certificate has expired or a disk is
@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailstack import spam
 from mailstack.config import Config, ListenAddress
 from mailstack.ops.health import (CertificateInfo, DiskInfo, QueueSummary, certificate_info, disk_info,
                                   overdue_grace, queue_summary)
@@ -251,15 +252,17 @@ def check_database(config: Config) -> Check:
 
 
 async def check_spam_scanner(config: Config) -> Check | None:
-    """The hook for the spam scanner (rspamd): ``None`` = not configured.
-
-    mailstack has no rspamd support yet (no ``[spam]`` section in the config), so there is
-    nothing to check and nothing is pretended. When it comes, this asks rspamd's normal
-    worker ``GET <rspamd_url>/ping`` (it answers ``pong``) within ``PROBE_TIMEOUT`` and
-    returns a ``Check("spam", up, detail)``; ``evaluate`` already counts a scanner that is
-    configured and down as ``degraded``.
-    """
-    return None
+    """rspamd (``[spam] rspamd_url``) answering ``/ping`` within ``PROBE_TIMEOUT``;
+    ``None`` when no scanner is configured. ``evaluate`` counts a configured scanner that
+    is down as ``degraded``: mail still flows, unscanned (``[spam] fail_mode``)."""
+    if not config.spam.rspamd_url:
+        return None
+    start = time.monotonic()
+    up = await spam.reachable(config, timeout=PROBE_TIMEOUT)
+    seconds = round(time.monotonic() - start, 3)
+    where = config.spam.rspamd_url
+    return Check("spam", bool(up), f"rspamd answers at {where}" if up else f"rspamd does not answer at {where}",
+                 seconds)
 
 
 # ---------------------------------------------------------------------------

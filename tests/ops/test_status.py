@@ -58,7 +58,7 @@ def test_all_up_then_a_stuck_queue_then_an_expiring_certificate(tmp_path: Path) 
         assert set(cert) >= {"hostname", "issuer", "not_after", "days_left", "error"}
         assert report["disk"]["mail"]["free_bytes"] > 0 and report["disk"]["queue"]["total_bytes"] > 0
         assert report["database"]["up"] is True
-        assert report["spam"] is None  # no rspamd support yet: nothing pretended
+        assert report["spam"] is None  # no [spam] rspamd_url: nothing to check
 
         code, out, _ = status(conf)
         assert code == 0 and out.startswith("MAILSTACK OK - ")
