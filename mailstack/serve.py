@@ -40,6 +40,8 @@ from mailstack.auth import Authenticator
 from mailstack.config import Config
 from mailstack.directory import Directory, DirectoryError
 from mailstack.service import RunningService, ServiceContext, ServiceError, StartFunction, limits_for
+from mailstack.imap import fts
+from mailstack.storage import hooks as storage_hooks
 from mailstack.storage.safeio import PRIVATE_UMASK, make_dirs
 
 __all__ = [
@@ -244,6 +246,10 @@ def run(config: Config, services: Sequence[str]) -> int:
         directory = prepare(config)
     except ServiceError as e:
         return _fail(str(e), EXIT_USAGE if isinstance(e, _UsageError) else EXIT_FAILED)
+    # mail stored by this process (LMTP, MX, submission, APPEND) is full-text indexed at once
+    indexer = fts.Indexer() if config.imap.full_text_index else None
+    if indexer is not None:
+        storage_hooks.add(indexer)
     try:
         try:
             tls = net.load_tls_contexts(config.tls)
@@ -251,6 +257,9 @@ def run(config: Config, services: Sequence[str]) -> int:
             return _fail(str(e))
         return asyncio.run(_serve(config, directory, tls, chosen, grace))
     finally:
+        if indexer is not None:
+            storage_hooks.remove(indexer)
+            indexer.close()
         directory.close()
 
 

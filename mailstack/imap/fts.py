@@ -17,13 +17,16 @@ then confirmed exactly, ``needle in text`` over the stored text, the same compar
 scan makes. A needle shorter than three characters has no trigram: every indexed
 message is a candidate, still confirmed from the stored text, no file opened.
 
-Kept in step lazily, as Dovecot's fts does without ``fts_autoindex``: a SEARCH that needs
-the body of a message not yet in the index reads the file as before (same answer) and
-adds its text, in batches, through a second connection; the next search finds it. So
-messages arriving by LMTP, the MX, APPEND, COPY or MOVE are indexed at the first search
-that needs them, and an index that is missing, deleted or rebuilt gives correct answers
-meanwhile, by scanning. Entries whose base name is no longer in the folder (expunged)
-are removed at the end of a search.
+Kept in step at delivery, as Dovecot's fts with ``fts_autoindex``: ``Indexer`` (registered
+by the runner as a ``storage.hooks`` hook when ``[imap] full_text_index`` is on) indexes
+every message that LMTP, the MX, submission or APPEND stores, in its own thread, after the
+delivery is acknowledged (it never slows or fails one; a full backlog is skipped, not
+waited for). And lazily, for everything else (COPY, MOVE, mail written by another program,
+an index deleted or rebuilt, a backlog that was skipped): a SEARCH that needs the body of
+a message not yet in the index reads the file as before (same answer) and adds its text,
+in batches, through a second connection; the next search finds it. An index that is
+missing gives correct answers meanwhile, by scanning. Entries whose base name is no
+longer in the folder (expunged) are removed at the end of a search.
 
 Invariants:
 - Each search reads one snapshot (a read transaction held for the whole search), so a
@@ -43,8 +46,10 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import sqlite3
+import threading
 import unicodedata
 import zlib
 from collections.abc import Callable, Collection
@@ -53,7 +58,7 @@ from pathlib import Path
 from .message import ParsedMessage
 from .search import body_text_of
 
-__all__ = ["FTS_NAME", "FORMAT", "BodySearch", "fold_body", "trigram_query"]
+__all__ = ["FTS_NAME", "FORMAT", "BodySearch", "Indexer", "fold_body", "trigram_query"]
 
 log = logging.getLogger(__name__)
 
@@ -371,3 +376,93 @@ class BodySearch:
             self._reader = None
         self._flush()
         self._drop_stale()
+
+
+def _add_documents(path: Path, docs: list[tuple[str, str]]) -> None:
+    """Write ``(base, folded text)`` entries to the index at ``path`` (missing ones only)."""
+    try:
+        db = _connect(path)
+    except (sqlite3.Error, OSError) as e:
+        if isinstance(e, sqlite3.Error) and _is_corrupt(e):
+            _remove(path)
+        log.warning("imap fts index %s: cannot write: %s", path, e)
+        return
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for base, text in docs:
+            cur = db.execute("INSERT OR IGNORE INTO doc (base, body) VALUES (?, ?)", (base, _pack(text)))
+            if cur.rowcount == 1:
+                db.execute("INSERT INTO body (rowid, text) VALUES (?, ?)", (cur.lastrowid, _indexed_copy(text)))
+        db.execute("COMMIT")
+    except sqlite3.Error as e:  # a cache: a search indexes what is missing
+        log.warning("imap fts index %s: write failed: %s", path, e)
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+    finally:
+        db.close()
+
+
+class Indexer:
+    """Indexes stored messages in a background thread (a ``storage.hooks`` hook).
+
+    ``__call__`` only queues (at most ``backlog`` messages; beyond that a message is left
+    to the lazy path, with one log line per overflow episode); the thread folds each text
+    and writes them per folder in one transaction per batch. ``close`` drains and stops it.
+    """
+
+    def __init__(self, backlog: int = 2000) -> None:
+        self._queue: queue.Queue[tuple[Path, str, bytes] | None] = queue.Queue(maxsize=backlog)
+        self._overflowing = False
+        self.indexed = 0  # for tests and metrics
+        self._thread = threading.Thread(target=self._run, name="imap-fts-indexer", daemon=True)
+        self._thread.start()
+
+    def __call__(self, folder_dir: Path, base: str, data: bytes) -> None:
+        try:
+            self._queue.put_nowait((folder_dir, base, data))
+            self._overflowing = False
+        except queue.Full:
+            if not self._overflowing:
+                log.warning("imap fts: indexing backlog full; new mail is indexed at its first search")
+                self._overflowing = True
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while item is not None and len(batch) < BATCH_DOCS:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(item)
+            by_folder: dict[Path, list[tuple[str, str]]] = {}
+            stop = False
+            for entry in batch:
+                if entry is None:
+                    stop = True
+                    continue
+                folder_dir, base, data = entry
+                try:
+                    text = fold_body(data)
+                except Exception:  # a message we cannot fold is read at search time, as before
+                    log.exception("imap fts: cannot index %s in %s", base, folder_dir)
+                    continue
+                by_folder.setdefault(folder_dir, []).append((base, text))
+            for folder_dir, docs in by_folder.items():
+                _add_documents(folder_dir / FTS_NAME, docs)
+                self.indexed += len(docs)
+            for _ in batch:
+                self._queue.task_done()
+            if stop:
+                return
+
+    def drain(self) -> None:
+        """Wait until everything queued so far is written (tests, shutdown)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)

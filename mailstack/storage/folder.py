@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import quota, tmpclean
+from . import hooks, quota, tmpclean
 from .errors import MessageNotFound, StorageError, TooManyKeywords
 from .filename import LETTER_TO_FLAG, flag_letters, lf_and_vsize, new_basename, size_from_name, split_name, with_flags
 from .lock import DotLock
@@ -696,6 +696,7 @@ class Folder:
                 pass
             raise
         quota.update(self.maildir.root, len(lf), 1)
+        hooks.stored(self.path, base, lf)
         return uid
 
     def _place_copy(self, info: MessageInfo, other: Folder) -> str | None:

@@ -26,7 +26,7 @@ import shutil
 import unicodedata
 from pathlib import Path
 
-from . import mutf7, quota, tmpclean
+from . import hooks, mutf7, quota, tmpclean
 from .errors import FolderExists, FolderNotFound, StorageError, UnsafeName
 from .filename import lf_and_vsize, new_basename
 from .folder import Folder
@@ -377,6 +377,7 @@ class Maildir:
             raise
         fsync_dir(path / "new")
         quota.update(self.root, len(lf), 1)
+        hooks.stored(path, base, lf)
         return base
 
     # ------------------------------------------------------------------ quota

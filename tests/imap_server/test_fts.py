@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mailstack.imap.fts import FTS_NAME
+from mailstack.imap.fts import FTS_NAME, Indexer
+from mailstack.storage import hooks as storage_hooks
 
 from .conftest import IMAPServer, make_server, message
 
@@ -175,4 +176,47 @@ def test_sort_and_thread_fields_come_from_the_index(imap: IMAPServer) -> None:
     assert search(c, "HEADER", "In-Reply-To", "<root@example.test>") == [b"2"]
     assert search(c, "HEADER", "Message-ID", "@example.org") == [b"1", b"2"]
     assert search(c, "HEADER", "Message-ID", "other") == []
+    c.logout()
+
+
+@pytest.fixture
+def indexer() -> Iterator[Indexer]:
+    """The delivery-time indexer, registered as ``mailstack serve`` registers it."""
+    ix = Indexer()
+    storage_hooks.add(ix)
+    yield ix
+    storage_hooks.remove(ix)
+    ix.close()
+
+
+def test_mail_is_indexed_at_delivery(imap: IMAPServer, indexer: Indexer) -> None:
+    """Kept in step at delivery (Dovecot's fts_autoindex): no search has read these
+    messages, yet after their files are replaced the index still answers from what was
+    delivered, by LMTP/MX delivery (Maildir.deliver) and by APPEND alike."""
+    for i in range(3):
+        imap.deliver("alice@example.test", message(f"m{i}", f"the hedgehog number {i}\n"))
+    c = imap.client()
+    c.append("INBOX", "", None, message("m3", "the hedgehog number 3\n"))
+    indexer.drain()
+    assert indexer.indexed == 4 and docs(imap) == 4
+    overwrite_files(imap, "a porcupine instead\n")
+    c.select("INBOX")
+    assert search(c, "BODY", "hedgehog") == [b"1", b"2", b"3", b"4"]
+    assert search(c, "BODY", "porcupine") == []
+    c.logout()
+
+
+def test_a_full_backlog_never_holds_up_delivery(imap: IMAPServer) -> None:
+    ix = Indexer(backlog=1)
+    ix._queue.put_nowait((imap.maildir().root, "x", b""))  # with a backlog of 1 the queue is often full
+    storage_hooks.add(ix)
+    try:
+        for i in range(20):  # a put that finds it full skips the message: never waits
+            imap.deliver("alice@example.test", message(f"m{i}", f"text {i}\n"))
+    finally:
+        storage_hooks.remove(ix)
+        ix.close()
+    c = imap.client()
+    c.select("INBOX")
+    assert len(search(c, "BODY", "text")) == 20  # what was skipped is indexed lazily, same answer
     c.logout()
