@@ -221,6 +221,8 @@ class IMAPConfig:
     max_line: int = 65536  # longest command line (without its literals)
     poll_interval: Duration = 0.5  # seconds between checks for changes made by other processes (IDLE)
     full_text_index: bool = True  # SEARCH BODY/TEXT from a per-folder index (mailstack-fts.sqlite), built lazily
+    max_userip_connections: int = 10  # logged-in sessions of one user from one address (Dovecot's default)
+    max_unauthenticated_per_ip: int = 50  # connections of one address that have not logged in (imap/userip.py)
 
 
 @dataclass(frozen=True)
@@ -521,6 +523,8 @@ def _check(cfg: Config) -> None:
         raise _KeyError("[auth] argon2_parallelism: at most 64; argon2_time_cost: at most 100")
     if cfg.auth.max_block_time < cfg.auth.block_time:
         raise _KeyError("[auth] max_block_time: must not be less than block_time")
+    if cfg.imap.max_userip_connections < 1 or cfg.imap.max_unauthenticated_per_ip < 1:
+        raise _KeyError("[imap] max_userip_connections and max_unauthenticated_per_ip: must be at least 1")
     for section in ("smtp", "submission", "lmtp"):
         for key in ("max_connections", "max_connections_per_ip"):
             if getattr(getattr(cfg, section), key) < 1:

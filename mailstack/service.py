@@ -84,6 +84,8 @@ def limits_for(config: Config, name: str) -> net.ConnectionLimits:
     for smtp, ``DEFAULT_MAX_CONNECTIONS``/``..._PER_IP`` for the others (no keys yet)."""
     if name == "smtp":
         return net.ConnectionLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip, name)
+    if name == "imap":  # per address only before login, per user+address after (imap/userip.py)
+        return net.ConnectionLimits(DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, name)
     return net.ConnectionLimits(DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, name)
 
 

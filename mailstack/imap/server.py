@@ -49,6 +49,7 @@ from .compress import CompressionError, Deflater, Inflater
 from .grammar import GrammarError
 from .index import IndexCache
 from .notify import Notifier
+from .userip import UserIPLimits
 from .parser import (
     Command,
     CommandReader,
@@ -101,6 +102,7 @@ class _Connection(net.StreamConnection):
         self._inflater: Inflater | None = None
         self._deflater: Deflater | None = None
         self._flush_handle: asyncio.Handle | None = None
+        self.user_key: tuple[str, str | None] | None = None  # set at login (userip.UserIPLimits)
 
     @property
     def compressed(self) -> bool:
@@ -219,6 +221,7 @@ class IMAPService:
         poll_interval: float = 0.5,
         full_text_index: bool = True,
         learning: Learning | None = None,
+        userip: UserIPLimits | None = None,
     ) -> None:
         self.hostname = hostname
         self.maildir_root = maildir_root
@@ -233,6 +236,7 @@ class IMAPService:
         self.append_limit = append_limit
         self.max_line = max_line
         self.notifier = Notifier(poll_interval)
+        self.userip = userip if userip is not None else UserIPLimits(50, 10)
         self.learning = learning  # the spam learning queue ([spam] rspamd_controller_url), started by start()
         self.index = IndexCache(full_text=full_text_index)
         self.servers: list[asyncio.Server] = []
@@ -275,6 +279,11 @@ class IMAPService:
             conn.write(b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
             conn.close()
             return
+        if not self.userip.connected(ip):
+            self.limits.release(ip)
+            conn.write(b"* BYE [UNAVAILABLE] Too many connections from your address, try again later\r\n")
+            conn.close()
+            return
         sess = Session(
             SessionConfig(self.hostname, self.maildir_root, tls_available=self.tls_context is not None,
                           append_limit=self.append_limit, learning=self.learning),
@@ -294,6 +303,7 @@ class IMAPService:
             log.exception("imap: internal error in a session from %s", ip)
             conn.write(b"* BYE [SERVERBUG] Internal server error\r\n")
         finally:
+            self.userip.ended(ip, conn.user_key)
             self.limits.release(ip)
             conn.close()
 
@@ -364,7 +374,7 @@ class IMAPService:
                     continue
                 await conn.drain()
                 if isinstance(item, Login):
-                    conn.write(await self._login(sess, item, ip))
+                    conn.write(await self._login(conn, sess, item, ip))
                 elif isinstance(item, SaslNeedResponse):
                     conn.write(b"+ \r\n")  # RFC 4616: the empty challenge
                     reader.expect_line()
@@ -397,19 +407,25 @@ class IMAPService:
                     await conn.drain()
                     raise _Stop()
 
-    async def _login(self, sess: Session, ev: Login, ip: str | None) -> bytes:
+    async def _login(self, conn: _Connection, sess: Session, ev: Login, ip: str | None) -> bytes:
         outcome = await self.auth.authenticate("imap", ev.username, ev.password, ip, mechanism=ev.mechanism)
         if outcome.temporary:  # RFC 5530 §3: UNAVAILABLE
             return no(ev.tag, "Temporary authentication failure, try again later", "UNAVAILABLE").to_bytes()
         user = outcome.user
         if user is None:  # failed or throttled: the same answer (RFC 5530 AUTHENTICATIONFAILED)
             return sess.login_failed(ev.tag)
+        if not self.userip.may_login(user.address, ip):  # Dovecot's mail_max_userip_connections
+            log.info("imap: %s from %s: over %d sessions of one user and address", quote(user.address), ip,
+                     self.userip.max_userip)
+            return no(ev.tag, "Maximum number of connections from user+IP exceeded", "LIMIT").to_bytes()
         info = UserInfo(user.address, user.domain, user.local, user.quota_bytes)
         try:
             reply = await self._in_pool(sess.login_ok, ev.tag, info)
         except Exception as e:
             log.error("imap: cannot open the Maildir of %s: %s", quote(user.address), e)
             return sess.login_failed(ev.tag, temporary=True)
+        if conn.user_key is None:
+            conn.user_key = self.userip.logged_in(user.address, ip)
         return reply
 
     async def _idle(self, conn: _Connection, sess: Session, reader: CommandReader, tag: str) -> None:
@@ -472,6 +488,7 @@ async def start(ctx: ServiceContext) -> IMAPService:
         poll_interval=icfg.poll_interval,
         full_text_index=icfg.full_text_index,
         learning=Learning.from_config(cfg),
+        userip=UserIPLimits(icfg.max_unauthenticated_per_ip, icfg.max_userip_connections),
     )
     service.servers = await net.open_listeners(
         "imap", cfg.listeners("imap"), lambda _addr, tls: service.factory(tls), ctx.tls.server
