@@ -10,15 +10,21 @@ Rules (what certbot does for Let's Encrypt, written down here):
 - a failure never touches the installed pair: the old (or self-signed) certificate keeps
   serving; the new pair is only installed once the CA has signed it;
 - one order at a time across processes (``renew.lock``), and whoever waits re-checks:
-  a certificate renewed meanwhile is not ordered twice.
+  a certificate renewed meanwhile is not ordered twice;
+- ``serve`` never waits for a CA to stop: the order runs in a daemon thread that the
+  process may leave behind; the install (two renames) happens under a lock that the
+  stop takes, after telling the thread to install nothing more, so a stop never cuts
+  an install in half (a new key beside the old certificate).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -97,10 +103,12 @@ def backoff(failures: int) -> float:
     return float(min(BACKOFF_FIRST * 2.0 ** max(0, min(failures - 1, 20)), BACKOFF_MAX))
 
 
-def renew(config: Config, domains: Iterable[str], force: bool = False) -> Outcome:
+def renew(config: Config, domains: Iterable[str], force: bool = False,
+          stopping: threading.Event | None = None, install_lock: threading.Lock | None = None) -> Outcome:
     """Order and install a certificate if it is due (or ``force``); blocking.
 
     Raises ``client.ACMEError`` when the order fails (nothing installed then).
+    ``stopping`` set: the new pair is not installed; the install runs under ``install_lock``.
     """
     wanted = hostnames(config, domains)
     make_dirs(store.acme_dir(config), 0o700)
@@ -111,7 +119,10 @@ def renew(config: Config, domains: Iterable[str], force: bool = False) -> Outcom
         if reason is None and not force:
             return Outcome(False, "not due")
         issued = client.issue(config, wanted)
-        store.install(config, issued.fullchain_pem, issued.key_pem)
+        with install_lock or contextlib.nullcontext():
+            if stopping is not None and stopping.is_set():
+                raise client.ACMEError("stopping: the new certificate was not installed")
+            store.install(config, issued.fullchain_pem, issued.key_pem)
         log.info("acme: installed a certificate for %s (%s)", ", ".join(wanted), reason or "forced")
         return Outcome(True, reason or "forced")
     finally:
@@ -123,10 +134,14 @@ async def run(config: Config, domains: Callable[[], Iterable[str]],
     """The renewal loop of ``serve``: until cancelled. ``installed`` is called after a new
     pair was installed (the reload hook; until then the new pair serves from the next start)."""
     failures = 0
+    stopping, install_lock = threading.Event(), threading.Lock()
     while True:
         try:
-            outcome = await asyncio.to_thread(lambda: renew(config, list(domains())))
+            outcome = await _in_daemon_thread(lambda: renew(config, list(domains()), False, stopping, install_lock))
         except asyncio.CancelledError:
+            stopping.set()
+            with install_lock:  # an install under way (two renames) finishes first
+                pass
             raise
         except Exception as e:  # ACMEError, OSError, a directory that is down: logged, retried
             failures += 1
@@ -139,3 +154,30 @@ async def run(config: Config, domains: Callable[[], Iterable[str]],
             if outcome.renewed and installed is not None:
                 installed()
         await asyncio.sleep(wait)
+
+
+async def _in_daemon_thread(fn: Callable[[], Outcome]) -> Outcome:
+    """``fn()`` in a daemon thread: unlike ``asyncio.to_thread``, the process does not wait
+    for it at exit (a CA that does not answer must not hold up a stop)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Outcome] = loop.create_future()
+
+    def settle(result: Outcome | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert result is not None
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as e:  # handed to the loop, which logs it
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="acme-renewal", daemon=True).start()
+    return await future

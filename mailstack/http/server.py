@@ -375,7 +375,8 @@ class HTTPService:
 
     async def stop(self, grace: float) -> None:
         if self.renewal is not None:
-            self.renewal.cancel()  # an order in flight finishes in its thread; nothing half-installed
+            self.renewal.cancel()  # an order in flight is abandoned; an install under way finishes
+            await asyncio.gather(self.renewal, return_exceptions=True)
         for s in self.servers:
             s.close()
         server = self.runner.server

@@ -194,3 +194,27 @@ def test_default_hostnames_are_the_host_and_each_domains_service_names(tmp_path:
     conf.write_text('hostname = "MX.example.test"\n')
     names = renewal.hostnames(load_config(conf), ["b.test", "a.test"])
     assert names == ["mx.example.test", "mta-sts.a.test", "autoconfig.a.test", "mta-sts.b.test", "autoconfig.b.test"]
+
+
+def test_a_ca_that_never_answers_does_not_hold_up_a_stop(tmp_path: Path, pebble: Pebble) -> None:
+    """The renewal order runs in a daemon thread: a stop does not wait for the CA (the
+    ``acme`` library's own timeout is 45 s per request)."""
+    with socket.socket() as silent:  # accepts connections (backlog), never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        imap_tls = free_port()
+        conf = acme_config(tmp_path, pebble, imap_tls, f"https://127.0.0.1:{silent.getsockname()[1]}/dir")
+        config = load_config(conf)
+        proc = serve_process(conf, {"http": pebble.http_port, "imap": imap_tls}, stderr=subprocess.DEVNULL)
+        before = config.tls.cert_file.read_bytes()
+        time.sleep(1)  # the renewal task is waiting for the silent CA now
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        assert time.monotonic() - started < 20
+        assert config.tls.cert_file.read_bytes() == before
