@@ -307,6 +307,17 @@ class SpamConfig:
 
 
 @dataclass(frozen=True)
+class ACMEConfig:
+    """Certificates from an ACME CA (RFC 8555; ``mailstack.acme``); off when directory_url is ""."""
+
+    directory_url: str = ""  # e.g. "https://acme-v02.api.letsencrypt.org/directory"
+    email: str = ""  # the account's contact; "" = none
+    hostnames: tuple[str, ...] = ()  # () = hostname plus mta-sts./autoconfig. of each local domain
+    ca_file: str = ""  # extra CA to trust for the ACME server itself (tests: pebble's); "" = the system's
+    dir: Path = Path("../var/acme")  # account key, pending http-01 answers, the renewal lock
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. ``path`` is the file it came from (None for defaults)."""
 
@@ -326,6 +337,7 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)
+    acme: ACMEConfig = field(default_factory=ACMEConfig)
     path: Path | None = None
 
     @property
@@ -485,6 +497,8 @@ def _resolve_defaults(cfg: Config, base: Path) -> Config:
         tls=fix(cfg.tls),
         queue=fix(cfg.queue),
         spam=fix(cfg.spam),
+        acme=dataclasses.replace(fix(cfg.acme), ca_file=str((base / cfg.acme.ca_file).resolve()) if cfg.acme.ca_file
+                                 else ""),
         database=dataclasses.replace(cfg.database, url=_resolve_db_url(cfg.database.url, base)),
     )
     return cfg
@@ -571,6 +585,13 @@ def _check(cfg: Config) -> None:
         raise _KeyError(f"[spam] fail_mode: {cfg.spam.fail_mode!r} is not \"accept\" or \"defer\"")
     if not 0 < cfg.spam.timeout <= 600:
         raise _KeyError("[spam] timeout: must be more than 0 and at most 600 seconds")
+    if cfg.acme.directory_url and not re.fullmatch(r"https?://[^\s/?#]+(/\S*)?", cfg.acme.directory_url):
+        raise _KeyError(f"[acme] directory_url: {cfg.acme.directory_url!r} is not a URL like https://acme.example/directory")
+    if cfg.acme.email and not re.fullmatch(r"[^@\s]+@[^@\s]+", cfg.acme.email):
+        raise _KeyError(f"[acme] email: {cfg.acme.email!r} is not an address")
+    for i, host in enumerate(cfg.acme.hostnames):
+        if not _HOSTNAME_RE.match(host):
+            raise _KeyError(f"[acme] hostnames[{i}]: {host!r} is not a host name")
     seen: dict[ListenAddress, str] = {}
     for service in ("smtp", "submission", "lmtp", "imap", "pop3", "http"):
         for addr, tls in cfg.listeners(service):

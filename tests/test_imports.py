@@ -30,6 +30,7 @@ LAYERS: list[set[str]] = [
     {"mailstack.queue"},  # the spool, its wake-ups, bounces: used by delivery and every protocol
     {"mailstack.delivery"},  # recipients -> Maildirs (remote targets -> the queue)
     {"mailstack.ops"},  # status checks and scrape-time gauges: used by cli and http
+    {"mailstack.acme"},  # ACME certificates: the http service answers, serve renews, the CLI asks
     {"mailstack.service"},  # what a service gets from its runner
     {"mailstack.smtp", "mailstack.imap", "mailstack.pop3", "mailstack.http"},  # the services
     {"mailstack.serve"},  # the runner

@@ -14,6 +14,8 @@ Routes:
                                                                    only for Host ``mta-sts.<local domain>``
 ``/metrics``                                               GET     Prometheus text format, only for
                                                                    clients in ``[http] metrics_networks``
+``/.well-known/acme-challenge/<token>``                    GET     ACME http-01 (RFC 8555 §8.3), from
+                                                                   the challenge store under ``[acme] dir``
 =========================================================  ======  ============================
 
 Invariants:
@@ -51,6 +53,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import hdrs, web
 
 from mailstack import metrics, net
+from mailstack.acme import renewal as acme_renewal
+from mailstack.acme import store as acme_store
 from mailstack.http import documents as docs
 from mailstack.ops.scrape import gauges
 from mailstack.service import RunningService, ServiceContext
@@ -224,6 +228,17 @@ async def mta_sts(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
+async def acme_challenge(request: web.Request) -> web.Response:
+    """RFC 8555 §8.3: the key authorization as ``application/octet-stream``, under any Host
+    (the CA connects to each name it validates); ``404`` for a token with no answer."""
+    config: Config = request.app[CONFIG_KEY]
+    body = await asyncio.to_thread(acme_store.read_challenge, acme_store.challenge_dir(config),
+                                   request.match_info["token"])
+    if body is None:
+        raise _Problem(404, "No such challenge")
+    return web.Response(body=body, content_type="application/octet-stream")
+
+
 def _metrics_allowed(request: web.Request) -> bool:
     """Is the peer of this connection in ``[http] metrics_networks``? (A unix socket peer
     has no address: no, since a proxy in front of it would speak for anyone.)"""
@@ -298,6 +313,7 @@ def make_app(config: Config, is_local_domain: Any) -> web.Application:
     app.router.add_post("/Autodiscover/Autodiscover.xml", autodiscover)
     app.router.add_get("/.well-known/mta-sts.txt", mta_sts)
     app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/.well-known/acme-challenge/{token}", acme_challenge)
     return app
 
 
@@ -351,11 +367,16 @@ class HTTPService:
 
     name = "http"
 
-    def __init__(self, runner: web.AppRunner, servers: list[asyncio.Server]) -> None:
+    def __init__(self, runner: web.AppRunner, servers: list[asyncio.Server],
+                 renewal: asyncio.Task[None] | None = None) -> None:
         self.runner = runner
         self.servers = servers
+        self.renewal = renewal
 
     async def stop(self, grace: float) -> None:
+        if self.renewal is not None:
+            self.renewal.cancel()  # an order in flight is abandoned; an install under way finishes
+            await asyncio.gather(self.renewal, return_exceptions=True)
         for s in self.servers:
             s.close()
         server = self.runner.server
@@ -391,4 +412,11 @@ async def start(ctx: ServiceContext) -> RunningService:
     except BaseException:
         await runner.cleanup()
         raise
-    return HTTPService(runner, servers)
+    renewal = None
+    if cfg.acme.directory_url:
+        # The ACME renewal loop lives with the service that answers its http-01 challenges.
+        # TODO(reload): pass the SNI/reload hook as ``installed`` once it exists; until
+        # then a renewed pair serves from the next start.
+        renewal = asyncio.create_task(
+            acme_renewal.run(cfg, lambda: [d.name for d in ctx.directory.list_domains()]), name="acme-renewal")
+    return HTTPService(runner, servers, renewal)
