@@ -11,6 +11,7 @@ own tool (`directory.dump`) into ``database/``.
 | ``queue`` | ``[queue] dir`` | the queued messages (``<id>.msg`` + ``<id>.env`` pairs) |
 | ``dkim`` | ``[queue] dkim_dir`` | the DKIM signing keys |
 | ``tls/cert.pem``, ``tls/key.pem`` | ``[tls] cert_file``, ``key_file`` | the certificate and its key (also what an ACME client renewed) |
+| ``acme/account.key`` | ``[acme] dir`` | the ACME account key, when there is one (challenges and the lock are not kept) |
 | ``config/<name>`` | the config file | restored *beside* the target's config as ``<name>.from-backup``, never over it |
 """
 
@@ -44,6 +45,7 @@ def areas(config: Config) -> tuple[Area, ...]:
         Area("dkim", config.queue.dkim_dir, "tree"),
         Area("tls/cert.pem", config.tls.cert_file, "file"),
         Area("tls/key.pem", config.tls.key_file, "file"),
+        Area("acme/account.key", config.acme.dir / "account.key", "file"),  # absent without [acme]
     )
 
 
