@@ -7,7 +7,9 @@ for an Internet-facing MTA; the policy lives in a ``Handler`` whose hooks return
 - EHLO advertises PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152),
   SMTPUTF8 (RFC 6531), ENHANCEDSTATUSCODES (RFC 2034), CHUNKING (RFC 3030: ``BDAT``,
   read by ``smtp_BDAT`` under the same size, time, NUL/bare-CR and "250 only once on
-  disk" rules as DATA; the rules are in ``chunking``), STARTTLS (RFC 3207) until TLS
+  disk" rules as DATA; the rules are in ``chunking``), DSN (RFC 3461: RET/ENVID on MAIL,
+  NOTIFY/ORCPT on RCPT, parsed by ``params``, kept as ``Transaction.dsn`` for the
+  handlers, which carry it into the queue and the DSNs), STARTTLS (RFC 3207) until TLS
   is on; every reply after the greeting carries an enhanced status code, aiosmtpd's
   built-in ones included (``replies.add_enhanced``);
 - MAIL/RCPT are ours: SIZE= over the limit is ``552 5.3.4`` at MAIL, more than
@@ -76,6 +78,7 @@ from typing import Any, Protocol, cast
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from mailstack import maillog, net
+from mailstack.mail.dsnrequest import DSNRequest, RecipientRequest
 from mailstack.smtp import replies as R
 from mailstack.smtp.chunking import BDAT_SYNTAX, ChunkReceiver, parse_bdat
 from mailstack.smtp.data import DataReceiver
@@ -136,6 +139,14 @@ class Transaction(Envelope):
         self.recipients: list[str] = []
         self.resolutions: list[Any] = []
         self.chunks: ChunkReceiver | None = None  # set by the first BDAT (RFC 3030)
+        self.dsn_ret: str | None = None  # RFC 3461 MAIL RET=
+        self.dsn_envid: str | None = None  # RFC 3461 MAIL ENVID=
+        self.dsn_rcpts: dict[str, RecipientRequest] = {}  # RFC 3461 RCPT NOTIFY=/ORCPT=
+
+    @property
+    def dsn(self) -> DSNRequest:
+        """The DSN parameters of this transaction (``mail.dsnrequest``)."""
+        return DSNRequest(self.dsn_ret, self.dsn_envid, dict(self.dsn_rcpts))
 
 
 class Handler(Protocol):
@@ -310,6 +321,7 @@ class BaseSMTP(SMTP):
     # §4.5.3.1.4) plus the extension allowances.
     line_length_limit = 65536
     is_lmtp = False
+    offers_dsn = True  # RFC 3461: EHLO says DSN; MAIL/RCPT take its parameters
 
     def __init__(
         self,
@@ -537,6 +549,8 @@ class BaseSMTP(SMTP):
         """Extension keywords after the host line; subclasses may add (AUTH ...)."""
         kw = ["PIPELINING", f"SIZE {self.settings.max_message_size}", "8BITMIME", "SMTPUTF8",
               "ENHANCEDSTATUSCODES", "CHUNKING"]
+        if self.offers_dsn:
+            kw.append("DSN")
         if self.tls_context is not None and not self.tls_active:
             kw.append("STARTTLS")
         return kw
@@ -619,7 +633,8 @@ class BaseSMTP(SMTP):
             await self.push(R.BAD_SEQUENCE.with_text("Nested MAIL command"))
             return
         assert self.session is not None
-        args = parse_mail(arg, extended=self.session.extended_smtp, max_size=self.settings.max_message_size)
+        args = parse_mail(arg, extended=self.session.extended_smtp, max_size=self.settings.max_message_size,
+                          dsn=self.offers_dsn and self.session.extended_smtp)
         if isinstance(args, Reply):
             await self.push(args)
             return
@@ -627,6 +642,7 @@ class BaseSMTP(SMTP):
         txn.size_hint = args.size or 0
         txn.body_type = args.body
         txn.smtp_utf8 = args.smtputf8
+        txn.dsn_ret, txn.dsn_envid = args.ret, args.envid
         reply = await self.handler.mail(self, txn, sender)
         if reply.is_ok:
             txn.sender = sender
@@ -644,7 +660,7 @@ class BaseSMTP(SMTP):
         if txn.sender is None:
             await self.push(R.BAD_SEQUENCE.with_text("Need MAIL command"))
             return
-        args = parse_rcpt(arg, smtputf8=bool(txn.smtp_utf8))
+        args = parse_rcpt(arg, smtputf8=bool(txn.smtp_utf8), dsn=self.offers_dsn)
         if isinstance(args, Reply):
             await self.push(args)
             return
@@ -656,6 +672,8 @@ class BaseSMTP(SMTP):
         if reply.is_ok:
             txn.recipients.append(address)
             txn.rcpt_tos.append(address)
+            if args.notify is not None or args.orcpt:
+                txn.dsn_rcpts[address] = RecipientRequest(args.notify, args.orcpt)
         await self.push(reply)
 
     @syntax("RSET")
