@@ -127,3 +127,24 @@ def test_parameters_passed_to_a_dsn_server_and_no_relayed_notice(tmp_path: Any, 
     ]
     assert store.list() == []  # delivered, and no "relayed" notice: the next hop reports
     assert inbox(cfg, "example.test", "alice") == []
+
+
+def test_bdat_through_submission(stack: Stack, remote: Remote) -> None:
+    """CHUNKING on submission: after AUTH, two chunks and ``BDAT 0 LAST``; DATA in between is 503."""
+    with client(stack) as c:
+        c.login(*ALICE)
+        assert c.has_extn("chunking")
+        assert c.mail("alice@example.test")[0] == 250
+        assert c.rcpt("x@remote.test")[0] == 250
+        a, b = MSG[:30], MSG[30:]
+        c.send(b"BDAT %d\r\n%s" % (len(a), a))
+        assert c.getreply()[0] == 250
+        c.putcmd("DATA")
+        assert c.getreply()[0] == 503
+        c.send(b"BDAT %d\r\n%sBDAT 0 LAST\r\n" % (len(b), b))
+        assert c.getreply()[0] == 250
+        code, text = c.getreply()
+        assert code == 250, text
+    assert wait_for(lambda: len(remote.messages) == 1)
+    data = remote.messages[0].data  # (submission adds Date: and Message-ID:)
+    assert b"\r\nSubject: dsn round trip\r\n" in data and data.endswith(b"\r\n\r\nThe full body.\r\n")
