@@ -148,7 +148,7 @@ def _flush(args: argparse.Namespace, ctx: Context) -> int:
 def _delete(args: argparse.Namespace, ctx: Context) -> int:
     from mailstack.mail import dkim
     from mailstack.queue import claim, release_claim
-    from mailstack.queue.bounce import DSNRecipient, bounce
+    from mailstack.queue.bounce import DSNRecipient, DSNRequest, bounce
 
     env, data = _load(ctx, args.id)
     store = _store(ctx)
@@ -162,7 +162,7 @@ def _delete(args: argparse.Namespace, ctx: Context) -> int:
             with _mail_log_to_stderr():
                 dsn_id = bounce(store, hostname=ctx.config.hostname, keys_dir=dkim.keys_dir(ctx.config),
                                 queue_id=env.id, sender=env.sender, original=data, service="cli",
-                                arrival=env.created, recipients=[
+                                arrival=env.created, request=DSNRequest.from_extra(env.extra), recipients=[
                                     DSNRecipient(r, "5.0.0", "failed", "deleted from the queue by the administrator")
                                     for r in env.recipients])
         store.remove(env.id)

@@ -3,7 +3,10 @@
 ``build_dsn`` makes a ``multipart/report; report-type=delivery-status`` message
 (RFC 6522) with three parts: a human-readable text, the ``message/delivery-status``
 fields, and the original message's header (``text/rfc822-headers``, RFC 6522 §4: the
-body is not returned, which keeps bounces small and leaks nothing big).
+body is not returned, which keeps bounces small and leaks nothing big), unless the
+sender asked for the full message (RFC 3461 ``RET=FULL``) in a failure report. Actions:
+``failed`` (bounce), ``delayed`` (warning), ``delivered``/``relayed`` (success notices
+the sender asked for with ``NOTIFY=SUCCESS``).
 
 Invariants:
 - never called for a null reverse-path: the caller checks ``should_bounce(sender)``
@@ -81,13 +84,24 @@ def build_dsn(
     queue_id: str | None = None,
     arrival: float | None = None,
     now: float | None = None,
+    envid: str | None = None,
+    return_full: bool = False,
 ) -> bytes:
-    """The DSN to send to ``sender`` about ``recipients`` (all of one action kind)."""
+    """The DSN to send to ``sender`` about ``recipients`` (all of one action kind).
+
+    ``envid``: the sender's RFC 3461 ENVID, returned as ``Original-Envelope-Id``;
+    ``return_full``: RET=FULL on a failure: the whole message goes back
+    (``message/rfc822``, or ``message/global`` when it is not ASCII, RFC 6533 §3)
+    instead of its header.
+    """
     now = time.time() if now is None else now
     delayed = all(r.action == "delayed" for r in recipients)
+    success = all(r.action in ("delivered", "relayed", "expanded") for r in recipients)
+    return_full = return_full and not delayed and not success  # RFC 3461 §4.3: failures only
     boundary = f"=_mailstack_{secrets.token_hex(12)}"
     host = _one_line(reporting_mta)
     subject = ("Delayed Mail (still being retried)" if delayed
+               else "Successful Mail Delivery Report" if success
                else "Undelivered Mail Returned to Sender")
     msgid = f"<{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}.{secrets.token_hex(8)}@{host}>"
 
@@ -111,6 +125,12 @@ def build_dsn(
             "Your message could not be delivered yet to the recipients below.",
             "The mail system will keep trying; you need not send it again.",
         ]
+    elif success:
+        human += [
+            "Your message was successfully delivered to the destination(s) listed",
+            "below. If the message was relayed to a system that does not report",
+            "delivery status, you will get no further notice from it.",
+        ]
     else:
         human += [
             "I'm sorry to have to inform you that your message could not",
@@ -128,7 +148,10 @@ def build_dsn(
         human.append("")
 
     # RFC 3464 §2.2: per-message fields
-    status = [f"Reporting-MTA: dns; {host}"]
+    status = []
+    if envid:  # RFC 3464 §2.2.1
+        status.append(f"Original-Envelope-Id: {_one_line(envid)}")
+    status.append(f"Reporting-MTA: dns; {host}")
     if queue_id:
         status.append(f"X-Mailstack-Queue-ID: {_one_line(queue_id)}")
     if arrival:
@@ -136,8 +159,11 @@ def build_dsn(
     # RFC 3464 §2.3: per-recipient fields, each group after a blank line
     for r in recipients:
         status.append("")
-        if r.original_recipient:
-            status.append(f"Original-Recipient: rfc822; {_one_line(r.original_recipient)}")
+        if r.original_recipient:  # RFC 3464 §2.3.1: "addr-type; address" (from ORCPT)
+            addr_type, semi, value = r.original_recipient.partition(";")
+            if not semi:
+                addr_type, value = "rfc822", r.original_recipient
+            status.append(f"Original-Recipient: {_one_line(addr_type)}; {_one_line(value.strip())}")
         status.append(f"Final-Recipient: rfc822; {_one_line(r.address)}")
         status.append(f"Action: {r.action}")
         status.append(f"Status: {_one_line(r.status)}")
@@ -150,8 +176,15 @@ def build_dsn(
         if r.will_retry_until:
             status.append(f"Will-Retry-Until: {_date(r.will_retry_until)}")
 
-    # the header section as mail.headers reads it (at most MAX_HEADER_SCAN bytes, whole lines)
-    original_head = re.sub(rb"\r?\n", b"\r\n", headers.header_block(original))
+    if return_full:
+        original_head = re.sub(rb"\r?\n", b"\r\n", original)
+        returned_type = "message/rfc822" if original.isascii() else "message/global"
+        returned_name = "Undelivered Message"
+    else:
+        # the header section as mail.headers reads it (at most MAX_HEADER_SCAN bytes, whole lines)
+        original_head = re.sub(rb"\r?\n", b"\r\n", headers.header_block(original))
+        returned_type = "text/rfc822-headers"
+        returned_name = "Message Headers" if success or delayed else "Undelivered Message Headers"
     if not original_head.endswith(b"\r\n"):
         original_head += b"\r\n"
     crlf = "\r\n"
@@ -167,8 +200,8 @@ def build_dsn(
         + "Content-Type: message/delivery-status" + crlf + crlf
         + crlf.join(status) + crlf + crlf
         + f"--{boundary}" + crlf
-        + "Content-Description: Undelivered Message Headers" + crlf
-        + "Content-Type: text/rfc822-headers" + crlf + crlf
+        + f"Content-Description: {returned_name}" + crlf
+        + f"Content-Type: {returned_type}" + crlf + crlf
     ).encode("utf-8")
     out += original_head + f"\r\n--{boundary}--\r\n".encode()
     return out

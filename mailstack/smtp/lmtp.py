@@ -9,26 +9,38 @@
   250 only once that recipient's copy is fsynced into its Maildir (or its alias's
   remote targets into the queue).
 - Every delivery is a mail log line (service ``lmtp``).
+- DSN (RFC 3461) is offered: we are the final delivery, so a recipient delivered
+  with ``NOTIFY=SUCCESS`` gets its "delivered" notice from us (``queue.bounce.
+  notify_success``, signed as the MX's DSNs are); failures are the client's to report
+  (it has our 5xx, RFC 2033 §4.2) and it does not also send "relayed" (§6.2.2).
 - Its own connection caps (``[lmtp] max_connections``, ``max_connections_per_ip``);
   no junk command or error limits (see ``smtp/limits.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiosmtpd.smtp import syntax
 
 from mailstack import maillog, net
 from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, Resolver, ResolveError
+from mailstack.mail import dkim
+from mailstack.mail.dsn import DSNRecipient
 from mailstack.mail.headers import received_header
 from mailstack.service import RunningService, ServiceContext
 from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits
 from mailstack.queue import QueueStore
-from mailstack.queue.store import delay_since
+from mailstack.queue.bounce import notify_success
+from mailstack.queue.store import arrival_time, delay_since
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LMTPServer", "LMTPHandler", "start"]
 
@@ -62,10 +74,13 @@ class LMTPServer(BaseSMTP):
 class LMTPHandler:
     service = "lmtp"
 
-    def __init__(self, *, hostname: str, resolver: Resolver, delivery: LocalDelivery) -> None:
+    def __init__(self, *, hostname: str, resolver: Resolver, delivery: LocalDelivery,
+                 queue: QueueStore | None = None, keys_dir: Path | None = None) -> None:
         self.hostname = hostname
         self.resolver = resolver
         self.delivery = delivery
+        self.queue = queue  # where success DSNs go (None: none are sent)
+        self.keys_dir = keys_dir or Path("/nonexistent")
 
     async def mail(self, server: BaseSMTP, txn: Transaction, sender: str) -> Reply:
         return Reply(250, "2.1.0", "Sender OK")
@@ -108,7 +123,22 @@ class LMTPHandler:
             if reply.is_ok:
                 reply = Reply(250, "2.0.0", f"<{r.recipient}> delivered, id {txn.queue_id}")
             replies.append(reply)
+        await self._notify_success(txn, data, [r.recipient for r in results if r.reply.is_ok and r.mailboxes])
         return replies
+
+    async def _notify_success(self, txn: Transaction, data: bytes, delivered: list[str]) -> None:
+        """RFC 3461 §4.1 NOTIFY=SUCCESS: the "delivered" notice; a failure to queue it is
+        logged, never a 4xx (the message is in the mailbox already)."""
+        request = txn.dsn
+        wanted = [DSNRecipient(r, "2.0.0", "delivered") for r in delivered if request.wants(r, "success")]
+        if not wanted or self.queue is None:
+            return
+        try:
+            await asyncio.to_thread(notify_success, self.queue, hostname=self.hostname, keys_dir=self.keys_dir,
+                                    queue_id=txn.queue_id, sender=txn.sender or "", original=data,
+                                    recipients=wanted, request=request, arrival=arrival_time(txn.queue_id))
+        except OSError:
+            log.exception("lmtp: cannot queue the success DSN of %s", txn.queue_id)
 
     def _log(self, server: BaseSMTP, txn: Transaction, event: str, recipients: object, reply: Reply,
              size: int | None = None, **extra: object) -> None:
@@ -121,7 +151,8 @@ async def start(ctx: ServiceContext) -> RunningService:
     cfg = ctx.config
     queue = QueueStore(cfg.queue.dir)
     delivery = LocalDelivery(cfg.storage.maildir_root, cfg.hostname, cfg.smtp.max_received_headers, queue)
-    handler = LMTPHandler(hostname=cfg.hostname, resolver=Resolver(ctx.directory), delivery=delivery)
+    handler = LMTPHandler(hostname=cfg.hostname, resolver=Resolver(ctx.directory), delivery=delivery,
+                          queue=queue, keys_dir=dkim.keys_dir(cfg))
     settings = ServerSettings(
         service="lmtp",
         hostname=cfg.hostname,

@@ -52,8 +52,8 @@ from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits
 from mailstack.smtp.mda import MDA, InProcessMDA, LMTPClient
 from mailstack.queue import QueueStore
-from mailstack.queue.bounce import bounce
-from mailstack.queue.store import delay_since
+from mailstack.queue.bounce import bounce, notify_success
+from mailstack.queue.store import arrival_time, delay_since
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
 
@@ -232,7 +232,8 @@ class MXHandler:
                 qid = await asyncio.to_thread(
                     self.queue.enqueue, sender, [r.recipient for r in temp], data, smtputf8=bool(txn.smtp_utf8),
                     client=str(common["client"]) if common["client"] else None, reason="deferred",
-                    extra={"orig_id": txn.queue_id, "last_reply": str(temp[0].reply)},
+                    extra={"orig_id": txn.queue_id, "last_reply": str(temp[0].reply),
+                           **dsn_extra(txn)},
                 )
                 extra_ids.append(qid)
                 for r in temp:
@@ -246,6 +247,7 @@ class MXHandler:
                     sender=sender, original=data, service=self.service,
                     client=str(common["client"]) if common["client"] else None, log_fields=extra,
                     recipients=[DSNRecipient(r.recipient, r.reply.status, "failed", str(r.reply)) for r in perm],
+                    request=txn.dsn, arrival=arrival_time(txn.queue_id),
                 )
                 if dsn_id is not None:
                     extra_ids.append(dsn_id)
@@ -253,6 +255,20 @@ class MXHandler:
             log.exception("cannot queue for %s", txn.queue_id)
             maillog.log_event("deferred", recipients=txn.recipients, status="deferred", reply=R.LOCAL_ERROR, **common)
             return R.LOCAL_ERROR
+        # RFC 3461 §4.1: NOTIFY=SUCCESS: the copies now in a mailbox are "delivered"
+        # (forwarded copies are reported by the runner that relays them, not here). The
+        # mail is delivered already: a notice we cannot queue is logged, never a 451
+        # (which would bring the message again).
+        delivered = [DSNRecipient(r.recipient, "2.0.0", "delivered", str(r.reply))
+                     for r in ok if r.mailboxes and txn.dsn.wants(r.recipient, "success")]
+        if delivered:
+            try:
+                await asyncio.to_thread(
+                    notify_success, self.queue, hostname=self.hostname, keys_dir=self.keys_dir,
+                    queue_id=txn.queue_id, sender=sender, original=data, recipients=delivered,
+                    request=txn.dsn, arrival=arrival_time(txn.queue_id))
+            except OSError:
+                log.exception("cannot queue the success DSN of %s", txn.queue_id)
         for r in ok:
             maillog.log_event("delivered", recipients=r.recipient, status="ok", reply=r.reply, **common,
                               mailbox=",".join(r.mailboxes) or None, forwarded=r.queued,
@@ -265,6 +281,12 @@ class MXHandler:
                     size: int | None = None) -> None:
         maillog.log_event("rejected", queue_id=txn.queue_id or None, service=self.service, client=server.peer_ip,
                           sender=txn.sender, recipients=recipients, size=size, status="rejected", reply=reply)
+
+
+def dsn_extra(txn: Transaction) -> dict[str, object]:
+    """The transaction's DSN request (RFC 3461) for a queue envelope's ``extra``; {} if none."""
+    request = txn.dsn
+    return {"dsn": request.to_extra()} if request else {}
 
 
 def build_mda(config: Config, delivery: LocalDelivery) -> MDA:

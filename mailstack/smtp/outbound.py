@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from mailstack.mail.dsnrequest import DSNRequest, xtext_encode
 from mailstack.dns import DNSError, DNSTemporaryError, NXDomain, Resolver
 from mailstack.replies import Reply
 
@@ -73,6 +74,7 @@ class RecipientOutcome:
     recipient: str
     reply: Reply
     remote_mta: str | None = None
+    dsn_passed: bool = False  # the next hop offers DSN and got our NOTIFY/ORCPT (RFC 3461 §6.2.2)
 
     @property
     def outcome(self) -> Outcome:
@@ -90,6 +92,7 @@ class Job:
     recipients: tuple[str, ...]
     data: bytes  # CRLF line ends
     smtputf8: bool = False
+    dsn: DSNRequest | None = None  # the sender's RFC 3461 request, passed on where DSN is offered
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,32 @@ def dot_stuff(data: bytes) -> bytes:
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data
+
+
+def _dsn_mail_params(dsn: DSNRequest | None) -> list[str]:
+    """RFC 3461 §4.3, §4.4: RET and ENVID for the next hop's MAIL (only when it offers DSN)."""
+    if dsn is None:
+        return []
+    out = [f"RET={dsn.ret}"] if dsn.ret else []
+    if dsn.envid:
+        out.append(f"ENVID={xtext_encode(dsn.envid)}")
+    return out
+
+
+def _dsn_rcpt_params(dsn: DSNRequest | None, rcpt: str) -> str:
+    """RFC 3461 §4.1, §4.2: `` NOTIFY=... ORCPT=...`` for one RCPT ("" when none)."""
+    if dsn is None:
+        return ""
+    req = dsn.recipients.get(rcpt)
+    if req is None:
+        return ""
+    out = ""
+    if req.notify is not None:
+        out += " NOTIFY=" + (",".join(sorted(req.notify)) if req.notify else "NEVER")
+    if req.orcpt:
+        addr_type, _, value = req.orcpt.partition(";")
+        out += f" ORCPT={addr_type};{xtext_encode(value)}"
+    return out
 
 
 def _needs_8bit(data: bytes) -> bool:
@@ -298,11 +327,13 @@ class Connection:
             params.append("SMTPUTF8")
         if "8BITMIME" in self.extensions and _needs_8bit(job.data):
             params.append("BODY=8BITMIME")
+        dsn = job.dsn if "DSN" in self.extensions and job.dsn else None
+        params += _dsn_mail_params(dsn)
         mail = f"MAIL FROM:<{job.sender}>" + "".join(" " + p for p in params)
         pipelining = "PIPELINING" in self.extensions
         if pipelining:  # RFC 2920 §3.1: MAIL and RCPTs in one group
             assert self.writer is not None
-            lines = [mail] + [f"RCPT TO:<{r}>" for r in recipients]
+            lines = [mail] + [f"RCPT TO:<{r}>{_dsn_rcpt_params(dsn, r)}" for r in recipients]
             try:
                 self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
                 await self.writer.drain()
@@ -315,7 +346,7 @@ class Connection:
             rcpt_replies = []
             if mail_reply.code == 250:
                 for rc in recipients:
-                    rcpt_replies.append(await self.command(f"RCPT TO:<{rc}>"))
+                    rcpt_replies.append(await self.command(f"RCPT TO:<{rc}>{_dsn_rcpt_params(dsn, rc)}"))
         if mail_reply.code != 250:
             if pipelining:
                 await self.command("RSET")
@@ -349,7 +380,7 @@ class Connection:
         except _Fail as f:
             raise _Fail(f.reply, next_host=False) from None
         for rc in accepted:
-            results[rc] = RecipientOutcome(rc, final, self.remote_mta)
+            results[rc] = RecipientOutcome(rc, final, self.remote_mta, dsn_passed=dsn is not None)
         return [results[rc] for rc in recipients]
 
     async def reset(self) -> bool:

@@ -18,7 +18,10 @@ tests/hostile/test_smtp.py. Rules, each where it is enforced:
   (RFC 5321 §4.1.1.11 ties them to the extensions EHLO announced);
 - MAIL parameters we know: ``SIZE=`` digits (RFC 1870 §3; over the limit is ``552
   5.3.4`` at once, §6.2), ``BODY=7BIT|8BITMIME`` (RFC 6152), ``SMTPUTF8`` without a
-  value (RFC 6531 §3.4); any other is ``555 5.5.4`` (RFC 5321 §4.1.1.11); RCPT takes none;
+  value (RFC 6531 §3.4), and where DSN is offered ``RET=`` and ``ENVID=`` (RFC 3461
+  §4.3, §4.4); RCPT takes ``NOTIFY=`` and ``ORCPT=`` there (§4.1, §4.2), none elsewhere;
+  a malformed DSN value is ``501 5.5.4`` (the rules are in ``mail.dsnrequest``); any
+  other parameter is ``555 5.5.4`` (RFC 5321 §4.1.1.11);
 - a non-ASCII address needs ``SMTPUTF8`` on the MAIL command: ``553 5.6.7`` (RFC 6531 §3.4);
 - a later parameter of the same name wins (aiosmtpd's reading, kept).
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mailstack.mail import dsnrequest
 from mailstack.mail.address import AddressError, parse_address
 from mailstack.smtp import replies as R
 from mailstack.smtp.replies import Reply
@@ -58,6 +62,12 @@ BAD_BODY = Reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
 SMTPUTF8_VALUE = R.BAD_SYNTAX.with_text("SMTPUTF8 takes no value")
 
 MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8"})
+DSN_MAIL_PARAMS = frozenset({"RET", "ENVID"})  # RFC 3461 §4.3, §4.4
+DSN_RCPT_PARAMS = frozenset({"NOTIFY", "ORCPT"})  # RFC 3461 §4.1, §4.2
+BAD_RET = Reply(501, "5.5.4", "RET must be FULL or HDRS")
+BAD_ENVID = Reply(501, "5.5.4", "ENVID must be xtext of printable US-ASCII, at most 100 octets")
+BAD_NOTIFY = Reply(501, "5.5.4", "NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY")
+BAD_ORCPT = Reply(501, "5.5.4", "ORCPT must be addr-type;xtext, at most 500 octets")
 MAX_SIZE_DIGITS = 20  # more cannot be a size; int() of thousands of digits is slow
 
 # RFC 5321 §4.1.2: esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-");
@@ -74,6 +84,8 @@ class MailArgs:
     size: int | None = None  # SIZE= hint
     body: str = "7BIT"  # "7BIT" or "8BITMIME"
     smtputf8: bool = False
+    ret: str | None = None  # RFC 3461 RET: "FULL" or "HDRS"
+    envid: str | None = None  # RFC 3461 ENVID, xtext-decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +93,8 @@ class RcptArgs:
     """A RCPT command that may go to the policy."""
 
     recipient: str
+    notify: frozenset[str] | None = None  # RFC 3461 NOTIFY; empty = NEVER; None = not given
+    orcpt: str | None = None  # RFC 3461 ORCPT, "addr-type;decoded"
 
 
 def strip_keyword(keyword: str, arg: str) -> str | None:
@@ -144,10 +158,11 @@ def parse_params(text: str) -> dict[str, str | bool] | None:
     return out
 
 
-def parse_mail(arg: str | None, *, extended: bool, max_size: int) -> MailArgs | Reply:
+def parse_mail(arg: str | None, *, extended: bool, max_size: int, dsn: bool = False) -> MailArgs | Reply:
     """The argument of MAIL (``FROM:<path> [params]``): its values, or the reply that refuses it.
 
-    ``extended``: the session began with EHLO; ``max_size``: the SIZE limit we announced.
+    ``extended``: the session began with EHLO; ``max_size``: the SIZE limit we announced;
+    ``dsn``: we announced DSN (RFC 3461).
     """
     rest = strip_keyword("FROM:", arg or "")
     if rest is None:
@@ -166,7 +181,7 @@ def parse_mail(arg: str | None, *, extended: bool, max_size: int) -> MailArgs | 
         return R.BAD_SYNTAX
     if params and not extended:
         return PARAMS_NEED_EHLO
-    unknown = set(params) - MAIL_PARAMS
+    unknown = set(params) - MAIL_PARAMS - (DSN_MAIL_PARAMS if dsn else frozenset())
     if unknown:  # RFC 5321 §4.1.1.11
         return Reply(555, "5.5.4", f"MAIL parameter {sorted(unknown)[0]} not supported")
     size: int | None = None
@@ -186,11 +201,24 @@ def parse_mail(arg: str | None, *, extended: bool, max_size: int) -> MailArgs | 
         return SMTPUTF8_VALUE
     if not smtputf8 and not sender.isascii():
         return NEEDS_SMTPUTF8
-    return MailArgs(sender, size, body.upper(), smtputf8)
+    ret: str | None = None
+    if "RET" in params:
+        raw = params["RET"]
+        ret = dsnrequest.parse_ret(raw) if isinstance(raw, str) else None
+        if ret is None:
+            return BAD_RET
+    envid: str | None = None
+    if "ENVID" in params:
+        raw = params["ENVID"]
+        envid = dsnrequest.parse_envid(raw) if isinstance(raw, str) else None
+        if envid is None:
+            return BAD_ENVID
+    return MailArgs(sender, size, body.upper(), smtputf8, ret, envid)
 
 
-def parse_rcpt(arg: str | None, *, smtputf8: bool) -> RcptArgs | Reply:
-    """The argument of RCPT (``TO:<path> [params]``); ``smtputf8``: MAIL said SMTPUTF8."""
+def parse_rcpt(arg: str | None, *, smtputf8: bool, dsn: bool = False) -> RcptArgs | Reply:
+    """The argument of RCPT (``TO:<path> [params]``); ``smtputf8``: MAIL said SMTPUTF8;
+    ``dsn``: we announced DSN (RFC 3461)."""
     rest = strip_keyword("TO:", arg or "")
     if rest is None:
         return RCPT_SYNTAX
@@ -201,8 +229,21 @@ def parse_rcpt(arg: str | None, *, smtputf8: bool) -> RcptArgs | Reply:
     params = parse_params(params_text)
     if params is None:
         return R.BAD_SYNTAX
-    if params:  # RFC 5321 §4.1.1.11: we announce no RCPT extension
-        return Reply(555, "5.5.4", f"RCPT parameter {sorted(params)[0]} not supported")
+    unknown = set(params) - (DSN_RCPT_PARAMS if dsn else frozenset())
+    if unknown:  # RFC 5321 §4.1.1.11: DSN's are the only RCPT parameters we announce
+        return Reply(555, "5.5.4", f"RCPT parameter {sorted(unknown)[0]} not supported")
     if not smtputf8 and not address.isascii():
         return NEEDS_SMTPUTF8
-    return RcptArgs(address)
+    notify: frozenset[str] | None = None
+    if "NOTIFY" in params:
+        raw = params["NOTIFY"]
+        notify = dsnrequest.parse_notify(raw) if isinstance(raw, str) else None
+        if notify is None:
+            return BAD_NOTIFY
+    orcpt: str | None = None
+    if "ORCPT" in params:
+        raw = params["ORCPT"]
+        orcpt = dsnrequest.parse_orcpt(raw) if isinstance(raw, str) else None
+        if orcpt is None:
+            return BAD_ORCPT
+    return RcptArgs(address, notify, orcpt)

@@ -54,7 +54,8 @@ from mailstack.mail import dkim
 from mailstack.mail.dsn import DSNRecipient
 from mailstack.maillog import log_event
 from mailstack.queue import WAKE_FILE, QueuedEnvelope, QueueStore, claim, release_claim, wake
-from mailstack.queue.bounce import bounce, warn_delayed
+from mailstack.mail.dsnrequest import DSNRequest
+from mailstack.queue.bounce import bounce, notify_success, warn_delayed
 from mailstack.service import ServiceContext, ServiceError
 from mailstack.replies import Reply
 from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, Route, deliver_domain
@@ -310,7 +311,8 @@ class QueueRunner:
 
         async def lane(chunk: list[tuple[_Work, list[str]]]) -> None:
             async with self._per_domain[key], self._total:
-                jobs = [Job(w.env.id, w.env.sender, tuple(rcpts), w.data, w.env.smtputf8) for w, rcpts in chunk]
+                jobs = [Job(w.env.id, w.env.sender, tuple(rcpts), w.data, w.env.smtputf8,
+                            DSNRequest.from_extra(w.env.extra) or None) for w, rcpts in chunk]
                 try:
                     results = await deliver_domain(domain, jobs, self.route)
                 except Exception as e:  # a bug must not lose mail: defer it
@@ -386,10 +388,24 @@ class QueueRunner:
                                            last_attempt=now))
             failed = failed + pending
             pending = []
+        request = DSNRequest.from_extra(env.extra)
         if bounced:
             await asyncio.to_thread(bounce, self.store, hostname=self.config.hostname, keys_dir=self.keys_dir,
                                     queue_id=env.id, sender=env.sender, original=w.data, recipients=bounced,
-                                    service="queue", arrival=env.created)
+                                    service="queue", arrival=env.created, request=request)
+        # RFC 3461 §4.1 NOTIFY=SUCCESS: "delivered" into a local mailbox, "relayed" to a
+        # server that does not offer DSN (§6.2.2); one that does got NOTIFY and reports itself
+        succeeded = [DSNRecipient(r, "2.0.0", "delivered" if w.results[r].remote_mta == "local" else "relayed",
+                                  str(w.results[r].reply), _mta(w.results[r]), last_attempt=now)
+                     for r in sent if request.wants(r, "success") and not w.results[r].dsn_passed]
+        if succeeded:
+            try:
+                await asyncio.to_thread(notify_success, self.store, hostname=self.config.hostname,
+                                        keys_dir=self.keys_dir, queue_id=env.id, sender=env.sender,
+                                        original=w.data, recipients=succeeded, request=request,
+                                        arrival=env.created)
+            except OSError:  # the mail went out: a lost notice must not bring it again
+                log.exception("queue: cannot queue the success DSN of %s", env.id)
         if not pending:
             await asyncio.to_thread(self.store.remove, env.id)
             release_claim(self.store.dir, env.id)
@@ -408,7 +424,7 @@ class QueueRunner:
                                  will_retry_until=env.created + self.q.max_age) for r in pending]
             await asyncio.to_thread(warn_delayed, self.store, hostname=self.config.hostname, keys_dir=self.keys_dir,
                                     queue_id=env.id, sender=env.sender, original=w.data, recipients=warn,
-                                    arrival=env.created)
+                                    arrival=env.created, request=request)
         await asyncio.to_thread(self.store.save, QueueStore.updated(env, recipients=tuple(pending), attempts=attempts,
                                                                      next_attempt=next_attempt, extra=extra))
         for group in _group_by_reply(w, [r for r in pending if r in w.results]):

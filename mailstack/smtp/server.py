@@ -5,7 +5,11 @@ for an Internet-facing MTA; the policy lives in a ``Handler`` whose hooks return
 ``Reply`` values (docs/architecture.md, convention 3):
 
 - EHLO advertises PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152),
-  SMTPUTF8 (RFC 6531), ENHANCEDSTATUSCODES (RFC 2034), STARTTLS (RFC 3207) until TLS
+  SMTPUTF8 (RFC 6531), ENHANCEDSTATUSCODES (RFC 2034), CHUNKING (RFC 3030: ``BDAT``,
+  read by ``smtp_BDAT`` under the same size, time, NUL/bare-CR and "250 only once on
+  disk" rules as DATA; the rules are in ``chunking``), DSN (RFC 3461: RET/ENVID on MAIL,
+  NOTIFY/ORCPT on RCPT, parsed by ``params``, kept as ``Transaction.dsn`` for the
+  handlers, which carry it into the queue and the DSNs), STARTTLS (RFC 3207) until TLS
   is on; every reply after the greeting carries an enhanced status code, aiosmtpd's
   built-in ones included (``replies.add_enhanced``);
 - MAIL/RCPT are ours: SIZE= over the limit is ``552 5.3.4`` at MAIL, more than
@@ -74,7 +78,9 @@ from typing import Any, Protocol, cast
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from mailstack import maillog, net
+from mailstack.mail.dsnrequest import DSNRequest, RecipientRequest
 from mailstack.smtp import replies as R
+from mailstack.smtp.chunking import BDAT_SYNTAX, ChunkReceiver, parse_bdat
 from mailstack.smtp.data import DataReceiver
 from mailstack.smtp.limits import JUNK_COMMANDS, ErrorCounter, SessionLimits
 from mailstack.queue import new_queue_id
@@ -93,6 +99,8 @@ logging.getLogger("mail.log").setLevel(logging.WARNING)
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 EVICTED = Reply(421, "4.7.0", "Server busy, closing idle connection; try again later")
 NO_AUTH = Reply(503, "5.5.1", "Authentication not enabled")  # what Postfix says without SASL
+DATA_AFTER_BDAT = R.BAD_SEQUENCE.with_text("DATA not allowed in a BDAT transaction")  # RFC 3030 §3
+CHUNK_PIECE = 65536  # a BDAT chunk is read in pieces of at most this many octets
 
 
 class _NoHooks:
@@ -130,6 +138,15 @@ class Transaction(Envelope):
         self.body_type = "7BIT"
         self.recipients: list[str] = []
         self.resolutions: list[Any] = []
+        self.chunks: ChunkReceiver | None = None  # set by the first BDAT (RFC 3030)
+        self.dsn_ret: str | None = None  # RFC 3461 MAIL RET=
+        self.dsn_envid: str | None = None  # RFC 3461 MAIL ENVID=
+        self.dsn_rcpts: dict[str, RecipientRequest] = {}  # RFC 3461 RCPT NOTIFY=/ORCPT=
+
+    @property
+    def dsn(self) -> DSNRequest:
+        """The DSN parameters of this transaction (``mail.dsnrequest``)."""
+        return DSNRequest(self.dsn_ret, self.dsn_envid, dict(self.dsn_rcpts))
 
 
 class Handler(Protocol):
@@ -304,6 +321,7 @@ class BaseSMTP(SMTP):
     # §4.5.3.1.4) plus the extension allowances.
     line_length_limit = 65536
     is_lmtp = False
+    offers_dsn = True  # RFC 3461: EHLO says DSN; MAIL/RCPT take its parameters
 
     def __init__(
         self,
@@ -530,7 +548,9 @@ class BaseSMTP(SMTP):
     def ehlo_keywords(self) -> list[str]:
         """Extension keywords after the host line; subclasses may add (AUTH ...)."""
         kw = ["PIPELINING", f"SIZE {self.settings.max_message_size}", "8BITMIME", "SMTPUTF8",
-              "ENHANCEDSTATUSCODES"]
+              "ENHANCEDSTATUSCODES", "CHUNKING"]
+        if self.offers_dsn:
+            kw.append("DSN")
         if self.tls_context is not None and not self.tls_active:
             kw.append("STARTTLS")
         return kw
@@ -613,7 +633,8 @@ class BaseSMTP(SMTP):
             await self.push(R.BAD_SEQUENCE.with_text("Nested MAIL command"))
             return
         assert self.session is not None
-        args = parse_mail(arg, extended=self.session.extended_smtp, max_size=self.settings.max_message_size)
+        args = parse_mail(arg, extended=self.session.extended_smtp, max_size=self.settings.max_message_size,
+                          dsn=self.offers_dsn and self.session.extended_smtp)
         if isinstance(args, Reply):
             await self.push(args)
             return
@@ -621,6 +642,7 @@ class BaseSMTP(SMTP):
         txn.size_hint = args.size or 0
         txn.body_type = args.body
         txn.smtp_utf8 = args.smtputf8
+        txn.dsn_ret, txn.dsn_envid = args.ret, args.envid
         reply = await self.handler.mail(self, txn, sender)
         if reply.is_ok:
             txn.sender = sender
@@ -638,7 +660,7 @@ class BaseSMTP(SMTP):
         if txn.sender is None:
             await self.push(R.BAD_SEQUENCE.with_text("Need MAIL command"))
             return
-        args = parse_rcpt(arg, smtputf8=bool(txn.smtp_utf8))
+        args = parse_rcpt(arg, smtputf8=bool(txn.smtp_utf8), dsn=self.offers_dsn)
         if isinstance(args, Reply):
             await self.push(args)
             return
@@ -650,6 +672,8 @@ class BaseSMTP(SMTP):
         if reply.is_ok:
             txn.recipients.append(address)
             txn.rcpt_tos.append(address)
+            if args.notify is not None or args.orcpt:
+                txn.dsn_rcpts[address] = RecipientRequest(args.notify, args.orcpt)
         await self.push(reply)
 
     @syntax("RSET")
@@ -688,6 +712,9 @@ class BaseSMTP(SMTP):
             return
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
+            return
+        if txn.chunks is not None:  # RFC 3030 §3: no DATA in a transaction that used BDAT
+            await self.push(DATA_AFTER_BDAT)
             return
         await self.push(R.START_DATA)
         receiver = DataReceiver(self.settings.max_message_size)
@@ -739,7 +766,11 @@ class BaseSMTP(SMTP):
             self.reset_transaction()
             await self.push(receiver.error)
             return
-        content = receiver.content()
+        await self._deliver(txn, receiver.content())
+
+    async def _deliver(self, txn: Transaction, content: bytes) -> None:
+        """The end of DATA or ``BDAT ... LAST``: the handler's replies (250 only once on disk)."""
+        self.busy = True
         try:
             async with self.inflight.hold():
                 replies = list(await self.handler.data(self, txn, content))
@@ -758,6 +789,99 @@ class BaseSMTP(SMTP):
             # only now may a stop close us: the client has its answer (no duplicate on retry)
             self.busy = False
         self._check_errors()
+
+    @syntax("BDAT chunk-size [LAST]")
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        """RFC 3030 CHUNKING; the rules are in ``chunking``'s docstring."""
+        args = parse_bdat(arg)
+        if args is None:
+            # the chunk's length is unknown: its octets must never be read as commands
+            await self.push(BDAT_SYNTAX)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        txn = self.txn
+        refusal: Reply | None = None
+        # these two answer at once (the chunk is still read and dropped after the reply)
+        if await self.check_helo_needed() or await self.check_auth_needed("BDAT"):
+            await self._read_chunk(args.size, None)
+            return
+        if txn.sender is None:
+            refusal = R.BAD_SEQUENCE.with_text("Need MAIL command")
+        elif not txn.recipients:
+            refusal = Reply(554, "5.5.1", "No valid recipients")
+        receiver = txn.chunks
+        if refusal is None and receiver is None:
+            receiver = txn.chunks = ChunkReceiver(self.settings.max_message_size)
+        # RFC 3030 §2: the chunk is read even when the command is refused
+        if not await self._read_chunk(args.size, receiver if refusal is None else None):
+            return  # the connection closed mid-chunk: nothing is accepted
+        if refusal is not None:
+            await self.push(refusal)
+            return
+        assert receiver is not None
+        receiver.end_chunk()
+        if receiver.error is not None:
+            # RFC 3030 §4.2: the transaction has failed; later chunks meet "Need MAIL"
+            await self.handler_rejected_data(txn, receiver.error, receiver.size)
+            self.reset_transaction()
+            await self.push(receiver.error)
+            return
+        if not args.last:
+            await self.push(Reply(250, "2.0.0", f"{args.size} octets received"))
+            return
+        result = receiver.finish()
+        if isinstance(result, Reply):
+            await self.handler_rejected_data(txn, result, receiver.size)
+            self.reset_transaction()
+            await self.push(result)
+            return
+        content, bare_lf = result
+        if bare_lf:
+            log.info("%s: %s sent %d bare LF line end(s) in BDAT; normalised", self.settings.service,
+                     self.peer_ip or "local", bare_lf)
+        await self._deliver(txn, content)
+
+    async def _read_chunk(self, size: int, receiver: ChunkReceiver | None) -> bool:
+        """Read exactly ``size`` octets of a BDAT chunk into ``receiver`` (None: discard them).
+
+        Memory: one piece of at most ``CHUNK_PIECE`` octets at a time, plus what the
+        receiver keeps (bounded by the size limit). The idle timer is re-armed as in DATA,
+        never past ``timeout`` plus the octets received divided by ``min_data_rate``.
+        False when the connection closed first.
+        """
+        reader = self._reader
+        clock = self.loop.time
+        timeout = self.settings.timeout
+        rate = self.settings.min_data_rate
+        start = last_reset = clock()
+        rearm_every = min(1.0, timeout / 4)
+        left = size
+        self._in_data = True
+        self.busy = True
+        try:
+            while left > 0:
+                piece = await reader.read(min(left, CHUNK_PIECE))
+                if not piece:
+                    if self.transport is not None:
+                        self.transport.close()
+                    return False
+                left -= len(piece)
+                if receiver is not None:
+                    receiver.feed(piece)
+                now = clock()
+                if now - last_reset > rearm_every:
+                    if rate:
+                        deadline = start + timeout + (size - left) / rate
+                        self._reset_timeout(max(min(timeout, deadline - now), 0.001))
+                    else:
+                        self._reset_timeout()
+                    last_reset = now
+        finally:
+            self._in_data = False
+            self.busy = False
+        self._reset_timeout()
+        return True
 
     async def handler_rejected_data(self, txn: Transaction, reply: Reply, size: int) -> None:
         hook = getattr(self.handler, "data_rejected", None)

@@ -55,7 +55,7 @@ from mailstack.service import RunningService, ServiceContext, ServiceError
 from mailstack.queue import wake
 from mailstack.smtp import replies as R
 from mailstack.smtp.limits import SessionLimits
-from mailstack.smtp.mx import MXHandler, build_mda, make_delivery
+from mailstack.smtp.mx import MXHandler, build_mda, dsn_extra, make_delivery
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.sendlimits import KEEP_SECONDS, SendingLimits, periods
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
@@ -247,7 +247,7 @@ class SubmissionHandler(MXHandler):
                 qid = await asyncio.to_thread(
                     self.queue.enqueue, sender, [r.recipient for r in remote], data,
                     queue_id=txn.queue_id, smtputf8=bool(txn.smtp_utf8), client=server.peer_ip,
-                    reason="submission", extra={"user": user},
+                    reason="submission", extra={"user": user, **dsn_extra(txn)},
                 )
             except OSError:
                 log.exception("submission: cannot queue %s", txn.queue_id)

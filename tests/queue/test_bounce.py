@@ -145,3 +145,29 @@ def test_cli_queue_delete_bounce_is_signed_and_logged(mx: MXServer, dns: TestDNS
                            "to=<x@remote.example>,<y@remote.example> ")
     assert "deleted from the queue by the administrator" in line and line.endswith(f"dsn={dsn_id}")
     assert store.list() == [dsn_id]
+
+
+# ---------------------------------------------------------------------------- RFC 3461 requests
+
+
+def test_notify_never_suppresses_the_dsn_but_not_the_log_line(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    from mailstack.mail.dsnrequest import DSNRequest, RecipientRequest
+    from mailstack.queue.bounce import DSNRecipient, bounce, warn_delayed
+
+    store = QueueStore(tmp_path / "queue")
+    store.ensure()
+    caplog.set_level("INFO", logger="mailstack.maillog")
+    never = DSNRequest(recipients={"a@x.test": RecipientRequest(frozenset(), None)})
+    dsn_id = bounce(store, hostname=HOST, keys_dir=tmp_path / "none", queue_id="Q1", sender=SENDER, original=MSG,
+                    recipients=[DSNRecipient("a@x.test", "5.1.1", "failed", "550 5.1.1 no")], service="queue",
+                    request=never)
+    assert dsn_id is None and store.list() == []
+    assert bounced_lines(caplog.text) and "dsn=-" in bounced_lines(caplog.text)[0]
+    # NOTIFY=FAILURE: no delay warning; without NOTIFY: one (RFC 3461 §4.1)
+    failure_only = DSNRequest(recipients={"a@x.test": RecipientRequest(frozenset({"FAILURE"}), None)})
+    delayed = [DSNRecipient("a@x.test", "4.4.1", "delayed", "451 4.4.1 later")]
+    assert warn_delayed(store, hostname=HOST, keys_dir=tmp_path / "none", queue_id="Q1", sender=SENDER,
+                        original=MSG, recipients=delayed, request=failure_only) is None
+    assert warn_delayed(store, hostname=HOST, keys_dir=tmp_path / "none", queue_id="Q1", sender=SENDER,
+                        original=MSG, recipients=delayed, request=DSNRequest()) is not None

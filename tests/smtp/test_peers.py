@@ -322,3 +322,22 @@ def test_postfix_delivers_over_lmtp(mx_server: MXServer, postfix: Postfix) -> No
     msgs = mx_server.messages("bob", domain="catchall.test")
     assert all(b"with LMTP id" in m for m in msgs)
     assert "relay=127.0.0.1[127.0.0.1]:%d" % mx_server.lmtp_port in postfix.logtext()
+
+
+@pytest.mark.slow
+def test_postfix_passes_dsn_parameters_to_our_mx(mx_server: MXServer, postfix: Postfix) -> None:
+    """A real Postfix relays NOTIFY/ORCPT/ENVID to us because we offer DSN (RFC 3461 §6.2.2),
+    so the "delivered" notice comes from us, with the sender's ENVID and ORCPT in it."""
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=15) as c:
+        c.ehlo("client.example.org")
+        assert c.has_extn("dsn")
+        c.sendmail("s@example.org", ["alice@example.test"], MSG, mail_options=["RET=HDRS", "ENVID=pf+2B1"],
+                   rcpt_options=["NOTIFY=SUCCESS", "ORCPT=rfc822;Alice+40Example.Test"])
+    assert wait_for(lambda: len(mx_server.messages("alice")) == 1), postfix.logtext()[-3000:]
+    q = mx_server.queue
+    assert wait_for(lambda: len(q.list()) == 1, 10)
+    env, dsn = q.load(q.list()[0])
+    assert env.sender == "" and env.recipients == ("s@example.org",)
+    assert b"Original-Envelope-Id: pf+1\r\n" in dsn
+    assert b"Original-Recipient: rfc822; Alice@Example.Test\r\nFinal-Recipient: rfc822; alice@example.test\r\n" \
+           b"Action: delivered\r\n" in dsn
