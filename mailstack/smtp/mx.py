@@ -36,11 +36,13 @@ import ipaddress
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mailstack import maillog, net
 from mailstack.config import Config, parse_listen
 from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, RecipientResult, Resolution, Resolver, ResolveError
 from mailstack.mail import dkim
+from mailstack.mail.forward import Forwarder, SRSError
 from mailstack.mail.headers import received_header
 from mailstack.mail.authcheck import Action, AuthChecker, CheckPolicy
 from mailstack.mail.dsn import DSNRecipient
@@ -63,6 +65,8 @@ log = logging.getLogger(__name__)
 
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+SRS_UNKNOWN = Reply(550, "5.1.1", "Unknown or expired SRS address")  # forged hash, expired or malformed
+SRS_BOUNCES_ONLY = Reply(550, "5.7.1", "SRS addresses accept only bounces (MAIL FROM:<>)")
 
 
 class MXHandler:
@@ -113,6 +117,11 @@ class MXHandler:
         return SENDER_OK
 
     async def rcpt(self, server: BaseSMTP, txn: Transaction, recipient: str) -> Reply:
+        forwarder = self.delivery.forwarder
+        if forwarder is not None and forwarder.is_srs_address(recipient):
+            srs_reply = await self._srs_rcpt(server, txn, recipient, forwarder)
+            if srs_reply is not None:
+                return srs_reply
         try:
             res = await self.resolver.resolve_async(recipient)
         except ResolveError as e:
@@ -191,6 +200,35 @@ class MXHandler:
         return [reply]
 
     # -- helpers ----------------------------------------------------------------
+
+    async def _srs_rcpt(self, server: BaseSMTP, txn: Transaction, recipient: str,
+                        forwarder: Forwarder) -> Reply | None:
+        """RCPT to ``SRS0=...``/``SRS1=...`` of one of our domains: a bounce of mail we
+        forwarded, routed to the original sender. None: not our domain (the usual rules).
+
+        Only bounces (the null sender) are taken on the MX, as a bounce or an RFC 3834
+        auto-reply is all that should ever come back to a rewritten sender; anything else
+        would make a valid SRS address a 21-day relay to its sender (postsrsd accepts any
+        sender, we choose not to). Submission (``may_relay``) may send to it as to anyone.
+        """
+        domain = recipient.rpartition("@")[2]
+        try:
+            if not await asyncio.to_thread(self.resolver.directory.is_local_domain, domain):
+                return None
+        except Exception:
+            log.exception("directory lookup for %s failed", domain)
+            return R.DIRECTORY_DOWN
+        try:
+            original = await asyncio.to_thread(forwarder.reverse, recipient)
+        except SRSError as e:
+            reply = SRS_UNKNOWN.with_text(f"Unknown or expired SRS address ({e})")
+            self._log_reject(server, txn, recipient, reply)
+            return reply
+        if txn.sender and not self.may_relay(server):
+            self._log_reject(server, txn, recipient, SRS_BOUNCES_ONLY)
+            return SRS_BOUNCES_ONLY
+        txn.resolutions.append(Resolution(recipient, forwards=(original,)))
+        return RECIPIENT_OK
 
     def _to_junk(self, resolutions: Sequence[Resolution]) -> list[Resolution]:
         """The same recipients, their local mailboxes' Junk folder (made when missing)."""
@@ -276,15 +314,18 @@ def build_mda(config: Config, delivery: LocalDelivery) -> MDA:
     return LMTPClient(address, helo=config.hostname)
 
 
-def make_delivery(config: Config) -> tuple[LocalDelivery, QueueStore]:
+def make_delivery(config: Config, directory: Any = None) -> tuple[LocalDelivery, QueueStore]:
+    """The delivery of the MX and submission; with ``directory``, forwards get SRS and ARC."""
     queue = QueueStore(config.queue.dir)
-    delivery = LocalDelivery(config.storage.maildir_root, config.hostname, config.smtp.max_received_headers, queue)
+    forwarder = Forwarder.from_config(config, directory.is_local_domain) if directory is not None else None
+    delivery = LocalDelivery(config.storage.maildir_root, config.hostname, config.smtp.max_received_headers, queue,
+                             forwarder=forwarder)
     return delivery, queue
 
 
 async def start(ctx: ServiceContext) -> RunningService:
     cfg = ctx.config
-    delivery, queue = make_delivery(cfg)
+    delivery, queue = make_delivery(cfg, ctx.directory)
     try:
         mda = build_mda(cfg, delivery)
     except ValueError as e:
