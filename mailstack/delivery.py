@@ -15,7 +15,9 @@ Two halves:
   ``Return-Path:`` and ``Delivered-To:`` (the caller has already added its
   ``Received:``), each through ``Maildir.deliver`` (tmp/, fsync, rename into new/,
   fsync new/) in a worker thread; returns one ``RecipientResult`` per envelope
-  recipient (ok / temporary / permanent, with the reply to give).
+  recipient (ok / temporary / permanent, with the reply to give). Remote forwards go
+  into the queue with an SRS envelope sender and an ARC seal of the alias's domain when
+  a ``mail.forward.Forwarder`` is given (``[queue] srs``; see there for the exceptions).
 
 Invariants:
 - a recipient is ``ok`` only when every one of its mailboxes holds the message on disk,

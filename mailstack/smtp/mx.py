@@ -8,6 +8,10 @@ Policy (``MXHandler``), each rule where it is enforced:
   submission service overrides ``may_relay``), over quota ``452 4.2.2`` (with the
   SIZE= hint), directory down ``451 4.3.0``. More than ``max_recipients`` is
   ``452 4.5.3`` in ``server.BaseSMTP``.
+- RCPT to ``SRS0=``/``SRS1=`` of one of our domains (a bounce of mail we forwarded with an
+  SRS sender, ``mail.forward``): forged, altered or older than 21 days ``550 5.1.1``; a
+  non-null sender ``550 5.7.1`` (bounces only); otherwise routed to the original sender
+  (queued for it), before any directory lookup of the recipient.
 - DATA: our ``Received:`` goes on top, then the MDA (in-process or LMTP, see ``mda``)
   delivers; the reply is 250 only when every recipient is on disk or durably queued:
     all OK -> 250; none OK -> the first temporary failure (the sender retries), else

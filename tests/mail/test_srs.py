@@ -13,6 +13,7 @@ import hmac
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,7 @@ def _tcp_table(port: int, key: str) -> str:
 
 
 @pytest.fixture
-def postsrsd(tmp_path: Path) -> tuple[int, int, Path]:
+def postsrsd(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
     exe = require_tool("postsrsd")
     secret = tmp_path / "postsrsd.secret"
     secret.write_text("tops3cr3t\n")
@@ -120,7 +121,7 @@ def postsrsd(tmp_path: Path) -> tuple[int, int, Path]:
                 proc.kill()
                 pytest.fail("postsrsd did not start")
             time.sleep(0.1)
-    yield fwd, rev, secret  # type: ignore[misc]
+    yield fwd, rev, secret
     proc.terminate()
     proc.wait(5)
 
