@@ -109,6 +109,7 @@ class Resolution:
     mailboxes: tuple[Mailbox, ...] = ()
     forwards: tuple[str, ...] = ()
     via_alias: bool = False
+    srs_bounce: bool = False  # an SRS address of ours, read back (mail.forward): queued here, never to an MDA
 
 
 class ResolveError(Exception):

@@ -196,10 +196,7 @@ class MXHandler:
         data = trace + content
         common = dict(queue_id=txn.queue_id, service=self.service, client=server.peer_ip, sender=sender,
                       size=len(data), **auth)
-        results = await self.mda.deliver(
-            sender, txn.recipients, resolutions, data, queue_id=txn.queue_id, client=server.peer_ip,
-            smtputf8=bool(txn.smtp_utf8), body_8bit=txn.body_type == "8BITMIME",
-        )
+        results = await self._deliver(sender, txn, resolutions, data, server.peer_ip)
         reply = await self._settle(txn, sender, data, results, common)
         return [reply]
 
@@ -231,8 +228,29 @@ class MXHandler:
         if txn.sender and not self.may_relay(server):
             self._log_reject(server, txn, recipient, SRS_BOUNCES_ONLY)
             return SRS_BOUNCES_ONLY
-        txn.resolutions.append(Resolution(recipient, forwards=(original,)))
+        txn.resolutions.append(Resolution(recipient, forwards=(original,), srs_bounce=True))
         return RECIPIENT_OK
+
+    async def _deliver(self, sender: str, txn: Transaction, resolutions: Sequence[Resolution], data: bytes,
+                       client: str | None) -> list[RecipientResult]:
+        """The MDA's results, one per recipient; bounces to SRS addresses are queued here
+        (an LMTP MDA would not know those addresses: they are no mailboxes)."""
+        utf8, body_8bit = bool(txn.smtp_utf8), txn.body_type == "8BITMIME"
+        srs = [i for i, r in enumerate(resolutions) if r.srs_bounce]
+        if not srs or isinstance(self.mda, InProcessMDA):
+            return await self.mda.deliver(sender, txn.recipients, resolutions, data, queue_id=txn.queue_id,
+                                          client=client, smtputf8=utf8, body_8bit=body_8bit)
+        out: dict[int, RecipientResult] = {}
+        got = await self.delivery.deliver(sender, [resolutions[i] for i in srs], data, queue_id=txn.queue_id,
+                                          client=client, smtputf8=utf8)
+        out.update(zip(srs, got))
+        rest = [i for i in range(len(resolutions)) if i not in out]
+        if rest:
+            got = await self.mda.deliver(sender, [txn.recipients[i] for i in rest], [resolutions[i] for i in rest],
+                                         data, queue_id=txn.queue_id, client=client, smtputf8=utf8,
+                                         body_8bit=body_8bit)
+            out.update(zip(rest, got))
+        return [out[i] for i in range(len(resolutions))]
 
     def _to_junk(self, resolutions: Sequence[Resolution]) -> list[Resolution]:
         """The same recipients, their local mailboxes' Junk folder (made when missing)."""

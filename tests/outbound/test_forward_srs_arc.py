@@ -32,11 +32,18 @@ from tests.helpers import free_port
 from tests.outbound.conftest import Remote, Stack, make_config
 
 
-@pytest.fixture
-def fwd_cfg(tmp_path: Path, dns: TestDNS, remote: Remote) -> Config:
+@pytest.fixture(params=["in-process", "lmtp"])
+def fwd_cfg(request: pytest.FixtureRequest, tmp_path: Path, dns: TestDNS, remote: Remote) -> Config:
+    """The MX delivering in-process, or through our LMTP service (``[smtp] mda``): the
+    forward is made by whichever delivers, the SRS bounce is read back by the MX."""
     dns.add("sender.test", "MX", "10 mx.remote.test")
-    return make_config(tmp_path, dns, remote.port, smtp={"listen": [f"127.0.0.1:{free_port()}"]},
-                       checks={"ignore_networks": []})
+    smtp: dict[str, Any] = {"listen": [f"127.0.0.1:{free_port()}"]}
+    sections: dict[str, Any] = {}
+    if request.param == "lmtp":
+        lmtp = f"127.0.0.1:{free_port()}"
+        smtp["mda"] = lmtp
+        sections["lmtp"] = {"listen": [lmtp]}
+    return make_config(tmp_path, dns, remote.port, smtp=smtp, checks={"ignore_networks": []}, **sections)
 
 
 @pytest.fixture
@@ -50,7 +57,7 @@ def fwd_stack(fwd_cfg: Config, dns: TestDNS) -> Iterator[Stack]:
     d.add_alias("fwd@example.test", ["dave@remote.test"])
     key = dkim.generate_key(fwd_cfg.queue.dkim_dir, "example.test", "arc")
     dns.add(key.record_name, "TXT", dkim.txt_record(key))
-    s = Stack(fwd_cfg, d, ("smtp", "queue"))
+    s = Stack(fwd_cfg, d, ("smtp", "queue") + (("lmtp",) if fwd_cfg.smtp.mda else ()))
     yield s
     s.stop()
     d.close()
