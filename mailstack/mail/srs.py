@@ -98,7 +98,7 @@ class SRS:
         return _BASE32[days >> 5] + _BASE32[days & 31]
 
     def _check_timestamp(self, stamp: str, now: float) -> bool:
-        if len(stamp) != 2 or any(c not in _BASE32 for c in stamp.upper()):
+        if len(stamp) != 2 or not stamp.isascii() or any(c not in _BASE32 for c in stamp.upper()):
             return False
         then = (_BASE32.index(stamp[0].upper()) << 5) | _BASE32.index(stamp[1].upper())
         today = int(now // _PRECISION) % _SLOTS

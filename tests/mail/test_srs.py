@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailstack.mail.forward import SECRET_NAME, load_secret
 from mailstack.mail.srs import SRS, SRSError, is_srs
@@ -85,6 +87,24 @@ def test_case_folded_address_still_reverses_and_rotation() -> None:
     with pytest.raises(SRSError):
         SRS([b"new"]).reverse(addr, now=NOW)
     assert is_srs("srs0+x") and is_srs("SRS1=x") and not is_srs("srs2=x") and not is_srs("alice")
+
+
+@given(st.text(max_size=80), st.sampled_from(["SRS0=", "SRS1=", "srs0+", "SRS0-"]))
+@settings(max_examples=300, deadline=None)
+def test_reverse_of_anything_is_an_address_or_srserror(text: str, prefix: str) -> None:
+    srs = SRS([SECRET])
+    for candidate in (prefix + text + "@fwd.example", text, prefix + text):
+        try:
+            srs.reverse(candidate, now=NOW)
+        except SRSError:
+            pass
+
+
+def test_odd_timestamp_under_a_good_hash_is_refused_not_a_crash() -> None:
+    srs = SRS([SECRET])
+    h = srs._hash(SECRET, "ßa", "origin.example", "alice")  # "ß".upper() is "SS": two base32 letters
+    with pytest.raises(SRSError):
+        srs.reverse(f"SRS0={h}=ßa=origin.example=alice@fwd.example", now=NOW)
 
 
 def test_secret_is_made_once_0600(tmp_path: Path) -> None:
