@@ -13,10 +13,11 @@ remote targets) and the MX (reading SRS bounce addresses) share:
 - ``seal(message, domain)``: the message with an ARC set on top (RFC 8617 §5.1), made
   by dkimpy's ``arc_sign`` with ``domain``'s RSA DKIM key (dkimpy seals with rsa-sha256
   only) over the ``Authentication-Results`` our MX wrote (authserv-id = our hostname).
-  Nothing to seal with (no RSA key for the domain: logged once per domain; no A-R of ours:
-  the client was not checked; an earlier ARC chain that our A-R gives no ``arc=`` verdict
-  for: RFC 8617 §5.1.1 needs one) means the message goes on unsealed: forwarding never
-  fails for want of a seal.
+  A chain that arrived is continued: the MX's A-R carries ``arc=pass|fail``
+  (``mail.arc``), which becomes our seal's ``cv=`` (RFC 8617 §5.1.1). Nothing to seal with
+  (no RSA key for the domain: logged once per domain; no A-R of ours: the client was not
+  checked, e.g. ``[checks] ignore_networks``) means the message goes on unsealed:
+  forwarding never fails for want of a seal.
 
 The secret: ``<dkim_dir>/srs.secret`` (``[queue] dkim_dir``, beside the DKIM keys, so a
 backup holds both), postsrsd's format: one secret per line, the first signs, all verify

@@ -135,3 +135,33 @@ def test_forward_srs_arc_and_bounce_round_trip(fwd_stack: Stack, fwd_cfg: Config
                                                                                b"alice@example.test"))
     _wait_for(remote, 3)
     assert remote.messages[2].sender == "alice@example.test"
+
+
+def test_a_chain_that_arrives_is_verified_and_sealed_again(fwd_stack: Stack, fwd_cfg: Config, remote: Remote,
+                                                          dns: TestDNS, tmp_path: Path) -> None:
+    # a mailing list (list.test) sealed the message before it reached us
+    key = dkim.generate_key(tmp_path / "listkeys", "list.test", "lst")
+    dns.add(key.record_name, "TXT", dkim.txt_record(key))
+    listed = b"Authentication-Results: mx.list.test; spf=pass smtp.mailfrom=carol@sender.test\r\n" + MESSAGE
+    sealed = b"".join(dkimpy.arc_sign(listed, b"lst", b"list.test", key.private, b"mx.list.test")) + listed
+    assert dkimpy.arc_verify(sealed, dnsfunc=_dnsfunc(dns))[0] == b"pass"
+    with smtplib.SMTP("127.0.0.1", fwd_cfg.smtp.listen[0].port, timeout=10) as c:
+        c.sendmail("list-bounces@list.test", ["fwd@example.test"], sealed)
+    _wait_for(remote, 1)
+    got = remote.messages[0]
+    assert got.sender.endswith("=list.test=list-bounces@example.test")
+    assert got.data.startswith(b"ARC-Seal: i=2;") and b"cv=pass" in got.data.split(b"\r\n\r\n")[0]
+    assert b"arc=pass" in got.data  # our A-R, carried into ARC-Authentication-Results i=2
+    cv, results, reason = dkimpy.arc_verify(got.data, dnsfunc=_dnsfunc(dns))
+    assert cv == b"pass", (cv, reason)
+    assert [r["as-domain"] for r in results] == [b"example.test", b"list.test"]
+
+    # the same chain with the body changed on the way: our A-R says arc=fail, the seal cv=fail
+    broken = sealed.replace(b"Hello through a forward.", b"Hello, altered.")
+    with smtplib.SMTP("127.0.0.1", fwd_cfg.smtp.listen[0].port, timeout=10) as c:
+        c.sendmail("list-bounces@list.test", ["fwd@example.test"], broken)
+    _wait_for(remote, 2)
+    assert b"arc=fail" in remote.messages[1].data
+    assert remote.messages[1].data.startswith(b"ARC-Seal: i=2; cv=fail;")  # RFC 8617 §5.1.1
+    cv, _results, reason = dkimpy.arc_verify(remote.messages[1].data, dnsfunc=_dnsfunc(dns))
+    assert cv != b"pass" and "reported failure" in reason  # dkimpy: a cv=fail seal ends the chain
