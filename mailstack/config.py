@@ -236,6 +236,7 @@ class POP3Config:
 class QueueConfig:
     dir: Path = Path("../var/queue")
     dkim_dir: Path = Path("../var/dkim")  # <dkim_dir>/<domain>/<selector>.key
+    srs: bool = True  # forwards to remote addresses: SRS envelope sender (secret <dkim_dir>/srs.secret)
     retry_initial: Duration = 300.0  # first retry after 5 min, then doubling ...
     retry_max_interval: Duration = 14400.0  # ... up to 4 h between attempts
     max_age: Duration = 432000.0  # 5 days, then a bounce (RFC 5321 §4.5.4.1: at least 4-5 days)

@@ -15,7 +15,9 @@ Two halves:
   ``Return-Path:`` and ``Delivered-To:`` (the caller has already added its
   ``Received:``), each through ``Maildir.deliver`` (tmp/, fsync, rename into new/,
   fsync new/) in a worker thread; returns one ``RecipientResult`` per envelope
-  recipient (ok / temporary / permanent, with the reply to give).
+  recipient (ok / temporary / permanent, with the reply to give). Remote forwards go
+  into the queue with an SRS envelope sender and an ARC seal of the alias's domain when
+  a ``mail.forward.Forwarder`` is given (``[queue] srs``; see there for the exceptions).
 
 Invariants:
 - a recipient is ``ok`` only when every one of its mailboxes holds the message on disk,
@@ -47,6 +49,7 @@ from mailstack import replies as R
 from mailstack.replies import Reply
 
 if TYPE_CHECKING:
+    from mailstack.mail.forward import Forwarder
     from mailstack.queue import QueueStore
 
 __all__ = [
@@ -106,6 +109,7 @@ class Resolution:
     mailboxes: tuple[Mailbox, ...] = ()
     forwards: tuple[str, ...] = ()
     via_alias: bool = False
+    srs_bounce: bool = False  # an SRS address of ours, read back (mail.forward): queued here, never to an MDA
 
 
 class ResolveError(Exception):
@@ -354,6 +358,8 @@ class LocalDelivery:
     max_received: int = 50
     queue: QueueStore | None = None
     open_maildir: MaildirOpener = field(default=_default_opener)
+    # SRS sender and ARC seal for remote forwards (mail.forward); None: sent on as received
+    forwarder: Forwarder | None = None
 
     # -- RCPT-time check ------------------------------------------------------------
 
@@ -454,10 +460,18 @@ class LocalDelivery:
             if self.queue is None:
                 return RecipientResult(res.recipient, R.LOCAL_ERROR.with_text("Cannot forward now, try again later"))
             prefix = headers.field("Delivered-To", res.recipient)
+            message, envelope_sender = prefix + data, sender
+            extra: dict[str, Any] = {"orig_rcpt": res.recipient, "orig_id": queue_id}
+            if res.forwards and self.forwarder is not None:
+                # a remote forward: SRS sender of the alias's domain, ARC seal with its key
+                domain = res.recipient.rpartition("@")[2]
+                envelope_sender = self.forwarder.envelope_sender(sender, domain)
+                message = self.forwarder.seal(message, domain)
+                if envelope_sender != sender:
+                    extra["orig_sender"] = sender
             try:
-                queued = self.queue.enqueue(sender, to_queue, prefix + data, smtputf8=smtputf8, client=client,
-                                            reason="forward", extra={"orig_rcpt": res.recipient,
-                                                                     "orig_id": queue_id})
+                queued = self.queue.enqueue(envelope_sender, to_queue, message, smtputf8=smtputf8, client=client,
+                                            reason="forward", extra=extra)
             except OSError:
                 log.exception("cannot queue forward for %s", res.recipient)
                 return RecipientResult(res.recipient, R.LOCAL_ERROR)

@@ -51,6 +51,7 @@ import dkim as dkimpy  # type: ignore[import-untyped]
 
 from mailstack.dns import DNSError, NXDomain, Resolver
 from mailstack.mail import dmarc as dmarc_mod
+from mailstack.mail.arc import verify_arc
 from mailstack.mail import headers
 from mailstack.mail import spf as spf_mod
 from mailstack.mail.authresults import ResInfo, format_header, strip_forged
@@ -251,7 +252,8 @@ class AuthChecker:
 
     async def _check(self, message: bytes, client_ip: str, helo: str, mail_from: str) -> AuthVerdict:
         spf_task = spf_mod.check(self.resolver, client_ip, mail_from, helo)
-        spf, sigs = await asyncio.gather(spf_task, verify_dkim(message, self.resolver))
+        spf, sigs, arc = await asyncio.gather(spf_task, verify_dkim(message, self.resolver),
+                                              verify_arc(message, self.resolver))
 
         passed: list[dmarc_mod.AuthenticatedId] = []
         if spf.result == "pass":
@@ -262,10 +264,13 @@ class AuthChecker:
         dmarc_results = await asyncio.gather(*(dmarc_mod.evaluate(self.resolver, d, passed) for d in domains))
         dm = _worst(dmarc_results) if dmarc_results else None
 
-        header = format_header(self.authserv_id, _resinfos(spf, sigs, dm, domains))
+        infos = _resinfos(spf, sigs, dm, domains)
+        if arc is not None:  # RFC 8617 §5.2: the chain as we received it, for our seal's cv=
+            infos.append(ResInfo("arc", arc))
+        header = format_header(self.authserv_id, infos)
         summary = " ".join(
             [f"spf={spf.result}"] + ([f"dkim={s.result}" for s in sigs] or ["dkim=none"])
-            + [f"dmarc={dm.result if dm else 'none'}"]
+            + [f"dmarc={dm.result if dm else 'none'}"] + ([f"arc={arc}"] if arc else [])
             + ([f"dmarc_policy={dm.disposition}"] if dm and dm.result == "fail" else [])
         )
         dns_unsure = spf.result == "temperror" or any(s.result == "temperror" for s in sigs)

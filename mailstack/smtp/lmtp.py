@@ -30,6 +30,7 @@ from mailstack import maillog, net
 from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, Resolver, ResolveError
 from mailstack.mail import dkim
 from mailstack.mail.dsn import DSNRecipient
+from mailstack.mail.forward import Forwarder
 from mailstack.mail.headers import received_header
 from mailstack.service import RunningService, ServiceContext
 from mailstack.smtp import replies as R
@@ -150,7 +151,8 @@ class LMTPHandler:
 async def start(ctx: ServiceContext) -> RunningService:
     cfg = ctx.config
     queue = QueueStore(cfg.queue.dir)
-    delivery = LocalDelivery(cfg.storage.maildir_root, cfg.hostname, cfg.smtp.max_received_headers, queue)
+    delivery = LocalDelivery(cfg.storage.maildir_root, cfg.hostname, cfg.smtp.max_received_headers, queue,
+                             forwarder=Forwarder.from_config(cfg, ctx.directory.is_local_domain))
     handler = LMTPHandler(hostname=cfg.hostname, resolver=Resolver(ctx.directory), delivery=delivery,
                           queue=queue, keys_dir=dkim.keys_dir(cfg))
     settings = ServerSettings(

@@ -8,6 +8,10 @@ Policy (``MXHandler``), each rule where it is enforced:
   submission service overrides ``may_relay``), over quota ``452 4.2.2`` (with the
   SIZE= hint), directory down ``451 4.3.0``. More than ``max_recipients`` is
   ``452 4.5.3`` in ``server.BaseSMTP``.
+- RCPT to ``SRS0=``/``SRS1=`` of one of our domains (a bounce of mail we forwarded with an
+  SRS sender, ``mail.forward``): forged, altered or older than 21 days ``550 5.1.1``; a
+  non-null sender ``550 5.7.1`` (bounces only); otherwise routed to the original sender
+  (queued for it), before any directory lookup of the recipient.
 - DATA: our ``Received:`` goes on top, then the MDA (in-process or LMTP, see ``mda``)
   delivers; the reply is 250 only when every recipient is on disk or durably queued:
     all OK -> 250; none OK -> the first temporary failure (the sender retries), else
@@ -36,11 +40,13 @@ import ipaddress
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mailstack import maillog, net
 from mailstack.config import Config, parse_listen
 from mailstack.delivery import NOT_LOCAL, LocalDelivery, Outcome, RecipientResult, Resolution, Resolver, ResolveError
 from mailstack.mail import dkim
+from mailstack.mail.forward import Forwarder, SRSError
 from mailstack.mail.headers import received_header
 from mailstack.mail.authcheck import Action, AuthChecker, CheckPolicy
 from mailstack.mail.dsn import DSNRecipient
@@ -63,6 +69,8 @@ log = logging.getLogger(__name__)
 
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+SRS_UNKNOWN = Reply(550, "5.1.1", "Unknown or expired SRS address")  # forged hash, expired or malformed
+SRS_BOUNCES_ONLY = Reply(550, "5.7.1", "SRS addresses accept only bounces (MAIL FROM:<>)")
 
 
 class MXHandler:
@@ -113,6 +121,11 @@ class MXHandler:
         return SENDER_OK
 
     async def rcpt(self, server: BaseSMTP, txn: Transaction, recipient: str) -> Reply:
+        forwarder = self.delivery.forwarder
+        if forwarder is not None and forwarder.is_srs_address(recipient):
+            srs_reply = await self._srs_rcpt(server, txn, recipient, forwarder)
+            if srs_reply is not None:
+                return srs_reply
         try:
             res = await self.resolver.resolve_async(recipient)
         except ResolveError as e:
@@ -183,14 +196,61 @@ class MXHandler:
         data = trace + content
         common = dict(queue_id=txn.queue_id, service=self.service, client=server.peer_ip, sender=sender,
                       size=len(data), **auth)
-        results = await self.mda.deliver(
-            sender, txn.recipients, resolutions, data, queue_id=txn.queue_id, client=server.peer_ip,
-            smtputf8=bool(txn.smtp_utf8), body_8bit=txn.body_type == "8BITMIME",
-        )
+        results = await self._deliver(sender, txn, resolutions, data, server.peer_ip)
         reply = await self._settle(txn, sender, data, results, common)
         return [reply]
 
     # -- helpers ----------------------------------------------------------------
+
+    async def _srs_rcpt(self, server: BaseSMTP, txn: Transaction, recipient: str,
+                        forwarder: Forwarder) -> Reply | None:
+        """RCPT to ``SRS0=...``/``SRS1=...`` of one of our domains: a bounce of mail we
+        forwarded, routed to the original sender. None: not our domain (the usual rules).
+
+        Only bounces (the null sender) are taken on the MX, as a bounce or an RFC 3834
+        auto-reply is all that should ever come back to a rewritten sender; anything else
+        would make a valid SRS address a 21-day relay to its sender (postsrsd accepts any
+        sender, we choose not to). Submission (``may_relay``) may send to it as to anyone.
+        """
+        domain = recipient.rpartition("@")[2]
+        try:
+            if not await asyncio.to_thread(self.resolver.directory.is_local_domain, domain):
+                return None
+        except Exception:
+            log.exception("directory lookup for %s failed", domain)
+            return R.DIRECTORY_DOWN
+        try:
+            original = await asyncio.to_thread(forwarder.reverse, recipient)
+        except SRSError as e:
+            reply = SRS_UNKNOWN.with_text(f"Unknown or expired SRS address ({e})")
+            self._log_reject(server, txn, recipient, reply)
+            return reply
+        if txn.sender and not self.may_relay(server):
+            self._log_reject(server, txn, recipient, SRS_BOUNCES_ONLY)
+            return SRS_BOUNCES_ONLY
+        txn.resolutions.append(Resolution(recipient, forwards=(original,), srs_bounce=True))
+        return RECIPIENT_OK
+
+    async def _deliver(self, sender: str, txn: Transaction, resolutions: Sequence[Resolution], data: bytes,
+                       client: str | None) -> list[RecipientResult]:
+        """The MDA's results, one per recipient; bounces to SRS addresses are queued here
+        (an LMTP MDA would not know those addresses: they are no mailboxes)."""
+        utf8, body_8bit = bool(txn.smtp_utf8), txn.body_type == "8BITMIME"
+        srs = [i for i, r in enumerate(resolutions) if r.srs_bounce]
+        if not srs or isinstance(self.mda, InProcessMDA):
+            return await self.mda.deliver(sender, txn.recipients, resolutions, data, queue_id=txn.queue_id,
+                                          client=client, smtputf8=utf8, body_8bit=body_8bit)
+        out: dict[int, RecipientResult] = {}
+        got = await self.delivery.deliver(sender, [resolutions[i] for i in srs], data, queue_id=txn.queue_id,
+                                          client=client, smtputf8=utf8)
+        out.update(zip(srs, got))
+        rest = [i for i in range(len(resolutions)) if i not in out]
+        if rest:
+            got = await self.mda.deliver(sender, [txn.recipients[i] for i in rest], [resolutions[i] for i in rest],
+                                         data, queue_id=txn.queue_id, client=client, smtputf8=utf8,
+                                         body_8bit=body_8bit)
+            out.update(zip(rest, got))
+        return [out[i] for i in range(len(resolutions))]
 
     def _to_junk(self, resolutions: Sequence[Resolution]) -> list[Resolution]:
         """The same recipients, their local mailboxes' Junk folder (made when missing)."""
@@ -298,15 +358,18 @@ def build_mda(config: Config, delivery: LocalDelivery) -> MDA:
     return LMTPClient(address, helo=config.hostname)
 
 
-def make_delivery(config: Config) -> tuple[LocalDelivery, QueueStore]:
+def make_delivery(config: Config, directory: Any = None) -> tuple[LocalDelivery, QueueStore]:
+    """The delivery of the MX and submission; with ``directory``, forwards get SRS and ARC."""
     queue = QueueStore(config.queue.dir)
-    delivery = LocalDelivery(config.storage.maildir_root, config.hostname, config.smtp.max_received_headers, queue)
+    forwarder = Forwarder.from_config(config, directory.is_local_domain) if directory is not None else None
+    delivery = LocalDelivery(config.storage.maildir_root, config.hostname, config.smtp.max_received_headers, queue,
+                             forwarder=forwarder)
     return delivery, queue
 
 
 async def start(ctx: ServiceContext) -> RunningService:
     cfg = ctx.config
-    delivery, queue = make_delivery(cfg)
+    delivery, queue = make_delivery(cfg, ctx.directory)
     try:
         mda = build_mda(cfg, delivery)
     except ValueError as e:

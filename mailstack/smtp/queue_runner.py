@@ -51,6 +51,7 @@ from mailstack.delivery import LocalDelivery, ResolveError
 from mailstack.delivery import Resolver as RcptResolver
 from mailstack.dns import Resolver, resolver_from_config
 from mailstack.mail import dkim
+from mailstack.mail.forward import Forwarder
 from mailstack.mail.dsn import DSNRecipient
 from mailstack.maillog import log_event
 from mailstack.queue import WAKE_FILE, QueuedEnvelope, QueueStore, claim, release_claim, wake
@@ -330,7 +331,9 @@ class QueueRunner:
             self._local = (
                 RcptResolver(self.directory),
                 LocalDelivery(self.config.storage.maildir_root, self.config.hostname,
-                              max_received=self.config.smtp.max_received_headers, queue=self.store),
+                              max_received=self.config.smtp.max_received_headers, queue=self.store,
+                              forwarder=Forwarder.from_config(self.config, self.directory.is_local_domain)
+                              if self.directory is not None else None),
             )
         return self._local  # type: ignore[no-any-return]
 

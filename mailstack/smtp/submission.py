@@ -446,7 +446,7 @@ class SubmissionSMTP(BaseSMTP):
 async def start(ctx: ServiceContext) -> RunningService:
     """The ``submission`` service (see ``mailstack.service``)."""
     cfg = ctx.config
-    delivery, queue = make_delivery(cfg)
+    delivery, queue = make_delivery(cfg, ctx.directory)
     queue.ensure()
     try:
         mda = build_mda(cfg, delivery)

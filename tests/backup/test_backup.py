@@ -54,6 +54,9 @@ def old(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Root:
     populate(root)
     _mail(root)
     assert run(root, capsys, "dkim", "keygen", "example.test")[0] == 0
+    from mailstack.mail.forward import load_secret
+
+    load_secret(root.config.queue.dkim_dir)  # the SRS secret, made by the first forward
     (root.base / "var" / "tls").mkdir(mode=0o700)
     (root.base / "var" / "tls" / "cert.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nx\n")
     (root.base / "var" / "tls" / "key.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\nx\n")
@@ -83,7 +86,7 @@ def test_snapshot_holds_everything_but_caches_and_locks(old: Root, tmp_path: Pat
         assert f"{user}/{left_out}" not in paths, left_out
     assert os.readlink(snap / user / ".dovecot.sieve") == "sieve/main.sieve"
     assert sum(1 for p in paths if p.startswith("queue/")) == 2  # one .msg + its .env
-    assert "dkim/example.test/mail.key" in paths and "tls/key.pem" in paths and "tls/cert.pem" in paths
+    assert "dkim/example.test/mail.key" in paths and "dkim/srs.secret" in paths and "tls/key.pem" in paths and "tls/cert.pem" in paths
     assert "database/directory.sqlite" in paths and "config/mailstack.toml" in paths
     assert oct((snap / "database" / "directory.sqlite").stat().st_mode & 0o777) == "0o600"
 

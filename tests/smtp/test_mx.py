@@ -223,7 +223,9 @@ def test_forward_to_remote_target_is_queued(mx_server: MXServer) -> None:
     [qid] = mx_server.queue.list()
     env, data = mx_server.queue.load(qid)
     assert env.recipients == ("someone@remote.example",)
-    assert env.sender == "s@example.org"
+    # SRS (mail.forward): the sender rewritten into the alias's domain, the original kept aside
+    assert env.sender.startswith("SRS0=") and env.sender.endswith("=example.org=s@example.test")
+    assert env.extra["orig_sender"] == "s@example.org"
     assert data.startswith(b"Delivered-To: fwd@example.test\r\n")
 
 
