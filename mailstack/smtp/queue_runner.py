@@ -32,7 +32,9 @@ Invariants:
   ``max_age`` the remaining recipients bounce (RFC 5321 §4.5.4.1), a 5xx bounces at once;
 - never a bounce for a null reverse-path (RFC 5321 §4.5.5); bounces and delay warnings
   are RFC 3464 DSNs sent from ``<>``, through ``queue.bounce`` (signed, logged, queued);
-- one mail-log line per message and outcome (``delivered``, ``deferred``, ``bounced``).
+- one mail-log line per message and outcome (``delivered``, ``deferred``, ``bounced``);
+  ``delivered`` and ``deferred`` lines say which transport security was used
+  (``tls=none|opportunistic|mta-sts|dane``, ``-`` when no connection got that far).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -49,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailstack.delivery import LocalDelivery, ResolveError
 from mailstack.delivery import Resolver as RcptResolver
-from mailstack.dns import Resolver, resolver_from_config
+from mailstack.dns import DNSPythonResolver, Resolver, resolver_from_config
 from mailstack.mail import dkim
 from mailstack.mail.dsn import DSNRecipient
 from mailstack.maillog import log_event
@@ -57,6 +60,7 @@ from mailstack.queue import WAKE_FILE, QueuedEnvelope, QueueStore, claim, releas
 from mailstack.queue.bounce import bounce, warn_delayed
 from mailstack.service import ServiceContext, ServiceError
 from mailstack.replies import Reply
+from mailstack.smtp.mtasts import StsCache
 from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, Route, deliver_domain
 
 if TYPE_CHECKING:
@@ -119,9 +123,13 @@ class QueueRunner:
         self.resolver = resolver
         self.directory = directory
         self.keys_dir = dkim.keys_dir(config)  # signs our DSNs (queue.bounce)
+        verify_tls = _verify_context(config)
         self.route = Route(helo=config.hostname, resolver=resolver, port=self.q.smtp_port, client_tls=client_tls,
                            relay=relay, connect_timeout=self.q.connect_timeout,
-                           command_timeout=self.q.command_timeout)
+                           command_timeout=self.q.command_timeout, verify_tls=verify_tls,
+                           sts=StsCache(resolver, verify_tls, port=self.q.mta_sts_port) if self.q.mta_sts else None,
+                           tlsa=resolver if isinstance(resolver, DNSPythonResolver) and config.dns.trusted_resolvers
+                           else None)
         self._wake = asyncio.Event()
         self._stopping = False
         self._busy: set[str] = set()
@@ -372,7 +380,7 @@ class QueueRunner:
             ro = w.results[group[0]]
             log_event("delivered", queue_id=env.id, service="queue", client=None, sender=env.sender,
                       recipients=group, size=size, status="sent", reply=str(ro.reply), relay=ro.remote_mta or "-",
-                      delay=f"{now - env.created:.1f}")
+                      tls=ro.tls or "-", delay=f"{now - env.created:.1f}")
         bounced: list[DSNRecipient] = []
         for r in failed:
             ro = w.results[r]
@@ -415,7 +423,21 @@ class QueueRunner:
             ro = w.results[group[0]]
             log_event("deferred", queue_id=env.id, service="queue", client=None, sender=env.sender,
                       recipients=group, size=size, status="deferred", reply=str(ro.reply), relay=_mta(ro),
+                      tls=ro.tls or "-",
                       attempts=attempts, next=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(next_attempt)))
+
+
+def _verify_context(config: Config) -> ssl.SSLContext:
+    """PKIX and host-name checking for MTA-STS (RFC 8461 §4.2): ``[queue] tls_ca_file``
+    or the system's CAs. A file that cannot be read is a start-up error."""
+    ca = config.queue.tls_ca_file
+    if not ca:
+        return ssl.create_default_context()
+    path = Path(ca) if Path(ca).is_absolute() else config.base_dir / ca
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as e:
+        raise ServiceError(f"[queue] tls_ca_file: cannot load {path}: {e}") from None
 
 
 def _mta(ro: RecipientOutcome | None) -> str | None:
