@@ -61,8 +61,8 @@ def _rdata(rtype: str, value: str) -> object:
         prio, weight, port, target = value.split()
         return SRV(int(prio), int(weight), int(port), target)
     if rtype == "TLSA":  # "3 1 1 <hex>"
-        usage, selector, mtype, data = value.split()
-        return TLSA(int(usage), int(selector), int(mtype), bytes.fromhex(data))
+        usage, selector, mtype, hexdata = value.split()
+        return TLSA(int(usage), int(selector), int(mtype), bytes.fromhex(hexdata))
     raise ValueError(f"unsupported type {rtype}")
 
 
