@@ -232,7 +232,8 @@ class MXHandler:
                 qid = await asyncio.to_thread(
                     self.queue.enqueue, sender, [r.recipient for r in temp], data, smtputf8=bool(txn.smtp_utf8),
                     client=str(common["client"]) if common["client"] else None, reason="deferred",
-                    extra={"orig_id": txn.queue_id, "last_reply": str(temp[0].reply)},
+                    extra={"orig_id": txn.queue_id, "last_reply": str(temp[0].reply),
+                           **({"requiretls": True} if txn.requiretls else {})},
                 )
                 extra_ids.append(qid)
                 for r in temp:

@@ -102,6 +102,7 @@ class Job:
     recipients: tuple[str, ...]
     data: bytes  # CRLF line ends
     smtputf8: bool = False
+    requiretls: bool = False  # RFC 8689: only over authenticated TLS to a server that offers REQUIRETLS
 
 
 @dataclass(frozen=True)
@@ -329,6 +330,11 @@ class Connection:
                 r = _local(553, f"5.6.7 {self.host} does not support SMTPUTF8 (RFC 6531)")
                 return [RecipientOutcome(rc, r, self.remote_mta) for rc in recipients]
             params.append("SMTPUTF8")
+        if job.requiretls:
+            if "REQUIRETLS" not in self.extensions:  # RFC 8689 §4.2.1 (5), §5
+                r = _local(550, f"5.7.30 {self.host} does not support REQUIRETLS (RFC 8689)")
+                return [RecipientOutcome(rc, r, self.remote_mta) for rc in recipients]
+            params.append("REQUIRETLS")
         if "8BITMIME" in self.extensions and _needs_8bit(job.data):
             params.append("BODY=8BITMIME")
         mail = f"MAIL FROM:<{job.sender}>" + "".join(" " + p for p in params)
@@ -494,9 +500,22 @@ async def _requirement(target: _Target, route: Route, policy: StsPolicy | None) 
     return Requirement.NONE, []
 
 
-async def _open_secure(target: _Target, address: str, route: Route, policy: StsPolicy | None) -> Connection:
-    """A connection to a remote MX with the TLS its policy asks for, or ``_Fail``."""
+async def _open_secure(target: _Target, address: str, route: Route, policy: StsPolicy | None,
+                       requiretls: bool = False) -> Connection:
+    """A connection to a remote MX with the TLS its policy asks for, or ``_Fail``.
+
+    ``requiretls`` (RFC 8689 §4.2.1): the MX host must be vouched for by DANE or by an
+    MTA-STS policy that lists it (any mode but ``none``), and its certificate must pass
+    that check; with neither, the message fails permanently (``5.7.10``), since retrying
+    cannot help until the domain publishes one.
+    """
     req, tlsa = await _requirement(target, route, policy)
+    if requiretls:
+        if req is Requirement.STS_TESTING and policy is not None and policy.allows(target.host):
+            req = Requirement.STS_ENFORCE
+        elif req is not Requirement.DANE and req is not Requirement.STS_ENFORCE:
+            raise _Fail(_local(550, f"5.7.10 REQUIRETLS: no DNSSEC-validated TLSA record or MTA-STS policy "
+                                    f"authenticates {target.host}"), tls="none")
     if req is Requirement.NONE:
         return await _open(target, address, route)
     port = route.port
@@ -577,13 +596,32 @@ async def _open(target: _Target, address: str, route: Route) -> Connection:
 
 
 async def deliver_domain(domain: str, jobs: Sequence[Job], route: Route) -> dict[str, list[RecipientOutcome]]:
-    """Deliver ``jobs`` (recipients all at ``domain``); results per queue id, per recipient."""
+    """Deliver ``jobs`` (recipients all at ``domain``); results per queue id, per recipient.
+
+    Messages that ask for REQUIRETLS go over connections of their own (their TLS
+    requirements are stricter), after the others."""
+    results: dict[str, list[RecipientOutcome]] = {}
+    plain = [j for j in jobs if not j.requiretls]
+    strict = [j for j in jobs if j.requiretls]
+    if plain:
+        results.update(await _deliver_group(domain, plain, route, requiretls=False))
+    if strict:
+        results.update(await _deliver_group(domain, strict, route, requiretls=True))
+    return results
+
+
+async def _deliver_group(domain: str, jobs: Sequence[Job], route: Route, *,
+                         requiretls: bool) -> dict[str, list[RecipientOutcome]]:
     results: dict[str, list[RecipientOutcome]] = {}
     targets = await _targets(domain, route)
     if isinstance(targets, Reply):
         for job in jobs:
             results[job.queue_id] = [RecipientOutcome(r, targets) for r in job.recipients]
         return results
+    relay = route.relay
+    if requiretls and relay is not None and (relay.tls == "none" or not relay.verify_tls):  # RFC 8689 §4.2.1
+        reply = _local(550, f"5.7.10 REQUIRETLS: relay {relay.host} is not used with verified TLS")
+        return {job.queue_id: [RecipientOutcome(r, reply) for r in job.recipients] for job in jobs}
     policy: StsPolicy | None = None
     if route.sts is not None and route.relay is None and not domain.startswith("["):
         policy = await route.sts.policy(domain)
@@ -607,7 +645,7 @@ async def deliver_domain(domain: str, jobs: Sequence[Job], route: Route) -> dict
                 return results
             try:
                 conn = (await _open(target, address, route) if route.relay is not None
-                        else await _open_secure(target, address, route, policy))
+                        else await _open_secure(target, address, route, policy, requiretls))
             except _Fail as f:
                 last_error, last_mta, last_tls = f.reply, f"{target.host} [{address}]", f.tls
                 log.info("outbound: %s [%s]: %s", target.host, address, f.reply)

@@ -57,7 +57,8 @@ SIZE_NOT_NUMBER = R.BAD_SYNTAX.with_text("SIZE takes a number")
 BAD_BODY = Reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
 SMTPUTF8_VALUE = R.BAD_SYNTAX.with_text("SMTPUTF8 takes no value")
 
-MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8"})
+MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8", "REQUIRETLS"})
+REQUIRETLS_VALUE = R.BAD_SYNTAX.with_text("REQUIRETLS takes no value")  # RFC 8689 §4
 MAX_SIZE_DIGITS = 20  # more cannot be a size; int() of thousands of digits is slow
 
 # RFC 5321 §4.1.2: esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-");
@@ -74,6 +75,7 @@ class MailArgs:
     size: int | None = None  # SIZE= hint
     body: str = "7BIT"  # "7BIT" or "8BITMIME"
     smtputf8: bool = False
+    requiretls: bool = False  # RFC 8689: relay only over verified TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,10 @@ def parse_mail(arg: str | None, *, extended: bool, max_size: int) -> MailArgs | 
         return SMTPUTF8_VALUE
     if not smtputf8 and not sender.isascii():
         return NEEDS_SMTPUTF8
-    return MailArgs(sender, size, body.upper(), smtputf8)
+    requiretls = params.get("REQUIRETLS", False)
+    if requiretls is not True and requiretls is not False:
+        return REQUIRETLS_VALUE
+    return MailArgs(sender, size, body.upper(), smtputf8, requiretls)
 
 
 def parse_rcpt(arg: str | None, *, smtputf8: bool) -> RcptArgs | Reply:

@@ -318,7 +318,8 @@ class QueueRunner:
 
         async def lane(chunk: list[tuple[_Work, list[str]]]) -> None:
             async with self._per_domain[key], self._total:
-                jobs = [Job(w.env.id, w.env.sender, tuple(rcpts), w.data, w.env.smtputf8) for w, rcpts in chunk]
+                jobs = [Job(w.env.id, w.env.sender, tuple(rcpts), w.data, w.env.smtputf8,
+                            requiretls=bool(w.env.extra.get("requiretls"))) for w, rcpts in chunk]
                 try:
                     results = await deliver_domain(domain, jobs, self.route)
                 except Exception as e:  # a bug must not lose mail: defer it

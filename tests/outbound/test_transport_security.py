@@ -400,3 +400,88 @@ def test_tlsa_matching(ca: TestCA) -> None:
     assert not tlsa_matches([TLSARecord(2, 1, 1, hashlib.sha256(c.spki_der).digest())], c.cert_der, c.spki_der)
     assert not tlsa_matches([TLSARecord(3, 1, 1, b"\0" * 32)], c.cert_der, c.spki_der)
     assert StsPolicy("enforce", ("mx.example.test",), 1).allows("mx.example.test")
+
+
+# ---------------------------------------------------------------------------
+# REQUIRETLS (RFC 8689) on the sending side
+
+
+class RequireTLSSink:
+    """The aiosmtpd sink on 127.0.0.23, taught REQUIRETLS: offered after STARTTLS, and
+    recorded when a MAIL command carries it (aiosmtpd itself refuses unknown parameters)."""
+
+    def __init__(self, remote: Remote, ctx: ssl.SSLContext) -> None:
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import SMTP
+
+        seen: list[bool] = []
+        self.seen = seen
+
+        class Server(SMTP):
+            def _getparams(self, params: Any) -> Any:
+                result = super()._getparams(params)
+                if result is not None and result.pop("REQUIRETLS", None) is not None:
+                    seen.append(True)
+                return result
+
+        class Handler(type(remote.handler)):  # type: ignore[misc]
+            async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                                  responses: list[str]) -> list[str]:
+                session.host_name = hostname
+                if session.ssl is not None:
+                    responses.insert(len(responses) - 1, "250-REQUIRETLS")
+                return responses
+
+        class Ctl(Controller):
+            def factory(self) -> Any:
+                return Server(self.handler, **self.SMTP_kwargs)
+
+        remote.stop()
+        handler = Handler()
+        remote.handler = handler
+        remote.controller = Ctl(handler, hostname=remote.host, port=remote.port, ready_timeout=5,
+                                server_hostname="mx.remote.test", ident="sink", tls_context=ctx)
+        remote.controller.start()
+
+
+def enqueue_requiretls(cfg: Config) -> tuple[QueueStore, str]:
+    store = QueueStore(cfg.queue.dir)
+    return store, store.enqueue("alice@example.test", ["x@remote.test"], MSG, extra={"requiretls": True})
+
+
+def test_requiretls_goes_only_to_an_authenticated_mx_that_offers_it(
+        tmp_path: Path, dns: TestDNS, remote: Remote, ca: TestCA, policy_server: PolicyServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="mailstack.maillog")
+    dns.add("_mta-sts.remote.test", "TXT", "v=STSv1; id=r1")
+    policy_server.body = POLICY_ENFORCE.replace("enforce", "testing")  # testing is enough to name the MX
+    sink = RequireTLSSink(remote, server_context(tmp_path, ca.issue("mx.remote.test"), "mx"))
+    cfg = secure_config(tmp_path, dns, remote, ca, policy_server)
+    store, qid = enqueue_requiretls(cfg)
+    run_queue(cfg)
+    assert len(remote.messages) == 1 and remote.messages[0].tls
+    assert sink.seen == [True]  # MAIL FROM:<...> REQUIRETLS went out
+    assert store.list() == []
+    assert "tls=mta-sts" in maillog(caplog)[-1]
+
+
+def test_requiretls_bounces_when_the_mx_lacks_it_or_nothing_authenticates_it(
+        tmp_path: Path, dns: TestDNS, remote: Remote, ca: TestCA, policy_server: PolicyServer) -> None:
+    restart_with_cert(remote, tmp_path, ca.issue("mx.remote.test"))  # valid, but no REQUIRETLS offered
+    dns.add("_mta-sts.remote.test", "TXT", "v=STSv1; id=r2")
+    cfg = secure_config(tmp_path, dns, remote, ca, policy_server)
+    store, qid = enqueue_requiretls(cfg)
+    run_queue(cfg)
+    assert remote.messages == []
+    (dsn_id,) = store.list()  # the message bounced: only the DSN to alice is left
+    env, data = store.load(dsn_id)
+    assert env.sender == "" and b"Status: 5.7.30" in data
+    store.remove(dsn_id)
+    # no MTA-STS policy and no DANE: nothing vouches for the MX, so it must not go at all
+    dns.remove("_mta-sts.remote.test")
+    cfg2 = make_config(tmp_path, dns, remote.port, queue={"mta_sts_port": policy_server.port})
+    store, qid = enqueue_requiretls(cfg2)
+    run_queue(cfg2)
+    assert remote.messages == []
+    (dsn_id,) = store.list()
+    assert b"Status: 5.7.10" in store.load(dsn_id)[1]
