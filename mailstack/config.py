@@ -247,6 +247,7 @@ class QueueConfig:
     mta_sts: bool = True  # honour remote domains' MTA-STS policies (RFC 8461)
     mta_sts_port: int = 443  # HTTPS port of mta-sts.<domain> (tests point it elsewhere)
     tls_ca_file: str = ""  # CAs for MTA-STS hosts and MX certificates; "" = the system's
+    tls_reports: bool = True  # TLS-RPT (RFC 8460): daily reports to domains that ask for them
 
 
 @dataclass(frozen=True)

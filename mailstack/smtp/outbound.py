@@ -56,6 +56,7 @@ from mailstack.dns import DNSError, DNSTemporaryError, NXDomain, Resolver, TLSAR
 from mailstack.replies import Reply
 from mailstack.smtp.mtasts import StsCache
 from mailstack.smtp.tlspolicy import Requirement, StsPolicy, decide, tlsa_matches, usable_tlsa
+from mailstack.smtp.tlsrpt import Attempt, TLSResultLog
 
 __all__ = [
     "Outcome",
@@ -129,6 +130,7 @@ class Route:
     sts: StsCache | None = None  # MTA-STS policies (RFC 8461); None = not looked up
     verify_tls: ssl.SSLContext | None = None  # PKIX + host name check, for MTA-STS MX hosts
     tlsa: TLSAResolver | None = None  # DANE TLSA lookups (RFC 7672); None = no DANE
+    tls_results: TLSResultLog | None = None  # TLS-RPT (RFC 8460) results; None = not recorded
 
 
 class _Fail(Exception):
@@ -480,7 +482,8 @@ def _unverified() -> ssl.SSLContext:
     return ctx
 
 
-async def _requirement(target: _Target, route: Route, policy: StsPolicy | None) -> tuple[Requirement, list[TLSARecord]]:
+async def _requirement(target: _Target, route: Route,
+                       policy: StsPolicy | None) -> tuple[Requirement, list[TLSARecord], list[TLSARecord]]:
     """What this MX host asks for: DANE (validated TLSA records) first, then MTA-STS."""
     if route.tlsa is not None and not _is_ip(target.host):
         try:
@@ -492,16 +495,47 @@ async def _requirement(target: _Target, route: Route, policy: StsPolicy | None) 
         else:
             if answer.secure and answer.records:
                 usable = usable_tlsa(answer.records)
-                return (Requirement.DANE if usable else Requirement.DANE_UNAUTHENTICATED), usable
+                return (Requirement.DANE if usable else Requirement.DANE_UNAUTHENTICATED), usable, list(answer.records)
     if policy is not None and policy.mode == "enforce":
-        return Requirement.STS_ENFORCE, []
+        return Requirement.STS_ENFORCE, [], []
     if policy is not None and policy.mode == "testing":
-        return Requirement.STS_TESTING, []
-    return Requirement.NONE, []
+        return Requirement.STS_TESTING, [], []
+    return Requirement.NONE, [], []
+
+
+def _result_type(req: Requirement, offered: bool, tls_ok: bool, verified: bool, allowed: bool, error: str) -> str:
+    """The RFC 8460 §4.3 result-type of one attempt ("" = success)."""
+    dane = req in (Requirement.DANE, Requirement.DANE_UNAUTHENTICATED)
+    if not dane and not allowed:
+        return "validation-failure"  # MX not in the policy
+    if not offered:
+        return "starttls-not-supported"
+    if dane:
+        return "" if tls_ok and (verified or req is Requirement.DANE_UNAUTHENTICATED) else "validation-failure"
+    if tls_ok and verified:
+        return ""
+    if "mismatch" in error:
+        return "certificate-host-mismatch"
+    if "expired" in error:
+        return "certificate-expired"
+    return "certificate-not-trusted" if "certificate" in error else "validation-failure"
+
+
+def _record(route: Route, domain: str, target: _Target, address: str, req: Requirement,
+            policy: StsPolicy | None, tlsa: Sequence[TLSARecord], result: str) -> None:
+    if route.tls_results is None or req is Requirement.NONE:
+        return
+    if req in (Requirement.DANE, Requirement.DANE_UNAUTHENTICATED):
+        strings = tuple(f"{r.usage} {r.selector} {r.mtype} {r.data.hex()}" for r in tlsa)
+        route.tls_results.record(Attempt(domain, "tlsa", strings, target.host, address, result))
+    elif policy is not None:
+        strings = ("version: STSv1", f"mode: {policy.mode}", *(f"mx: {m}" for m in policy.mx),
+                   f"max_age: {policy.max_age}")
+        route.tls_results.record(Attempt(domain, "sts", strings, target.host, address, result))
 
 
 async def _open_secure(target: _Target, address: str, route: Route, policy: StsPolicy | None,
-                       requiretls: bool = False) -> Connection:
+                       requiretls: bool = False, domain: str = "") -> Connection:
     """A connection to a remote MX with the TLS its policy asks for, or ``_Fail``.
 
     ``requiretls`` (RFC 8689 §4.2.1): the MX host must be vouched for by DANE or by an
@@ -509,7 +543,7 @@ async def _open_secure(target: _Target, address: str, route: Route, policy: StsP
     that check; with neither, the message fails permanently (``5.7.10``), since retrying
     cannot help until the domain publishes one.
     """
-    req, tlsa = await _requirement(target, route, policy)
+    req, tlsa, all_tlsa = await _requirement(target, route, policy)
     if requiretls:
         if req is Requirement.STS_TESTING and policy is not None and policy.allows(target.host):
             req = Requirement.STS_ENFORCE
@@ -541,6 +575,8 @@ async def _open_secure(target: _Target, address: str, route: Route, policy: StsP
     host_allowed = policy is None or policy.allows(target.host)
     decision = decide(req, starttls_offered=offered, tls_ok=tls_ok, verified=verified, host=target.host,
                       host_allowed=host_allowed)
+    _record(route, domain, target, address, req, policy, all_tlsa,
+            _result_type(req, offered, tls_ok, verified, host_allowed, error))
     if not decision.deliver:
         await (conn.quit() if tls_ok else conn.close())
         raise _Fail(_local(451, decision.reason + (f" ({error})" if error else "")), tls=decision.tls)
@@ -645,7 +681,7 @@ async def _deliver_group(domain: str, jobs: Sequence[Job], route: Route, *,
                 return results
             try:
                 conn = (await _open(target, address, route) if route.relay is not None
-                        else await _open_secure(target, address, route, policy, requiretls))
+                        else await _open_secure(target, address, route, policy, requiretls, domain))
             except _Fail as f:
                 last_error, last_mta, last_tls = f.reply, f"{target.host} [{address}]", f.tls
                 log.info("outbound: %s [%s]: %s", target.host, address, f.reply)

@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
+import os
 import ssl
 import time
 from collections import defaultdict
@@ -61,6 +63,7 @@ from mailstack.queue.bounce import bounce, warn_delayed
 from mailstack.service import ServiceContext, ServiceError
 from mailstack.replies import Reply
 from mailstack.smtp.mtasts import StsCache
+from mailstack.smtp.tlsrpt import TLSResultLog, send_reports
 from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, Route, deliver_domain
 
 if TYPE_CHECKING:
@@ -71,6 +74,7 @@ __all__ = ["QueueRunner", "start", "relay_settings"]
 log = logging.getLogger(__name__)
 
 BATCH_DELAY = 0.05  # seconds between a wake-up and the scan: messages arriving together share connections
+REPORT_CHECK_INTERVAL = 300.0  # seconds between looks for a finished day of TLS-RPT results
 DNS_CACHE_SIZE = 10000  # answers the runner's resolver keeps, each for its own TTL (mailstack.dns)
 
 
@@ -124,12 +128,14 @@ class QueueRunner:
         self.directory = directory
         self.keys_dir = dkim.keys_dir(config)  # signs our DSNs (queue.bounce)
         verify_tls = _verify_context(config)
+        self.tls_results = TLSResultLog(Path(self.q.dir) / "tlsrpt") if self.q.tls_reports else None
+        self._reports_checked = 0.0
         self.route = Route(helo=config.hostname, resolver=resolver, port=self.q.smtp_port, client_tls=client_tls,
                            relay=relay, connect_timeout=self.q.connect_timeout,
                            command_timeout=self.q.command_timeout, verify_tls=verify_tls,
                            sts=StsCache(resolver, verify_tls, port=self.q.mta_sts_port) if self.q.mta_sts else None,
                            tlsa=resolver if isinstance(resolver, DNSPythonResolver) and config.dns.trusted_resolvers
-                           else None)
+                           else None, tls_results=self.tls_results)
         self._wake = asyncio.Event()
         self._stopping = False
         self._busy: set[str] = set()
@@ -207,8 +213,37 @@ class QueueRunner:
                     log.exception("queue: scan failed")
                     due_in = self.q.scan_interval
                 next_scan = time.time() + min(self.q.scan_interval, max(due_in, 0.05))
+            if self.tls_results is not None and time.time() - self._reports_checked >= REPORT_CHECK_INTERVAL:
+                self._reports_checked = time.time()
+                try:
+                    await self.send_tls_reports()
+                except Exception:
+                    log.exception("queue: TLS reports failed")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, max(0.05, next_scan - time.time())))
+
+    async def send_tls_reports(self, before: datetime.date | None = None) -> int:
+        """Queue the TLS-RPT reports of every recorded UTC day before ``before`` (today)
+        that has not gone out yet; how many messages were queued (RFC 8460 §4.1: daily)."""
+        if self.tls_results is None:
+            return 0
+        today = before or datetime.datetime.now(datetime.timezone.utc).date()
+        try:
+            names = sorted(os.listdir(self.tls_results.dir))
+        except FileNotFoundError:
+            return 0
+        sent = 0
+        for n in names:
+            if not n.endswith(".jsonl"):
+                continue
+            try:
+                day = datetime.date.fromisoformat(n[:-6])
+            except ValueError:
+                continue
+            if day < today:
+                sent += await send_reports(self.tls_results, day, self.resolver, self.store.enqueue,
+                                           submitter=self.config.hostname)
+        return sent
 
     async def _scan(self) -> float:
         """Start a round for every due, unclaimed message; seconds until the next one is due."""

@@ -485,3 +485,48 @@ def test_requiretls_bounces_when_the_mx_lacks_it_or_nothing_authenticates_it(
     assert remote.messages == []
     (dsn_id,) = store.list()
     assert b"Status: 5.7.10" in store.load(dsn_id)[1]
+
+
+# ---------------------------------------------------------------------------
+# TLS-RPT (RFC 8460)
+
+
+def test_tls_report_is_mailed_to_the_rua_and_parses(tmp_path: Path, dns: TestDNS, remote: Remote, ca: TestCA,
+                                                    policy_server: PolicyServer) -> None:
+    import email
+    import gzip
+    import json
+
+    restart_with_cert(remote, tmp_path, ca.issue("mx.remote.test", self_signed=True))
+    dns.add("_mta-sts.remote.test", "TXT", "v=STSv1; id=rpt1")
+    dns.add("_smtp._tls.remote.test", "TXT", "v=TLSRPTv1; rua=mailto:tls-reports@reports.test,https://x.test/r")
+    dns.add("reports.test", "MX", "10 mx.remote.test")  # the same sink, no policy there
+    cfg = secure_config(tmp_path, dns, remote, ca, policy_server)
+    store = QueueStore(cfg.queue.dir)
+    store.enqueue("alice@example.test", ["x@remote.test"], MSG)
+    runner = run_queue(cfg)  # refused under enforce: one failed session recorded
+    assert remote.messages == []
+    tomorrow = datetime.datetime.now(datetime.timezone.utc).date() + datetime.timedelta(days=1)
+    assert asyncio.run(runner.send_tls_reports(before=tomorrow)) == 1
+    assert asyncio.run(runner.send_tls_reports(before=tomorrow)) == 0  # never twice
+    for qid in store.list():
+        if store.load(qid)[0].recipients != ("tls-reports@reports.test",):
+            store.remove(qid)
+    run_queue(cfg, runner)
+    (got,) = remote.messages
+    assert got.recipients == ["tls-reports@reports.test"]
+    msg = email.message_from_bytes(got.data)
+    assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "tlsrpt"
+    assert msg["TLS-Report-Domain"] == "remote.test" and msg["TLS-Report-Submitter"] == "mx.example.test"
+    (part,) = [p for p in msg.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    report = json.loads(gzip.decompress(payload))
+    (policy,) = report["policies"]
+    assert policy["policy"]["policy-type"] == "sts" and policy["policy"]["policy-domain"] == "remote.test"
+    assert "mode: enforce" in policy["policy"]["policy-string"]
+    assert policy["summary"] == {"total-successful-session-count": 0, "total-failure-session-count": 1}
+    (detail,) = policy["failure-details"]
+    assert detail["result-type"] == "certificate-not-trusted"
+    assert detail["receiving-mx-hostname"] == "mx.remote.test" and detail["receiving-ip"] == REMOTE_IP
+    assert report["date-range"]["start-datetime"].endswith("T00:00:00Z")
