@@ -111,7 +111,7 @@ class StsCache:
         try:
             text = await self._fetch(domain)
             policy = parse_sts_policy(text, ident)
-        except (StsError, OSError, aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError) as e:
+        except (StsError, OSError, aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:  # ValueError: bad URL, bad UTF-8
             log.info("mta-sts: policy of %s not usable (%s); %s", domain, str(e) or type(e).__name__,
                      "keeping the cached policy" if cached else "no policy")
             return cached

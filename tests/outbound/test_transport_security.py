@@ -530,3 +530,41 @@ def test_tls_report_is_mailed_to_the_rua_and_parses(tmp_path: Path, dns: TestDNS
     assert detail["result-type"] == "certificate-not-trusted"
     assert detail["receiving-mx-hostname"] == "mx.remote.test" and detail["receiving-ip"] == REMOTE_IP
     assert report["date-range"]["start-datetime"].endswith("T00:00:00Z")
+
+
+@pytest.mark.parametrize("content_type,body", [
+    ("text/html", POLICY_ENFORCE),  # RFC 8461 §3.2: text/plain only
+    ("text/plain", POLICY_ENFORCE + "x" * (70 * 1024)),  # over MAX_POLICY_SIZE
+    ("text/plain", "version: STSv1\nmode: enforce\nmax_age: 1\n"),  # no mx
+    ("text/plain", None),  # 404
+])
+def test_an_unusable_policy_is_no_policy(tmp_path: Path, dns: TestDNS, remote: Remote, ca: TestCA,
+                                         policy_server: PolicyServer, content_type: str, body: str | None) -> None:
+    restart_with_cert(remote, tmp_path, ca.issue("mx.remote.test", self_signed=True))
+    policy_server.content_type, policy_server.body = content_type, body
+    dns.add("_mta-sts.remote.test", "TXT", "v=STSv1; id=bad1")
+    cfg = secure_config(tmp_path, dns, remote, ca, policy_server)
+    QueueStore(cfg.queue.dir).enqueue("alice@example.test", ["x@remote.test"], MSG)
+    run_queue(cfg)
+    assert len(remote.messages) == 1 and policy_server.requests == 1
+
+
+def test_an_unreadable_ca_file_is_a_clear_start_error(tmp_path: Path, dns: TestDNS, remote: Remote) -> None:
+    from mailstack.service import ServiceError
+
+    cfg = make_config(tmp_path, dns, remote.port, queue={"tls_ca_file": str(tmp_path / "missing.pem")})
+    with pytest.raises(ServiceError, match=r"\[queue\] tls_ca_file: cannot load .*missing.pem"):
+        QueueRunner(cfg, QueueStore(cfg.queue.dir), resolver_from_config(cfg.dns))
+
+
+@pytest.mark.parametrize("section,value,message", [
+    ("dns", {"trusted_resolvers": ["not-an-ip"]}, r"\[dns\] trusted_resolvers\[0\]"),
+    ("queue", {"mta_sts_port": 0}, r"\[queue\] mta_sts_port"),
+    ("queue", {"tls_reports": "yes"}, r"\[queue\] tls_reports"),
+])
+def test_bad_transport_security_keys_are_refused(tmp_path: Path, dns: TestDNS, section: str, value: dict[str, Any],
+                                                 message: str) -> None:
+    from mailstack.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        make_config(tmp_path, dns, 25, **{section: value})
