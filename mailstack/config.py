@@ -247,12 +247,17 @@ class QueueConfig:
     connect_timeout: Duration = 30.0
     command_timeout: Duration = 300.0  # RFC 5321 §4.5.3.2
     scan_interval: Duration = 10.0  # how often the runner looks for due messages
+    mta_sts: bool = True  # honour remote domains' MTA-STS policies (RFC 8461)
+    mta_sts_port: int = 443  # HTTPS port of mta-sts.<domain> (tests point it elsewhere)
+    tls_ca_file: str = ""  # CAs for MTA-STS hosts and MX certificates; "" = the system's
+    tls_reports: bool = True  # TLS-RPT (RFC 8460): daily reports to domains that ask for them
 
 
 @dataclass(frozen=True)
 class DNSConfig:
     nameservers: tuple[str, ...] = ()
     timeout: Duration = 5.0  # seconds per lookup, all servers and retries included
+    trusted_resolvers: tuple[str, ...] = ()  # validating resolvers whose AD bit is believed (DANE)
 
 
 @dataclass(frozen=True)
@@ -546,7 +551,9 @@ def _check(cfg: Config) -> None:
                 raise _KeyError(f"[{section}] {key}: must be at least 1")
     if cfg.smtp.hard_error_limit and cfg.smtp.soft_error_limit > cfg.smtp.hard_error_limit:
         raise _KeyError("[smtp] soft_error_limit: must not be above hard_error_limit")
-    for i, ns in enumerate(cfg.dns.nameservers):
+    named = [("nameservers", i, ns) for i, ns in enumerate(cfg.dns.nameservers)]
+    named += [("trusted_resolvers", i, ns) for i, ns in enumerate(cfg.dns.trusted_resolvers)]
+    for key, i, ns in named:
         host, _, port = ns.rpartition(":") if ns.count(":") == 1 or ns.startswith("[") else (ns, "", "")
         host = host.strip("[]")
         try:
@@ -554,7 +561,9 @@ def _check(cfg: Config) -> None:
             if port and not 0 < int(port) < 65536:
                 raise ValueError
         except ValueError:
-            raise _KeyError(f"[dns] nameservers[{i}]: {ns!r} is not IP or IP:PORT") from None
+            raise _KeyError(f"[dns] {key}[{i}]: {ns!r} is not IP or IP:PORT") from None
+    if not 0 < cfg.queue.mta_sts_port < 65536:
+        raise _KeyError("[queue] mta_sts_port: must be a port number")
     if cfg.checks.dmarc_reject not in ("reject", "quarantine"):
         raise _KeyError(f"[checks] dmarc_reject: {cfg.checks.dmarc_reject!r} is not \"reject\" or \"quarantine\"")
     if cfg.checks.spf_fail not in ("mark", "junk", "reject"):

@@ -17,7 +17,11 @@ Invariants:
 - with ``cache_size`` (the queue runner asks for one) answers are kept for their own TTL
   and no longer, in dnspython's ``LRUCache`` (RFC 1035 §3.2.1, RFC 2308 for the negative
   answers it keeps); a failed lookup is never cached. Without it every call asks the
-  server (the MX checks, ``mailstack dns check``: they must see a record just published).
+  server (the MX checks, ``mailstack dns check``: they must see a record just published);
+- a TLSA answer is ``secure`` only when it carries the AD bit (RFC 4035 §3.2.3) *and* came
+  from a resolver listed in ``[dns] trusted_resolvers`` (a validating resolver on a
+  trusted path, RFC 7672 §2.1.1, RFC 6698 §4.1); from any other server the bit means
+  nothing and the answer is reported as not secure.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Protocol
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
@@ -40,6 +45,9 @@ __all__ = [
     "MXRecord",
     "MXResult",
     "SRVRecord",
+    "TLSARecord",
+    "TLSAAnswer",
+    "TLSAResolver",
     "Resolver",
     "DNSPythonResolver",
     "parse_nameserver",
@@ -87,6 +95,28 @@ class SRVRecord:
     target: str
 
 
+@dataclass(frozen=True)
+class TLSARecord:
+    usage: int
+    selector: int
+    mtype: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TLSAAnswer:
+    """TLSA records, and whether a trusted validating resolver vouched for them (AD bit)."""
+
+    records: tuple[TLSARecord, ...]
+    secure: bool
+
+
+class TLSAResolver(Protocol):
+    """DANE lookups (RFC 7672): kept apart from ``Resolver``, which every test fake implements."""
+
+    async def tlsa(self, name: str) -> TLSAAnswer: ...
+
+
 class Resolver(Protocol):
     """What the rest of mailstack needs from DNS. Empty result = NODATA."""
 
@@ -119,7 +149,9 @@ def _name(host: str) -> str:
 class DNSPythonResolver:
     """``Resolver`` over ``dns.asyncresolver`` (TCP fallback for truncated answers built in)."""
 
-    def __init__(self, nameservers: Sequence[str] = (), timeout: float = 5.0, *, cache_size: int = 0) -> None:
+    def __init__(self, nameservers: Sequence[str] = (), timeout: float = 5.0, *, cache_size: int = 0,
+                 trusted: Sequence[str] = ()) -> None:
+        self._trusted = {parse_nameserver(t) for t in trusted}
         if nameservers:
             r = dns.asyncresolver.Resolver(configure=False)
             r.nameservers = [dns.nameserver.Do53Nameserver(h, port=p) for h, p in map(parse_nameserver, nameservers)]
@@ -129,22 +161,36 @@ class DNSPythonResolver:
         r.timeout = min(timeout, 2.0)
         if cache_size:
             r.cache = dns.resolver.LRUCache(cache_size)  # each answer for its TTL
+        if self._trusted:
+            r.flags = dns.flags.RD | dns.flags.AD  # RFC 6840 §5.7: ask for the AD bit
         self._r = r
 
     async def _query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
+        return list(await self._answer(name, rdtype) or [])
+
+    async def _answer(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
         try:
-            answer = await self._r.resolve(name, rdtype, search=False)
+            return await self._r.resolve(name, rdtype, search=False)
         except dns.resolver.NXDOMAIN:
             raise NXDomain(f"{name}: no such domain") from None
         except dns.resolver.NoAnswer:
-            return []  # NODATA
+            return None  # NODATA
         except dns.resolver.NoNameservers as e:
             raise DNSTemporaryError(f"{name} {rdtype}: no name server answered ({_short(e)})") from None
         except dns.exception.Timeout:
             raise DNSTemporaryError(f"{name} {rdtype}: DNS timeout") from None
         except dns.exception.DNSException as e:
             raise DNSTemporaryError(f"{name} {rdtype}: {_short(e)}") from None
-        return list(answer)
+
+    async def tlsa(self, name: str) -> TLSAAnswer:
+        """``_25._tcp.<mx>`` TLSA records; NODATA is an empty, non-secure answer."""
+        answer = await self._answer(_name(name), "TLSA")
+        if answer is None:
+            return TLSAAnswer((), False)
+        records = tuple(TLSARecord(int(r.usage), int(r.selector), int(r.mtype), bytes(r.cert))
+                        for r in answer)
+        ad = bool(answer.response.flags & dns.flags.AD)
+        return TLSAAnswer(records, ad and (answer.nameserver, answer.port) in self._trusted)
 
     async def mx(self, domain: str) -> MXResult:
         domain = _name(domain)
@@ -212,4 +258,4 @@ def _short(e: Exception) -> str:
 def resolver_from_config(dns_config: object, *, cache_size: int = 0) -> DNSPythonResolver:
     """The resolver for ``[dns]`` (``nameservers``, ``timeout``); ``cache_size``: see the module docstring."""
     return DNSPythonResolver(tuple(getattr(dns_config, "nameservers", ())), float(getattr(dns_config, "timeout", 5.0)),
-                             cache_size=cache_size)
+                             cache_size=cache_size, trusted=tuple(getattr(dns_config, "trusted_resolvers", ())))

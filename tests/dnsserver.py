@@ -1,7 +1,7 @@
 """A small authoritative DNS server on loopback for tests (dnslib, UDP and TCP).
 
 Records are kept in a dict and may be changed while it runs (``add``/``remove``/``clear``).
-It answers A, AAAA, MX, TXT, CNAME and SRV (and ANY of those), and gets the negative
+It answers A, AAAA, MX, TXT, CNAME, SRV and TLSA (and ANY of those), and gets the negative
 answers right, which dnslib's stock ``ZoneResolver`` does not:
 
 - a name that has records of some *other* type answers NOERROR with an empty answer
@@ -14,6 +14,10 @@ answers right, which dnslib's stock ``ZoneResolver`` does not:
 
 Long TXT records (a 2048-bit DKIM key) are split into 255-byte strings; a UDP answer
 that does not fit 512 bytes is sent truncated (TC) so the client retries over TCP.
+
+A name in ``secure`` gets its answers with the AD bit set (RFC 4035 §3.2.3), as a
+validating resolver would for a DNSSEC-signed zone (for DANE tests); other answers never
+carry it.
 
 Usage::
 
@@ -29,11 +33,11 @@ import threading
 from collections import defaultdict
 from types import TracebackType
 
-from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, SRV, TXT, A, DNSLabel, DNSRecord
+from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, SRV, TLSA, TXT, A, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 TTL = 60
-_TYPES = ("A", "AAAA", "MX", "TXT", "CNAME", "SRV")
+_TYPES = ("A", "AAAA", "MX", "TXT", "CNAME", "SRV", "TLSA")
 
 
 def _norm(name: str) -> str:
@@ -56,6 +60,9 @@ def _rdata(rtype: str, value: str) -> object:
     if rtype == "SRV":
         prio, weight, port, target = value.split()
         return SRV(int(prio), int(weight), int(port), target)
+    if rtype == "TLSA":  # "3 1 1 <hex>"
+        usage, selector, mtype, hexdata = value.split()
+        return TLSA(int(usage), int(selector), int(mtype), bytes.fromhex(hexdata))
     raise ValueError(f"unsupported type {rtype}")
 
 
@@ -71,11 +78,13 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
         with self.owner.lock:
             records = {k: {t: list(vs) for t, vs in v.items()} for k, v in self.owner.records.items()}
             fail = self.owner.servfail
+            secure = qname in self.owner.secure
             ttls = dict(self.owner.ttls)
             self.owner.queries.append((qname, qtype))
         if qname in fail:
             reply.header.rcode = RCODE.SERVFAIL
             return reply
+        reply.header.ad = 1 if secure else 0  # dnslib's reply() copies the query's AD bit
         name = qname
         for _ in range(8):  # CNAME chain, bounded
             here = records.get(name, {})
@@ -111,6 +120,7 @@ class TestDNS:
         self.lock = threading.Lock()
         self.records: dict[str, dict[str, list[str]]] = defaultdict(dict)
         self.servfail: set[str] = set()
+        self.secure: set[str] = set()  # names answered with the AD bit
         self.ttls: dict[str, int] = {}  # name -> TTL of its records (default TTL)
         self.queries: list[tuple[str, str]] = []  # (name, type) of every question, in order
         resolver = _Resolver(self)
@@ -145,6 +155,7 @@ class TestDNS:
         with self.lock:
             self.records.clear()
             self.servfail.clear()
+            self.secure.clear()
             self.ttls.clear()
             self.queries.clear()
 

@@ -293,7 +293,7 @@ class MXHandler:
                     self.queue.enqueue, sender, [r.recipient for r in temp], data, smtputf8=bool(txn.smtp_utf8),
                     client=str(common["client"]) if common["client"] else None, reason="deferred",
                     extra={"orig_id": txn.queue_id, "last_reply": str(temp[0].reply),
-                           **dsn_extra(txn)},
+                           **dsn_extra(txn), **({"requiretls": True} if txn.requiretls else {})},
                 )
                 extra_ids.append(qid)
                 for r in temp:

@@ -14,7 +14,13 @@ the message on to the next address, as RFC 5321 §5.1 asks.
 
 TLS: opportunistic STARTTLS (RFC 3207, RFC 7435) with the unverifying client context
 from ``mailstack.net``; when the handshake fails the same host is retried in plaintext
-once (as Postfix does at ``smtp_tls_security_level = may``). A smarthost (``[relay]``)
+once (as Postfix does at ``smtp_tls_security_level = may``) -- but only where no policy
+asks for TLS. A DNSSEC-validated TLSA RRset for ``_25._tcp.<mx>`` (DANE, RFC 7672) or an
+MTA-STS policy in ``enforce`` mode (RFC 8461) makes TLS mandatory and authenticated:
+DANE checks the certificate against the TLSA records, MTA-STS checks it against
+``[queue] tls_ca_file`` and the MX name, and only MX hosts the policy lists are used.
+What to do is decided in ``mailstack.smtp.tlspolicy``; each outcome carries the word for
+the mail log (``tls=none|opportunistic|mta-sts|dane``). A smarthost (``[relay]``)
 is different: it gets credentials, so TLS (STARTTLS or implicit) is required there and
 its certificate is verified unless ``[relay] verify_tls = false``.
 
@@ -40,12 +46,18 @@ import os
 import re
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from mailstack.dns import DNSError, DNSTemporaryError, NXDomain, Resolver, TLSAResolver, TLSARecord
 from mailstack.mail.dsnrequest import DSNRequest, xtext_encode
-from mailstack.dns import DNSError, DNSTemporaryError, NXDomain, Resolver
 from mailstack.replies import Reply
+from mailstack.smtp.mtasts import StsCache
+from mailstack.smtp.tlspolicy import Requirement, StsPolicy, decide, tlsa_matches, usable_tlsa
+from mailstack.smtp.tlsrpt import Attempt, TLSResultLog
 
 __all__ = [
     "Outcome",
@@ -75,6 +87,7 @@ class RecipientOutcome:
     reply: Reply
     remote_mta: str | None = None
     dsn_passed: bool = False  # the next hop offers DSN and got our NOTIFY/ORCPT (RFC 3461 §6.2.2)
+    tls: str = ""  # none | opportunistic | mta-sts | dane ("" = no connection got that far)
 
     @property
     def outcome(self) -> Outcome:
@@ -93,6 +106,7 @@ class Job:
     data: bytes  # CRLF line ends
     smtputf8: bool = False
     dsn: DSNRequest | None = None  # the sender's RFC 3461 request, passed on where DSN is offered
+    requiretls: bool = False  # RFC 8689: only over authenticated TLS to a server that offers REQUIRETLS
 
 
 @dataclass(frozen=True)
@@ -116,15 +130,20 @@ class Route:
     relay: RelaySettings | None = None
     connect_timeout: float = 30.0
     command_timeout: float = 300.0
+    sts: StsCache | None = None  # MTA-STS policies (RFC 8461); None = not looked up
+    verify_tls: ssl.SSLContext | None = None  # PKIX + host name check, for MTA-STS MX hosts
+    tlsa: TLSAResolver | None = None  # DANE TLSA lookups (RFC 7672); None = no DANE
+    tls_results: TLSResultLog | None = None  # TLS-RPT (RFC 8460) results; None = not recorded
 
 
 class _Fail(Exception):
     """This server cannot take the message now: try the next address."""
 
-    def __init__(self, reply: Reply, next_host: bool = True) -> None:
+    def __init__(self, reply: Reply, next_host: bool = True, tls: str = "") -> None:
         super().__init__(str(reply))
         self.reply = reply
         self.next_host = next_host
+        self.tls = tls  # the policy that refused the server (mta-sts, dane), for the mail log
 
 
 class _TLSFailed(Exception):
@@ -193,6 +212,7 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
         self.extensions: dict[str, str] = {}
         self.tls = False
+        self.tls_mode = "none"  # the mail log's tls= word
 
     @property
     def remote_mta(self) -> str:
@@ -287,7 +307,23 @@ class Connection:
         except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as e:
             raise _TLSFailed(str(e) or type(e).__name__) from None
         self.tls = True
+        self.tls_mode = "opportunistic"
         await self.ehlo_ext()  # RFC 3207 §4.2: forget what was said before TLS
+
+    def peer_certificate(self) -> tuple[bytes, bytes] | None:
+        """The server's leaf certificate and its SubjectPublicKeyInfo, both DER."""
+        if self.writer is None:
+            return None
+        obj = self.writer.get_extra_info("ssl_object")
+        der = obj.getpeercert(binary_form=True) if obj is not None else None
+        if not der:
+            return None
+        try:
+            spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        except ValueError:
+            return None
+        return der, spki
 
     async def auth(self, username: str, password: str) -> None:
         mechs = self.extensions.get("AUTH", "").upper().split()
@@ -325,6 +361,11 @@ class Connection:
                 r = _local(553, f"5.6.7 {self.host} does not support SMTPUTF8 (RFC 6531)")
                 return [RecipientOutcome(rc, r, self.remote_mta) for rc in recipients]
             params.append("SMTPUTF8")
+        if job.requiretls:
+            if "REQUIRETLS" not in self.extensions:  # RFC 8689 §4.2.1 (5), §5
+                r = _local(550, f"5.7.30 {self.host} does not support REQUIRETLS (RFC 8689)")
+                return [RecipientOutcome(rc, r, self.remote_mta) for rc in recipients]
+            params.append("REQUIRETLS")
         if "8BITMIME" in self.extensions and _needs_8bit(job.data):
             params.append("BODY=8BITMIME")
         dsn = job.dsn if "DSN" in self.extensions and job.dsn else None
@@ -465,6 +506,123 @@ async def _targets(domain: str, route: Route) -> list[_Target] | Reply:
     return targets
 
 
+def _unverified() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def _requirement(target: _Target, route: Route,
+                       policy: StsPolicy | None) -> tuple[Requirement, list[TLSARecord], list[TLSARecord]]:
+    """What this MX host asks for: DANE (validated TLSA records) first, then MTA-STS."""
+    if route.tlsa is not None and not _is_ip(target.host):
+        try:
+            answer = await route.tlsa.tlsa(f"_{route.port}._tcp.{target.host}")  # RFC 7672 §2.2.1
+        except DNSError as e:
+            # Choice: an unanswerable TLSA lookup counts as no TLSA (we cannot tell a
+            # signed zone from an unsigned one without the MX answer's own AD bit).
+            log.info("outbound: TLSA lookup for %s failed (%s); no DANE", target.host, e)
+        else:
+            if answer.secure and answer.records:
+                usable = usable_tlsa(answer.records)
+                return (Requirement.DANE if usable else Requirement.DANE_UNAUTHENTICATED), usable, list(answer.records)
+    if policy is not None and policy.mode == "enforce":
+        return Requirement.STS_ENFORCE, [], []
+    if policy is not None and policy.mode == "testing":
+        return Requirement.STS_TESTING, [], []
+    return Requirement.NONE, [], []
+
+
+def _result_type(req: Requirement, offered: bool, tls_ok: bool, verified: bool, allowed: bool, error: str) -> str:
+    """The RFC 8460 §4.3 result-type of one attempt ("" = success)."""
+    dane = req in (Requirement.DANE, Requirement.DANE_UNAUTHENTICATED)
+    if not dane and not allowed:
+        return "validation-failure"  # MX not in the policy
+    if not offered:
+        return "starttls-not-supported"
+    if dane:
+        return "" if tls_ok and (verified or req is Requirement.DANE_UNAUTHENTICATED) else "validation-failure"
+    if tls_ok and verified:
+        return ""
+    if "mismatch" in error:
+        return "certificate-host-mismatch"
+    if "expired" in error:
+        return "certificate-expired"
+    return "certificate-not-trusted" if "certificate" in error else "validation-failure"
+
+
+def _record(route: Route, domain: str, target: _Target, address: str, req: Requirement,
+            policy: StsPolicy | None, tlsa: Sequence[TLSARecord], result: str) -> None:
+    if route.tls_results is None or req is Requirement.NONE:
+        return
+    if req in (Requirement.DANE, Requirement.DANE_UNAUTHENTICATED):
+        strings = tuple(f"{r.usage} {r.selector} {r.mtype} {r.data.hex()}" for r in tlsa)
+        route.tls_results.record(Attempt(domain, "tlsa", strings, target.host, address, result))
+    elif policy is not None:
+        strings = ("version: STSv1", f"mode: {policy.mode}", *(f"mx: {m}" for m in policy.mx),
+                   f"max_age: {policy.max_age}")
+        route.tls_results.record(Attempt(domain, "sts", strings, target.host, address, result))
+
+
+async def _open_secure(target: _Target, address: str, route: Route, policy: StsPolicy | None,
+                       requiretls: bool = False, domain: str = "") -> Connection:
+    """A connection to a remote MX with the TLS its policy asks for, or ``_Fail``.
+
+    ``requiretls`` (RFC 8689 §4.2.1): the MX host must be vouched for by DANE or by an
+    MTA-STS policy that lists it (any mode but ``none``), and its certificate must pass
+    that check; with neither, the message fails permanently (``5.7.10``), since retrying
+    cannot help until the domain publishes one.
+    """
+    req, tlsa, all_tlsa = await _requirement(target, route, policy)
+    if requiretls:
+        if req is Requirement.STS_TESTING and policy is not None and policy.allows(target.host):
+            req = Requirement.STS_ENFORCE
+        elif req is not Requirement.DANE and req is not Requirement.STS_ENFORCE:
+            raise _Fail(_local(550, f"5.7.10 REQUIRETLS: no DNSSEC-validated TLSA record or MTA-STS policy "
+                                    f"authenticates {target.host}"), tls="none")
+    if req is Requirement.NONE:
+        return await _open(target, address, route)
+    port = route.port
+    conn = Connection(target.host, address, port, route)
+    await conn.open()
+    await conn.ehlo_ext()
+    offered = "STARTTLS" in conn.extensions
+    tls_ok = verified = False
+    error = ""
+    if offered:
+        dane = req in (Requirement.DANE, Requirement.DANE_UNAUTHENTICATED)
+        ctx = (route.client_tls or _unverified()) if dane else (route.verify_tls or ssl.create_default_context())
+        try:
+            await conn.starttls(ctx, target.host)
+            tls_ok = True
+            if dane:
+                cert = conn.peer_certificate()
+                verified = cert is not None and tlsa_matches(tlsa, *cert)
+            else:
+                verified = True  # the context checked the chain and the name (RFC 8461 §4.2)
+        except _TLSFailed as e:
+            error = str(e)
+    host_allowed = policy is None or policy.allows(target.host)
+    decision = decide(req, starttls_offered=offered, tls_ok=tls_ok, verified=verified, host=target.host,
+                      host_allowed=host_allowed)
+    _record(route, domain, target, address, req, policy, all_tlsa,
+            _result_type(req, offered, tls_ok, verified, host_allowed, error))
+    if not decision.deliver:
+        await (conn.quit() if tls_ok else conn.close())
+        raise _Fail(_local(451, decision.reason + (f" ({error})" if error else "")), tls=decision.tls)
+    if decision.reason:  # MTA-STS testing: report, then deliver as without a policy
+        log.warning("outbound: %s%s", decision.reason, f" ({error})" if error else "")
+        if not tls_ok or not verified:
+            if tls_ok:
+                await conn.quit()
+            else:
+                await conn.close()
+            return await _open(target, address, route)
+    conn.tls_mode = decision.tls if req is not Requirement.STS_TESTING else "opportunistic"
+    return conn
+
+
 async def _open(target: _Target, address: str, route: Route) -> Connection:
     """Connect, EHLO, STARTTLS (and AUTH for a relay)."""
     relay = route.relay
@@ -505,24 +663,58 @@ async def _open(target: _Target, address: str, route: Route) -> Connection:
 
 
 async def deliver_domain(domain: str, jobs: Sequence[Job], route: Route) -> dict[str, list[RecipientOutcome]]:
-    """Deliver ``jobs`` (recipients all at ``domain``); results per queue id, per recipient."""
+    """Deliver ``jobs`` (recipients all at ``domain``); results per queue id, per recipient.
+
+    Messages that ask for REQUIRETLS go over connections of their own (their TLS
+    requirements are stricter), after the others."""
+    results: dict[str, list[RecipientOutcome]] = {}
+    plain = [j for j in jobs if not j.requiretls]
+    strict = [j for j in jobs if j.requiretls]
+    if plain:
+        results.update(await _deliver_group(domain, plain, route, requiretls=False))
+    if strict:
+        results.update(await _deliver_group(domain, strict, route, requiretls=True))
+    return results
+
+
+async def _deliver_group(domain: str, jobs: Sequence[Job], route: Route, *,
+                         requiretls: bool) -> dict[str, list[RecipientOutcome]]:
     results: dict[str, list[RecipientOutcome]] = {}
     targets = await _targets(domain, route)
     if isinstance(targets, Reply):
         for job in jobs:
             results[job.queue_id] = [RecipientOutcome(r, targets) for r in job.recipients]
         return results
+    relay = route.relay
+    if requiretls and relay is not None and (relay.tls == "none" or not relay.verify_tls):  # RFC 8689 §4.2.1
+        reply = _local(550, f"5.7.10 REQUIRETLS: relay {relay.host} is not used with verified TLS")
+        return {job.queue_id: [RecipientOutcome(r, reply) for r in job.recipients] for job in jobs}
+    policy: StsPolicy | None = None
+    if route.sts is not None and route.relay is None and not domain.startswith("["):
+        policy = await route.sts.policy(domain)
+        if policy is not None and policy.mode == "enforce":
+            allowed = [t for t in targets if policy.allows(t.host)]  # RFC 8461 §4.1
+            if not allowed:
+                names = ", ".join(t.host for t in targets)
+                reply = _local(451, f"4.7.5 no MX host of {domain} ({names}) is allowed by its MTA-STS policy")
+                log.warning("outbound: %s", reply)
+                for job in jobs:
+                    results[job.queue_id] = [RecipientOutcome(r, reply, tls="mta-sts") for r in job.recipients]
+                return results
+            targets = allowed
     pending = list(jobs)
     last_error: Reply = _local(451, f"4.4.1 no MX host of {domain} answered")
     last_mta: str | None = None
+    last_tls = ""
     for target in targets:
         for address in target.addresses:
             if not pending:
                 return results
             try:
-                conn = await _open(target, address, route)
+                conn = (await _open(target, address, route) if route.relay is not None
+                        else await _open_secure(target, address, route, policy, requiretls, domain))
             except _Fail as f:
-                last_error, last_mta = f.reply, f"{target.host} [{address}]"
+                last_error, last_mta, last_tls = f.reply, f"{target.host} [{address}]", f.tls
                 log.info("outbound: %s [%s]: %s", target.host, address, f.reply)
                 if not f.next_host:
                     break
@@ -533,14 +725,14 @@ async def deliver_domain(domain: str, jobs: Sequence[Job], route: Route) -> dict
                     try:
                         outcome = await conn.transaction(job, job.recipients)
                     except _Fail as f:
-                        last_error, last_mta = f.reply, conn.remote_mta
+                        last_error, last_mta, last_tls = f.reply, conn.remote_mta, conn.tls_mode
                         if not f.next_host:
                             # broken mid-DATA: the message may or may not have arrived; retry later
                             results[job.queue_id] = [RecipientOutcome(r, f.reply, conn.remote_mta)
                                                      for r in job.recipients]
                             pending.pop(0)
                         break  # next address for what is left
-                    results[job.queue_id] = outcome
+                    results[job.queue_id] = [replace(ro, tls=conn.tls_mode) for ro in outcome]
                     pending.pop(0)
                     if pending and not await conn.reset():
                         break
@@ -551,5 +743,5 @@ async def deliver_domain(domain: str, jobs: Sequence[Job], route: Route) -> dict
         if route.relay is not None:
             break
     for job in pending:
-        results[job.queue_id] = [RecipientOutcome(r, last_error, last_mta) for r in job.recipients]
+        results[job.queue_id] = [RecipientOutcome(r, last_error, last_mta, tls=last_tls) for r in job.recipients]
     return results

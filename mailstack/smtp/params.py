@@ -61,13 +61,14 @@ SIZE_NOT_NUMBER = R.BAD_SYNTAX.with_text("SIZE takes a number")
 BAD_BODY = Reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
 SMTPUTF8_VALUE = R.BAD_SYNTAX.with_text("SMTPUTF8 takes no value")
 
-MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8"})
+MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8", "REQUIRETLS"})
 DSN_MAIL_PARAMS = frozenset({"RET", "ENVID"})  # RFC 3461 §4.3, §4.4
 DSN_RCPT_PARAMS = frozenset({"NOTIFY", "ORCPT"})  # RFC 3461 §4.1, §4.2
 BAD_RET = Reply(501, "5.5.4", "RET must be FULL or HDRS")
 BAD_ENVID = Reply(501, "5.5.4", "ENVID must be xtext of printable US-ASCII, at most 100 octets")
 BAD_NOTIFY = Reply(501, "5.5.4", "NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY")
 BAD_ORCPT = Reply(501, "5.5.4", "ORCPT must be addr-type;xtext, at most 500 octets")
+REQUIRETLS_VALUE = R.BAD_SYNTAX.with_text("REQUIRETLS takes no value")  # RFC 8689 §4
 MAX_SIZE_DIGITS = 20  # more cannot be a size; int() of thousands of digits is slow
 
 # RFC 5321 §4.1.2: esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-");
@@ -86,6 +87,7 @@ class MailArgs:
     smtputf8: bool = False
     ret: str | None = None  # RFC 3461 RET: "FULL" or "HDRS"
     envid: str | None = None  # RFC 3461 ENVID, xtext-decoded
+    requiretls: bool = False  # RFC 8689: relay only over verified TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +203,9 @@ def parse_mail(arg: str | None, *, extended: bool, max_size: int, dsn: bool = Fa
         return SMTPUTF8_VALUE
     if not smtputf8 and not sender.isascii():
         return NEEDS_SMTPUTF8
+    requiretls = params.get("REQUIRETLS", False)
+    if requiretls is not True and requiretls is not False:
+        return REQUIRETLS_VALUE
     ret: str | None = None
     if "RET" in params:
         raw = params["RET"]
@@ -213,7 +218,7 @@ def parse_mail(arg: str | None, *, extended: bool, max_size: int, dsn: bool = Fa
         envid = dsnrequest.parse_envid(raw) if isinstance(raw, str) else None
         if envid is None:
             return BAD_ENVID
-    return MailArgs(sender, size, body.upper(), smtputf8, ret, envid)
+    return MailArgs(sender, size, body.upper(), smtputf8, ret, envid, requiretls)
 
 
 def parse_rcpt(arg: str | None, *, smtputf8: bool, dsn: bool = False) -> RcptArgs | Reply:

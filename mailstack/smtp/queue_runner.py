@@ -32,14 +32,19 @@ Invariants:
   ``max_age`` the remaining recipients bounce (RFC 5321 §4.5.4.1), a 5xx bounces at once;
 - never a bounce for a null reverse-path (RFC 5321 §4.5.5); bounces and delay warnings
   are RFC 3464 DSNs sent from ``<>``, through ``queue.bounce`` (signed, logged, queued);
-- one mail-log line per message and outcome (``delivered``, ``deferred``, ``bounced``).
+- one mail-log line per message and outcome (``delivered``, ``deferred``, ``bounced``);
+  ``delivered`` and ``deferred`` lines say which transport security was used
+  (``tls=none|opportunistic|mta-sts|dane``, ``-`` when no connection got that far).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
+import os
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -49,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailstack.delivery import LocalDelivery, ResolveError
 from mailstack.delivery import Resolver as RcptResolver
-from mailstack.dns import Resolver, resolver_from_config
+from mailstack.dns import DNSPythonResolver, Resolver, resolver_from_config
 from mailstack.mail import dkim
 from mailstack.mail.forward import Forwarder
 from mailstack.mail.dsn import DSNRecipient
@@ -59,6 +64,8 @@ from mailstack.mail.dsnrequest import DSNRequest
 from mailstack.queue.bounce import bounce, notify_success, warn_delayed
 from mailstack.service import ServiceContext, ServiceError
 from mailstack.replies import Reply
+from mailstack.smtp.mtasts import StsCache
+from mailstack.smtp.tlsrpt import TLSResultLog, send_reports
 from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, Route, deliver_domain
 
 if TYPE_CHECKING:
@@ -69,6 +76,7 @@ __all__ = ["QueueRunner", "start", "relay_settings"]
 log = logging.getLogger(__name__)
 
 BATCH_DELAY = 0.05  # seconds between a wake-up and the scan: messages arriving together share connections
+REPORT_CHECK_INTERVAL = 300.0  # seconds between looks for a finished day of TLS-RPT results
 DNS_CACHE_SIZE = 10000  # answers the runner's resolver keeps, each for its own TTL (mailstack.dns)
 
 
@@ -121,9 +129,15 @@ class QueueRunner:
         self.resolver = resolver
         self.directory = directory
         self.keys_dir = dkim.keys_dir(config)  # signs our DSNs (queue.bounce)
+        verify_tls = _verify_context(config)
+        self.tls_results = TLSResultLog(Path(self.q.dir) / "tlsrpt") if self.q.tls_reports else None
+        self._reports_checked = 0.0
         self.route = Route(helo=config.hostname, resolver=resolver, port=self.q.smtp_port, client_tls=client_tls,
                            relay=relay, connect_timeout=self.q.connect_timeout,
-                           command_timeout=self.q.command_timeout)
+                           command_timeout=self.q.command_timeout, verify_tls=verify_tls,
+                           sts=StsCache(resolver, verify_tls, port=self.q.mta_sts_port) if self.q.mta_sts else None,
+                           tlsa=resolver if isinstance(resolver, DNSPythonResolver) and config.dns.trusted_resolvers
+                           else None, tls_results=self.tls_results)
         self._wake = asyncio.Event()
         self._stopping = False
         self._busy: set[str] = set()
@@ -201,8 +215,37 @@ class QueueRunner:
                     log.exception("queue: scan failed")
                     due_in = self.q.scan_interval
                 next_scan = time.time() + min(self.q.scan_interval, max(due_in, 0.05))
+            if self.tls_results is not None and time.time() - self._reports_checked >= REPORT_CHECK_INTERVAL:
+                self._reports_checked = time.time()
+                try:
+                    await self.send_tls_reports()
+                except Exception:
+                    log.exception("queue: TLS reports failed")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, max(0.05, next_scan - time.time())))
+
+    async def send_tls_reports(self, before: datetime.date | None = None) -> int:
+        """Queue the TLS-RPT reports of every recorded UTC day before ``before`` (today)
+        that has not gone out yet; how many messages were queued (RFC 8460 §4.1: daily)."""
+        if self.tls_results is None:
+            return 0
+        today = before or datetime.datetime.now(datetime.timezone.utc).date()
+        try:
+            names = sorted(os.listdir(self.tls_results.dir))
+        except FileNotFoundError:
+            return 0
+        sent = 0
+        for n in names:
+            if not n.endswith(".jsonl"):
+                continue
+            try:
+                day = datetime.date.fromisoformat(n[:-6])
+            except ValueError:
+                continue
+            if day < today:
+                sent += await send_reports(self.tls_results, day, self.resolver, self.store.enqueue,
+                                           submitter=self.config.hostname)
+        return sent
 
     async def _scan(self) -> float:
         """Start a round for every due, unclaimed message; seconds until the next one is due."""
@@ -313,7 +356,8 @@ class QueueRunner:
         async def lane(chunk: list[tuple[_Work, list[str]]]) -> None:
             async with self._per_domain[key], self._total:
                 jobs = [Job(w.env.id, w.env.sender, tuple(rcpts), w.data, w.env.smtputf8,
-                            DSNRequest.from_extra(w.env.extra) or None) for w, rcpts in chunk]
+                            DSNRequest.from_extra(w.env.extra) or None,
+                            requiretls=bool(w.env.extra.get("requiretls"))) for w, rcpts in chunk]
                 try:
                     results = await deliver_domain(domain, jobs, self.route)
                 except Exception as e:  # a bug must not lose mail: defer it
@@ -377,7 +421,7 @@ class QueueRunner:
             ro = w.results[group[0]]
             log_event("delivered", queue_id=env.id, service="queue", client=None, sender=env.sender,
                       recipients=group, size=size, status="sent", reply=str(ro.reply), relay=ro.remote_mta or "-",
-                      delay=f"{now - env.created:.1f}")
+                      tls=ro.tls or "-", delay=f"{now - env.created:.1f}")
         bounced: list[DSNRecipient] = []
         for r in failed:
             ro = w.results[r]
@@ -434,7 +478,21 @@ class QueueRunner:
             ro = w.results[group[0]]
             log_event("deferred", queue_id=env.id, service="queue", client=None, sender=env.sender,
                       recipients=group, size=size, status="deferred", reply=str(ro.reply), relay=_mta(ro),
+                      tls=ro.tls or "-",
                       attempts=attempts, next=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(next_attempt)))
+
+
+def _verify_context(config: Config) -> ssl.SSLContext:
+    """PKIX and host-name checking for MTA-STS (RFC 8461 §4.2): ``[queue] tls_ca_file``
+    or the system's CAs. A file that cannot be read is a start-up error."""
+    ca = config.queue.tls_ca_file
+    if not ca:
+        return ssl.create_default_context()
+    path = Path(ca) if Path(ca).is_absolute() else config.base_dir / ca
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as e:
+        raise ServiceError(f"[queue] tls_ca_file: cannot load {path}: {e}") from None
 
 
 def _mta(ro: RecipientOutcome | None) -> str | None:

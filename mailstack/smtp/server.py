@@ -136,6 +136,7 @@ class Transaction(Envelope):
         self.queue_id = ""
         self.size_hint = 0
         self.body_type = "7BIT"
+        self.requiretls = False  # RFC 8689: MAIL FROM ... REQUIRETLS
         self.recipients: list[str] = []
         self.resolutions: list[Any] = []
         self.chunks: ChunkReceiver | None = None  # set by the first BDAT (RFC 3030)
@@ -553,6 +554,8 @@ class BaseSMTP(SMTP):
             kw.append("DSN")
         if self.tls_context is not None and not self.tls_active:
             kw.append("STARTTLS")
+        if self.tls_active:  # RFC 8689 §4.1: offered only over TLS
+            kw.append("REQUIRETLS")
         return kw
 
     async def _ehlo(self, hostname: str, verb: str) -> None:
@@ -638,7 +641,11 @@ class BaseSMTP(SMTP):
         if isinstance(args, Reply):
             await self.push(args)
             return
+        if args.requiretls and not self.tls_active:  # RFC 8689 §4.1 (never advertised without TLS)
+            await self.push(Reply(530, "5.7.10", "REQUIRETLS needs a TLS connection"))
+            return
         sender = args.sender
+        txn.requiretls = args.requiretls
         txn.size_hint = args.size or 0
         txn.body_type = args.body
         txn.smtp_utf8 = args.smtputf8

@@ -247,7 +247,8 @@ class SubmissionHandler(MXHandler):
                 qid = await asyncio.to_thread(
                     self.queue.enqueue, sender, [r.recipient for r in remote], data,
                     queue_id=txn.queue_id, smtputf8=bool(txn.smtp_utf8), client=server.peer_ip,
-                    reason="submission", extra={"user": user, **dsn_extra(txn)},
+                    reason="submission",
+                    extra={"user": user, **dsn_extra(txn), **({"requiretls": True} if txn.requiretls else {})},
                 )
             except OSError:
                 log.exception("submission: cannot queue %s", txn.queue_id)

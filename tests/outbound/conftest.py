@@ -111,7 +111,7 @@ def remote() -> Iterator[Remote]:
     r.stop()
 
 
-def make_config(tmp_path: Path, dns: TestDNS, port: int, **sections: dict[str, Any]) -> Config:
+def make_config(tmp_path: Path, dns: TestDNS, port: int, /, **sections: dict[str, Any]) -> Config:
     data: dict[str, Any] = {
         "hostname": "mx.example.test",
         "database": {"url": f"sqlite:///{tmp_path}/var/mailstack.db"},
