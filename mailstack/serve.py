@@ -294,6 +294,9 @@ async def _serve(
     reloads: set[asyncio.Task[bool]] = set()
 
     def on_hup() -> None:
+        if stop.is_set():
+            log.info("SIGHUP while stopping: ignored")
+            return
         task = loop.create_task(reload(live, tls))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
@@ -326,13 +329,13 @@ async def _serve(
         await stop.wait()
 
     sd_notify("STOPPING=1")
-    loop.remove_signal_handler(signal.SIGHUP)
     for t in list(reloads):
         t.cancel()
     await _stop_all(running, grace, hurry)
     await asyncio.to_thread(auth.close)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a late `systemctl reload` must not kill the exit
     if failure is not None:
         return _fail(failure)
     log.info("stopped")
@@ -368,11 +371,16 @@ async def reload(live: _Live, tls: net.TLSContexts) -> bool:
             certs = await asyncio.to_thread(net.load_certificate_set, new.tls, new.hostname, tls.certificates)
         except (ConfigError, net.TLSError) as e:
             log.error("reload refused, the running configuration stays: %s", e)
-            return False
-        finally:
             sd_notify("READY=1")
+            return False
+        except Exception as e:  # e.g. the store unreadable: still one line, never a traceback
+            log.debug("reload failed", exc_info=True)
+            log.error("reload refused, the running configuration stays: %s: %s", type(e).__name__, e)
+            sd_notify("READY=1")
+            return False
         tls.swap(certs)
         live.config = new
+        sd_notify("READY=1")
         pending = [f.name for f in dataclasses.fields(Config)
                    if f.name not in LIVE_SECTIONS and getattr(old, f.name) != getattr(new, f.name)]
         names = ", ".join(sorted(n for n in certs.files if n)) or "none"

@@ -218,7 +218,7 @@ class LineClient:
 
     def command(self, tag: str, text: str) -> list[bytes]:
         self.sock.sendall(f"{tag} {text}\r\n".encode())
-        lines = []
+        lines: list[bytes] = []
         while not (lines and lines[-1].startswith(tag.encode() + b" ")):
             lines.append(self.line())
         assert lines[-1].startswith(f"{tag} OK".encode()), lines
