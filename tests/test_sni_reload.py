@@ -8,6 +8,7 @@ session open across it.
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import os
 import signal
 import smtplib
@@ -258,6 +259,14 @@ def starttls_cn(port: int) -> str:
         return cn(sock.getpeercert(binary_form=True))
 
 
+def imap_starttls_cn(port: int) -> str:
+    """IMAP STARTTLS from imaplib to "localhost" (RFC 3501 §6.2.1): SNI "localhost"."""
+    with imaplib.IMAP4("localhost", port, timeout=20) as imap:
+        imap.starttls(ssl_context=net.client_context())
+        assert isinstance(imap.sock, ssl.SSLSocket)
+        return cn(imap.sock.getpeercert(binary_form=True))
+
+
 def test_sighup_renews_certificates_with_an_idle_session_open_across_it(
         tmp_path: Path, served: tuple[Server, Path, dict[str, int]]) -> None:
     server, config, ports = served
@@ -265,6 +274,7 @@ def test_sighup_renews_certificates_with_an_idle_session_open_across_it(
     assert presented(ports["imaps"], None) == HOST
     assert presented(ports["imaps"], "localhost") == "localhost"
     assert starttls_cn(ports["submission"]) == "localhost"
+    assert imap_starttls_cn(ports["imap"]) == "localhost"
 
     idler = LineClient(ports["imap"])
     idler.command("a", 'LOGIN alice@example.test "s3cret pw"')
@@ -282,6 +292,7 @@ def test_sighup_renews_certificates_with_an_idle_session_open_across_it(
     assert presented(ports["imaps"], None) == "renewed.example.test"
     assert presented(ports["imaps"], "localhost") == "renewed-localhost"
     assert starttls_cn(ports["submission"]) == "renewed-localhost"
+    assert imap_starttls_cn(ports["imap"]) == "renewed-localhost"
 
     deliver(tmp_path, "after the reload")
     idler.untagged_until(b"* 1 EXISTS")
