@@ -14,6 +14,9 @@ Invariants:
   ``unix_listener lmtp { mode = 0660 }``), and a folder made for it is 0750 (the group
   may reach the socket, nobody else may even look); the TLS folder made for a
   self-signed pair is 0700 and both files in it 0600;
+- every TLS listener shares ``TLSContexts.server``, whose SNI callback picks the context
+  of the name asked for (store: ``<tls dir>/certs/<hostname>/``) or the mail host's;
+  a reload swaps the whole set at once and never touches a session already open;
 - every listener failure is a ``ListenError`` whose ``str()`` is one line naming the
   address: ``cannot listen on 127.0.0.1:2525: address already in use``.
 """
@@ -28,6 +31,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import re
 import socket
 import ssl
 import stat
@@ -41,14 +45,18 @@ from mailstack.config import ListenAddress, TLSConfig
 from mailstack.storage.safeio import make_dirs, write_durable
 
 __all__ = [
+    "CertificateSet",
     "ConnectionLimits",
     "InFlight",
     "ListenError",
     "TLSContexts",
     "TLSError",
+    "certificate_dir",
     "client_context",
     "ensure_certificate",
+    "install_certificate",
     "is_loopback_peer",
+    "load_certificate_set",
     "load_tls_contexts",
     "log_listener",
     "open_listeners",
@@ -89,12 +97,62 @@ class ListenError(Exception):
 # TLS
 
 
-@dataclass(frozen=True)
 class TLSContexts:
-    """``server`` for our listeners (implicit TLS and STARTTLS); ``client`` for outbound SMTP."""
+    """The TLS contexts every listener shares, swapped as a whole on reload.
 
-    server: ssl.SSLContext
-    client: ssl.SSLContext
+    ``server`` is one fixed "front" context handed to every listener (implicit TLS and
+    STARTTLS alike); its SNI callback (RFC 6066 §3) hands each handshake to the context of
+    the name the client asked for, from the current certificate set, else the default
+    one (the mail host's). ``reload()`` builds a new set and swaps one reference, so a
+    listener never holds a stale certificate and a session already open keeps the one it
+    was given. ``client`` is the opportunistic context for outbound SMTP.
+    """
+
+    def __init__(self, certs: CertificateSet, client: ssl.SSLContext) -> None:
+        self._certs = certs
+        self.client = client
+        self.server = certs.default_context()
+        self.server.sni_callback = self._choose
+
+    @property
+    def certificates(self) -> CertificateSet:
+        return self._certs
+
+    def _choose(self, sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+                _front: ssl.SSLContext) -> None:
+        # OpenSSL calls this with server_name None as well when the client sent no SNI:
+        # it gets the default context of the *current* set, not the front's own copy.
+        sslobj.context = self._certs.pick(server_name)
+
+    def swap(self, certs: CertificateSet) -> None:
+        """Make ``certs`` the set new handshakes choose from (one reference assignment)."""
+        self._certs = certs
+
+    def reload(self, tls: TLSConfig, hostname: str) -> CertificateSet:
+        """Read the certificates again and swap them in; TLSError (nothing changes) when the
+        default pair cannot be used. A per-name pair that cannot be read keeps its old
+        context (logged), so a half-finished renewal never takes a name off the air."""
+        self._certs = load_certificate_set(tls, hostname, previous=self._certs)
+        return self._certs
+
+
+@dataclass(frozen=True)
+class CertificateSet:
+    """One generation of server contexts: the default and one per hostname (lower case)."""
+
+    default: ssl.SSLContext
+    by_name: dict[str, ssl.SSLContext]
+    files: dict[str, Path]  # name -> its cert.pem ("" = the default), for status reports
+
+    def default_context(self) -> ssl.SSLContext:
+        return self.default
+
+    def pick(self, server_name: str | None) -> ssl.SSLContext:
+        if server_name:
+            ctx = self.by_name.get(server_name.rstrip(".").lower())
+            if ctx is not None:
+                return ctx
+        return self.default
 
 
 def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
@@ -136,9 +194,116 @@ def client_context() -> ssl.SSLContext:
     return ctx
 
 
-def load_tls_contexts(tls: TLSConfig) -> TLSContexts:
-    """Both contexts from the ``[tls]`` section (the files must exist: see ensure_certificate)."""
-    return TLSContexts(server=server_context(tls.cert_file, tls.key_file), client=client_context())
+def load_tls_contexts(tls: TLSConfig, hostname: str = "") -> TLSContexts:
+    """The shared contexts from ``[tls]`` and the certificate store (the default pair must
+    exist: see ensure_certificate); ``hostname`` is the mail host (``hostname`` key)."""
+    return TLSContexts(load_certificate_set(tls, hostname), client_context())
+
+
+# ---------------------------------------------------------------------------
+# the certificate store: one pair per hostname, chosen by SNI
+#
+# Layout (no config key: it follows ``[tls] cert_file``, the folder the units may write):
+#   <folder of cert_file>/certs/<hostname>/cert.pem   (full chain, leaf first)
+#   <folder of cert_file>/certs/<hostname>/key.pem    (0600)
+# The default, for clients without SNI or asking for a name without a pair, is the mail
+# host's pair in the store when there is one, else ``[tls] cert_file``/``key_file``: like
+# Postfix's ``smtpd_tls_chain_files`` plus ``tls_server_sni_maps``, or Dovecot's
+# ``local_name`` blocks over the global ``ssl_cert``.
+
+STORE_DIR_NAME = "certs"
+MAX_STORE_NAMES = 1000  # pairs read per reload; more is a misconfiguration, not a mail host
+_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def certificate_dir(tls: TLSConfig) -> Path:
+    """The store's folder: ``<folder of [tls] cert_file>/certs``."""
+    return tls.cert_file.parent / STORE_DIR_NAME
+
+
+def normalize_hostname(hostname: str) -> str:
+    """Lower case, no trailing dot, A-labels only; ValueError (one line) for anything else.
+
+    Wildcards are refused: SNI selection here is by exact name (ACME http-01, the only
+    challenge served, cannot certify a wildcard anyway)."""
+    name = hostname.strip().rstrip(".").lower()
+    if not _HOSTNAME_RE.fullmatch(name):
+        raise ValueError(f"{hostname!r} is not a host name")
+    return name
+
+
+def install_certificate(tls: TLSConfig, hostname: str, cert_pem: bytes, key_pem: bytes) -> Path:
+    """Put a certificate chain and its key in the store for ``hostname``; the folder.
+
+    Both are checked first (they must load together as a server pair: TLSError otherwise,
+    nothing written). The key is written 0600 before the certificate, each durably (temp,
+    fsync, rename), under the store's lock, so a reading ``reload`` sees the old pair, or
+    the new one, or at worst a mismatch it refuses while keeping the old context. Takes
+    effect for new connections at the next reload (``TLSContexts.reload``, or SIGHUP).
+    """
+    try:
+        name = normalize_hostname(hostname)
+    except ValueError as e:
+        raise TLSError(f"cannot install a certificate: {e}") from None
+    _check_pair(cert_pem, key_pem, name)
+    folder = certificate_dir(tls) / name
+    try:
+        make_dirs(folder, TLS_DIR_MODE)
+        with _locked_dir(folder.parent):
+            write_durable(folder / "key.pem", key_pem, mode=0o600)
+            write_durable(folder / "cert.pem", cert_pem, mode=0o600)
+    except OSError as e:
+        raise TLSError(f"cannot write {e.filename or folder}: {(e.strerror or str(e)).lower()}") from None
+    log.info("installed a certificate for %s in %s", name, folder)
+    return folder
+
+
+def _check_pair(cert_pem: bytes, key_pem: bytes, name: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        c, k = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        write_durable(k, key_pem, mode=0o600)
+        write_durable(c, cert_pem, mode=0o600)
+        try:
+            server_context(c, k)
+        except TLSError:
+            raise TLSError(f"the certificate and key for {name} do not load together as a server pair") from None
+
+
+def load_certificate_set(tls: TLSConfig, hostname: str = "",
+                         previous: CertificateSet | None = None) -> CertificateSet:
+    """Read ``[tls]`` and the store. TLSError when the default cannot be used; a store pair
+    that cannot be loaded is logged and skipped (or keeps its ``previous`` context)."""
+    default = server_context(tls.cert_file, tls.key_file)
+    by_name: dict[str, ssl.SSLContext] = {}
+    files: dict[str, Path] = {"": tls.cert_file}
+    store = certificate_dir(tls)
+    lock = _locked_dir(store) if store.is_dir() else contextlib.nullcontext()
+    with lock:
+        entries = sorted(store.iterdir())[:MAX_STORE_NAMES] if store.is_dir() else []
+        for folder in entries:
+            try:
+                name = normalize_hostname(folder.name)
+            except ValueError:
+                continue  # not ours (a stray file, an editor's backup)
+            if not folder.is_dir() or name != folder.name:
+                continue
+            try:
+                by_name[name] = server_context(folder / "cert.pem", folder / "key.pem")
+                files[name] = folder / "cert.pem"
+            except TLSError as e:
+                kept = previous.by_name.get(name) if previous else None
+                log.error("certificate for %s not loaded (%s)%s", name, e,
+                          "; keeping the one in use" if kept else "")
+                if kept is not None and previous is not None:
+                    by_name[name] = kept
+                    files[name] = previous.files[name]
+    host = hostname.rstrip(".").lower()
+    if host in by_name:
+        default = by_name[host]
+        files[""] = files[host]
+    return CertificateSet(default=default, by_name=by_name, files=files)
 
 
 def ensure_certificate(tls: TLSConfig, hostname: str) -> bool:

@@ -3,7 +3,7 @@
 What it does, in order: resolve the service names (unknown name: exit 2; a service
 this build lacks: exit 1 when named, a warning and a skip when not), prepare what is
 missing on disk (``prepare``), start each service, tell systemd ``READY=1`` (when
-``NOTIFY_SOCKET`` is set), wait for SIGTERM/SIGINT, send ``STOPPING=1``, call every
+``NOTIFY_SOCKET`` is set), wait for SIGTERM/SIGINT (SIGHUP: ``reload``), send ``STOPPING=1``, call every
 service's ``stop(grace)`` at once and exit 0 once they return or the grace has run out.
 
 Invariants:
@@ -13,6 +13,13 @@ Invariants:
 - the stop is bounded: ``stop_grace`` seconds (default 10; ``MAILSTACK_STOP_GRACE``
   overrides) plus one second of slack, after which remaining stops are cancelled;
   a second signal cuts the grace short.
+
+Reload (SIGHUP, ``systemctl reload``): the config file is read again; one that does not
+load (or whose certificates do not) is refused with one ERROR line and the running one
+stays. What applies live: the certificates (``[tls]`` files, the store, ``hostname`` as
+the default name), for new connections; open sessions (an IMAP IDLE, an SMTP transaction)
+go on untouched. Everything else (listeners, limits, paths) applies at the next restart:
+the reload logs which sections changed and wait for it, as Postfix does for master.cf.
 
 Only ``mailstack.cli.serve`` imports this module: what a service needs from its runner
 is in ``mailstack.service`` and ``mailstack.net`` below every service, so services are
@@ -25,6 +32,7 @@ adds services to the registry (they run when named, and with no names as well).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
@@ -32,12 +40,13 @@ import re
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mailstack import net
 from mailstack.auth import Authenticator
-from mailstack.config import Config
+from mailstack.config import Config, ConfigError, load_config
 from mailstack.directory import Directory, DirectoryError
 from mailstack.service import RunningService, ServiceContext, ServiceError, StartFunction, limits_for
 from mailstack.imap import fts
@@ -48,6 +57,7 @@ __all__ = [
     "SERVICES",
     "enabled_services",
     "prepare",
+    "reload",
     "run",
     "sd_notify",
 ]
@@ -252,7 +262,7 @@ def run(config: Config, services: Sequence[str]) -> int:
         storage_hooks.add(indexer)
     try:
         try:
-            tls = net.load_tls_contexts(config.tls)
+            tls = net.load_tls_contexts(config.tls, config.hostname)
         except net.TLSError as e:
             return _fail(str(e))
         return asyncio.run(_serve(config, directory, tls, chosen, grace))
@@ -289,6 +299,18 @@ async def _serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    live = _Live(config)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        if stop.is_set():
+            log.info("SIGHUP while stopping: ignored")
+            return
+        task = loop.create_task(reload(live, tls))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
 
     auth = Authenticator.from_config(config, directory)
     running: list[RunningService] = []
@@ -316,14 +338,64 @@ async def _serve(
         await stop.wait()
 
     sd_notify("STOPPING=1")
+    for t in list(reloads):
+        t.cancel()
     await _stop_all(running, grace, hurry)
     await asyncio.to_thread(auth.close)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a late `systemctl reload` must not kill the exit
     if failure is not None:
         return _fail(failure)
     log.info("stopped")
     return EXIT_OK
+
+
+class _Live:
+    """The config in force (what a reload compares against) and the lock that keeps two
+    reloads from interleaving."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.lock = asyncio.Lock()
+
+
+LIVE_SECTIONS = frozenset({"tls", "path"})  # what a reload applies; the rest waits for a restart
+
+
+async def reload(live: _Live, tls: net.TLSContexts) -> bool:
+    """Read the config and the certificates again; True when applied, False when refused.
+
+    Refused (ERROR line, nothing changes): a config that does not load, a default
+    certificate pair that does not. A store pair that does not load keeps its old context.
+    """
+    async with live.lock:
+        old = live.config
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            if old.path is None:
+                raise ConfigError("no config file to read again")
+            new = await asyncio.to_thread(load_config, old.path)
+            await asyncio.to_thread(net.ensure_certificate, new.tls, new.hostname)
+            certs = await asyncio.to_thread(net.load_certificate_set, new.tls, new.hostname, tls.certificates)
+        except (ConfigError, net.TLSError) as e:
+            log.error("reload refused, the running configuration stays: %s", e)
+            sd_notify("READY=1")
+            return False
+        except Exception as e:  # e.g. the store unreadable: still one line, never a traceback
+            log.debug("reload failed", exc_info=True)
+            log.error("reload refused, the running configuration stays: %s: %s", type(e).__name__, e)
+            sd_notify("READY=1")
+            return False
+        tls.swap(certs)
+        live.config = new
+        sd_notify("READY=1")
+        pending = [f.name for f in dataclasses.fields(Config)
+                   if f.name not in LIVE_SECTIONS and getattr(old, f.name) != getattr(new, f.name)]
+        names = ", ".join(sorted(n for n in certs.files if n)) or "none"
+        log.info("reloaded: certificates (per-name: %s)%s", names,
+                 f"; changed [{'], ['.join(pending)}] apply at the next restart" if pending else "")
+        return True
 
 
 async def _stop_all(running: Sequence[RunningService], grace: float, hurry: asyncio.Event) -> None:

@@ -109,6 +109,8 @@ def test_service_units_are_notify_and_hardened(unit: str) -> None:
     assert service["ExecStart"] == [f"{EXEC} {name}".rstrip()]
     assert service["Type"] == ["notify"]
     assert service["Restart"] == ["on-failure"]
+    # `systemctl reload`: SIGHUP re-reads the config and the certificates (mailstack.serve)
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     for key, value in HARDENING.items():
         assert service.get(key) == [value], f"{unit}: {key}"
     assert "@system-service" in service["SystemCallFilter"]

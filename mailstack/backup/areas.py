@@ -12,6 +12,7 @@ own tool (`directory.dump`) into ``database/``.
 | ``dkim`` | ``[queue] dkim_dir`` | the DKIM signing keys |
 | ``tls/cert.pem``, ``tls/key.pem`` | ``[tls] cert_file``, ``key_file`` | the certificate and its key (also what an ACME client renewed) |
 | ``acme/account.key`` | ``[acme] dir`` | the ACME account key, when there is one (challenges and the lock are not kept) |
+| ``tls-certs`` | ``<folder of [tls] cert_file>/certs`` | one certificate and key per hostname, chosen by SNI (what ACME installed) |
 | ``config/<name>`` | the config file | restored *beside* the target's config as ``<name>.from-backup``, never over it |
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from mailstack import net
 from mailstack.config import Config
 
 __all__ = ["Area", "areas", "config_area", "FROM_BACKUP_SUFFIX"]
@@ -46,6 +48,7 @@ def areas(config: Config) -> tuple[Area, ...]:
         Area("tls/cert.pem", config.tls.cert_file, "file"),
         Area("tls/key.pem", config.tls.key_file, "file"),
         Area("acme/account.key", config.acme.dir / "account.key", "file"),  # absent without [acme]
+        Area("tls-certs", net.certificate_dir(config.tls), "tree"),  # a top-level name: restore maps by it
     )
 
 

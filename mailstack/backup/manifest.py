@@ -27,7 +27,7 @@ MANIFEST_NAME = "MANIFEST.json"
 FORMAT = "mailstack-backup"
 VERSION = 1
 # The top folders of a snapshot (see backup.areas): nothing else may appear in a manifest.
-AREAS = ("database", "maildirs", "queue", "dkim", "tls", "acme", "config")
+AREAS = ("database", "maildirs", "queue", "dkim", "tls", "tls-certs", "acme", "config")
 
 
 class ManifestError(Exception):

@@ -414,9 +414,16 @@ async def start(ctx: ServiceContext) -> RunningService:
         raise
     renewal = None
     if cfg.acme.directory_url:
-        # The ACME renewal loop lives with the service that answers its http-01 challenges.
-        # TODO(reload): pass the SNI/reload hook as ``installed`` once it exists; until
-        # then a renewed pair serves from the next start.
+        # The ACME renewal loop lives with the service that answers its http-01 challenges;
+        # a renewed pair is swapped into this process's TLS contexts at once (other
+        # processes take it at their next SIGHUP / systemctl reload).
+        def installed() -> None:
+            try:
+                ctx.tls.reload(cfg.tls, cfg.hostname)
+            except net.TLSError as e:
+                log.error("acme: the renewed certificate could not be loaded, the old one stays: %s", e)
+
         renewal = asyncio.create_task(
-            acme_renewal.run(cfg, lambda: [d.name for d in ctx.directory.list_domains()]), name="acme-renewal")
+            acme_renewal.run(cfg, lambda: [d.name for d in ctx.directory.list_domains()], installed),
+            name="acme-renewal")
     return HTTPService(runner, servers, renewal)

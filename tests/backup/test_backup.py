@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mailstack import net
 from mailstack.cli import main
 from mailstack.queue import QueueStore
 from mailstack.storage import Maildir
@@ -89,6 +90,21 @@ def test_snapshot_holds_everything_but_caches_and_locks(old: Root, tmp_path: Pat
     assert "dkim/example.test/mail.key" in paths and "dkim/srs.secret" in paths and "tls/key.pem" in paths and "tls/cert.pem" in paths
     assert "database/directory.sqlite" in paths and "config/mailstack.toml" in paths
     assert oct((snap / "database" / "directory.sqlite").stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_per_hostname_certificates_are_backed_up_and_restored(old: Root, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    tls = old.config.tls
+    key, cert = net._self_signed("mta-sts.example.test")
+    net.install_certificate(tls, "mta-sts.example.test", cert, key)
+    status, _, err = run(old, capsys, "backup", str(tmp_path / "bk"))
+    assert status == 0, err
+    new = make_root(tmp_path / "new")
+    status, _, err = run(new, capsys, "restore", str(tmp_path / "bk"))
+    assert status == 0, err
+    got = net.certificate_dir(new.config.tls) / "mta-sts.example.test"
+    assert (got / "key.pem").read_bytes() == key and (got / "cert.pem").read_bytes() == cert
+    assert oct((got / "key.pem").stat().st_mode & 0o777) == "0o600"
 
 
 def test_restore_onto_an_empty_root_gives_the_same_installation(old: Root, tmp_path: Path,
