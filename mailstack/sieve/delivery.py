@@ -1,0 +1,177 @@
+"""Carrying out a Sieve result at local delivery (MX, LMTP, local submission: all go through
+``mailstack.delivery.LocalDelivery``, which calls ``execute`` for a mailbox with an active script).
+
+What happens, as Dovecot's LMTP with Pigeonhole does it:
+- the script is compiled at each delivery; a script that does not compile, or fails while
+  running, gives an implicit keep (RFC 5228 §2.10.6) and a log line: never a lost message;
+- keep / implicit keep -> INBOX (or the existing ``+tag`` folder); ``fileinto`` a missing folder
+  -> INBOX, unless ``:create`` (RFC 5490 §3.2) makes it; a folder that cannot be used -> INBOX;
+- imap4flags: the message is stored with its flags (system flags and keywords);
+- redirect -> the queue, as a forward (``Delivered-To:`` on top for loop detection);
+  a failure to queue falls back to a keep;
+- reject -> a rejection message (RFC 5429 §2.1.1, null return path) to the envelope sender
+  through the queue, the message is not stored; never a refusal, even on the MX (Pigeonhole's
+  LMTP behaviour, and what keeps the MX and LMTP alike); a null sender gets nothing;
+- ereject -> ``550 5.7.1`` for this mailbox (RFC 5429 §2.1: in protocol when possible);
+- discard -> nothing stored, ``250``.
+If any store fails after another succeeded, the message is already safe and the reply is 250;
+if every store fails, a keep into INBOX is tried last, then a temporary error.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from mailstack import replies as R
+from mailstack.mail import headers
+from mailstack.replies import Reply
+from mailstack.sieve.grammar import SieveSyntaxError
+from mailstack.sieve.interp import Action, Context, Envelope, Interpreter
+from mailstack.sieve.store import ScriptError, ScriptStore, check_name
+from mailstack.storage import StorageError
+from mailstack.storage.filename import normalize_flag
+
+log = logging.getLogger(__name__)
+
+EREJECTED = Reply(550, "5.7.1", "Rejected by the recipient's Sieve filter")
+SYSTEM = {"\\seen", "\\answered", "\\flagged", "\\deleted", "\\draft"}
+
+
+class _Delivery(Protocol):
+    hostname: str
+
+    @property
+    def queue(self) -> Any: ...
+
+
+def active_script(home: Path) -> bytes | None:
+    return ScriptStore(home).active_script()
+
+
+def _loader(home: Path, global_dir: Path | None) -> Any:
+    """include (RFC 6609): ``:personal`` from the user's scripts, ``:global`` from ``global_dir``."""
+    def load(name: str, is_global: bool) -> bytes | None:
+        try:
+            if is_global:
+                if global_dir is None:
+                    return None
+                return (global_dir / (check_name(name) + ".sieve")).read_bytes()
+            return ScriptStore(home).get(name)
+        except (ScriptError, OSError):
+            return None
+    return load
+
+
+def execute(delivery: _Delivery, md: Any, mb: Any, script: bytes, body: bytes, keep_folder: str | None, *,
+            sender: str, rcpt: str) -> Reply:
+    """Run ``script`` on ``body`` (our Return-Path/Delivered-To on top) for mailbox ``mb``."""
+    try:
+        interp = Interpreter.compile(script)
+    except SieveSyntaxError as e:
+        log.warning("sieve script of %s does not compile (%s): implicit keep", mb.address, e)
+        return _store(md, body, keep_folder, (), create=False)
+    ctx = Context(body, Envelope(sender, rcpt), load_include=_loader(md.root, getattr(delivery, "sieve_global_dir", None)))
+    result = interp.run(ctx)
+    if result.error:
+        log.warning("sieve script of %s failed (%s): implicit keep", mb.address, result.error)
+    stored: list[Reply] = []
+    for action in result.actions:
+        if action.kind in ("keep", "fileinto"):
+            folder = keep_folder if action.kind == "keep" else action.folder
+            stored.append(_store(md, body, folder, action.flags, create=action.create))
+        elif action.kind == "redirect":
+            if not _redirect(delivery, action, body, mb.address, sender):
+                stored.append(_store(md, body, keep_folder, (), create=False))
+        elif action.kind == "reject":
+            _reject(delivery, action, body, sender, rcpt)
+        elif action.kind == "ereject":
+            return EREJECTED
+    if not stored or any(r.is_ok for r in stored):
+        return R.OK
+    return stored[0]
+
+
+def _split_flags(flags: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    system = [normalize_flag(f) for f in flags if f.lower() in SYSTEM]
+    keywords = [f for f in flags if f.lower() not in SYSTEM and not f.startswith("\\")]
+    return system, keywords
+
+
+def _store(md: Any, body: bytes, folder: str | None, flags: tuple[str, ...], *, create: bool) -> Reply:
+    name = None if folder is None or folder.upper() == "INBOX" else folder
+    try:
+        if name is not None and not md.has_folder(name):
+            if create:  # RFC 5490 §3.2
+                md.create_folder(name)
+            else:
+                log.info("sieve fileinto %r: no such folder, kept in INBOX", name)
+                name = None
+    except (StorageError, OSError, ValueError) as e:
+        log.warning("sieve fileinto %r: %s; kept in INBOX", name, e)
+        name = None
+    targets: tuple[str | None, ...] = (name, None) if name is not None else (None,)
+    for target in targets:
+        try:
+            if flags:  # RFC 5232 §5: stored with the flags
+                system, keywords = _split_flags(flags)
+                md.folder(target or "INBOX").append(body, system, None, keywords)
+            else:
+                md.deliver(body, target)
+            return R.OK
+        except (StorageError, OSError, ValueError) as e:
+            log.warning("sieve store into %r failed: %s", target or "INBOX", e)
+    return R.LOCAL_ERROR.with_text("Local delivery failed, try again later")
+
+
+def _redirect(delivery: _Delivery, action: Action, body: bytes, mailbox: str, sender: str) -> bool:
+    queue = delivery.queue
+    if queue is None:
+        log.warning("sieve redirect to %s for %s: no queue, kept instead", action.address, mailbox)
+        return False
+    if body.startswith(b"Return-Path:"):  # ours, for the Maildir copy; the queue's delivery adds its own
+        body = body[body.index(b"\n") + 1:]
+    try:
+        queue.enqueue(sender, [action.address], body, reason="sieve redirect",
+                      extra={"orig_rcpt": mailbox})
+    except (OSError, ValueError) as e:
+        log.warning("sieve redirect to %s for %s: %s, kept instead", action.address, mailbox, e)
+        return False
+    return True
+
+
+def _reject(delivery: _Delivery, action: Action, body: bytes, sender: str, rcpt: str) -> None:
+    """RFC 5429 §2.1.1: a rejection (an MDN, RFC 8098, disposition "deleted") to the sender."""
+    if not sender or delivery.queue is None:
+        log.info("sieve reject for %s: no sender to tell", rcpt)
+        return
+    boundary = f"=_sieve_reject_{int(time.time() * 1000)}"
+    original_headers = headers.header_block(body)
+    reason = headers.safe_text(action.reason)
+    text = (
+        headers.field("From", f"Mail Delivery Subsystem <MAILER-DAEMON@{delivery.hostname}>")
+        + headers.field("To", f"<{sender}>")
+        + headers.field("Subject", "Automatically rejected mail")
+        + headers.field("Date", email.utils.formatdate(localtime=False))
+        + headers.field("Message-ID", email.utils.make_msgid(domain=delivery.hostname))
+        + headers.field("Auto-Submitted", "auto-replied (rejected)")
+        + b"MIME-Version: 1.0\r\n"
+        + f'Content-Type: multipart/report; report-type=disposition-notification;\r\n boundary="{boundary}"\r\n'
+          .encode()
+        + b"\r\n"
+        + f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n".encode()
+        + f"Your message to <{rcpt}> was automatically rejected:\r\n{reason}\r\n".encode("utf-8")
+        + f"\r\n--{boundary}\r\nContent-Type: message/disposition-notification\r\n\r\n".encode()
+        + f"Reporting-UA: {delivery.hostname}; mailstack Sieve\r\nFinal-Recipient: rfc822; {rcpt}\r\n".encode()
+        + b"Disposition: automatic-action/MDN-sent-automatically; deleted\r\n"
+        + f"\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode()
+        + original_headers
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    try:  # RFC 5429 §2.1.1: sent with a null return path
+        delivery.queue.enqueue("", [sender], text, reason="sieve reject", extra={"orig_rcpt": rcpt})
+    except (OSError, ValueError) as e:
+        log.error("sieve reject for %s: cannot queue the rejection to %s: %s", rcpt, sender, e)
