@@ -516,7 +516,10 @@ class Interpreter:
     def _date_values(self, st: _State, tags: dict[str, Argument | None], headers: list[str], part: str) -> list[str]:
         out: list[str] = []
         for h in headers:
-            for v in self._indexed(tags, [_unfold(x) for x in (st.msg.get_all(h) or [])]):
+            fields = [_unfold(x) for x in (st.msg.get_all(h) or [])]
+            if "index" not in tags:
+                fields = fields[:1]  # as Pigeonhole: without :index only the first field counts
+            for v in self._indexed(tags, fields):
                 text = v.rsplit(";", 1)[-1].strip() if h.lower() == "received" else v.strip()
                 try:
                     when = email.utils.parsedate_to_datetime(text)
