@@ -4,8 +4,7 @@ tags that belong to them, argument counts. Errors carry the line and column of t
 What a Pigeonhole user relies on and this server runs (``EXTENSIONS``): fileinto, mailbox
 (``:create``), envelope, encoded-character, reject, ereject, imap4flags, copy, body,
 variables, relational, comparator-i;ascii-numeric, subaddress, date, index, regex, include.
-``vacation`` is not offered yet (it needs a sending path and a once-per-sender store), so a
-script requiring it fails to compile, and at delivery that means an implicit keep. No I/O.
+vacation and vacation-seconds (RFC 5230, 6131). No I/O.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from mailstack.sieve.grammar import Argument, Command, SieveSyntaxError, Strings
 EXTENSIONS = frozenset({
     "fileinto", "mailbox", "envelope", "encoded-character", "reject", "ereject", "imap4flags", "copy",
     "body", "variables", "relational", "comparator-i;ascii-numeric", "comparator-i;octet",
-    "comparator-i;ascii-casemap", "subaddress", "date", "index", "regex", "include",
+    "comparator-i;ascii-casemap", "subaddress", "date", "index", "regex", "include", "vacation",
+    "vacation-seconds",
 })
 
 # command -> the extension it needs (None: core)
@@ -25,7 +25,7 @@ COMMANDS: dict[str, str | None] = {
     "require": None, "if": None, "elsif": None, "else": None, "stop": None, "keep": None,
     "discard": None, "redirect": None, "fileinto": "fileinto", "reject": "reject", "ereject": "ereject",
     "setflag": "imap4flags", "addflag": "imap4flags", "removeflag": "imap4flags", "set": "variables",
-    "include": "include", "return": "include", "global": "include",
+    "include": "include", "return": "include", "global": "include", "vacation": "vacation",
 }
 TESTS: dict[str, str | None] = {
     "address": None, "header": None, "exists": None, "size": None, "allof": None, "anyof": None,
@@ -41,9 +41,12 @@ TAGS: dict[str, str | None] = {
     "index": "index", "last": "index", "zone": "date", "originalzone": "date", "lower": "variables",
     "upper": "variables", "lowerfirst": "variables", "upperfirst": "variables",
     "quotewildcard": "variables", "length": "variables", "quoteregex": "regex", "personal": "include",
-    "global": "include", "once": "include", "optional": "include",
+    "global": "include", "once": "include", "optional": "include", "days": "vacation",
+    "seconds": "vacation-seconds", "subject": "vacation", "from": "vacation", "addresses": "vacation",
+    "mime": "vacation", "handle": "vacation",
 }
-VALUE_TAGS = frozenset({"comparator", "count", "value", "flags", "content", "index", "zone"})
+VALUE_TAGS = frozenset({"comparator", "count", "value", "flags", "content", "index", "zone", "days", "seconds",
+                        "subject", "from", "addresses", "handle"})
 MATCH_TAGS = ("is", "contains", "matches", "regex", "count", "value")
 
 
@@ -121,7 +124,7 @@ def _walk(commands: tuple[Command, ...], required: set[str], at_start: bool) -> 
             raise _fail(cmd.line, cmd.column, f"'{cmd.name}' takes no test or block")
         _check_args(cmd.name, cmd.args, cmd.line, cmd.column, required)
         strings = [a for a in cmd.args if isinstance(a, Strings)]
-        need = {"redirect": 1, "fileinto": 1, "reject": 1, "ereject": 1, "set": 2, "include": 1}.get(cmd.name)
+        need = {"redirect": 1, "fileinto": 1, "reject": 1, "ereject": 1, "set": 2, "include": 1, "vacation": 1}.get(cmd.name)
         if need is not None and len(strings) < need:
             raise _fail(cmd.line, cmd.column, f"'{cmd.name}' needs {need} string argument(s)")
         for test in cmd.tests:

@@ -13,15 +13,24 @@ What happens, as Dovecot's LMTP with Pigeonhole does it:
   through the queue, the message is not stored; never a refusal, even on the MX (Pigeonhole's
   LMTP behaviour, and what keeps the MX and LMTP alike); a null sender gets nothing;
 - ereject -> ``550 5.7.1`` for this mailbox (RFC 5429 §2.1: in protocol when possible);
-- discard -> nothing stored, ``250``.
+- discard -> nothing stored, ``250``;
+- vacation -> a reply (RFC 5230 §5: null return path, ``Auto-Submitted: auto-replied``,
+  ``In-Reply-To``/``References``) through the queue, unless ``vacation_refusal`` says no or
+  this sender got one within the period: one file per (sender, handle) under
+  ``<maildir>/.mailstack-vacation/``, its mtime the time the next reply may go; at most
+  ``MAX_VACATION_ENTRIES`` per user (expired ones are pruned; when still full, no reply
+  rather than an unbounded store).
 If any store fails after another succeeded, the message is already safe and the reply is 250;
 if every store fails, a keep into INBOX is tried last, then a temporary error.
 """
 
 from __future__ import annotations
 
+import email.header
 import email.utils
+import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +39,7 @@ from mailstack import replies as R
 from mailstack.mail import headers
 from mailstack.replies import Reply
 from mailstack.sieve.grammar import SieveSyntaxError
-from mailstack.sieve.interp import Action, Context, Envelope, Interpreter
+from mailstack.sieve.interp import Action, Context, Envelope, Interpreter, vacation_refusal
 from mailstack.sieve.store import ScriptError, ScriptStore, check_name
 from mailstack.storage import StorageError
 from mailstack.storage.filename import normalize_flag
@@ -38,6 +47,8 @@ from mailstack.storage.filename import normalize_flag
 log = logging.getLogger(__name__)
 
 EREJECTED = Reply(550, "5.7.1", "Rejected by the recipient's Sieve filter")
+VACATION_DIR = ".mailstack-vacation"
+MAX_VACATION_ENTRIES = 10000
 SYSTEM = {"\\seen", "\\answered", "\\flagged", "\\deleted", "\\draft"}
 
 
@@ -90,6 +101,8 @@ def execute(delivery: _Delivery, md: Any, mb: Any, script: bytes, body: bytes, k
             _reject(delivery, action, body, sender, rcpt)
         elif action.kind == "ereject":
             return EREJECTED
+        elif action.kind == "vacation":
+            _vacation(delivery, md.root, action, body, Envelope(sender, rcpt))
     if not stored or any(r.is_ok for r in stored):
         return R.OK
     return stored[0]
@@ -175,3 +188,94 @@ def _reject(delivery: _Delivery, action: Action, body: bytes, sender: str, rcpt:
         delivery.queue.enqueue("", [sender], text, reason="sieve reject", extra={"orig_rcpt": rcpt})
     except (OSError, ValueError) as e:
         log.error("sieve reject for %s: cannot queue the rejection to %s: %s", rcpt, sender, e)
+
+
+def _vacation(delivery: _Delivery, home: Path, action: Action, body: bytes, envelope: Envelope) -> None:
+    why = vacation_refusal(body, envelope, action)
+    if why is not None:
+        log.info("sieve vacation for %s: no reply to %s (%s)", envelope.recipient, envelope.sender or "<>", why)
+        return
+    if delivery.queue is None:
+        return
+    if not _vacation_due(home, action, envelope.sender):
+        log.info("sieve vacation for %s: %s already answered", envelope.recipient, envelope.sender)
+        return
+    msg = email.message_from_bytes(headers.header_block(body) + b"\r\n")
+    orig_subject = _decoded(msg.get("Subject", ""))
+    subject = action.subject or (f"Auto: {orig_subject}" if orig_subject else "Automated reply")
+    message_id = (msg.get("Message-ID") or "").strip()
+    from_addr = action.from_addr or envelope.recipient
+    out = (
+        headers.field("From", from_addr)
+        + headers.field("To", f"<{envelope.sender}>")
+        + headers.field("Subject", _encoded(subject))
+        + headers.field("Date", email.utils.formatdate(localtime=False))
+        + headers.field("Message-ID", email.utils.make_msgid(domain=delivery.hostname))
+        + (headers.field("In-Reply-To", message_id) + headers.field("References", message_id) if message_id else b"")
+        + headers.field("Auto-Submitted", "auto-replied (vacation)")  # RFC 5230 §5.6, RFC 3834 §5
+        + b"Precedence: bulk\r\nMIME-Version: 1.0\r\n"
+    )
+    if action.mime:  # RFC 5230 §4.4: the reason is a MIME entity, its own headers first
+        out += action.reason.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+    else:
+        out += (b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+                + action.reason.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8"))
+    if not out.endswith(b"\r\n"):
+        out += b"\r\n"
+    try:  # RFC 5230 §5.1 leaves the return path open; null, as Pigeonhole's default
+        delivery.queue.enqueue("", [envelope.sender], out, reason="sieve vacation",
+                               extra={"orig_rcpt": envelope.recipient})
+    except (OSError, ValueError) as e:
+        log.error("sieve vacation for %s: cannot queue the reply: %s", envelope.recipient, e)
+
+
+def _encoded(text: str) -> str:
+    text = headers.safe_text(text)
+    return text if text.isascii() else email.header.Header(text, "utf-8").encode(linesep=" ")  # RFC 2047
+
+
+def _decoded(value: str) -> str:
+    try:
+        return str(email.header.make_header(email.header.decode_header(value))).strip()
+    except (ValueError, LookupError, UnicodeError):
+        return value.strip()
+
+
+def _vacation_due(home: Path, action: Action, sender: str) -> bool:
+    """True (and recorded) when ``sender`` has had no reply with this handle within the period."""
+    store = home / VACATION_DIR
+    key = hashlib.sha256(f"{sender.lower()}\x00{action.handle}".encode("utf-8", "surrogatepass")).hexdigest()
+    path = store / key
+    now = time.time()
+    until = now + action.period
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if now < st.st_mtime:
+            return False
+        os.utime(path, (until, until))
+        return True
+    try:
+        store.mkdir(mode=0o700, exist_ok=True)
+        names = os.listdir(store)
+        if len(names) >= MAX_VACATION_ENTRIES:
+            for name in names:  # prune what no period can still cover
+                try:
+                    if os.stat(store / name).st_mtime <= now:
+                        os.unlink(store / name)
+                except OSError:
+                    pass
+            if len(os.listdir(store)) >= MAX_VACATION_ENTRIES:
+                log.warning("sieve vacation store %s is full: no reply", store)
+                return False
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.utime(path, (until, until))
+    except FileExistsError:
+        return False  # another delivery answered this sender a moment ago
+    except OSError as e:
+        log.warning("sieve vacation store %s: %s; no reply", store, e)
+        return False
+    return True

@@ -40,6 +40,8 @@ MAX_VARIABLES = 255
 MAX_VARIABLE_SIZE = 4096
 REGEX_MAX_INPUT = 8192
 REGEX_MAX_PATTERN = 1024
+VACATION_DEFAULT_DAYS = 7  # RFC 5230 §4.1, Pigeonhole's sieve_vacation_default_period
+VACATION_MIN_PERIOD = 86400  # Pigeonhole's sieve_vacation_min_period (1 day)
 SUBADDRESS_SEPARATOR = "+"  # Dovecot's recipient_delimiter default
 SYSTEM_FLAGS = {"\\seen": "\\Seen", "\\answered": "\\Answered", "\\flagged": "\\Flagged",
                 "\\deleted": "\\Deleted", "\\draft": "\\Draft"}
@@ -67,6 +69,13 @@ class Action:
     address: str = ""
     reason: str = ""
     copy: bool = False
+    # vacation (RFC 5230): ``address`` is whom to answer, ``reason`` the text
+    period: int = 0  # seconds between two replies to the same sender
+    subject: str = ""
+    from_addr: str = ""
+    handle: str = ""
+    mime: bool = False
+    addresses: tuple[str, ...] = ()  # the user's other addresses (``:addresses``)
 
 
 @dataclass(frozen=True)
@@ -231,6 +240,8 @@ class Interpreter:
         elif name in ("reject", "ereject"):
             self._add(st, Action(name, reason=strings[-1][0]))
             st.keep_cancelled = True
+        elif name == "vacation":
+            self._vacation(st, tags, strings)
         elif name in ("setflag", "addflag", "removeflag"):
             self._flag_command(st, name, strings)
         elif name == "set":
@@ -244,9 +255,33 @@ class Interpreter:
         if len(st.actions) >= MAX_ACTIONS:
             raise SieveRuntimeError(f"more than {MAX_ACTIONS} actions")
         kinds = {a.kind for a in st.actions} | {action.kind}
-        if kinds & {"reject", "ereject"} and kinds & {"keep", "fileinto", "redirect"}:  # RFC 5429 §2.1
-            raise SieveRuntimeError("reject cannot be combined with keep, fileinto or redirect")
+        if kinds & {"reject", "ereject"} and kinds & {"keep", "fileinto", "redirect", "vacation"}:  # RFC 5429 §2.1
+            raise SieveRuntimeError("reject cannot be combined with keep, fileinto, redirect or vacation")
+        if action.kind == "vacation" and any(a.kind == "vacation" for a in st.actions):  # RFC 5230 §4.7
+            raise SieveRuntimeError("more than one vacation action")
         st.actions.append(action)
+
+    def _vacation(self, st: _State, tags: dict[str, Argument | None], strings: list[list[str]]) -> None:
+        """RFC 5230 §4.5-4.6, 6131: decide whether to answer; the once-per-period check is delivery's."""
+        days, seconds = tags.get("days"), tags.get("seconds")
+        if isinstance(seconds, Number):
+            period = seconds.value
+        else:
+            period = (days.value if isinstance(days, Number) else VACATION_DEFAULT_DAYS) * 86400
+        period = max(VACATION_MIN_PERIOD, period)  # Pigeonhole's default: no maximum
+        subject = self._tag_string(st, tags, "subject")
+        from_addr = self._tag_string(st, tags, "from")
+        handle = self._tag_string(st, tags, "handle")
+        addresses = tags.get("addresses")
+        mine = tuple(self._expand(st, a) for a in addresses.values) if isinstance(addresses, Strings) else ()
+        reason = strings[-1][0]
+        self._add(st, Action("vacation", address=st.ctx.envelope.sender, reason=reason, period=period,
+                             subject=subject, from_addr=from_addr, mime="mime" in tags, addresses=mine,
+                             handle=handle or f"{reason}\x00{subject}\x00{from_addr}\x00{'mime' in tags}"))
+
+    def _tag_string(self, st: _State, tags: dict[str, Argument | None], name: str) -> str:
+        value = tags.get(name)
+        return self._expand(st, value.values[0]) if isinstance(value, Strings) else ""
 
     def _include(self, st: _State, tags: dict[str, Argument | None], name: str) -> None:
         is_global = "global" in tags
@@ -583,6 +618,40 @@ class Interpreter:
         # the groups were matched on the folded value; casemap keeps positions, so slice the original
         groups = [original[m.start(i):m.end(i)] for i in range(1, (m.lastindex or 0) + 1)]
         st.match_vars = [original] + groups[:9]
+
+
+def vacation_refusal(message: bytes, envelope: Envelope, action: Action) -> str | None:
+    """Why not to send this vacation reply (RFC 5230 §4.5-4.6, RFC 3834), or None to send it.
+
+    Checked when the reply is to go out, as Pigeonhole does; the once-per-period check is the
+    caller's (it needs the user's record of replies)."""
+    msg = message_from_bytes(message, policy=policy.compat32)
+    mine = {envelope.recipient.lower(), *(a.lower() for a in action.addresses)}
+    user, sep, detail = envelope.recipient.lower().rpartition("@")[0].partition(SUBADDRESS_SEPARATOR)
+    if sep:
+        mine.add(f"{user}@{envelope.recipient.lower().rpartition('@')[2]}")
+    sender = envelope.sender.lower()
+    if not sender:
+        return "null sender"  # RFC 5230 §4.6
+    local = sender.rpartition("@")[0]
+    if local in ("mailer-daemon", "listserv", "majordomo") or local.startswith("owner-") \
+            or local.endswith("-request") or sender in mine:  # RFC 5230 §4.6
+        return "sender looks automated or is the recipient"
+    auto = (msg.get("Auto-Submitted") or "no").strip().lower()
+    if not auto.startswith("no"):  # RFC 3834 §2
+        return "auto-submitted"
+    if any(msg.get(h) is not None for h in ("List-Id", "List-Help", "List-Subscribe", "List-Unsubscribe",
+                                            "List-Post", "List-Owner", "List-Archive")):
+        return "mailing list"
+    if (msg.get("Precedence") or "").strip().lower() in ("bulk", "list", "junk"):
+        return "bulk precedence"
+    found: set[str] = set()
+    for h in ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc"):  # RFC 5230 §4.5
+        for _n, addr in email.utils.getaddresses([_unfold(v) for v in msg.get_all(h) or []]):
+            found.add(addr.lower())
+    if not found & mine:
+        return "not addressed to the recipient"
+    return None
 
 
 def _relational(op: str, value: str, key: str, comparator: str) -> bool:

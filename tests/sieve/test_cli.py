@@ -64,7 +64,7 @@ def test_refusals_are_one_line(cli, tmp_path: Path) -> None:  # noqa: F811
     refused(cli("sieve", "activate", "alice@example.test", "nope", ok=None), "no script")
     refused(cli("sieve", "put", "alice@example.test", "../evil", "-", stdin=GOOD, ok=None), "invalid script name")
     refused(cli("sieve", "check", str(tmp_path / "missing.sieve"), ok=None), "cannot read")
-    refused(cli("sieve", "put", "alice@example.test", "v", "-", stdin='require "vacation";', ok=None),
+    refused(cli("sieve", "put", "alice@example.test", "v", "-", stdin='require "editheader";', ok=None),
             "unsupported extension")
     big = tmp_path / "big.sieve"
     big.write_bytes(b"#" * (1024 * 1024 + 1))

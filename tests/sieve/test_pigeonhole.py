@@ -119,6 +119,15 @@ SCRIPTS: dict[str, str] = {
     "index_last": 'require ["index","fileinto"]; if header :index 1 :last :contains "received" "from c" '
                   '{ fileinto "Last"; }',
     "encoded_character": 'require ["encoded-character","fileinto"]; fileinto "${hex:42 6f}x${unicode:263a}";',
+    "vacation": 'require "vacation"; vacation "I am away";',
+    "vacation_days": 'require "vacation"; vacation :days 3 :subject "Away" "I am away";',
+    "vacation_days_clamped": 'require "vacation"; vacation :days 365 "Long trip";',
+    "vacation_seconds": 'require ["vacation", "vacation-seconds"]; vacation :seconds 172800 "Back soon";',
+    "vacation_seconds_min": 'require ["vacation", "vacation-seconds"]; vacation :seconds 60 "Back soon";',
+    "vacation_and_fileinto": 'require ["vacation", "fileinto"]; vacation :addresses "bob@example.com" "Away"; '
+                             'fileinto "Later";',
+    "vacation_twice": 'require "vacation"; vacation "a"; vacation :handle "x" "b";',
+    "vacation_and_reject": 'require ["vacation", "reject"]; vacation "a"; reject "no";',
     "multiline": 'require "variables";\nset "x" text:\nLine\n..dot\n.\n;\nif string :matches "${x}" "Line*.dot*" { discard; }',
     # compile errors: both must refuse, at the same line
     "err_unknown_command": 'require "fileinto";\n\nfrobnicate;',
@@ -139,6 +148,9 @@ mail_uid = {uid}
 mail_gid = {gid}
 mail_location = maildir:{home}/mail
 protocols =
+plugin {{
+  sieve_extensions = +vacation-seconds
+}}
 """
 
 
@@ -192,6 +204,11 @@ def pigeonhole(workdir: Path, script: str, message: str) -> Verdict:
         elif s.startswith("* ereject message") or s.startswith("* reject message"):
             current = ["reject", s.split(": ", 1)[-1]]
             items.append(current)
+        elif s.startswith("* send vacation message"):
+            current = ["vacation", ""]
+            items.append(current)
+        elif s.startswith("=> seconds :") and current is not None and current[0] == "vacation":
+            current[1] = s.split(":", 1)[1].strip()
         elif s.startswith("+ add IMAP flags: ") and current is not None and current[0] == "store":
             current[2] = " ".join(sorted(s.split(": ", 1)[1].lower().split()))
         elif s.startswith("+ create mailbox") and current is not None:
@@ -219,6 +236,8 @@ def ours(script: str, message: str) -> Verdict:
             verdict.add(("redirect", a.address))
         elif a.kind in ("reject", "ereject"):
             verdict.add(("reject", a.reason))
+        elif a.kind == "vacation":
+            verdict.add(("vacation", str(a.period)))
     return frozenset(verdict)
 
 
@@ -233,4 +252,4 @@ def test_same_decision_as_pigeonhole(workdir: Path, name: str, message: str) -> 
 def test_table_exercises_every_kind_of_decision(workdir: Path) -> None:
     """The table is worth something only if Pigeonhole's answers differ across it."""
     kinds = {item[0] for name in SCRIPTS for item in pigeonhole(workdir, SCRIPTS[name], "plain")}
-    assert kinds == {"store", "redirect", "reject", "error"}
+    assert kinds == {"store", "redirect", "reject", "error", "vacation"}

@@ -159,3 +159,46 @@ def test_scripts_sit_where_pigeonhole_keeps_them(mx_server: MXServer) -> None:
     home: Path = mx_server.maildir("alice").root
     assert (home / "sieve" / "main.sieve").read_bytes() == b"keep;"
     assert os.readlink(home / ".dovecot.sieve") == "sieve/main.sieve"
+
+
+def send_lmtp(mx: MXServer, message: bytes, sender: str = "s@example.org") -> None:
+    with mx.lmtp_client() as c:
+        assert c.sendmail(sender, ["alice@example.test"], message) == {}
+
+
+def test_vacation_answers_once_per_sender_and_keeps(mx_server: MXServer) -> None:
+    activate(mx_server, "alice", 'require "vacation"; vacation :days 2 "Back on Monday.";')
+    send_lmtp(mx_server, MSG)
+    send_lmtp(mx_server, MSG)  # the same sender within the period: no second reply
+    assert len(mx_server.messages("alice")) == 2  # vacation never stops the keep
+    [(env, data)] = queued(mx_server)
+    assert env.sender == "" and env.recipients == ("s@example.org",)  # type: ignore[attr-defined]
+    assert b"Subject: Auto: Invoice 42" in data and b"In-Reply-To: <m1@example.org>" in data
+    assert b"Auto-Submitted: auto-replied" in data and b"Back on Monday." in data
+    send_lmtp(mx_server, MSG, sender="other@example.org")  # another sender gets one
+    assert sorted(env.recipients for env, _ in queued(mx_server)) == [  # type: ignore[attr-defined]
+        ("other@example.org",), ("s@example.org",)]
+
+
+@pytest.mark.parametrize("extra, sender", [
+    (b"List-Id: <dev.example.org>\r\n", "s@example.org"),
+    (b"Auto-Submitted: auto-generated\r\n", "s@example.org"),
+    (b"Precedence: bulk\r\n", "s@example.org"),
+    (b"", "MAILER-DAEMON@example.org"),
+    (b"", ""),
+])
+def test_vacation_does_not_answer_automated_mail(mx_server: MXServer, extra: bytes, sender: str) -> None:
+    activate(mx_server, "alice", 'require "vacation"; vacation "Away.";')
+    send_lmtp(mx_server, extra + MSG, sender=sender)
+    assert len(mx_server.messages("alice")) == 1 and queued(mx_server) == []
+
+
+def test_vacation_only_when_addressed_to_the_user(mx_server: MXServer) -> None:
+    """RFC 5230 §4.5: not in To/Cc/Bcc (a Bcc'd list copy) -> no reply, unless :addresses names it."""
+    bcc = MSG.replace(b"To: alice@example.test", b"To: someone@example.org")
+    activate(mx_server, "alice", 'require "vacation"; vacation "Away.";')
+    send_lmtp(mx_server, bcc)
+    assert queued(mx_server) == []
+    activate(mx_server, "alice", 'require "vacation"; vacation :addresses "someone@example.org" "Away.";')
+    send_lmtp(mx_server, bcc)
+    assert len(queued(mx_server)) == 1
