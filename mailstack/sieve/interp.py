@@ -9,9 +9,10 @@ Rules, as Pigeonhole applies them:
 - at most ``MAX_REDIRECTS`` redirects per message (Pigeonhole's ``sieve_max_redirects`` = 4),
   at most ``MAX_ACTIONS`` actions; more is a runtime error;
 - reject/ereject together with keep/fileinto/redirect is a runtime error (RFC 5429 §2.1);
-- ``:regex`` uses Python's ``re`` over values cut to ``REGEX_MAX_INPUT`` characters and
-  patterns of at most ``REGEX_MAX_PATTERN`` characters, so one message cannot stall a worker
-  for long;
+- ``:regex`` uses the ``regex`` module (``re`` has no time limit) over values cut to
+  ``REGEX_MAX_INPUT`` characters, patterns of at most ``REGEX_MAX_PATTERN`` characters, and
+  at most ``REGEX_BUDGET`` seconds of matching per run (a pathological pattern is a runtime
+  error, so an implicit keep), so one script cannot stall a delivery worker;
 - variables (RFC 5229): at most ``MAX_VARIABLES`` names, values cut to ``MAX_VARIABLE_SIZE``
   bytes (Pigeonhole's limits: 255 and 4 KiB);
 - include (RFC 6609): scripts come from ``Context.load_include`` (the delivery side reads
@@ -24,11 +25,14 @@ from __future__ import annotations
 import email.header
 import email.utils
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes, policy
 from email.message import Message
+
+import regex  # type: ignore[import-untyped]
 
 from mailstack.sieve.check import compile_script
 from mailstack.sieve.grammar import Argument, Command, Number, SieveSyntaxError, Strings, Tag, Test
@@ -40,6 +44,7 @@ MAX_VARIABLES = 255
 MAX_VARIABLE_SIZE = 4096
 REGEX_MAX_INPUT = 8192
 REGEX_MAX_PATTERN = 1024
+REGEX_BUDGET = 2.0  # seconds of :regex matching per run
 VACATION_DEFAULT_DAYS = 7  # RFC 5230 §4.1, Pigeonhole's sieve_vacation_default_period
 VACATION_MIN_PERIOD = 86400  # Pigeonhole's sieve_vacation_min_period (1 day)
 SUBADDRESS_SEPARATOR = "+"  # Dovecot's recipient_delimiter default
@@ -149,6 +154,7 @@ class _State:
     required: set[str] = field(default_factory=set)
     includes: list[str] = field(default_factory=list)
     global_vars: set[str] = field(default_factory=set)
+    regex_budget: float = REGEX_BUDGET
 
 
 class Interpreter:
@@ -600,10 +606,17 @@ class Interpreter:
                 elif "regex" in tags:
                     if len(k) > REGEX_MAX_PATTERN:
                         raise SieveRuntimeError("regex pattern too long")
-                    flags = re.I if comparator == "i;ascii-casemap" else 0
-                    m = re.search(k, v[:REGEX_MAX_INPUT], flags | re.S)
-                    if m:
-                        st.match_vars = [m.group(0)] + [g or "" for g in m.groups()][:9]
+                    flags = regex.I if comparator == "i;ascii-casemap" else 0
+                    started = time.monotonic()
+                    try:
+                        rm = regex.search(k, v[:REGEX_MAX_INPUT], flags | regex.S, timeout=max(st.regex_budget, 0.001))
+                    except TimeoutError:
+                        raise SieveRuntimeError("regex matching took too long") from None
+                    except regex.error as e:
+                        raise SieveRuntimeError(f"invalid regex {k!r}: {e}") from None
+                    st.regex_budget -= time.monotonic() - started
+                    if rm:
+                        st.match_vars = [rm.group(0)] + [g or "" for g in rm.groups()][:9]
                         return True
                 elif comparator == "i;ascii-numeric":
                     if _numeric(v) == _numeric(k):
