@@ -79,7 +79,19 @@ def _loader(home: Path, global_dir: Path | None) -> Any:
 
 def execute(delivery: _Delivery, md: Any, mb: Any, script: bytes, body: bytes, keep_folder: str | None, *,
             sender: str, rcpt: str) -> Reply:
-    """Run ``script`` on ``body`` (our Return-Path/Delivered-To on top) for mailbox ``mb``."""
+    """Run ``script`` on ``body`` (our Return-Path/Delivered-To on top) for mailbox ``mb``.
+
+    Never raises: an unexpected failure while carrying out the actions ends in a keep (a
+    possible duplicate is better than a lost message)."""
+    try:
+        return _execute(delivery, md, mb, script, body, keep_folder, sender=sender, rcpt=rcpt)
+    except Exception:  # noqa: BLE001
+        log.exception("sieve for %s failed unexpectedly: keeping the message", mb.address)
+        return _store(md, body, keep_folder, (), create=False)
+
+
+def _execute(delivery: _Delivery, md: Any, mb: Any, script: bytes, body: bytes, keep_folder: str | None, *,
+             sender: str, rcpt: str) -> Reply:
     try:
         interp = Interpreter.compile(script)
     except SieveSyntaxError as e:

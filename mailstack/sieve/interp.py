@@ -177,8 +177,8 @@ class Interpreter:
                 pass
         except SieveRuntimeError as e:
             return Result((Action("keep"),), str(e))
-        except (RecursionError, MemoryError, ValueError, re.error, OverflowError, LookupError) as e:
-            return Result((Action("keep"),), f"runtime error: {e}")
+        except Exception as e:  # noqa: BLE001 - RFC 5228 §2.10.6: whatever went wrong, the message is kept
+            return Result((Action("keep"),), f"runtime error: {type(e).__name__}: {e}")
         actions = list(st.actions)
         if not st.keep_cancelled:
             actions.insert(0, Action("keep", flags=tuple(st.flags)))
