@@ -305,6 +305,15 @@ class SpamConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    """Sieve at delivery (``mailstack.sieve``)."""
+
+    # where ``include :global "NAME"`` finds NAME.sieve (Pigeonhole's sieve_global); a folder
+    # that does not exist means no global scripts (the include fails: an implicit keep)
+    global_dir: Path = Path("sieve")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. ``path`` is the file it came from (None for defaults)."""
 
@@ -324,6 +333,7 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
     path: Path | None = None
 
     @property
@@ -483,6 +493,7 @@ def _resolve_defaults(cfg: Config, base: Path) -> Config:
         tls=fix(cfg.tls),
         queue=fix(cfg.queue),
         spam=fix(cfg.spam),
+        sieve=fix(cfg.sieve),
         database=dataclasses.replace(cfg.database, url=_resolve_db_url(cfg.database.url, base)),
     )
     return cfg

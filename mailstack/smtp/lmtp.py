@@ -120,7 +120,8 @@ class LMTPHandler:
 async def start(ctx: ServiceContext) -> RunningService:
     cfg = ctx.config
     queue = QueueStore(cfg.queue.dir)
-    delivery = LocalDelivery(cfg.storage.maildir_root, cfg.hostname, cfg.smtp.max_received_headers, queue)
+    delivery = LocalDelivery(cfg.storage.maildir_root, cfg.hostname, cfg.smtp.max_received_headers, queue,
+                             sieve_global_dir=cfg.sieve.global_dir)
     handler = LMTPHandler(hostname=cfg.hostname, resolver=Resolver(ctx.directory), delivery=delivery)
     settings = ServerSettings(
         service="lmtp",

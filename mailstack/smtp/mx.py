@@ -278,7 +278,8 @@ def build_mda(config: Config, delivery: LocalDelivery) -> MDA:
 
 def make_delivery(config: Config) -> tuple[LocalDelivery, QueueStore]:
     queue = QueueStore(config.queue.dir)
-    delivery = LocalDelivery(config.storage.maildir_root, config.hostname, config.smtp.max_received_headers, queue)
+    delivery = LocalDelivery(config.storage.maildir_root, config.hostname, config.smtp.max_received_headers, queue,
+                             sieve_global_dir=config.sieve.global_dir)
     return delivery, queue
 
 

@@ -328,7 +328,8 @@ class QueueRunner:
             self._local = (
                 RcptResolver(self.directory),
                 LocalDelivery(self.config.storage.maildir_root, self.config.hostname,
-                              max_received=self.config.smtp.max_received_headers, queue=self.store),
+                              max_received=self.config.smtp.max_received_headers, queue=self.store,
+                              sieve_global_dir=self.config.sieve.global_dir),
             )
         return self._local  # type: ignore[no-any-return]
 

@@ -202,3 +202,18 @@ def test_vacation_only_when_addressed_to_the_user(mx_server: MXServer) -> None:
     activate(mx_server, "alice", 'require "vacation"; vacation :addresses "someone@example.org" "Away.";')
     send_lmtp(mx_server, bcc)
     assert len(queued(mx_server)) == 1
+
+
+def test_include_global_from_the_configured_folder(mx_factory: object, tmp_path: Path) -> None:
+    global_dir = tmp_path / "global-sieve"
+    global_dir.mkdir()
+    (global_dir / "spam.sieve").write_bytes(
+        b'require ["fileinto", "mailbox"]; if header :contains "subject" "invoice" { fileinto :create "Suspect"; }')
+    mx = mx_factory(sieve={"global_dir": str(global_dir)})  # type: ignore[operator]
+    activate(mx, "alice", 'require "include"; include :global "spam";')
+    with mx.client() as c:  # the MX delivers in-process: the same LocalDelivery as LMTP
+        assert c.sendmail("s@example.org", ["alice@example.test"], MSG) == {}
+    assert mx.messages("alice") == [] and len(mx.messages("alice", "Suspect")) == 1
+    activate(mx, "alice", 'require "include"; include :global "missing";')
+    assert lmtp(mx, ["alice@example.test"]) == {}
+    assert len(mx.messages("alice")) == 1  # a missing global script: implicit keep
