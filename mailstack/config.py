@@ -324,6 +324,15 @@ class ACMEConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    """Sieve at delivery (``mailstack.sieve``)."""
+
+    # where ``include :global "NAME"`` finds NAME.sieve (Pigeonhole's sieve_global); a folder
+    # that does not exist means no global scripts (the include fails: an implicit keep)
+    global_dir: Path = Path("sieve")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. ``path`` is the file it came from (None for defaults)."""
 
@@ -344,6 +353,7 @@ class Config:
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)
     acme: ACMEConfig = field(default_factory=ACMEConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
     path: Path | None = None
 
     @property
@@ -505,6 +515,7 @@ def _resolve_defaults(cfg: Config, base: Path) -> Config:
         spam=fix(cfg.spam),
         acme=dataclasses.replace(fix(cfg.acme), ca_file=str((base / cfg.acme.ca_file).resolve()) if cfg.acme.ca_file
                                  else ""),
+        sieve=fix(cfg.sieve),
         database=dataclasses.replace(cfg.database, url=_resolve_db_url(cfg.database.url, base)),
     )
     return cfg

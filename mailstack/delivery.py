@@ -47,6 +47,7 @@ from mailstack.mail import headers
 from mailstack.mail.address import Address, AddressError, parse_address, split_tag
 from mailstack import replies as R
 from mailstack.replies import Reply
+from mailstack.sieve import delivery as sieve_run
 
 if TYPE_CHECKING:
     from mailstack.mail.forward import Forwarder
@@ -360,6 +361,7 @@ class LocalDelivery:
     open_maildir: MaildirOpener = field(default=_default_opener)
     # SRS sender and ARC seal for remote forwards (mail.forward); None: sent on as received
     forwarder: Forwarder | None = None
+    sieve_global_dir: Path | None = None  # where Sieve ``include :global`` scripts live (None: none)
 
     # -- RCPT-time check ------------------------------------------------------------
 
@@ -441,7 +443,7 @@ class LocalDelivery:
             key = (mb.domain, mb.local.casefold(), mb.folder)
             reply = done.get(key)
             if reply is None:
-                reply = self._write(mb, data, return_path, seen_delivered)
+                reply = self._write(mb, data, return_path, seen_delivered, sender=sender, rcpt=res.recipient)
                 done[key] = reply
             if reply.is_ok:
                 oks.append(mb.address)
@@ -482,7 +484,8 @@ class LocalDelivery:
             return RecipientResult(res.recipient, temp)
         return RecipientResult(res.recipient, perm or R.UNKNOWN_USER)
 
-    def _write(self, mb: Mailbox, data: bytes, return_path: bytes, seen_delivered: set[str]) -> Reply:
+    def _write(self, mb: Mailbox, data: bytes, return_path: bytes, seen_delivered: set[str], *,
+               sender: str = "", rcpt: str = "") -> Reply:
         from mailstack.storage import FolderNotFound, StorageError, UnsafeName
 
         if mb.address.casefold() in seen_delivered:  # RFC 9228 §4: a repeated Delivered-To is a loop
@@ -496,6 +499,10 @@ class LocalDelivery:
             folder = mb.folder
             if folder is not None and not md.has_folder(folder):
                 folder = None  # +tag: into the folder only when it exists
+            script = sieve_run.active_script(md.root)
+            if script is not None:  # the user's Sieve script decides (implicit keep -> folder)
+                return sieve_run.execute(self, md, mb, script, body, folder, sender=sender,
+                                         rcpt=rcpt or mb.address)
             try:
                 md.deliver(body, folder)
             except FolderNotFound:

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"mailstack", "mailstack.config", "mailstack.storage", "mailstack.replies", "mailstack.metrics"},  # values, files, counters
     {"mailstack.dns", "mailstack.maillog"},
     {"mailstack.mail"},  # message code over a resolver
+    {"mailstack.sieve"},  # the Sieve grammar, interpreter (no I/O), script store, delivery adapter
     {"mailstack.spam"},  # the rspamd client and the learning queue: used by the MX and IMAP moves
     {"mailstack.directory", "mailstack.net"},
     {"mailstack.migrate"},  # import from other servers (storage + an IMAP client), used by the CLI

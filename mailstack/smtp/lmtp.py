@@ -152,7 +152,8 @@ async def start(ctx: ServiceContext) -> RunningService:
     cfg = ctx.config
     queue = QueueStore(cfg.queue.dir)
     delivery = LocalDelivery(cfg.storage.maildir_root, cfg.hostname, cfg.smtp.max_received_headers, queue,
-                             forwarder=Forwarder.from_config(cfg, ctx.directory.is_local_domain))
+                             forwarder=Forwarder.from_config(cfg, ctx.directory.is_local_domain),
+                             sieve_global_dir=cfg.sieve.global_dir)
     handler = LMTPHandler(hostname=cfg.hostname, resolver=Resolver(ctx.directory), delivery=delivery,
                           queue=queue, keys_dir=dkim.keys_dir(cfg))
     settings = ServerSettings(

@@ -363,7 +363,7 @@ def make_delivery(config: Config, directory: Any = None) -> tuple[LocalDelivery,
     queue = QueueStore(config.queue.dir)
     forwarder = Forwarder.from_config(config, directory.is_local_domain) if directory is not None else None
     delivery = LocalDelivery(config.storage.maildir_root, config.hostname, config.smtp.max_received_headers, queue,
-                             forwarder=forwarder)
+                             forwarder=forwarder, sieve_global_dir=config.sieve.global_dir)
     return delivery, queue
 
 

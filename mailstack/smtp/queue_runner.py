@@ -377,7 +377,8 @@ class QueueRunner:
                 LocalDelivery(self.config.storage.maildir_root, self.config.hostname,
                               max_received=self.config.smtp.max_received_headers, queue=self.store,
                               forwarder=Forwarder.from_config(self.config, self.directory.is_local_domain)
-                              if self.directory is not None else None),
+                              if self.directory is not None else None,
+                              sieve_global_dir=self.config.sieve.global_dir),
             )
         return self._local  # type: ignore[no-any-return]
 
