@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mailstack import replies as R
-from mailstack.mail import headers
+from mailstack.mail import dkim, headers
 from mailstack.replies import Reply
 from mailstack.sieve.grammar import SieveSyntaxError
 from mailstack.sieve.interp import Action, Context, Envelope, Interpreter, vacation_refusal
@@ -205,7 +205,7 @@ def _reject(delivery: _Delivery, action: Action, body: bytes, sender: str, rcpt:
         + f"\r\n--{boundary}--\r\n".encode()
     )
     try:  # RFC 5429 §2.1.1: sent with a null return path
-        delivery.queue.enqueue("", [sender], text, reason="sieve reject", extra={"orig_rcpt": rcpt})
+        delivery.queue.enqueue("", [sender], _signed(delivery, text), reason="sieve reject", extra={"orig_rcpt": rcpt})
     except (OSError, ValueError) as e:
         log.error("sieve reject for %s: cannot queue the rejection to %s: %s", rcpt, sender, e)
 
@@ -243,10 +243,23 @@ def _vacation(delivery: _Delivery, home: Path, action: Action, body: bytes, enve
     if not out.endswith(b"\r\n"):
         out += b"\r\n"
     try:  # RFC 5230 §5.1 leaves the return path open; null, as Pigeonhole's default
-        delivery.queue.enqueue("", [envelope.sender], out, reason="sieve vacation",
+        delivery.queue.enqueue("", [envelope.sender], _signed(delivery, out), reason="sieve vacation",
                                extra={"orig_rcpt": envelope.recipient})
     except (OSError, ValueError) as e:
         log.error("sieve vacation for %s: cannot queue the reply: %s", envelope.recipient, e)
+
+
+def _signed(delivery: _Delivery, message: bytes) -> bytes:
+    """DKIM-signed with the keys of its From: domain, like every message we send (the
+    keys folder is the forwarder's: ``[queue] dkim_dir``); unsigned when there is none."""
+    forwarder = getattr(delivery, "forwarder", None)
+    if forwarder is None:
+        return message
+    try:
+        return dkim.sign_for_from(message, forwarder.keys_dir)
+    except dkim.DKIMError as e:
+        log.error("sieve: cannot DKIM-sign an automatic reply: %s", e)
+        return message
 
 
 def _encoded(text: str) -> str:

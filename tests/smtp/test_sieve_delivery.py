@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mailstack.mail import dkim
 from mailstack.sieve.store import ScriptStore
 from tests.smtp.conftest import MXServer
 
@@ -219,3 +220,12 @@ def test_include_global_from_the_configured_folder(mx_factory: object, tmp_path:
     activate(mx, "alice", 'require "include"; include :global "missing";')
     assert lmtp(mx, ["alice@example.test"]) == {}
     assert len(mx.messages("alice")) == 1  # a missing global script: implicit keep
+
+
+def test_vacation_replies_are_dkim_signed(mx_server: MXServer) -> None:
+    """Like every message we send (issue: "DKIM-signed like any mail we send")."""
+    dkim.generate_key(mx_server.config.queue.dkim_dir, "example.test", "mail", "rsa")
+    activate(mx_server, "alice", 'require "vacation"; vacation "Away.";')
+    send_lmtp(mx_server, MSG)
+    [(_env, data)] = queued(mx_server)
+    assert data.startswith(b"DKIM-Signature: ") and b"d=example.test" in data.split(b"\r\n\r\n")[0]
