@@ -29,7 +29,9 @@ tests/hostile/test_smtp.py. Rules, each where it is enforced:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from mailstack.mail import dsnrequest
 from mailstack.mail.address import AddressError, parse_address
@@ -148,6 +150,24 @@ def parse_path(text: str) -> tuple[str, str] | None:
     return inner, rest.strip()
 
 
+class _Bad:
+    """A parameter whose value does not parse (``_value``)."""
+
+
+_BAD = _Bad()
+_T = TypeVar("_T")
+
+
+def _value(params: dict[str, str | bool], name: str, parse: Callable[[str], _T | None]) -> _T | _Bad | None:
+    """Parameter ``name`` parsed by ``parse``: None when absent, ``_BAD`` when it has no
+    value or ``parse`` refuses it (RFC 3461's RET, ENVID, NOTIFY, ORCPT all take one)."""
+    if name not in params:
+        return None
+    raw = params[name]
+    got = parse(raw) if isinstance(raw, str) else None
+    return _BAD if got is None else got
+
+
 def parse_params(text: str) -> dict[str, str | bool] | None:
     """``KEY=value KEY ...`` -> {upper-case keyword: value, or True without one}; None when
     a parameter is not ``esmtp-param`` (RFC 5321 §4.1.2)."""
@@ -206,18 +226,12 @@ def parse_mail(arg: str | None, *, extended: bool, max_size: int, dsn: bool = Fa
     requiretls = params.get("REQUIRETLS", False)
     if requiretls is not True and requiretls is not False:
         return REQUIRETLS_VALUE
-    ret: str | None = None
-    if "RET" in params:
-        raw = params["RET"]
-        ret = dsnrequest.parse_ret(raw) if isinstance(raw, str) else None
-        if ret is None:
-            return BAD_RET
-    envid: str | None = None
-    if "ENVID" in params:
-        raw = params["ENVID"]
-        envid = dsnrequest.parse_envid(raw) if isinstance(raw, str) else None
-        if envid is None:
-            return BAD_ENVID
+    ret = _value(params, "RET", dsnrequest.parse_ret)
+    if isinstance(ret, _Bad):
+        return BAD_RET
+    envid = _value(params, "ENVID", dsnrequest.parse_envid)
+    if isinstance(envid, _Bad):
+        return BAD_ENVID
     return MailArgs(sender, size, body.upper(), smtputf8, ret, envid, requiretls)
 
 
@@ -239,16 +253,10 @@ def parse_rcpt(arg: str | None, *, smtputf8: bool, dsn: bool = False) -> RcptArg
         return Reply(555, "5.5.4", f"RCPT parameter {sorted(unknown)[0]} not supported")
     if not smtputf8 and not address.isascii():
         return NEEDS_SMTPUTF8
-    notify: frozenset[str] | None = None
-    if "NOTIFY" in params:
-        raw = params["NOTIFY"]
-        notify = dsnrequest.parse_notify(raw) if isinstance(raw, str) else None
-        if notify is None:
-            return BAD_NOTIFY
-    orcpt: str | None = None
-    if "ORCPT" in params:
-        raw = params["ORCPT"]
-        orcpt = dsnrequest.parse_orcpt(raw) if isinstance(raw, str) else None
-        if orcpt is None:
-            return BAD_ORCPT
+    notify = _value(params, "NOTIFY", dsnrequest.parse_notify)
+    if isinstance(notify, _Bad):
+        return BAD_NOTIFY
+    orcpt = _value(params, "ORCPT", dsnrequest.parse_orcpt)
+    if isinstance(orcpt, _Bad):
+        return BAD_ORCPT
     return RcptArgs(address, notify, orcpt)
