@@ -103,6 +103,17 @@ def test_fetch_body_sets_seen_without_losing_another_sessions_flag(imap: IMAPSer
     assert {"\\Answered", "\\Seen"} <= _flags(b)
 
 
+def _command(sock: socket.socket, tag: bytes, line: bytes) -> bytes:
+    """Send one tagged command line; everything up to and including its tagged reply."""
+    sock.sendall(tag + b" " + line + b"\r\n")
+    data = b""
+    while not re.search(rb"(^|\r\n)" + tag + rb" [A-Z]+ [^\r\n]*\r\n", data):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
 def _transcript(imap: IMAPServer, lines: list[bytes]) -> list[bytes]:
     """Send each command line (tag ``t<i>``) on a raw socket; the replies, one per command."""
     s = socket.create_connection(("127.0.0.1", imap.port), timeout=10)
@@ -110,14 +121,7 @@ def _transcript(imap: IMAPServer, lines: list[bytes]) -> list[bytes]:
     try:
         s.recv(4096)
         for i, line in enumerate([b"LOGIN alice@example.test secret", *lines]):
-            tag = b"t%d" % i
-            s.sendall(tag + b" " + line + b"\r\n")
-            data = b""
-            while not re.search(rb"(^|\r\n)" + tag + rb" [A-Z]+ [^\r\n]*\r\n", data):
-                chunk = s.recv(65536)
-                assert chunk, data
-                data += chunk
-            out.append(data)
+            out.append(_command(s, b"t%d" % i, line))
     finally:
         s.close()
     return out[1:]
@@ -151,13 +155,7 @@ def test_fetch_of_a_message_another_session_expunged(imap: IMAPServer, monkeypat
         a.recv(4096)
 
         def cmd(tag: bytes, line: bytes) -> bytes:
-            a.sendall(tag + b" " + line + b"\r\n")
-            data = b""
-            while not re.search(rb"(^|\r\n)" + tag + rb" [A-Z]+ [^\r\n]*\r\n", data):
-                chunk = a.recv(65536)
-                assert chunk, data
-                data += chunk
-            return data
+            return _command(a, tag, line)
 
         cmd(b"a0", b"LOGIN alice@example.test secret")
         assert b"* 2 EXISTS" in cmd(b"a1", b"SELECT INBOX")
@@ -202,13 +200,7 @@ def test_fetch_of_a_message_another_session_closed_away(imap: IMAPServer) -> Non
         a.recv(4096)
 
         def cmd(tag: bytes, line: bytes) -> bytes:
-            a.sendall(tag + b" " + line + b"\r\n")
-            data = b""
-            while not re.search(rb"(^|\r\n)" + tag + rb" [A-Z]+ [^\r\n]*\r\n", data):
-                chunk = a.recv(65536)
-                assert chunk, data
-                data += chunk
-            return data
+            return _command(a, tag, line)
 
         cmd(b"a0", b"LOGIN alice@example.test secret")
         assert b"* 1 EXISTS" in cmd(b"a1", b"SELECT INBOX")
