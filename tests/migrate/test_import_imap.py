@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -244,11 +244,13 @@ def _big_inbox(d: Dovecot, count: int) -> None:
     c.logout()
 
 
-def test_dovecot_killed_mid_import_rerun_completes_without_duplicates(dovecot: Dovecot, local: IMAPServer) -> None:
-    _big_inbox(dovecot, 150)
+def _import_interrupted(dovecot: Dovecot, local: IMAPServer, total: int, at: int, interrupt: Callable[[], None],
+                        *extra: str) -> tuple[subprocess.Popen[str], list[str], str, str]:
+    """``import imap`` in batches of 5 as a process; ``interrupt()`` once its progress shows
+    ``at`` of ``total`` INBOX messages copied; then (process, progress lines, stdout, stderr)."""
     env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_CONFIG"}
     proc = subprocess.Popen([str(SCRIPT), "--config", str(local.extra["config"]), "import", "imap",
-                             *plain_args(dovecot), "--batch", "5", "--retries", "0"],
+                             *plain_args(dovecot), "--batch", "5", *extra],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdin is not None and proc.stderr is not None
     proc.stdin.write(SOURCE_USERS[ALICE_OLD] + "\n")
@@ -257,11 +259,17 @@ def test_dovecot_killed_mid_import_rerun_completes_without_duplicates(dovecot: D
     seen = []
     for line in proc.stderr:
         seen.append(line)
-        m = re.search(r"INBOX: (\d+)/150", line)
-        if m and int(m.group(1)) >= 30:
-            dovecot.kill()
+        m = re.search(rf"INBOX: (\d+)/{total}", line)
+        if m and int(m.group(1)) >= at:
+            interrupt()
             break
     out, err = proc.communicate(timeout=120)
+    return proc, seen, out, err
+
+
+def test_dovecot_killed_mid_import_rerun_completes_without_duplicates(dovecot: Dovecot, local: IMAPServer) -> None:
+    _big_inbox(dovecot, 150)
+    proc, seen, out, err = _import_interrupted(dovecot, local, 150, 30, dovecot.kill, "--retries", "0")
     assert proc.returncode == 1, (out, "".join(seen) + err)
     assert "Traceback" not in err
     partial = local.maildir().folder("INBOX").sync().messages
@@ -275,22 +283,7 @@ def test_dovecot_killed_mid_import_rerun_completes_without_duplicates(dovecot: D
 
 def test_dropped_connection_is_retried(dovecot: Dovecot, local: IMAPServer) -> None:
     _big_inbox(dovecot, 120)
-    env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_CONFIG"}
-    proc = subprocess.Popen([str(SCRIPT), "--config", str(local.extra["config"]), "import", "imap",
-                             *plain_args(dovecot), "--batch", "5"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert proc.stdin is not None and proc.stderr is not None
-    proc.stdin.write(SOURCE_USERS[ALICE_OLD] + "\n")
-    proc.stdin.close()
-    proc.stdin = None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        m = re.search(r"INBOX: (\d+)/120", line)
-        if m and int(m.group(1)) >= 20:
-            dovecot.kick(ALICE_OLD)
-            break
-    out, err = proc.communicate(timeout=120)
+    proc, seen, out, err = _import_interrupted(dovecot, local, 120, 20, lambda: dovecot.kick(ALICE_OLD))
     assert proc.returncode == 0, (out, "".join(seen) + err)
     assert "reconnecting" in err, err
     assert "120 messages copied" in out or "messages copied" in out
