@@ -64,6 +64,9 @@ def _tls_alpn_01_class() -> Any:
             response_cls = TLSALPN01Response
             typ = TLS_ALPN_01
 
+            def validation(self, account_key: Any, **unused_kwargs: Any) -> str:
+                return self.key_authorization(account_key)  # what goes into the certificate
+
         known = challenges.Challenge.TYPES.get(TLS_ALPN_01)
         if known is not None:  # a library version that has it again: use theirs
             _TLS_ALPN_01_CLASS = known
