@@ -142,9 +142,10 @@ class TLSContexts:
         front = _hardened_server_context()  # never serves itself: the SNI callback always picks
         hellos: weakref.WeakKeyDictionary[object, bytes] = weakref.WeakKeyDictionary()
 
-        def record(conn: object, direction: str, _version: object, _content_type: object,
+        def record(conn: object, direction: str, _version: object, content_type: object,
                    msg_type: object, data: bytes) -> None:
-            if direction == "read" and msg_type == ssl._TLSMessageType.CLIENT_HELLO:  # type: ignore[attr-defined]
+            if (direction == "read" and content_type == ssl._TLSContentType.HANDSHAKE  # type: ignore[attr-defined]
+                    and msg_type == ssl._TLSMessageType.CLIENT_HELLO):  # type: ignore[attr-defined]
                 with contextlib.suppress(TypeError):  # an object without weak references
                     hellos[conn] = bytes(data[:MAX_CLIENT_HELLO])
 
