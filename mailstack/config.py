@@ -321,6 +321,9 @@ class ACMEConfig:
     hostnames: tuple[str, ...] = ()  # () = hostname plus mta-sts./autoconfig. of each local domain
     ca_file: str = ""  # extra CA to trust for the ACME server itself (tests: pebble's); "" = the system's
     dir: Path = Path("../var/acme")  # account key, pending http-01 answers, the renewal lock
+    # "http-01" (answered by [http] listen, port 80), "tls-alpn-01" (RFC 8737, answered by
+    # [http] tls_listen, port 443), "auto" = http-01 when [http] listen is set, else tls-alpn-01
+    challenge: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -608,6 +611,8 @@ def _check(cfg: Config) -> None:
         raise _KeyError("[spam] timeout: must be more than 0 and at most 600 seconds")
     if cfg.acme.directory_url and not re.fullmatch(r"https?://[^\s/?#]+(/\S*)?", cfg.acme.directory_url):
         raise _KeyError(f"[acme] directory_url: {cfg.acme.directory_url!r} is not a URL like https://acme.example/directory")
+    if cfg.acme.challenge not in ("auto", "http-01", "tls-alpn-01"):
+        raise _KeyError(f"[acme] challenge: {cfg.acme.challenge!r} is not one of \"auto\", \"http-01\", \"tls-alpn-01\"")
     if cfg.acme.email and not re.fullmatch(r"[^@\s]+@[^@\s]+", cfg.acme.email):
         raise _KeyError(f"[acme] email: {cfg.acme.email!r} is not an address")
     for i, host in enumerate(cfg.acme.hostnames):

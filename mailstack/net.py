@@ -35,6 +35,7 @@ import re
 import socket
 import ssl
 import stat
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Protocol
@@ -47,6 +48,7 @@ from mailstack.storage.safeio import make_dirs, write_durable
 __all__ = [
     "CertificateSet",
     "ConnectionLimits",
+    "HelloAnswer",
     "InFlight",
     "ListenError",
     "TLSContexts",
@@ -124,6 +126,44 @@ class TLSContexts:
         # it gets the default context of the *current* set, not the front's own copy.
         sslobj.context = self._certs.pick(server_name)
 
+    def hello_front(self, answer: HelloAnswer) -> ssl.SSLContext:
+        """A front context of its own for one kind of listener, like ``server`` but asking
+        ``answer(server_name, client_hello)`` first: a context it returns serves the
+        handshake instead of the set's (the https listener answers RFC 8737 tls-alpn-01
+        this way: which certificate to send depends on the ALPN the client offered, and
+        the SNI callback alone does not see that).
+
+        The ClientHello (the handshake message, header included) is taken from OpenSSL's
+        message callback, which sees it before the SNI callback runs. That callback is
+        CPython's ``SSLContext._msg_callback`` (private, there since 3.8; no public hook
+        shows the offered ALPN before the certificate is chosen): should it disappear,
+        ``answer`` gets ``b""`` and every handshake is served from the set as usual.
+        """
+        front = _hardened_server_context()  # never serves itself: the SNI callback always picks
+        hellos: weakref.WeakKeyDictionary[object, bytes] = weakref.WeakKeyDictionary()
+
+        def record(conn: object, direction: str, _version: object, content_type: object,
+                   msg_type: object, data: bytes) -> None:
+            if (direction == "read" and content_type == ssl._TLSContentType.HANDSHAKE  # type: ignore[attr-defined]
+                    and msg_type == ssl._TLSMessageType.CLIENT_HELLO):  # type: ignore[attr-defined]
+                with contextlib.suppress(TypeError):  # an object without weak references
+                    hellos[conn] = bytes(data[:MAX_CLIENT_HELLO])
+
+        def choose(sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+                   _front: ssl.SSLContext) -> None:
+            hello = hellos.pop(sslobj, b"")
+            try:
+                chosen = answer(server_name, hello)
+            except Exception:  # an error in a hook never fails a handshake: serve as usual
+                log.exception("TLS hello hook failed")
+                chosen = None
+            sslobj.context = chosen or self._certs.pick(server_name)
+
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            front._msg_callback = record  # type: ignore[attr-defined]
+        front.sni_callback = choose
+        return front
+
     def swap(self, certs: CertificateSet) -> None:
         """Make ``certs`` the set new handshakes choose from (one reference assignment)."""
         self._certs = certs
@@ -134,6 +174,11 @@ class TLSContexts:
         context (logged), so a half-finished renewal never takes a name off the air."""
         self._certs = load_certificate_set(tls, hostname, previous=self._certs)
         return self._certs
+
+
+# answer(server_name, ClientHello message) -> a context to serve that handshake, or None
+HelloAnswer = Callable[[str | None, bytes], "ssl.SSLContext | None"]
+MAX_CLIENT_HELLO = 65536  # bytes of a ClientHello kept for the hook (a handshake message is < 2^24)
 
 
 @dataclass(frozen=True)
@@ -157,15 +202,7 @@ class CertificateSet:
 
 def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     """TLS >= 1.2, modern AEAD ciphers, no compression or renegotiation; raises TLSError."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_ciphers(SERVER_CIPHERS)
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    # No TLS 1.3 session tickets. They arrive right after the handshake, and a client that
-    # reads and writes one SSL socket from two threads (imaplib2, so offlineimap) then
-    # deadlocks on its first command after STARTTLS: measured here, 1 in ~6 sessions hung
-    # with tickets, 0 in 60 without. Mail sessions are long-lived; resumption gains little.
-    ctx.num_tickets = 0
+    ctx = _hardened_server_context()
     for label, path in (("cert_file", cert_file), ("key_file", key_file)):
         if not path.exists():
             raise TLSError(f"[tls] {label}: {path} does not exist")
@@ -176,6 +213,20 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     except (ssl.SSLError, OSError) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
         raise TLSError(f"[tls] cannot load {cert_file} with {key_file}: {str(reason).lower()}") from None
+    return ctx
+
+
+def _hardened_server_context() -> ssl.SSLContext:
+    """A server context with our protocol settings and no certificate yet."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(SERVER_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    # No TLS 1.3 session tickets. They arrive right after the handshake, and a client that
+    # reads and writes one SSL socket from two threads (imaplib2, so offlineimap) then
+    # deadlocks on its first command after STARTTLS: measured here, 1 in ~6 sessions hung
+    # with tickets, 0 in 60 without. Mail sessions are long-lived; resumption gains little.
+    ctx.num_tickets = 0
     return ctx
 
 

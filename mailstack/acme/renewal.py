@@ -1,18 +1,23 @@
 """When to renew, and the renewal itself (``renew``) and its loop in ``serve`` (``run``).
 
 Rules (what certbot does for Let's Encrypt, written down here):
-- a certificate is due when it is missing, unreadable, self-signed (the pair made at
-  first start), does not name every configured host, or has a third of its lifetime
-  left or less (Let's Encrypt's 90 days: renewed at 30 days left);
+- one certificate per host name (the mail host, ``mta-sts.<domain>``, ...), each from its
+  own order and installed in the SNI store under its name (``net.install_certificate``);
+  the mail host's is also written to ``[tls] cert_file``/``key_file``, the default pair;
+- a host's certificate is due when it is missing, unreadable, self-signed (the pair made
+  at first start), does not name the host, or has a third of its lifetime left or less
+  (Let's Encrypt's 90 days: renewed at 30 days left);
 - the loop checks at start and every ``CHECK_INTERVAL`` (a day); after a failure it
-  retries after ``backoff(n)``: ``BACKOFF_FIRST`` doubling up to ``BACKOFF_MAX``, so a CA
-  that is down is not hammered (Let's Encrypt's failed-validation limit is 5 an hour);
-- a failure never touches the installed pair: the old (or self-signed) certificate keeps
-  serving; the new pair is only installed once the CA has signed it;
-- one order at a time across processes (``renew.lock``), and whoever waits re-checks:
-  a certificate renewed meanwhile is not ordered twice;
+  retries *that host* after ``backoff(n)``: ``BACKOFF_FIRST`` doubling up to
+  ``BACKOFF_MAX``, so a CA that is down is not hammered (Let's Encrypt's
+  failed-validation limit is 5 an hour); the other hosts keep their own schedule;
+- a failure never touches an installed pair: the old (or self-signed) certificate keeps
+  serving; a new pair is only installed once the CA has signed it, and a host that fails
+  never stops the others from being ordered (each outcome is reported on its own);
+- one order at a time across processes (``renew.lock``, taken per host), and whoever
+  waits re-checks: a certificate renewed meanwhile is not ordered twice;
 - ``serve`` never waits for a CA to stop: the order runs in a daemon thread that the
-  process may leave behind; the install (two renames) happens under a lock that the
+  process may leave behind; the install (renames) happens under a lock that the
   stop takes, after telling the thread to install nothing more, so a stop never cuts
   an install in half (a new key beside the old certificate).
 """
@@ -22,19 +27,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mailstack import net
 from mailstack.acme import client, store
 from mailstack.config import Config
 from mailstack.storage.safeio import make_dirs
 
-__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "CHECK_INTERVAL", "Outcome", "backoff", "due", "hostnames", "renew", "run"]
+__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "CHECK_INTERVAL", "HostOutcome", "Outcome", "Schedule", "backoff",
+           "certificate_path", "current", "due", "hostnames", "renew", "renew_host", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -103,57 +112,138 @@ def backoff(failures: int) -> float:
     return float(min(BACKOFF_FIRST * 2.0 ** max(0, min(failures - 1, 20)), BACKOFF_MAX))
 
 
-def renew(config: Config, domains: Iterable[str], force: bool = False,
-          stopping: threading.Event | None = None, install_lock: threading.Lock | None = None) -> Outcome:
-    """Order and install a certificate if it is due (or ``force``); blocking.
+def certificate_path(config: Config, host: str) -> Path:
+    """Where ``host``'s own certificate is: its folder in the SNI store."""
+    return net.certificate_dir(config.tls) / net.normalize_hostname(host) / "cert.pem"
 
-    Raises ``client.ACMEError`` when the order fails (nothing installed then).
-    ``stopping`` set: the new pair is not installed; the install runs under ``install_lock``.
+
+def current(config: Config, host: str) -> CertTimes | None:
+    """``host``'s own certificate; for the mail host, ``[tls] cert_file`` when the store
+    has none (installs before one certificate per host, or a pair put there by hand)."""
+    own = read_certificate(certificate_path(config, host))
+    if own is None and host == config.hostname.rstrip(".").lower():
+        return read_certificate(config.tls.cert_file)
+    return own
+
+
+@dataclass(frozen=True)
+class HostOutcome:
+    host: str
+    renewed: bool
+    detail: str  # why (not) renewed, or why it failed: one line
+    failed: bool = False
+
+
+def renew_host(config: Config, host: str, force: bool = False, stopping: threading.Event | None = None,
+               install_lock: threading.Lock | None = None) -> Outcome:
+    """Order and install ``host``'s certificate if it is due (or ``force``); blocking.
+
+    Raises ``client.ACMEError`` (or ``net.TLSError``, ``OSError``) when that fails: nothing
+    installed then. ``stopping`` set: the new pair is not installed; the install runs under
+    ``install_lock``.
     """
-    wanted = hostnames(config, domains)
     make_dirs(store.acme_dir(config), 0o700)
     fd = os.open(store.lock_path(config), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes
-        reason = due(read_certificate(config.tls.cert_file), wanted, datetime.now(timezone.utc))
+        reason = due(current(config, host), [host], datetime.now(timezone.utc))
         if reason is None and not force:
             return Outcome(False, "not due")
-        issued = client.issue(config, wanted)
+        issued = client.issue(config, [host])
         with install_lock or contextlib.nullcontext():
             if stopping is not None and stopping.is_set():
                 raise client.ACMEError("stopping: the new certificate was not installed")
-            store.install(config, issued.fullchain_pem, issued.key_pem)
-        log.info("acme: installed a certificate for %s (%s)", ", ".join(wanted), reason or "forced")
+            net.install_certificate(config.tls, host, issued.fullchain_pem, issued.key_pem)
+            if host == config.hostname.rstrip(".").lower():
+                store.install(config, issued.fullchain_pem, issued.key_pem)  # the default pair too
+        log.info("acme: installed a certificate for %s (%s)", host, reason or "forced")
         return Outcome(True, reason or "forced")
     finally:
         os.close(fd)
 
 
+def renew(config: Config, domains: Iterable[str], force: bool = False, only: Iterable[str] = (),
+          stopping: threading.Event | None = None, install_lock: threading.Lock | None = None) -> list[HostOutcome]:
+    """``renew_host`` for every certified name (or those of ``only``), one after the other;
+    a failure is that host's outcome (``failed``), never the end of the others'."""
+    hosts = hostnames(config, domains)
+    if only:
+        hosts = [h for h in hosts if h in {o.rstrip(".").lower() for o in only}]
+    outcomes = []
+    for host in hosts:
+        try:
+            outcome = renew_host(config, host, force, stopping, install_lock)
+        except (client.ACMEError, net.TLSError, ValueError) as e:
+            outcomes.append(HostOutcome(host, False, str(e), failed=True))
+        except OSError as e:
+            outcomes.append(HostOutcome(host, False, f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), failed=True))
+        else:
+            outcomes.append(HostOutcome(host, outcome.renewed, outcome.detail))
+    return outcomes
+
+
+@dataclass
+class Schedule:
+    """When each host is checked next: no I/O, times in ``time.monotonic`` seconds.
+
+    A success (renewed or not due) waits ``CHECK_INTERVAL``; the n-th failure in a row of a
+    host waits ``backoff(n)`` for that host alone. A host never seen is due at once.
+    """
+
+    next_at: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def due_hosts(self, hosts: Iterable[str], now: float) -> list[str]:
+        return [h for h in hosts if self.next_at.get(h, now) <= now]
+
+    def succeeded(self, host: str, now: float) -> None:
+        self.failures.pop(host, None)
+        self.next_at[host] = now + CHECK_INTERVAL
+
+    def failed(self, host: str, now: float) -> float:
+        """Record a failure of ``host``; the seconds until its next attempt."""
+        n = self.failures[host] = self.failures.get(host, 0) + 1
+        wait = backoff(n)
+        self.next_at[host] = now + wait
+        return wait
+
+    def sleep(self, hosts: Iterable[str], now: float) -> float:
+        """Seconds until the next host is due (at most ``CHECK_INTERVAL``, at least 1)."""
+        times = [self.next_at.get(h, now) for h in hosts]
+        return max(1.0, min([t - now for t in times] + [CHECK_INTERVAL]))
+
+
 async def run(config: Config, domains: Callable[[], Iterable[str]],
               installed: Callable[[], None] | None = None) -> None:
-    """The renewal loop of ``serve``: until cancelled. ``installed`` is called after a new
+    """The renewal loop of ``serve``: until cancelled. ``installed`` is called after each new
     pair was installed (the reload hook; until then the new pair serves from the next start)."""
-    failures = 0
+    schedule = Schedule()
     stopping, install_lock = threading.Event(), threading.Lock()
     while True:
         try:
-            outcome = await _in_daemon_thread(lambda: renew(config, list(domains()), False, stopping, install_lock))
-        except asyncio.CancelledError:
-            stopping.set()
-            with install_lock:  # an install under way (two renames) finishes first
-                pass
-            raise
-        except Exception as e:  # ACMEError, OSError, a directory that is down: logged, retried
-            failures += 1
-            wait = backoff(failures)
-            log.warning("acme: renewal failed (%d in a row), the current certificate stays; "
-                        "retrying in %ds: %s", failures, wait, e)
-        else:
-            failures = 0
-            wait = CHECK_INTERVAL
-            if outcome.renewed and installed is not None:
-                installed()
-        await asyncio.sleep(wait)
+            hosts = hostnames(config, list(domains()))
+        except Exception as e:  # the directory unreadable: try again later
+            log.warning("acme: cannot list the host names to certify: %s", e)
+            await asyncio.sleep(BACKOFF_FIRST)
+            continue
+        for host in schedule.due_hosts(hosts, time.monotonic()):
+            try:
+                outcome = await _in_daemon_thread(
+                    functools.partial(renew_host, config, host, False, stopping, install_lock))
+            except asyncio.CancelledError:
+                stopping.set()
+                with install_lock:  # an install under way (renames) finishes first
+                    pass
+                raise
+            except Exception as e:  # ACMEError, OSError, a directory that is down: logged, retried
+                wait = schedule.failed(host, time.monotonic())
+                log.warning("acme: renewal for %s failed (%d in a row), its current certificate stays; "
+                            "retrying in %ds: %s", host, schedule.failures[host], wait, e)
+            else:
+                schedule.succeeded(host, time.monotonic())
+                if outcome.renewed and installed is not None:
+                    installed()
+        await asyncio.sleep(schedule.sleep(hosts, time.monotonic()))
 
 
 async def _in_daemon_thread(fn: Callable[[], Outcome]) -> Outcome:

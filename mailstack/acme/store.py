@@ -9,9 +9,11 @@ Layout under ``[acme] dir`` (0700):
   renewal task in ``serve``), read by the ``http`` service of any process;
 - ``renew.lock``: held while an order runs, so two processes never order at once.
 
-The certificate itself goes where ``[tls] cert_file``/``key_file`` say (``install``):
-that is the pair every TLS listener serves. Every write is atomic (temp file, fsync,
-rename): a crash leaves the old pair or the new one, never half of one.
+Certificates go to the SNI store, one per host name (``net.install_certificate``); the
+mail host's also where ``[tls] cert_file``/``key_file`` say (``install``): the default
+pair. Every write is atomic (temp file, fsync, rename): a crash leaves the old pair or
+the new one, never half of one. The tls-alpn-01 challenge certificates live in
+``alpn/`` (see ``mailstack.acme.alpn``).
 """
 
 from __future__ import annotations
@@ -87,8 +89,7 @@ def read_challenge(challenges: Path, token: str) -> bytes | None:
 def install(config: Config, fullchain_pem: bytes, key_pem: bytes) -> None:
     """Put a certificate pair where ``[tls]`` says, key first (0600), each atomically.
 
-    The one place a new certificate lands; the SNI/reload work may point it at a
-    per-hostname store. Between the two renames a reader could see the new key with the
+    The mail host's certificate lands here too (besides its SNI store folder). Between the two renames a reader could see the new key with the
     old certificate: TLS contexts are only (re)loaded at start or on reload, after both.
     """
     tls = config.tls

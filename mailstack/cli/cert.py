@@ -1,12 +1,14 @@
-"""`mailstack cert status [--json]`, `mailstack cert renew [--force]`: the ACME certificates.
+"""`mailstack cert status [--json]`, `mailstack cert renew [--force] [HOST ...]`: the ACME certificates.
 
-``status`` reads the installed ``[tls]`` certificate for every name this installation
-certifies (``[acme] hostnames`` or the default list); exit 1 when one of them has an
-``error`` (not named, expired, unreadable). ``renew`` orders a certificate now when it is
-due (``--force``: even when not) from ``[acme] directory_url``, answering http-01 through
-the challenge store that the running ``http`` service serves; on failure the installed
-pair is left as it was (exit 1, one line). A running ``serve`` picks the new pair up
-on its next start (or reload, where the running version has one).
+``status`` reads, for every name this installation certifies (``[acme] hostnames`` or the
+default list), the certificate SNI serves it (its own, else the default); exit 1 when
+one of them has an ``error`` (not named, expired, unreadable). ``renew`` orders each
+name's certificate now when it is due (``--force``: even when not), one order per name,
+from ``[acme] directory_url``, answering http-01 or tls-alpn-01 through the stores the
+running ``http`` service serves; ``HOST ...`` limits it to those names (each must be one
+of the certified names). One line per name on stdout; the names that failed are one
+line on stderr (exit 1), and their installed pairs are left as they were. A running
+``serve`` picks the new pairs up at its next reload (SIGHUP) or start.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def register(nouns: Any) -> None:
     st.set_defaults(handler=_status)
     rn = verbs.add_parser("renew", help="order a certificate now when it is due")
     rn.add_argument("--force", action="store_true", help="order even when the certificate is good")
+    rn.add_argument("hosts", nargs="*", metavar="HOST", help="only these certified names (default: every one)")
     rn.set_defaults(handler=_renew)
 
 
@@ -48,19 +51,22 @@ def _status(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _renew(args: argparse.Namespace, ctx: Context) -> int:
-    from mailstack.acme.client import ACMEError
-    from mailstack.acme.renewal import renew
+    from mailstack.acme.renewal import hostnames, renew
 
     if not ctx.config.acme.directory_url:
         raise CLIError("[acme] directory_url is not set: no CA to renew from")
-    try:
-        outcome = renew(ctx.config, _domains(ctx), force=args.force)
-    except ACMEError as e:
-        raise CLIError(f"renewal failed, the installed certificate stays: {e}") from None
-    except OSError as e:
-        raise CLIError(f"renewal failed, the installed certificate stays: {e.filename}: {e.strerror}") from None
-    if outcome.renewed:
-        print(f"renewed ({outcome.detail}); installed at {ctx.config.tls.cert_file}")
-    else:
-        print("not due: the certificate is good for more than a third of its lifetime (--force to renew)")
+    names = hostnames(ctx.config, _domains(ctx))
+    unknown = [h for h in args.hosts if h.rstrip(".").lower() not in names]
+    if unknown:
+        raise CLIError(f"{', '.join(unknown)}: not certified here (the names are: {', '.join(names)})")
+    outcomes = renew(ctx.config, _domains(ctx), force=args.force, only=args.hosts)
+    for o in outcomes:
+        if o.renewed:
+            print(f"{o.host}: renewed ({o.detail})")
+        elif not o.failed:
+            print(f"{o.host}: not due, good for more than a third of its lifetime (--force to renew)")
+    failed = [o for o in outcomes if o.failed]
+    if failed:
+        raise CLIError("renewal failed, the installed certificate stays: "
+                       + "; ".join(f"{o.host}: {o.detail}" for o in failed))
     return EXIT_OK

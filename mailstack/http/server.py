@@ -1,7 +1,9 @@
 """The ``http`` service (``mailstack.http.server:start``): autoconfig, Autodiscover, MTA-STS, metrics.
 
 An aiohttp application on the ``[http]`` listeners (``tls_listen`` with the ``[tls]``
-certificate), opened through ``net.open_listeners`` like every other service.
+certificate), opened through ``net.open_listeners`` like every other service. With ACME
+on, ``tls_listen`` also answers tls-alpn-01 (RFC 8737, ``acme.alpn``) below HTTP, in the
+TLS handshake.
 
 Routes:
 
@@ -53,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import hdrs, web
 
 from mailstack import metrics, net
+from mailstack.acme import alpn as acme_alpn
 from mailstack.acme import renewal as acme_renewal
 from mailstack.acme import store as acme_store
 from mailstack.http import documents as docs
@@ -407,8 +410,11 @@ async def start(ctx: ServiceContext) -> RunningService:
     def factory_for(address: object, implicit_tls: bool) -> net.ProtocolFactory:
         return lambda: _Guard(server(), ctx.limits, MAX_CONNECTION_AGE)
 
+    # With ACME on, the https listener answers tls-alpn-01 (RFC 8737): a handshake offering
+    # ALPN acme-tls/1 for a name with a pending challenge gets the challenge certificate.
+    tls_front = ctx.tls.hello_front(acme_alpn.Answerer(cfg)) if cfg.acme.directory_url else ctx.tls.server
     try:
-        servers = await net.open_listeners("http", cfg.listeners("http"), factory_for, ctx.tls.server)
+        servers = await net.open_listeners("http", cfg.listeners("http"), factory_for, tls_front)
     except BaseException:
         await runner.cleanup()
         raise

@@ -1,5 +1,6 @@
 """Fixtures for ACME: Let's Encrypt's test CA pebble (the Debian package) resolving through
-the tests' loopback DNS, validating http-01 on our ``http`` service's test port."""
+the tests' loopback DNS, validating http-01 on our ``http`` service's test port and
+tls-alpn-01 on its https test port."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.dnsserver import TestDNS
 from tests.helpers import free_port, require_tool, wait_listening
 
 HOST = "mx.example.test"
+MTA_STS = "mta-sts.example.test"  # a second certified name, with its own certificate
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Pebble:
     directory_url: str
     ca_file: Path  # the CA of pebble's own HTTPS API
     http_port: int  # where pebble checks http-01: our http service listens there
+    tls_port: int  # where pebble checks tls-alpn-01: our http service's tls_listen
 
 
 def _api_certificate(folder: Path) -> tuple[Path, Path, Path]:
@@ -62,6 +65,7 @@ def _api_certificate(folder: Path) -> tuple[Path, Path, Path]:
 def dns() -> Iterator[TestDNS]:
     with TestDNS() as d:
         d.add(HOST, "A", "127.0.0.1")
+        d.add(MTA_STS, "A", "127.0.0.1")
         yield d
 
 
@@ -69,11 +73,11 @@ def dns() -> Iterator[TestDNS]:
 def pebble(tmp_path: Path, dns: TestDNS) -> Iterator[Pebble]:
     exe = require_tool("pebble")
     ca_file, cert, key = _api_certificate(tmp_path / "pebble")
-    api, mgmt, http_port = free_port(), free_port(), free_port()
+    api, mgmt, http_port, tls_port = free_port(), free_port(), free_port(), free_port()
     conf = tmp_path / "pebble" / "pebble.json"
     conf.write_text(json.dumps({"pebble": {
         "listenAddress": f"127.0.0.1:{api}", "managementListenAddress": f"127.0.0.1:{mgmt}",
-        "certificate": str(cert), "privateKey": str(key), "httpPort": http_port, "tlsPort": free_port(),
+        "certificate": str(cert), "privateKey": str(key), "httpPort": http_port, "tlsPort": tls_port,
         "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
     env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
     with (tmp_path / "pebble.log").open("ab") as log:
@@ -81,7 +85,7 @@ def pebble(tmp_path: Path, dns: TestDNS) -> Iterator[Pebble]:
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_listening(api, proc)
-        yield Pebble(f"https://127.0.0.1:{api}/dir", ca_file, http_port)
+        yield Pebble(f"https://127.0.0.1:{api}/dir", ca_file, http_port, tls_port)
     finally:
         proc.terminate()
         try:
@@ -91,13 +95,18 @@ def pebble(tmp_path: Path, dns: TestDNS) -> Iterator[Pebble]:
             proc.wait(10)
 
 
-def acme_config(tmp_path: Path, pebble: Pebble, imap_tls_port: int, directory_url: str | None = None) -> Path:
-    """serve_config's file with ``[http]`` on pebble's http-01 port, IMAP on implicit TLS and
-    ``[acme]`` pointing at pebble (or ``directory_url``)."""
+def acme_config(tmp_path: Path, pebble: Pebble, imap_tls_port: int, directory_url: str | None = None,
+                hostnames: tuple[str, ...] = (HOST,), tls_alpn: bool = False) -> Path:
+    """serve_config's file with ``[http]`` on pebble's http-01 port (``tls_alpn``: only an
+    https listener, on pebble's tls-alpn-01 port), IMAP on implicit TLS and ``[acme]``
+    pointing at pebble (or ``directory_url``), certifying ``hostnames``."""
     conf = serve_config(tmp_path, {})
+    http = (f'listen = []\ntls_listen = ["127.0.0.1:{pebble.tls_port}"]\n' if tls_alpn
+            else f'listen = ["127.0.0.1:{pebble.http_port}"]\n')
+    names = ", ".join(f'"{h}"' for h in hostnames)
     with conf.open("a") as f:
-        f.write(f'[http]\nlisten = ["127.0.0.1:{pebble.http_port}"]\n'
+        f.write(f'[http]\n{http}'
                 f'[imap]\nlisten = []\ntls_listen = ["127.0.0.1:{imap_tls_port}"]\n'
                 f'[acme]\ndirectory_url = "{directory_url or pebble.directory_url}"\n'
-                f'email = "postmaster@example.test"\nhostnames = ["{HOST}"]\nca_file = "{pebble.ca_file}"\n')
+                f'email = "postmaster@example.test"\nhostnames = [{names}]\nca_file = "{pebble.ca_file}"\n')
     return conf

@@ -80,8 +80,12 @@ def test_cert_renew_with_http01_then_status_and_the_listener_serves_it(tmp_path:
 
         done = cli(conf, "cert", "renew", "--force")
         assert done.returncode == 0, done.stderr
-        assert done.stdout.startswith("renewed")
+        assert done.stdout.startswith(f"{HOST}: renewed")
         assert "Pebble" in issuer_of(config.tls.cert_file)
+        # the mail host's own pair in the SNI store is the same one (the default served)
+        own = renewal.certificate_path(config, HOST)
+        assert own.read_bytes() == config.tls.cert_file.read_bytes()
+        assert (own.parent / "key.pem").stat().st_mode & 0o777 == 0o600
         assert config.tls.key_file.stat().st_mode & 0o777 == 0o600
         assert store.account_key_path(config).stat().st_mode & 0o777 == 0o600
         assert list(store.challenge_dir(config).iterdir()) == []  # answers removed after the order
@@ -95,7 +99,7 @@ def test_cert_renew_with_http01_then_status_and_the_listener_serves_it(tmp_path:
         assert datetime.fromisoformat(rows[0]["not_after"]) > datetime.now(timezone.utc)
 
         again = cli(conf, "cert", "renew")  # fresh: a third of the lifetime is far away
-        assert again.returncode == 0 and again.stdout.startswith("not due"), again
+        assert again.returncode == 0 and again.stdout.startswith(f"{HOST}: not due"), again
     finally:
         stop(proc)
     proc = serve_process(conf, services, stderr=subprocess.DEVNULL)
