@@ -20,7 +20,9 @@ MTA-STS policy in ``enforce`` mode (RFC 8461) makes TLS mandatory and authentica
 DANE checks the certificate against the TLSA records, MTA-STS checks it against
 ``[queue] tls_ca_file`` and the MX name, and only MX hosts the policy lists are used.
 What to do is decided in ``mailstack.smtp.tlspolicy``; each outcome carries the word for
-the mail log (``tls=none|opportunistic|mta-sts|dane``). A smarthost (``[relay]``)
+the mail log (``tls=none|opportunistic|mta-sts|dane``). A job marked ``tls_optional``
+(the sender wrote ``TLS-Required: No``, RFC 8689 §5) goes out as if neither existed:
+opportunistic TLS, plaintext allowed. A smarthost (``[relay]``)
 is different: it gets credentials, so TLS (STARTTLS or implicit) is required there and
 its certificate is verified unless ``[relay] verify_tls = false``.
 
@@ -107,6 +109,7 @@ class Job:
     smtputf8: bool = False
     dsn: DSNRequest | None = None  # the sender's RFC 3461 request, passed on where DSN is offered
     requiretls: bool = False  # RFC 8689: only over authenticated TLS to a server that offers REQUIRETLS
+    tls_optional: bool = False  # RFC 8689 §5 "TLS-Required: No": MTA-STS/DANE ignored, opportunistic TLS
 
 
 @dataclass(frozen=True)
@@ -668,17 +671,20 @@ async def deliver_domain(domain: str, jobs: Sequence[Job], route: Route) -> dict
     Messages that ask for REQUIRETLS go over connections of their own (their TLS
     requirements are stricter), after the others."""
     results: dict[str, list[RecipientOutcome]] = {}
-    plain = [j for j in jobs if not j.requiretls]
+    plain = [j for j in jobs if not j.requiretls and not j.tls_optional]
+    optional = [j for j in jobs if j.tls_optional and not j.requiretls]  # RFC 8689 §5: REQUIRETLS wins
     strict = [j for j in jobs if j.requiretls]
     if plain:
         results.update(await _deliver_group(domain, plain, route, requiretls=False))
+    if optional:
+        results.update(await _deliver_group(domain, optional, route, requiretls=False, tls_optional=True))
     if strict:
         results.update(await _deliver_group(domain, strict, route, requiretls=True))
     return results
 
 
-async def _deliver_group(domain: str, jobs: Sequence[Job], route: Route, *,
-                         requiretls: bool) -> dict[str, list[RecipientOutcome]]:
+async def _deliver_group(domain: str, jobs: Sequence[Job], route: Route, *, requiretls: bool,
+                         tls_optional: bool = False) -> dict[str, list[RecipientOutcome]]:
     results: dict[str, list[RecipientOutcome]] = {}
     targets = await _targets(domain, route)
     if isinstance(targets, Reply):
@@ -690,7 +696,7 @@ async def _deliver_group(domain: str, jobs: Sequence[Job], route: Route, *,
         reply = _local(550, f"5.7.10 REQUIRETLS: relay {relay.host} is not used with verified TLS")
         return {job.queue_id: [RecipientOutcome(r, reply) for r in job.recipients] for job in jobs}
     policy: StsPolicy | None = None
-    if route.sts is not None and route.relay is None and not domain.startswith("["):
+    if route.sts is not None and route.relay is None and not domain.startswith("[") and not tls_optional:
         policy = await route.sts.policy(domain)
         if policy is not None and policy.mode == "enforce":
             allowed = [t for t in targets if policy.allows(t.host)]  # RFC 8461 §4.1
@@ -711,7 +717,7 @@ async def _deliver_group(domain: str, jobs: Sequence[Job], route: Route, *,
             if not pending:
                 return results
             try:
-                conn = (await _open(target, address, route) if route.relay is not None
+                conn = (await _open(target, address, route) if route.relay is not None or tls_optional
                         else await _open_secure(target, address, route, policy, requiretls, domain))
             except _Fail as f:
                 last_error, last_mta, last_tls = f.reply, f"{target.host} [{address}]", f.tls

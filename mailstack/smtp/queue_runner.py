@@ -357,7 +357,8 @@ class QueueRunner:
             async with self._per_domain[key], self._total:
                 jobs = [Job(w.env.id, w.env.sender, tuple(rcpts), w.data, w.env.smtputf8,
                             DSNRequest.from_extra(w.env.extra) or None,
-                            requiretls=bool(w.env.extra.get("requiretls"))) for w, rcpts in chunk]
+                            requiretls=bool(w.env.extra.get("requiretls")),
+                            tls_optional=bool(w.env.extra.get("tls_optional"))) for w, rcpts in chunk]
                 try:
                     results = await deliver_domain(domain, jobs, self.route)
                 except Exception as e:  # a bug must not lose mail: defer it

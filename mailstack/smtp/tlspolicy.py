@@ -17,7 +17,13 @@ Invariants:
 - an MTA-STS policy in ``testing`` mode never stops a delivery (RFC 8461 §5), it is only
   logged; ``none`` is as if there were no policy;
 - a policy that does not parse is no policy (RFC 8461 §3.2: "senders ... MUST treat it as
-  if no policy were present"), never an error that holds mail.
+  if no policy were present"), never an error that holds mail;
+- a message whose sender wrote ``TLS-Required: No`` (``tls_required_no``, RFC 8689 §5)
+  goes out as if no policy existed (opportunistic TLS) -- unless it also carries
+  REQUIRETLS, which wins (RFC 8689 §5: the header field "MUST be ignored" then).
+  We honour the field only on mail of our authenticated submission users (the choice:
+  on the MX it is a stranger's request to weaken our checks, so it is kept in the
+  message for the next hop and otherwise ignored).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from mailstack.dns import TLSARecord as TLSA
+from mailstack.mail.headers import raw_fields
 
 __all__ = [
     "StsPolicy",
@@ -42,6 +49,7 @@ __all__ = [
     "decide",
     "MAX_POLICY_SIZE",
     "MAX_STS_AGE",
+    "tls_required_no",
 ]
 
 MAX_POLICY_SIZE = 64 * 1024  # RFC 8461 §3.3: senders may refuse a larger policy body
@@ -116,6 +124,12 @@ def parse_sts_policy(text: str, ident: str = "") -> StsPolicy:
     if not mx and mode != "none":
         raise StsError("policy names no mx")
     return StsPolicy(mode, mx, min(int(age), MAX_STS_AGE), ident)
+
+
+def tls_required_no(message: bytes) -> bool:
+    """Does the header section carry ``TLS-Required: No`` (RFC 8689 §5; the value is
+    case-insensitive, white space around it ignored)? Any other value means nothing."""
+    return any(f.key == "tls-required" and f.value.strip().lower() == b"no" for f in raw_fields(message))
 
 
 # ---------------------------------------------------------------------------
