@@ -516,8 +516,8 @@ def _unverified() -> ssl.SSLContext:
     return ctx
 
 
-async def _requirement(target: _Target, route: Route,
-                       policy: StsPolicy | None) -> tuple[Requirement, list[TLSARecord], list[TLSARecord]]:
+async def _requirement(target: _Target, route: Route, policy: StsPolicy | None,
+                       domain: str = "") -> tuple[Requirement, list[TLSARecord], list[TLSARecord]]:
     """What this MX host asks for: DANE (validated TLSA records) first, then MTA-STS."""
     if route.tlsa is not None and not _is_ip(target.host):
         try:
@@ -526,6 +526,9 @@ async def _requirement(target: _Target, route: Route,
             # Choice: an unanswerable TLSA lookup counts as no TLSA (we cannot tell a
             # signed zone from an unsigned one without the MX answer's own AD bit).
             log.info("outbound: TLSA lookup for %s failed (%s); no DANE", target.host, e)
+            if route.tls_results is not None and isinstance(e, DNSTemporaryError):
+                # RFC 8460 §4.3.2.1: our validating resolver gave no valid answer
+                route.tls_results.record(Attempt(domain, "tlsa", (), target.host, "", "dnssec-invalid", str(e)))
         else:
             if answer.secure and answer.records:
                 usable = usable_tlsa(answer.records)
@@ -544,8 +547,10 @@ def _result_type(req: Requirement, offered: bool, tls_ok: bool, verified: bool, 
         return "validation-failure"  # MX not in the policy
     if not offered:
         return "starttls-not-supported"
+    if dane and req is Requirement.DANE_UNAUTHENTICATED:
+        return "tlsa-invalid"  # RFC 8460 §4.3.2.1: a validated RRset, none of it usable
     if dane:
-        return "" if tls_ok and (verified or req is Requirement.DANE_UNAUTHENTICATED) else "validation-failure"
+        return "" if tls_ok and verified else "validation-failure"
     if tls_ok and verified:
         return ""
     if "mismatch" in error:
@@ -577,7 +582,7 @@ async def _open_secure(target: _Target, address: str, route: Route, policy: StsP
     that check; with neither, the message fails permanently (``5.7.10``), since retrying
     cannot help until the domain publishes one.
     """
-    req, tlsa, all_tlsa = await _requirement(target, route, policy)
+    req, tlsa, all_tlsa = await _requirement(target, route, policy, domain)
     if requiretls:
         if req is Requirement.STS_TESTING and policy is not None and policy.allows(target.host):
             req = Requirement.STS_ENFORCE

@@ -135,7 +135,9 @@ class QueueRunner:
         self.route = Route(helo=config.hostname, resolver=resolver, port=self.q.smtp_port, client_tls=client_tls,
                            relay=relay, connect_timeout=self.q.connect_timeout,
                            command_timeout=self.q.command_timeout, verify_tls=verify_tls,
-                           sts=StsCache(resolver, verify_tls, port=self.q.mta_sts_port) if self.q.mta_sts else None,
+                           sts=StsCache(resolver, verify_tls, port=self.q.mta_sts_port,
+                                        on_failure=self.tls_results.sts_failure if self.tls_results else None)
+                           if self.q.mta_sts else None,
                            tlsa=resolver if isinstance(resolver, DNSPythonResolver) and config.dns.trusted_resolvers
                            else None, tls_results=self.tls_results)
         self._wake = asyncio.Event()
@@ -244,7 +246,7 @@ class QueueRunner:
                 continue
             if day < today:
                 sent += await send_reports(self.tls_results, day, self.resolver, self.store.enqueue,
-                                           submitter=self.config.hostname)
+                                           submitter=self.config.hostname, https_context=self.route.verify_tls)
         return sent
 
     async def _scan(self) -> float:
