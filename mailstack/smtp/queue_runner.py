@@ -398,7 +398,8 @@ class QueueRunner:
                 continue
             try:
                 results = await delivery.deliver(w.env.sender, resolutions, w.data, queue_id=w.env.id,
-                                                 smtputf8=w.env.smtputf8)
+                                                 smtputf8=w.env.smtputf8, dsn=DSNRequest.from_extra(w.env.extra),
+                                                 requiretls=bool(w.env.extra.get("requiretls")))
             except Exception as e:
                 log.exception("queue: local delivery of %s failed", w.env.id)
                 for res in resolutions:

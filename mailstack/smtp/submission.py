@@ -272,6 +272,7 @@ class SubmissionHandler(MXHandler):
             results.extend(await self.mda.deliver(
                 sender, [r.recipient for r in local], local, data, queue_id=txn.queue_id, client=server.peer_ip,
                 smtputf8=bool(txn.smtp_utf8), body_8bit=txn.body_type == "8BITMIME",
+                dsn=txn.dsn, requiretls=bool(txn.requiretls),
             ))
             # the DSN of a local permanent failure, or a queued retry, may need the runner
             wake.notify(self.queue.dir)
