@@ -40,6 +40,7 @@ Invariants:
 
 from __future__ import annotations
 
+import _ssl  # ENCODING_DER, for the certificates of an unverified chain (Connection.peer_chain)
 import asyncio
 import base64
 import ipaddress
@@ -58,7 +59,7 @@ from mailstack.dns import DNSError, DNSTemporaryError, NXDomain, Resolver, TLSAR
 from mailstack.mail.dsnrequest import DSNRequest, xtext_encode
 from mailstack.replies import Reply
 from mailstack.smtp.mtasts import StsCache
-from mailstack.smtp.tlspolicy import Requirement, StsPolicy, decide, tlsa_matches, usable_tlsa
+from mailstack.smtp.tlspolicy import Requirement, StsPolicy, dane_ta_matches, decide, tlsa_matches, usable_tlsa
 from mailstack.smtp.tlsrpt import Attempt, TLSResultLog
 
 __all__ = [
@@ -327,6 +328,17 @@ class Connection:
         except ValueError:
             return None
         return der, spki
+
+    def peer_chain(self) -> list[bytes]:
+        """The chain the server presented, leaf first, DER, unverified (for DANE-TA,
+        RFC 7672 §3.1.2). Python 3.13 has ``get_unverified_chain()``; 3.10-3.12 only
+        the same method on the private ``_sslobj``; [] when neither exists."""
+        obj = self.writer.get_extra_info("ssl_object") if self.writer is not None else None
+        get = getattr(obj, "get_unverified_chain", None) or getattr(getattr(obj, "_sslobj", None),
+                                                                    "get_unverified_chain", None)
+        if get is None:
+            return []
+        return [c if isinstance(c, bytes) else c.public_bytes(_ssl.ENCODING_DER) for c in get() or []]
 
     async def auth(self, username: str, password: str) -> None:
         mechs = self.extensions.get("AUTH", "").upper().split()
@@ -606,7 +618,8 @@ async def _open_secure(target: _Target, address: str, route: Route, policy: StsP
             tls_ok = True
             if dane:
                 cert = conn.peer_certificate()
-                verified = cert is not None and tlsa_matches(tlsa, *cert)
+                verified = cert is not None and (tlsa_matches(tlsa, *cert)  # DANE-EE, or DANE-TA:
+                                                 or dane_ta_matches(tlsa, conn.peer_chain(), (target.host, domain)))
             else:
                 verified = True  # the context checked the chain and the name (RFC 8461 §4.2)
         except _TLSFailed as e:
