@@ -95,3 +95,36 @@ def test_requiretls_wins_over_tls_required_no(sts_stack: Stack, remote: Remote) 
 ])
 def test_tls_required_no_field(header: bytes, expected: bool) -> None:
     assert tls_required_no(b"From: a@b.test\r\n" + header + b"\r\nTLS-Required: No\r\n") is expected  # body ignored
+
+
+def test_on_the_mx_the_field_is_kept_and_lifts_nothing(tmp_path: Path, dns: TestDNS, remote: Remote) -> None:
+    """A stranger's ``TLS-Required: No`` reaches the mailbox and the forward as written,
+    but the forward is not marked to skip MTA-STS/DANE (only submission users may ask)."""
+    import smtplib
+
+    from mailstack.directory import Directory
+    from tests.helpers import free_port
+    from tests.outbound.conftest import make_config
+
+    cfg = make_config(tmp_path, dns, remote.port, smtp={"listen": [f"127.0.0.1:{free_port()}"]})
+    d = Directory(cfg.database.url)
+    d.migrate()
+    d.add_domain("example.test")
+    d.add_user("alice@example.test", "correct horse battery staple")
+    d.add_alias("fwd@example.test", ["dave@remote.test"])
+    s = Stack(cfg, d, ("smtp",))
+    try:
+        with smtplib.SMTP(cfg.smtp.listen[0].host, cfg.smtp.listen[0].port, timeout=10) as c:
+            c.sendmail("carol@sender.test", ["alice@example.test", "fwd@example.test"],
+                       NO_TLS.replace(b"<x@remote.test>", b"<fwd@example.test>"))
+    finally:
+        s.stop()
+        d.close()
+    new = cfg.storage.maildir_root / "example.test" / "alice" / "new"
+    (mail,) = list(new.iterdir())
+    assert b"\nTLS-Required: No\n" in mail.read_bytes()  # Maildir files hold LF line ends
+    store = QueueStore(cfg.queue.dir)
+    (qid,) = store.list()
+    env, data = store.load(qid)
+    assert env.recipients == ("dave@remote.test",) and b"\r\nTLS-Required: No\r\n" in data
+    assert "tls_optional" not in env.extra
