@@ -17,7 +17,10 @@ Two halves:
   fsync new/) in a worker thread; returns one ``RecipientResult`` per envelope
   recipient (ok / temporary / permanent, with the reply to give). Remote forwards go
   into the queue with an SRS envelope sender and an ARC seal of the alias's domain when
-  a ``mail.forward.Forwarder`` is given (``[queue] srs``; see there for the exceptions).
+  a ``mail.forward.Forwarder`` is given (``[queue] srs``; see there for the exceptions),
+  and keep the sender's DSN request (``dsn``: RET, ENVID, the alias's NOTIFY and ORCPT,
+  RFC 3461 §5.2.7) and REQUIRETLS (``requiretls``, RFC 8689 §4.2: the requirement holds
+  to the final destination) in their queue envelope.
 
 Invariants:
 - a recipient is ``ok`` only when every one of its mailboxes holds the message on disk,
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mailstack.mail import headers
+from mailstack.mail.dsnrequest import DSNRequest
 from mailstack.mail.address import Address, AddressError, parse_address, split_tag
 from mailstack import replies as R
 from mailstack.replies import Reply
@@ -391,10 +395,13 @@ class LocalDelivery:
         queue_id: str | None = None,
         client: str | None = None,
         smtputf8: bool = False,
+        dsn: DSNRequest | None = None,
+        requiretls: bool = False,
     ) -> list[RecipientResult]:
-        """Deliver ``data`` (CRLF, our Received: on top) for each resolved recipient."""
+        """Deliver ``data`` (CRLF, our Received: on top) for each resolved recipient;
+        ``dsn`` and ``requiretls``: the envelope's, kept on what is queued (forwards)."""
         call = functools.partial(self.deliver_sync, sender, resolutions, data, queue_id=queue_id, client=client,
-                                 smtputf8=smtputf8)
+                                 smtputf8=smtputf8, dsn=dsn, requiretls=requiretls)
         return await asyncio.get_running_loop().run_in_executor(_WRITERS, call)
 
     def deliver_sync(
@@ -406,6 +413,8 @@ class LocalDelivery:
         queue_id: str | None = None,
         client: str | None = None,
         smtputf8: bool = False,
+        dsn: DSNRequest | None = None,
+        requiretls: bool = False,
     ) -> list[RecipientResult]:
         block = headers.header_block(data)
         if count_received(block) > self.max_received:  # RFC 5321 §6.3
@@ -417,7 +426,8 @@ class LocalDelivery:
         results: list[RecipientResult] = []
         for res in resolutions:
             results.append(self._deliver_one(sender, res, data, return_path, seen_delivered, done,
-                                             queue_id=queue_id, client=client, smtputf8=smtputf8))
+                                             queue_id=queue_id, client=client, smtputf8=smtputf8,
+                                             dsn=dsn, requiretls=requiretls))
         return results
 
     def _deliver_one(
@@ -432,6 +442,8 @@ class LocalDelivery:
         queue_id: str | None,
         client: str | None,
         smtputf8: bool,
+        dsn: DSNRequest | None = None,
+        requiretls: bool = False,
     ) -> RecipientResult:
         oks: list[str] = []
         temp_failed: list[Mailbox] = []
@@ -464,6 +476,10 @@ class LocalDelivery:
             prefix = headers.field("Delivered-To", res.recipient)
             message, envelope_sender = prefix + data, sender
             extra: dict[str, Any] = {"orig_rcpt": res.recipient, "orig_id": queue_id}
+            if dsn:  # RFC 3461 §5.2.7: the alias passes the sender's request on
+                extra["dsn"] = dsn.for_forward(res.recipient, to_queue).to_extra()
+            if requiretls:  # RFC 8689 §4.2: REQUIRETLS holds for every onward hop
+                extra["requiretls"] = True
             if res.forwards and self.forwarder is not None:
                 # a remote forward: SRS sender of the alias's domain, ARC seal with its key
                 domain = res.recipient.rpartition("@")[2]

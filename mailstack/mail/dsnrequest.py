@@ -25,12 +25,13 @@ Rules, each where it is enforced:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = ["DSNRequest", "RecipientRequest", "Kind", "xtext_decode", "xtext_encode",
-           "parse_notify", "parse_ret", "parse_envid", "parse_orcpt", "ENVID_MAX", "ORCPT_MAX"]
+           "parse_notify", "parse_ret", "parse_envid", "parse_orcpt", "ENVID_MAX", "ORCPT_MAX",
+           "dsn_mail_params", "dsn_rcpt_params"]
 
 Kind = Literal["success", "failure", "delay"]
 NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
@@ -120,6 +121,19 @@ class DSNRequest:
     def return_full(self) -> bool:
         return self.ret == "FULL"
 
+    def for_forward(self, original: str, targets: Sequence[str]) -> DSNRequest:
+        """The request for a copy of the message re-sent from ``original`` (an alias,
+        or a local mailbox retried later) to ``targets`` (RFC 3461 §5.2.7.2, §5.2.7.3:
+        an alias passes the sender's request on). RET and ENVID stay; each target gets
+        the original recipient's NOTIFY, and its ORCPT, or ``rfc822;<original>`` when it
+        had none (§4.2: the address the sender gave, so a DSN names what they wrote).
+
+        Choice for an alias with several targets: NOTIFY stays whole (SUCCESS included),
+        so the sender hears of each target itself rather than one "expanded" notice."""
+        req = self.recipients.get(original, RecipientRequest())
+        orcpt = req.orcpt or f"rfc822;{original}"
+        return DSNRequest(self.ret, self.envid, {t: RecipientRequest(req.notify, orcpt) for t in targets})
+
     def to_extra(self) -> dict[str, Any]:
         """JSON for the queue envelope (``extra["dsn"]``)."""
         rcpts: dict[str, Any] = {}
@@ -150,3 +164,29 @@ class DSNRequest:
             rcpts[str(addr)] = RecipientRequest(None if notify is None else frozenset(str(n) for n in notify),
                                                 r.get("orcpt"))
         return cls(d.get("ret"), d.get("envid"), rcpts)
+
+
+def dsn_mail_params(dsn: DSNRequest | None) -> list[str]:
+    """RFC 3461 §4.3, §4.4: RET and ENVID for the next hop's MAIL (only when it offers DSN)."""
+    if dsn is None:
+        return []
+    out = [f"RET={dsn.ret}"] if dsn.ret else []
+    if dsn.envid:
+        out.append(f"ENVID={xtext_encode(dsn.envid)}")
+    return out
+
+
+def dsn_rcpt_params(dsn: DSNRequest | None, rcpt: str) -> str:
+    """RFC 3461 §4.1, §4.2: `` NOTIFY=... ORCPT=...`` for one RCPT ("" when none)."""
+    if dsn is None:
+        return ""
+    req = dsn.recipients.get(rcpt)
+    if req is None:
+        return ""
+    out = ""
+    if req.notify is not None:
+        out += " NOTIFY=" + (",".join(sorted(req.notify)) if req.notify else "NEVER")
+    if req.orcpt:
+        addr_type, _, value = req.orcpt.partition(";")
+        out += f" ORCPT={addr_type};{xtext_encode(value)}"
+    return out

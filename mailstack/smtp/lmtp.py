@@ -9,6 +9,8 @@
   250 only once that recipient's copy is fsynced into its Maildir (or its alias's
   remote targets into the queue).
 - Every delivery is a mail log line (service ``lmtp``).
+- REQUIRETLS (RFC 8689) is offered without TLS (see ``LMTPServer.requiretls_ok``) and
+  kept, like the DSN request, on the forwards delivery queues.
 - DSN (RFC 3461) is offered: we are the final delivery, so a recipient delivered
   with ``NOTIFY=SUCCESS`` gets its "delivered" notice from us (``queue.bounce.
   notify_success``, signed as the MX's DSNs are); failures are the client's to report
@@ -50,6 +52,14 @@ class LMTPServer(BaseSMTP):
     """BaseSMTP speaking LMTP."""
 
     is_lmtp = True
+
+    @property
+    def requiretls_ok(self) -> bool:
+        """REQUIRETLS is offered without TLS here: the LMTP listener is a unix socket or a
+        trusted TCP address (the local hop to the MDA, as the MX's own in-process
+        delivery), so the MX can hand a REQUIRETLS message over and the forwards we
+        make of it keep the requirement (RFC 8689 §4.2)."""
+        return True
 
     def ehlo_keywords(self) -> list[str]:
         return [k for k in super().ehlo_keywords() if k != "STARTTLS"]
@@ -113,7 +123,8 @@ class LMTPHandler:
         )
         data = trace + content
         results = await self.delivery.deliver(txn.sender or "", txn.resolutions, data, queue_id=txn.queue_id,
-                                              client=server.peer_ip, smtputf8=bool(txn.smtp_utf8))
+                                              client=server.peer_ip, smtputf8=bool(txn.smtp_utf8),
+                                              dsn=txn.dsn, requiretls=bool(txn.requiretls))
         replies = []
         for r in results:
             event = {Outcome.OK: "delivered", Outcome.TEMPORARY: "deferred", Outcome.PERMANENT: "rejected"}[r.outcome]

@@ -8,6 +8,13 @@ Both implement ``MDA.deliver(sender, recipients, resolutions, data, ...)`` and r
 - ``LMTPClient``: speaks LMTP to ``[smtp] mda = "unix:/path"`` or ``"HOST:PORT"`` (our own
   LMTP service, or Dovecot's), one reply per accepted recipient after DATA.
 
+The sender's DSN request (RFC 3461) goes on to an LMTP server that offers DSN in its LHLO
+reply: RET and ENVID on MAIL, NOTIFY and ORCPT on each RCPT (§4; the MDA then reports a
+NOTIFY=SUCCESS delivery itself, as our LMTP service and Dovecot's do); REQUIRETLS
+(RFC 8689) goes on when offered. To an MDA that offers neither they are left off: the
+LMTP hop is final delivery, not a relay (RFC 8689 §4.2 governs relays), and a server
+that does not offer DSN would refuse its parameters (RFC 3461 §4: 555).
+
 Invariant: a recipient is OK only on a 2xx from the MDA for that recipient; a
 connection failure, a timeout or a garbled reply is a temporary failure (``451 4.3.0``)
 for every recipient without a reply yet, never an OK.
@@ -23,6 +30,7 @@ from typing import Protocol
 
 from mailstack.config import ListenAddress
 from mailstack.delivery import LocalDelivery, RecipientResult, Resolution
+from mailstack.mail.dsnrequest import DSNRequest, dsn_mail_params, dsn_rcpt_params
 from mailstack.smtp import replies as R
 from mailstack.smtp.replies import Reply
 
@@ -30,6 +38,7 @@ __all__ = ["MDA", "InProcessMDA", "LMTPClient", "parse_reply_line"]
 
 log = logging.getLogger(__name__)
 
+MAX_REPLY_LINES = 100  # lines of one reply (an LHLO lists a dozen keywords)
 _LINE_RE = re.compile(rb"^([2-5]\d\d)([ -])(?:([245]\.\d{1,3}\.\d{1,3}) )?(.*)$")
 
 
@@ -45,6 +54,8 @@ class MDA(Protocol):
         client: str | None,
         smtputf8: bool,
         body_8bit: bool,
+        dsn: DSNRequest | None = None,
+        requiretls: bool = False,
     ) -> list[RecipientResult]: ...
 
 
@@ -63,9 +74,11 @@ class InProcessMDA:
         client: str | None,
         smtputf8: bool,
         body_8bit: bool,
+        dsn: DSNRequest | None = None,
+        requiretls: bool = False,
     ) -> list[RecipientResult]:
         return await self.delivery.deliver(sender, resolutions, data, queue_id=queue_id, client=client,
-                                           smtputf8=smtputf8)
+                                           smtputf8=smtputf8, dsn=dsn, requiretls=requiretls)
 
 
 def parse_reply_line(line: bytes) -> tuple[int, bool, str, str]:
@@ -91,14 +104,19 @@ class LMTPClient:
         return await asyncio.open_connection(self.address.host, self.address.port, limit=65536)
 
     @staticmethod
-    async def _reply(reader: asyncio.StreamReader) -> Reply:
+    async def _reply(reader: asyncio.StreamReader, lines: list[str] | None = None) -> Reply:
+        """One reply; ``lines`` (when given) gets the text of each of its lines."""
         text = []
         while True:
             line = await reader.readuntil(b"\n")
             code, more, enhanced, t = parse_reply_line(line)
             text.append(t)
+            if len(text) > MAX_REPLY_LINES:
+                raise ValueError("reply of too many lines")
             if not more:
                 break
+        if lines is not None:
+            lines.extend(text)
         if enhanced and enhanced[0] != str(code)[0]:
             enhanced = ""
         return Reply(code, enhanced, " ".join(text)[:400] or "-")
@@ -114,11 +132,13 @@ class LMTPClient:
         client: str | None,
         smtputf8: bool,
         body_8bit: bool,
+        dsn: DSNRequest | None = None,
+        requiretls: bool = False,
     ) -> list[RecipientResult]:
         results: dict[int, Reply] = {}
         try:
-            await asyncio.wait_for(self._session(sender, recipients, data, smtputf8, body_8bit, results),
-                                   self.timeout)
+            await asyncio.wait_for(self._session(sender, recipients, data, smtputf8, body_8bit, results,
+                                                 dsn, requiretls), self.timeout)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError) as e:
             log.warning("LMTP to %s failed: %s", self.address, e)
         out = []
@@ -134,6 +154,8 @@ class LMTPClient:
         smtputf8: bool,
         body_8bit: bool,
         results: dict[int, Reply],
+        dsn: DSNRequest | None = None,
+        requiretls: bool = False,
     ) -> None:
         reader, writer = await self._open()
         try:
@@ -141,17 +163,23 @@ class LMTPClient:
             if greeting.code != 220:
                 raise ValueError(f"greeting {greeting}")
             writer.write(f"LHLO {self.helo}\r\n".encode("ascii"))
-            lhlo = await self._reply(reader)
+            offered: list[str] = []
+            lhlo = await self._reply(reader, offered)
             if lhlo.code != 250:
                 raise ValueError(f"LHLO {lhlo}")
+            keywords = {t.split(" ", 1)[0].upper() for t in offered[1:]}
+            dsn = dsn if dsn and "DSN" in keywords else None  # RFC 3461 §4: only where offered
             params = ""
             if body_8bit:
                 params += " BODY=8BITMIME"
             if smtputf8:
                 params += " SMTPUTF8"
+            if requiretls and "REQUIRETLS" in keywords:  # RFC 8689 §4.1
+                params += " REQUIRETLS"
+            params += "".join(" " + p for p in dsn_mail_params(dsn))
             # RFC 2920: MAIL, the RCPTs and DATA pipelined, replies read in order
             lines = [f"MAIL FROM:<{sender}>{params}\r\n"]
-            lines += [f"RCPT TO:<{r}>\r\n" for r in recipients]
+            lines += [f"RCPT TO:<{r}>{dsn_rcpt_params(dsn, r)}\r\n" for r in recipients]
             lines.append("DATA\r\n")
             writer.write("".join(lines).encode("utf-8"))
             mail = await self._reply(reader)

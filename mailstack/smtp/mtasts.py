@@ -11,6 +11,12 @@
    fails, a cached, unexpired policy stays in force (RFC 8461 §5.1: a policy must not be
    dropped because an attacker blocks its refresh); with nothing cached it is "no policy".
 
+A fetch that fails is told to ``on_failure(domain, result_type, reason)`` (the queue
+runner records it for TLS-RPT) with its RFC 8460 §4.3.2.2 result type: the policy host's
+certificate failed (``sts-webpki-invalid``), the text did not parse or was not served as
+``text/plain`` within ``MAX_POLICY_SIZE`` (``sts-policy-invalid``), anything else: no
+answer, a refused connection, an HTTP status other than 200 (``sts-policy-fetch-error``).
+
 Invariants: no redirect is followed (RFC 8461 §3.3); only status 200 with a
 ``text/plain`` body of at most ``MAX_POLICY_SIZE`` bytes is read; the fetch has a time
 limit; at most ``MAX_CACHED`` domains are kept (the oldest fetched goes first). Nothing
@@ -33,7 +39,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from mailstack.dns import DNSError, Resolver
 from mailstack.smtp.tlspolicy import MAX_POLICY_SIZE, StsError, StsPolicy, parse_sts_policy, parse_sts_record
 
-__all__ = ["StsCache", "MAX_CACHED", "FETCH_TIMEOUT"]
+__all__ = ["StsCache", "ViaResolver", "FetchFailure", "MAX_CACHED", "FETCH_TIMEOUT"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ class _Cached:
     expires: float
 
 
-class _ViaResolver(AbstractResolver):
+class ViaResolver(AbstractResolver):
     """aiohttp's host lookup through mailstack's ``Resolver`` (so ``[dns]`` is honoured)."""
 
     def __init__(self, resolver: Resolver) -> None:
@@ -68,16 +74,36 @@ class _ViaResolver(AbstractResolver):
         return None
 
 
+FetchFailure = Callable[[str, str, str], None]  # (domain, RFC 8460 result-type, reason)
+
+
+def _failure_type(error: BaseException) -> str:
+    """RFC 8460 §4.3.2.2: which kind of MTA-STS policy failure ``error`` is."""
+    if isinstance(error, (ssl.SSLCertVerificationError, aiohttp.ClientConnectorCertificateError)):
+        return "sts-webpki-invalid"
+    if isinstance(error, aiohttp.ClientSSLError) and "certificate" in str(error).lower():
+        return "sts-webpki-invalid"
+    if isinstance(error, StsError) and not isinstance(error, _FetchError):
+        return "sts-policy-invalid"
+    return "sts-policy-fetch-error"
+
+
+class _FetchError(StsError):
+    """The policy host answered, but not with a policy (an HTTP status other than 200)."""
+
+
 class StsCache:
     """The MTA-STS policies of remote domains, fetched when their id changes."""
 
     def __init__(self, resolver: Resolver, ssl_context: ssl.SSLContext, *, port: int = 443,
-                 timeout: float = FETCH_TIMEOUT, clock: Callable[[], float] = time.time) -> None:
+                 timeout: float = FETCH_TIMEOUT, clock: Callable[[], float] = time.time,
+                 on_failure: FetchFailure | None = None) -> None:
         self.resolver = resolver
         self.ssl_context = ssl_context
         self.port = port
         self.timeout = timeout
         self.clock = clock
+        self.on_failure = on_failure
         self._cache: dict[str, _Cached] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -114,6 +140,8 @@ class StsCache:
         except (StsError, OSError, aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:  # ValueError: bad URL, bad UTF-8
             log.info("mta-sts: policy of %s not usable (%s); %s", domain, str(e) or type(e).__name__,
                      "keeping the cached policy" if cached else "no policy")
+            if self.on_failure is not None:
+                self.on_failure(domain, _failure_type(e), str(e) or type(e).__name__)
             return cached
         if len(self._cache) >= MAX_CACHED and domain not in self._cache:
             self._cache.pop(next(iter(self._cache)))
@@ -127,13 +155,13 @@ class StsCache:
         host = f"mta-sts.{domain}"
         url = f"https://{host}:{self.port}/.well-known/mta-sts.txt" if self.port != 443 else \
             f"https://{host}/.well-known/mta-sts.txt"
-        connector = aiohttp.TCPConnector(resolver=_ViaResolver(self.resolver), ssl=self.ssl_context,
+        connector = aiohttp.TCPConnector(resolver=ViaResolver(self.resolver), ssl=self.ssl_context,
                                          use_dns_cache=False)
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             async with session.get(url, allow_redirects=False) as resp:  # RFC 8461 §3.3: no redirects
                 if resp.status != 200:
-                    raise StsError(f"HTTP {resp.status} from {host}")
+                    raise _FetchError(f"HTTP {resp.status} from {host}")
                 if resp.content_type != "text/plain":  # RFC 8461 §3.2
                     raise StsError(f"{host} served {resp.content_type}, not text/plain")
                 body = await resp.content.read(MAX_POLICY_SIZE + 1)

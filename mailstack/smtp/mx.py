@@ -236,19 +236,21 @@ class MXHandler:
         """The MDA's results, one per recipient; bounces to SRS addresses are queued here
         (an LMTP MDA would not know those addresses: they are no mailboxes)."""
         utf8, body_8bit = bool(txn.smtp_utf8), txn.body_type == "8BITMIME"
+        dsn, requiretls = txn.dsn, bool(txn.requiretls)  # kept on forwards (RFC 3461 §5.2.7, RFC 8689 §4.2)
         srs = [i for i, r in enumerate(resolutions) if r.srs_bounce]
         if not srs or isinstance(self.mda, InProcessMDA):
             return await self.mda.deliver(sender, txn.recipients, resolutions, data, queue_id=txn.queue_id,
-                                          client=client, smtputf8=utf8, body_8bit=body_8bit)
+                                          client=client, smtputf8=utf8, body_8bit=body_8bit, dsn=dsn,
+                                          requiretls=requiretls)
         out: dict[int, RecipientResult] = {}
         got = await self.delivery.deliver(sender, [resolutions[i] for i in srs], data, queue_id=txn.queue_id,
-                                          client=client, smtputf8=utf8)
+                                          client=client, smtputf8=utf8, dsn=dsn, requiretls=requiretls)
         out.update(zip(srs, got))
         rest = [i for i in range(len(resolutions)) if i not in out]
         if rest:
             got = await self.mda.deliver(sender, [txn.recipients[i] for i in rest], [resolutions[i] for i in rest],
                                          data, queue_id=txn.queue_id, client=client, smtputf8=utf8,
-                                         body_8bit=body_8bit)
+                                         body_8bit=body_8bit, dsn=dsn, requiretls=requiretls)
             out.update(zip(rest, got))
         return [out[i] for i in range(len(resolutions))]
 

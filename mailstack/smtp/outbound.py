@@ -20,7 +20,9 @@ MTA-STS policy in ``enforce`` mode (RFC 8461) makes TLS mandatory and authentica
 DANE checks the certificate against the TLSA records, MTA-STS checks it against
 ``[queue] tls_ca_file`` and the MX name, and only MX hosts the policy lists are used.
 What to do is decided in ``mailstack.smtp.tlspolicy``; each outcome carries the word for
-the mail log (``tls=none|opportunistic|mta-sts|dane``). A smarthost (``[relay]``)
+the mail log (``tls=none|opportunistic|mta-sts|dane``). A job marked ``tls_optional``
+(the sender wrote ``TLS-Required: No``, RFC 8689 §5) goes out as if neither existed:
+opportunistic TLS, plaintext allowed. A smarthost (``[relay]``)
 is different: it gets credentials, so TLS (STARTTLS or implicit) is required there and
 its certificate is verified unless ``[relay] verify_tls = false``.
 
@@ -38,6 +40,7 @@ Invariants:
 
 from __future__ import annotations
 
+import _ssl  # ENCODING_DER, for the certificates of an unverified chain (Connection.peer_chain)
 import asyncio
 import base64
 import ipaddress
@@ -56,7 +59,7 @@ from mailstack.dns import DNSError, DNSTemporaryError, NXDomain, Resolver, TLSAR
 from mailstack.mail.dsnrequest import DSNRequest, xtext_encode
 from mailstack.replies import Reply
 from mailstack.smtp.mtasts import StsCache
-from mailstack.smtp.tlspolicy import Requirement, StsPolicy, decide, tlsa_matches, usable_tlsa
+from mailstack.smtp.tlspolicy import Requirement, StsPolicy, dane_ta_matches, decide, tlsa_matches, usable_tlsa
 from mailstack.smtp.tlsrpt import Attempt, TLSResultLog
 
 __all__ = [
@@ -107,6 +110,7 @@ class Job:
     smtputf8: bool = False
     dsn: DSNRequest | None = None  # the sender's RFC 3461 request, passed on where DSN is offered
     requiretls: bool = False  # RFC 8689: only over authenticated TLS to a server that offers REQUIRETLS
+    tls_optional: bool = False  # RFC 8689 §5 "TLS-Required: No": MTA-STS/DANE ignored, opportunistic TLS
 
 
 @dataclass(frozen=True)
@@ -325,6 +329,17 @@ class Connection:
             return None
         return der, spki
 
+    def peer_chain(self) -> list[bytes]:
+        """The chain the server presented, leaf first, DER, unverified (for DANE-TA,
+        RFC 7672 §3.1.2). Python 3.13 has ``get_unverified_chain()``; 3.10-3.12 only
+        the same method on the private ``_sslobj``; [] when neither exists."""
+        obj = self.writer.get_extra_info("ssl_object") if self.writer is not None else None
+        get = getattr(obj, "get_unverified_chain", None) or getattr(getattr(obj, "_sslobj", None),
+                                                                    "get_unverified_chain", None)
+        if get is None:
+            return []
+        return [c if isinstance(c, bytes) else c.public_bytes(_ssl.ENCODING_DER) for c in get() or []]
+
     async def auth(self, username: str, password: str) -> None:
         mechs = self.extensions.get("AUTH", "").upper().split()
         if "PLAIN" in mechs or not mechs:
@@ -513,8 +528,8 @@ def _unverified() -> ssl.SSLContext:
     return ctx
 
 
-async def _requirement(target: _Target, route: Route,
-                       policy: StsPolicy | None) -> tuple[Requirement, list[TLSARecord], list[TLSARecord]]:
+async def _requirement(target: _Target, route: Route, policy: StsPolicy | None,
+                       domain: str = "") -> tuple[Requirement, list[TLSARecord], list[TLSARecord]]:
     """What this MX host asks for: DANE (validated TLSA records) first, then MTA-STS."""
     if route.tlsa is not None and not _is_ip(target.host):
         try:
@@ -523,6 +538,9 @@ async def _requirement(target: _Target, route: Route,
             # Choice: an unanswerable TLSA lookup counts as no TLSA (we cannot tell a
             # signed zone from an unsigned one without the MX answer's own AD bit).
             log.info("outbound: TLSA lookup for %s failed (%s); no DANE", target.host, e)
+            if route.tls_results is not None and isinstance(e, DNSTemporaryError):
+                # RFC 8460 §4.3.2.1: our validating resolver gave no valid answer
+                route.tls_results.record(Attempt(domain, "tlsa", (), target.host, "", "dnssec-invalid", str(e)))
         else:
             if answer.secure and answer.records:
                 usable = usable_tlsa(answer.records)
@@ -541,8 +559,10 @@ def _result_type(req: Requirement, offered: bool, tls_ok: bool, verified: bool, 
         return "validation-failure"  # MX not in the policy
     if not offered:
         return "starttls-not-supported"
+    if dane and req is Requirement.DANE_UNAUTHENTICATED:
+        return "tlsa-invalid"  # RFC 8460 §4.3.2.1: a validated RRset, none of it usable
     if dane:
-        return "" if tls_ok and (verified or req is Requirement.DANE_UNAUTHENTICATED) else "validation-failure"
+        return "" if tls_ok and verified else "validation-failure"
     if tls_ok and verified:
         return ""
     if "mismatch" in error:
@@ -574,7 +594,7 @@ async def _open_secure(target: _Target, address: str, route: Route, policy: StsP
     that check; with neither, the message fails permanently (``5.7.10``), since retrying
     cannot help until the domain publishes one.
     """
-    req, tlsa, all_tlsa = await _requirement(target, route, policy)
+    req, tlsa, all_tlsa = await _requirement(target, route, policy, domain)
     if requiretls:
         if req is Requirement.STS_TESTING and policy is not None and policy.allows(target.host):
             req = Requirement.STS_ENFORCE
@@ -598,7 +618,8 @@ async def _open_secure(target: _Target, address: str, route: Route, policy: StsP
             tls_ok = True
             if dane:
                 cert = conn.peer_certificate()
-                verified = cert is not None and tlsa_matches(tlsa, *cert)
+                verified = cert is not None and (tlsa_matches(tlsa, *cert)  # DANE-EE, or DANE-TA:
+                                                 or dane_ta_matches(tlsa, conn.peer_chain(), (target.host, domain)))
             else:
                 verified = True  # the context checked the chain and the name (RFC 8461 §4.2)
         except _TLSFailed as e:
@@ -668,17 +689,20 @@ async def deliver_domain(domain: str, jobs: Sequence[Job], route: Route) -> dict
     Messages that ask for REQUIRETLS go over connections of their own (their TLS
     requirements are stricter), after the others."""
     results: dict[str, list[RecipientOutcome]] = {}
-    plain = [j for j in jobs if not j.requiretls]
+    plain = [j for j in jobs if not j.requiretls and not j.tls_optional]
+    optional = [j for j in jobs if j.tls_optional and not j.requiretls]  # RFC 8689 §5: REQUIRETLS wins
     strict = [j for j in jobs if j.requiretls]
     if plain:
         results.update(await _deliver_group(domain, plain, route, requiretls=False))
+    if optional:
+        results.update(await _deliver_group(domain, optional, route, requiretls=False, tls_optional=True))
     if strict:
         results.update(await _deliver_group(domain, strict, route, requiretls=True))
     return results
 
 
-async def _deliver_group(domain: str, jobs: Sequence[Job], route: Route, *,
-                         requiretls: bool) -> dict[str, list[RecipientOutcome]]:
+async def _deliver_group(domain: str, jobs: Sequence[Job], route: Route, *, requiretls: bool,
+                         tls_optional: bool = False) -> dict[str, list[RecipientOutcome]]:
     results: dict[str, list[RecipientOutcome]] = {}
     targets = await _targets(domain, route)
     if isinstance(targets, Reply):
@@ -690,7 +714,7 @@ async def _deliver_group(domain: str, jobs: Sequence[Job], route: Route, *,
         reply = _local(550, f"5.7.10 REQUIRETLS: relay {relay.host} is not used with verified TLS")
         return {job.queue_id: [RecipientOutcome(r, reply) for r in job.recipients] for job in jobs}
     policy: StsPolicy | None = None
-    if route.sts is not None and route.relay is None and not domain.startswith("["):
+    if route.sts is not None and route.relay is None and not domain.startswith("[") and not tls_optional:
         policy = await route.sts.policy(domain)
         if policy is not None and policy.mode == "enforce":
             allowed = [t for t in targets if policy.allows(t.host)]  # RFC 8461 §4.1
@@ -711,7 +735,7 @@ async def _deliver_group(domain: str, jobs: Sequence[Job], route: Route, *,
             if not pending:
                 return results
             try:
-                conn = (await _open(target, address, route) if route.relay is not None
+                conn = (await _open(target, address, route) if route.relay is not None or tls_optional
                         else await _open_secure(target, address, route, policy, requiretls, domain))
             except _Fail as f:
                 last_error, last_mta, last_tls = f.reply, f"{target.host} [{address}]", f.tls

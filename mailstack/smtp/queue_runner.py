@@ -135,7 +135,9 @@ class QueueRunner:
         self.route = Route(helo=config.hostname, resolver=resolver, port=self.q.smtp_port, client_tls=client_tls,
                            relay=relay, connect_timeout=self.q.connect_timeout,
                            command_timeout=self.q.command_timeout, verify_tls=verify_tls,
-                           sts=StsCache(resolver, verify_tls, port=self.q.mta_sts_port) if self.q.mta_sts else None,
+                           sts=StsCache(resolver, verify_tls, port=self.q.mta_sts_port,
+                                        on_failure=self.tls_results.sts_failure if self.tls_results else None)
+                           if self.q.mta_sts else None,
                            tlsa=resolver if isinstance(resolver, DNSPythonResolver) and config.dns.trusted_resolvers
                            else None, tls_results=self.tls_results)
         self._wake = asyncio.Event()
@@ -244,7 +246,7 @@ class QueueRunner:
                 continue
             if day < today:
                 sent += await send_reports(self.tls_results, day, self.resolver, self.store.enqueue,
-                                           submitter=self.config.hostname)
+                                           submitter=self.config.hostname, https_context=self.route.verify_tls)
         return sent
 
     async def _scan(self) -> float:
@@ -357,7 +359,8 @@ class QueueRunner:
             async with self._per_domain[key], self._total:
                 jobs = [Job(w.env.id, w.env.sender, tuple(rcpts), w.data, w.env.smtputf8,
                             DSNRequest.from_extra(w.env.extra) or None,
-                            requiretls=bool(w.env.extra.get("requiretls"))) for w, rcpts in chunk]
+                            requiretls=bool(w.env.extra.get("requiretls")),
+                            tls_optional=bool(w.env.extra.get("tls_optional"))) for w, rcpts in chunk]
                 try:
                     results = await deliver_domain(domain, jobs, self.route)
                 except Exception as e:  # a bug must not lose mail: defer it
@@ -395,7 +398,8 @@ class QueueRunner:
                 continue
             try:
                 results = await delivery.deliver(w.env.sender, resolutions, w.data, queue_id=w.env.id,
-                                                 smtputf8=w.env.smtputf8)
+                                                 smtputf8=w.env.smtputf8, dsn=DSNRequest.from_extra(w.env.extra),
+                                                 requiretls=bool(w.env.extra.get("requiretls")))
             except Exception as e:
                 log.exception("queue: local delivery of %s failed", w.env.id)
                 for res in resolutions:

@@ -546,6 +546,11 @@ class BaseSMTP(SMTP):
 
     # ------------------------------------------------------------------ greeting
 
+    @property
+    def requiretls_ok(self) -> bool:
+        """May a MAIL carry REQUIRETLS here (RFC 8689 §4.1: only over TLS)?"""
+        return self.tls_active
+
     def ehlo_keywords(self) -> list[str]:
         """Extension keywords after the host line; subclasses may add (AUTH ...)."""
         kw = ["PIPELINING", f"SIZE {self.settings.max_message_size}", "8BITMIME", "SMTPUTF8",
@@ -554,7 +559,7 @@ class BaseSMTP(SMTP):
             kw.append("DSN")
         if self.tls_context is not None and not self.tls_active:
             kw.append("STARTTLS")
-        if self.tls_active:  # RFC 8689 §4.1: offered only over TLS
+        if self.requiretls_ok:  # RFC 8689 §4.1: offered only over TLS
             kw.append("REQUIRETLS")
         return kw
 
@@ -641,7 +646,7 @@ class BaseSMTP(SMTP):
         if isinstance(args, Reply):
             await self.push(args)
             return
-        if args.requiretls and not self.tls_active:  # RFC 8689 §4.1 (never advertised without TLS)
+        if args.requiretls and not self.requiretls_ok:  # RFC 8689 §4.1 (never advertised without TLS)
             await self.push(Reply(530, "5.7.10", "REQUIRETLS needs a TLS connection"))
             return
         sender = args.sender

@@ -26,7 +26,9 @@ local delivery, settling results); this module adds, each where it is enforced:
 - remote recipients go into the queue as ONE entry (one transaction per destination
   domain later), before anything is delivered locally; local ones go to the MDA; 250
   only when all of it is on disk (``MXHandler._settle``), and the queue runner of this
-  process is woken at once (``queue.wake.notify``).
+  process is woken at once (``queue.wake.notify``); a message with ``TLS-Required: No``
+  (RFC 8689 §5) and without REQUIRETLS is queued with ``extra["tls_optional"]``, so the
+  runner ignores MTA-STS and DANE for it (the field itself stays in the message).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from mailstack.smtp.mx import MXHandler, build_mda, dsn_extra, make_delivery
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.sendlimits import KEEP_SECONDS, SendingLimits, periods
 from mailstack.smtp.server import BaseSMTP, ConnectionSet, ServerSettings, SMTPService, Transaction
+from mailstack.smtp.tlspolicy import tls_required_no
 
 __all__ = ["SubmissionHandler", "SubmissionSMTP", "start", "add_missing_headers"]
 
@@ -248,7 +251,9 @@ class SubmissionHandler(MXHandler):
                     self.queue.enqueue, sender, [r.recipient for r in remote], data,
                     queue_id=txn.queue_id, smtputf8=bool(txn.smtp_utf8), client=server.peer_ip,
                     reason="submission",
-                    extra={"user": user, **dsn_extra(txn), **({"requiretls": True} if txn.requiretls else {})},
+                    extra={"user": user, **dsn_extra(txn), **({"requiretls": True} if txn.requiretls else {}),
+                           # RFC 8689 §5: TLS-Required: No lifts MTA-STS/DANE; REQUIRETLS wins over it
+                           **({"tls_optional": True} if not txn.requiretls and tls_required_no(data) else {})},
                 )
             except OSError:
                 log.exception("submission: cannot queue %s", txn.queue_id)
@@ -267,6 +272,7 @@ class SubmissionHandler(MXHandler):
             results.extend(await self.mda.deliver(
                 sender, [r.recipient for r in local], local, data, queue_id=txn.queue_id, client=server.peer_ip,
                 smtputf8=bool(txn.smtp_utf8), body_8bit=txn.body_type == "8BITMIME",
+                dsn=txn.dsn, requiretls=bool(txn.requiretls),
             ))
             # the DSN of a local permanent failure, or a queued retry, may need the runner
             wake.notify(self.queue.dir)

@@ -5,7 +5,9 @@ The outbound client asks three questions here, and does the I/O itself:
 - what do the ``_mta-sts`` TXT record and the policy file say (``parse_sts_record``,
   ``parse_sts_policy``), and which MX hosts may be used (``StsPolicy.allows``);
 - which TLSA records are usable and does the server's certificate match one of them
-  (``usable_tlsa``, ``tlsa_matches``);
+  (``usable_tlsa``; DANE-EE ``tlsa_matches`` on the leaf, DANE-TA ``dane_ta_matches`` on
+  the chain the server presented, checked here by signature and name with
+  ``cryptography``, since Python's ``ssl`` cannot verify against a TLSA anchor);
 - given the policy and what happened on the wire (STARTTLS offered? certificate valid?),
   deliver or defer (``decide``), and which word the mail log gets
   (``tls=none|opportunistic|mta-sts|dane``).
@@ -17,17 +19,30 @@ Invariants:
 - an MTA-STS policy in ``testing`` mode never stops a delivery (RFC 8461 §5), it is only
   logged; ``none`` is as if there were no policy;
 - a policy that does not parse is no policy (RFC 8461 §3.2: "senders ... MUST treat it as
-  if no policy were present"), never an error that holds mail.
+  if no policy were present"), never an error that holds mail;
+- a message whose sender wrote ``TLS-Required: No`` (``tls_required_no``, RFC 8689 §5)
+  goes out as if no policy existed (opportunistic TLS) -- unless it also carries
+  REQUIRETLS, which wins (RFC 8689 §5: the header field "MUST be ignored" then).
+  We honour the field only on mail of our authenticated submission users (the choice:
+  on the MX it is a stranger's request to weaken our checks, so it is kept in the
+  message for the next hop and otherwise ignored).
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
 from mailstack.dns import TLSARecord as TLSA
+from mailstack.mail.headers import raw_fields
 
 __all__ = [
     "StsPolicy",
@@ -37,15 +52,18 @@ __all__ = [
     "TLSA",
     "usable_tlsa",
     "tlsa_matches",
+    "dane_ta_matches",
     "Requirement",
     "Decision",
     "decide",
     "MAX_POLICY_SIZE",
     "MAX_STS_AGE",
+    "tls_required_no",
 ]
 
 MAX_POLICY_SIZE = 64 * 1024  # RFC 8461 §3.3: senders may refuse a larger policy body
 MAX_STS_AGE = 31557600  # RFC 8461 §3.2: max_age is at most 31557600 s (about a year)
+MAX_CHAIN = 10  # certificates of a presented chain looked at for DANE-TA (real chains: 2-4)
 
 
 class StsError(ValueError):
@@ -118,31 +136,122 @@ def parse_sts_policy(text: str, ident: str = "") -> StsPolicy:
     return StsPolicy(mode, mx, min(int(age), MAX_STS_AGE), ident)
 
 
+def tls_required_no(message: bytes) -> bool:
+    """Does the header section carry ``TLS-Required: No`` (RFC 8689 §5; the value is
+    case-insensitive, white space around it ignored)? Any other value means nothing."""
+    return any(f.key == "tls-required" and f.value.strip().lower() == b"no" for f in raw_fields(message))
+
+
 # ---------------------------------------------------------------------------
 # DANE
 
 
 def usable_tlsa(records: Sequence[TLSA]) -> list[TLSA]:
     """RFC 7672 §3.1: for SMTP only DANE-TA(2) and DANE-EE(3) are usable; selector 0/1,
-    matching type 0/1/2. We check DANE-EE only (the leaf certificate: Python's ``ssl``
-    gives no verified chain to match a TA against), so DANE-TA records count as unusable
-    here; an RRset of only unusable records still makes TLS mandatory (RFC 7672 §2.2)."""
-    return [r for r in records if r.usage == 3 and r.selector in (0, 1) and r.mtype in (0, 1, 2)]
+    matching type 0/1/2. An RRset of only unusable records still makes TLS mandatory
+    (RFC 7672 §2.2)."""
+    return [r for r in records if r.usage in (2, 3) and r.selector in (0, 1) and r.mtype in (0, 1, 2)]
+
+
+def _matches(r: TLSA, cert_der: bytes, spki_der: bytes) -> bool:
+    """RFC 6698 §2.1: the certificate (selector 0) or its SubjectPublicKeyInfo (1), whole
+    (matching type 0), SHA-256 (1) or SHA-512 (2)."""
+    blob = cert_der if r.selector == 0 else spki_der
+    if r.mtype == 1:
+        blob = hashlib.sha256(blob).digest()
+    elif r.mtype == 2:
+        blob = hashlib.sha512(blob).digest()
+    return blob == r.data
 
 
 def tlsa_matches(records: Sequence[TLSA], cert_der: bytes, spki_der: bytes) -> bool:
-    """RFC 6698 §2.1 / RFC 7672 §3.1.1: DANE-EE matches the leaf certificate (selector 0)
-    or its SubjectPublicKeyInfo (selector 1), whole (0), SHA-256 (1) or SHA-512 (2); the
-    name and dates in the certificate are not checked (RFC 7672 §3.1.1)."""
-    for r in usable_tlsa(records):
-        blob = cert_der if r.selector == 0 else spki_der
-        if r.mtype == 1:
-            blob = hashlib.sha256(blob).digest()
-        elif r.mtype == 2:
-            blob = hashlib.sha512(blob).digest()
-        if blob == r.data:
+    """RFC 7672 §3.1.1: a DANE-EE record matches the leaf certificate; the name and dates
+    in the certificate are not checked."""
+    return any(_matches(r, cert_der, spki_der) for r in usable_tlsa(records) if r.usage == 3)
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    """RFC 7672 §3.2.3 (RFC 6125 §6.4.3): case-insensitive; ``*`` only as the whole
+    left-most label, standing for exactly one label."""
+    pattern, name = pattern.rstrip(".").lower(), name.rstrip(".").lower()
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:] and "*" not in rest
+    return "*" not in pattern and pattern == name
+
+
+def _cert_names(cert: x509.Certificate) -> list[str]:
+    """The DNS-ID names of a certificate, else its CN (RFC 7672 §3.2.3)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = san.get_values_for_type(x509.DNSName)
+        if names:
+            return names
+    except x509.ExtensionNotFound:
+        pass
+    return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+
+
+def _is_ca(cert: x509.Certificate, *, required: bool) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return not required
+
+
+def dane_ta_matches(records: Sequence[TLSA], chain_der: Sequence[bytes], names: Sequence[str],
+                    now: datetime.datetime | None = None) -> bool:
+    """RFC 7672 §3.1.2: does the chain the server presented (leaf first, DER) lead by
+    signature to a trust anchor that a DANE-TA record names, with the leaf valid for one
+    of ``names`` (the MX host and the next-hop domain, RFC 7672 §3.2.2)?
+
+    The trust anchor must be in the presented chain (RFC 7672 §3.1.2: servers "MUST"
+    send it), or be the whole certificate of a ``2 0 0`` record. Below the anchor each
+    certificate must be issued by the next (issuer name and signature), the issuers must
+    be CAs (basicConstraints; an anchor without the extension is taken, as old roots
+    lack it) and every certificate below the anchor must be within its dates now; the
+    anchor's own dates are not checked (it is trusted by DNSSEC, not by its validity).
+    Anything that does not parse is no match."""
+    ta = [r for r in usable_tlsa(records) if r.usage == 2]
+    if not ta or not chain_der:
+        return False
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    try:
+        chain = [x509.load_der_x509_certificate(der) for der in chain_der[:MAX_CHAIN]]
+        extra = [x509.load_der_x509_certificate(r.data) for r in ta if r.selector == 0 and r.mtype == 0]
+    except ValueError:
+        return False
+    leaf = chain[0]
+    if not any(_name_matches(p, n) for p in _cert_names(leaf) for n in names if n):
+        return False
+    candidates = chain[1:] + extra  # the anchor: an issuer in the chain, or a full 2 0 0 record
+    for anchor in candidates:
+        der = anchor.public_bytes(serialization.Encoding.DER)
+        if not any(_matches(r, der, _spki(anchor)) for r in ta):
+            continue
+        path = chain[: chain.index(anchor)] if anchor in chain else chain
+        if _path_ok(path, anchor, now):
             return True
     return False
+
+
+def _path_ok(path: Sequence[x509.Certificate], anchor: x509.Certificate, now: datetime.datetime) -> bool:
+    """``path`` (leaf first) is issued link by link and ends in one issued by ``anchor``."""
+    issuers = list(path[1:]) + [anchor]
+    for cert, issuer in zip(path, issuers):
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return False
+        if not _is_ca(issuer, required=issuer is not anchor):
+            return False
+        try:
+            cert.verify_directly_issued_by(issuer)  # issuer name and signature
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------

@@ -7,12 +7,23 @@
   RFC 8460 §4.4;
 - ``send_reports`` looks up ``_smtp._tls.<domain>`` (RFC 8460 §3), and for each
   ``mailto:`` ``rua`` queues a ``multipart/report; report-type="tlsrpt"`` message with the
-  report as ``application/tlsrpt+gzip`` (RFC 8460 §5.3); ``https:`` destinations are not
-  supported and are logged. A day whose reports went out is renamed ``.sent`` so it is
-  never reported twice; the queue runner calls it once per UTC day for the day before.
+  report as ``application/tlsrpt+gzip`` (RFC 8460 §5.3); to each ``https:`` ``rua`` it
+  POSTs the gzipped report as ``application/tlsrpt+gzip`` (RFC 8460 §3, §5.4), the
+  server's certificate checked as the MTA-STS fetch checks it (``[queue] tls_ca_file``
+  or the system's CAs), the host resolved through ``[dns]``, no redirect followed, any
+  2xx a success. A POST that fails is logged and not retried (as a mailed report that
+  bounces is not: the next day's report follows). A day whose reports went out is
+  renamed ``.sent`` so it is never reported twice; the queue runner calls it once per
+  UTC day for the day before.
 
 Only domains whose mail met a policy are recorded: a report needs a policy to describe
-(RFC 8460 §4.3), and domains without MTA-STS or DANE rarely publish TLSRPT.
+(RFC 8460 §4.3), and domains without MTA-STS or DANE rarely publish TLSRPT. A policy
+that could not be had counts too (RFC 8460 §4.3.2): an MTA-STS policy whose fetch failed
+(``sts-policy-fetch-error``), whose host's certificate failed (``sts-webpki-invalid``)
+or whose text did not parse (``sts-policy-invalid``), a DNSSEC-validated TLSA RRset with
+no usable record (``tlsa-invalid``), a TLSA lookup our validating resolver could not
+answer (``dnssec-invalid``). Such attempts have no policy string, and no MX when the
+failure came before one was chosen (the fields are left out of the report then).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import gzip
 import json
 import logging
 import os
+import ssl
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,13 +43,19 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
-from mailstack.dns import DNSError, Resolver
+import aiohttp
 
-__all__ = ["TLSResultLog", "parse_tlsrpt_record", "build_report", "send_reports", "report_message"]
+from mailstack.dns import DNSError, Resolver
+from mailstack.smtp.mtasts import ViaResolver
+
+__all__ = ["TLSResultLog", "Attempt", "parse_tlsrpt_record", "build_report", "send_reports", "report_message",
+           "post_report", "POST_TIMEOUT"]
 
 log = logging.getLogger(__name__)
 
 MAX_FAILURE_DETAILS = 100  # distinct failure entries per policy in one report
+POST_TIMEOUT = 60.0  # seconds for one https report POST, connection included
+MAX_REASON = 200  # characters of failure-reason-code kept per attempt
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,7 @@ class Attempt:
     mx_host: str
     address: str
     result: str  # "" = success, else a result-type of RFC 8460 §4.3
+    reason: str = ""  # what went wrong, for the report's failure-reason-code (RFC 8460 §4.4)
 
 
 class TLSResultLog:
@@ -58,8 +77,11 @@ class TLSResultLog:
         """Append one line; never raises (a report is not worth a failed delivery)."""
         day = datetime.datetime.fromtimestamp(when if when is not None else datetime.datetime.now().timestamp(),
                                               datetime.timezone.utc).date().isoformat()
-        line = json.dumps({"d": attempt.domain, "t": attempt.policy_type, "p": list(attempt.policy),
-                           "mx": attempt.mx_host, "ip": attempt.address, "r": attempt.result}) + "\n"
+        fields = {"d": attempt.domain, "t": attempt.policy_type, "p": list(attempt.policy),
+                  "mx": attempt.mx_host, "ip": attempt.address, "r": attempt.result}
+        if attempt.reason:
+            fields["why"] = attempt.reason[:MAX_REASON]
+        line = json.dumps(fields) + "\n"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.dir / f"{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -70,6 +92,10 @@ class TLSResultLog:
         except OSError as e:
             log.warning("tlsrpt: cannot record a result: %s", e)
 
+    def sts_failure(self, domain: str, result: str, reason: str) -> None:
+        """An MTA-STS policy that could not be had (``mtasts.StsCache``'s ``on_failure``)."""
+        self.record(Attempt(domain, "sts", (), "", "", result, reason))
+
     def lines(self, day: str) -> list[Attempt]:
         out: list[Attempt] = []
         try:
@@ -79,7 +105,7 @@ class TLSResultLog:
         for raw in text.splitlines():
             try:
                 d = json.loads(raw)
-                out.append(Attempt(d["d"], d["t"], tuple(d["p"]), d["mx"], d["ip"], d["r"]))
+                out.append(Attempt(d["d"], d["t"], tuple(d["p"]), d["mx"], d["ip"], d["r"], str(d.get("why", ""))))
             except (ValueError, KeyError, TypeError):
                 continue  # a torn line from a crash: skip it
         return out
@@ -106,8 +132,11 @@ def build_report(domain: str, attempts: Iterable[Attempt], *, org: str, contact:
     for a in attempts:
         if a.domain != domain:
             continue
+        policy: dict[str, Any] = {"policy-type": a.policy_type, "policy-domain": domain}
+        if a.policy:  # none when the policy itself could not be had (RFC 8460 §4.3.2)
+            policy["policy-string"] = list(a.policy)
         entry = policies.setdefault((a.policy_type, a.policy), {
-            "policy": {"policy-type": a.policy_type, "policy-string": list(a.policy), "policy-domain": domain},
+            "policy": policy,
             "summary": {"total-successful-session-count": 0, "total-failure-session-count": 0},
             "failure-details": {},
         })
@@ -120,8 +149,15 @@ def build_report(domain: str, attempts: Iterable[Attempt], *, org: str, contact:
         if key in details:
             details[key]["failed-session-count"] += 1
         elif len(details) < MAX_FAILURE_DETAILS:
-            details[key] = {"result-type": a.result, "receiving-mx-hostname": a.mx_host,
-                            "receiving-ip": a.address, "failed-session-count": 1}
+            detail: dict[str, Any] = {"result-type": a.result}
+            if a.mx_host:
+                detail["receiving-mx-hostname"] = a.mx_host
+            if a.address:
+                detail["receiving-ip"] = a.address
+            detail["failed-session-count"] = 1
+            if a.reason:
+                detail["failure-reason-code"] = a.reason
+            details[key] = detail
     out = []
     for entry in policies.values():
         failures = list(entry.pop("failure-details").values())
@@ -158,11 +194,26 @@ def report_message(report: dict[str, Any], *, domain: str, submitter: str, sende
     return msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-async def send_reports(log_: TLSResultLog, day: datetime.date, resolver: Resolver, enqueue: Any, *,
-                       submitter: str) -> int:
-    """Queue the reports for ``day``; returns how many messages were queued.
+async def post_report(url: str, body: bytes, resolver: Resolver, ssl_context: ssl.SSLContext, *,
+                      timeout: float = POST_TIMEOUT) -> None:
+    """POST one gzipped report to an ``https:`` rua (RFC 8460 §3); OSError says why not."""
+    connector = aiohttp.TCPConnector(resolver=ViaResolver(resolver), ssl=ssl_context, use_dns_cache=False)
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with session.post(url, data=body, allow_redirects=False,
+                                    headers={"Content-Type": "application/tlsrpt+gzip"}) as resp:
+                if not 200 <= resp.status < 300:
+                    raise OSError(f"HTTP {resp.status}")
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:  # ValueError: a bad URL
+        raise OSError(str(e) or type(e).__name__) from None
 
-    ``enqueue(sender, recipients, data)`` is the queue's, run in a worker thread."""
+
+async def send_reports(log_: TLSResultLog, day: datetime.date, resolver: Resolver, enqueue: Any, *,
+                       submitter: str, https_context: ssl.SSLContext | None = None) -> int:
+    """Queue (mailto:) or POST (https:) the reports for ``day``; how many went out.
+
+    ``enqueue(sender, recipients, data)`` is the queue's, run in a worker thread;
+    ``https_context`` checks an https rua's certificate (default: the system's CAs)."""
     name = day.isoformat()
     attempts = log_.lines(name)
     sent = 0
@@ -173,10 +224,11 @@ async def send_reports(log_: TLSResultLog, day: datetime.date, resolver: Resolve
             log.info("tlsrpt: no report for %s: %s", domain, e)
             continue
         mailtos = [u[7:].split("?")[0] for u in ruas if u.lower().startswith("mailto:")]
+        https = [u for u in ruas if u.lower().startswith("https://")]
         for u in ruas:
-            if not u.lower().startswith("mailto:"):
-                log.info("tlsrpt: %s asks for reports at %s; only mailto: is supported", domain, u)
-        if not mailtos:
+            if u not in https and not u.lower().startswith("mailto:"):
+                log.info("tlsrpt: %s asks for reports at %s; only mailto: and https: are supported", domain, u)
+        if not mailtos and not https:
             continue
         report = build_report(domain, attempts, org=submitter, contact=f"postmaster@{submitter}", day=day,
                               report_id=f"{name}-{uuid.uuid4().hex}@{submitter}")
@@ -185,6 +237,16 @@ async def send_reports(log_: TLSResultLog, day: datetime.date, resolver: Resolve
                                   sender=f"postmaster@{submitter}", to=rcpt)
             await asyncio.to_thread(enqueue, f"postmaster@{submitter}", [rcpt], data)  # fsyncs: off the loop
             sent += 1
+        if https:
+            body = gzip.compress(json.dumps(report, indent=1).encode())
+            for url in https:
+                try:
+                    await post_report(url, body, resolver, https_context or ssl.create_default_context())
+                except OSError as e:
+                    log.warning("tlsrpt: report for %s to %s failed: %s", domain, url, e)
+                    continue
+                log.info("tlsrpt: report for %s posted to %s", domain, url)
+                sent += 1
     try:  # RFC 8460 §4.1: one report per day and domain, never again
         os.replace(log_.dir / f"{name}.jsonl", log_.dir / f"{name}.sent")
     except OSError:
