@@ -16,6 +16,11 @@ once (``queue.claim``). Wake-ups (``mailstack.queue.wake``): every enqueue in th
 wakes the runners of that directory, and the mtime of ``<dir>/.wake`` (touched by every
 enqueue, and by ``mailstack queue flush`` after setting every ``next_attempt`` to now)
 wakes them from another process; otherwise a scan every ``[queue] scan_interval`` seconds.
+A wake-up scans at once (no fixed batching delay): wakes that arrive while a scan runs
+coalesce into one more scan right after it, and messages that arrive while a round is
+sending share its connections anyway, since every session that ends cleanly is parked
+for ``[queue] connection_cache_time`` seconds and the next round to that server takes it
+(``smtp.sessioncache``, ``smtp.outbound``).
 
 This runner stays in ``smtp/`` (not in ``mailstack.queue``): it drives the outbound SMTP
 client and local delivery, both above the queue package, which it builds on.
@@ -66,7 +71,8 @@ from mailstack.service import ServiceContext, ServiceError
 from mailstack.replies import Reply
 from mailstack.smtp.mtasts import StsCache
 from mailstack.smtp.tlsrpt import TLSResultLog, send_reports
-from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, Route, deliver_domain
+from mailstack.smtp.outbound import Connection, Job, Outcome, RecipientOutcome, RelaySettings, Route, deliver_domain
+from mailstack.smtp.sessioncache import SessionCache
 
 if TYPE_CHECKING:
     from mailstack.config import Config
@@ -75,7 +81,6 @@ __all__ = ["QueueRunner", "start", "relay_settings"]
 
 log = logging.getLogger(__name__)
 
-BATCH_DELAY = 0.05  # seconds between a wake-up and the scan: messages arriving together share connections
 REPORT_CHECK_INTERVAL = 300.0  # seconds between looks for a finished day of TLS-RPT results
 DNS_CACHE_SIZE = 10000  # answers the runner's resolver keeps, each for its own TTL (mailstack.dns)
 
@@ -131,13 +136,17 @@ class QueueRunner:
         self.keys_dir = dkim.keys_dir(config)  # signs our DSNs (queue.bounce)
         verify_tls = _verify_context(config)
         self.tls_results = TLSResultLog(Path(self.q.dir) / "tlsrpt") if self.q.tls_reports else None
+        self.sessions: SessionCache[Connection] | None = (
+            SessionCache(self.q.connection_cache_time, max_idle=max(1, self.q.max_connections))
+            if self.q.connection_cache_time > 0 else None)
         self._reports_checked = 0.0
         self.route = Route(helo=config.hostname, resolver=resolver, port=self.q.smtp_port, client_tls=client_tls,
                            relay=relay, connect_timeout=self.q.connect_timeout,
                            command_timeout=self.q.command_timeout, verify_tls=verify_tls,
                            sts=StsCache(resolver, verify_tls, port=self.q.mta_sts_port) if self.q.mta_sts else None,
                            tlsa=resolver if isinstance(resolver, DNSPythonResolver) and config.dns.trusted_resolvers
-                           else None, tls_results=self.tls_results)
+                           else None, tls_results=self.tls_results, sessions=self.sessions,
+                           reuse_limit=self.q.connection_reuse_limit)
         self._wake = asyncio.Event()
         self._stopping = False
         self._busy: set[str] = set()
@@ -189,6 +198,9 @@ class QueueRunner:
                 await asyncio.wait(pending, timeout=1.0)
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self.sessions is not None:
+            with contextlib.suppress(Exception):
+                await self.sessions.close()
         wake.unregister(self)
 
     def _wake_file_mtime(self) -> float:
@@ -206,9 +218,7 @@ class QueueRunner:
                 self._wake_mtime = mtime
                 next_scan = 0.0
             if self._wake.is_set() or now >= next_scan:
-                if self._wake.is_set() and not self._stopping:
-                    await asyncio.sleep(BATCH_DELAY)  # let a burst of submissions share one round
-                self._wake.clear()
+                self._wake.clear()  # wakes from here on mean one more scan after this one
                 try:
                     due_in = await self._scan()
                 except Exception:
@@ -281,7 +291,11 @@ class QueueRunner:
                 if (await asyncio.to_thread(self.store.envelope, qid)).next_attempt <= now:
                     due.append(qid)
         self._busy.update(due)
-        await self._round(due)
+        try:
+            await self._round(due)
+        finally:
+            if self.sessions is not None and self._home is None:  # not a service: nothing may outlive this loop
+                await self.sessions.close()
 
     # -- one round -----------------------------------------------------------------------
 
