@@ -1,0 +1,274 @@
+"""Outbound SMTP sessions are reused per destination (Postfix's connection cache).
+
+The queue service runs as ``mailstack serve queue`` runs it (``start_background``), against
+the aiosmtpd sink on 127.0.0.23 (``tests.outbound.conftest``), which records the client's
+address and port with every message: one peer = one connection. Covered: several
+messages, each with several recipients in one transaction, over one connection; the
+per-session message cap; a burst staying within ``max_per_domain`` connections without a
+batching delay; a parked session that the server dropped (while idle, or at the ``RSET``
+that starts its next use, or with a ``421``) replaced by a fresh one with every message
+delivered exactly once; and a destination whose DANE policy asks for more never carried
+by a session made without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailstack.config import Config
+from mailstack.dns import resolver_from_config
+from mailstack.net import client_context
+from mailstack.queue import QueueStore
+from mailstack.smtp.queue_runner import QueueRunner
+from tests.dnsserver import TestDNS
+from tests.helpers import free_port
+from tests.outbound.conftest import REMOTE_IP, Remote, SinkHandler, make_config
+from tests.outbound.test_transport_security import TestCA, maillog, restart_with_cert
+
+RCPTS = ["a@remote.test", "b@remote.test", "c@remote.test"]
+
+
+def message(n: int) -> bytes:
+    return (f"From: <alice@example.test>\r\nTo: <a@remote.test>\r\nSubject: reuse {n}\r\n"
+            f"Message-ID: <reuse{n}@example.test>\r\n\r\nMessage number {n}.\r\n").encode()
+
+
+def subjects(remote: Remote) -> list[str]:
+    return sorted(m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for m in remote.messages)
+
+
+async def serving(cfg: Config) -> QueueRunner:
+    """The queue service, as ``mailstack serve queue`` starts it."""
+    runner = QueueRunner(cfg, QueueStore(cfg.queue.dir), resolver_from_config(cfg.dns), client_tls=client_context())
+    runner.start_background()
+    return runner
+
+
+async def delivered(store: QueueStore, remote: Remote, n: int, timeout: float = 30.0) -> None:
+    """Until the sink holds ``n`` messages and the queue is empty (the round is over, so
+    its session is parked)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(remote.messages) < n or await asyncio.to_thread(store.list):
+        if loop.time() > deadline:
+            raise AssertionError(f"{len(remote.messages)} of {n} messages arrived; queue {store.list()}")
+        await asyncio.sleep(0.02)
+
+
+async def send_one_by_one(cfg: Config, remote: Remote, count: int, first: int = 0) -> None:
+    store = QueueStore(cfg.queue.dir)
+    for i in range(first, first + count):
+        await asyncio.to_thread(store.enqueue, "alice@example.test", RCPTS, message(i))
+        await delivered(store, remote, i + 1)
+
+
+def test_messages_to_one_domain_share_one_connection_and_one_transaction_each(cfg: Config, remote: Remote) -> None:
+    async def main() -> None:
+        runner = await serving(cfg)
+        try:
+            await send_one_by_one(cfg, remote, 5)
+        finally:
+            await runner.stop(2.0)
+
+    asyncio.run(main())
+    assert subjects(remote) == [f"reuse {i}" for i in range(5)]  # each once
+    assert all(m.recipients == RCPTS for m in remote.messages)  # one transaction per message, all recipients
+    assert len({m.peer for m in remote.messages}) == 1  # one connection for all five
+
+
+@pytest.mark.parametrize(("limit", "connections"), [(2, 3), (0, 1)])
+def test_messages_per_session_are_capped(tmp_path: Path, dns: TestDNS, remote: Remote, limit: int,
+                                         connections: int) -> None:
+    cfg = make_config(tmp_path, dns, remote.port, queue={"connection_reuse_limit": limit})
+
+    async def main() -> None:
+        runner = await serving(cfg)
+        try:
+            await send_one_by_one(cfg, remote, 5)
+        finally:
+            await runner.stop(2.0)
+
+    asyncio.run(main())
+    assert subjects(remote) == [f"reuse {i}" for i in range(5)]
+    assert len({m.peer for m in remote.messages}) == connections  # 2 + 2 + 1 with a cap of 2
+
+
+def test_no_cache_time_means_a_connection_per_round(tmp_path: Path, dns: TestDNS, remote: Remote) -> None:
+    cfg = make_config(tmp_path, dns, remote.port, queue={"connection_cache_time": 0})
+
+    async def main() -> None:
+        runner = await serving(cfg)
+        try:
+            await send_one_by_one(cfg, remote, 3)
+        finally:
+            await runner.stop(2.0)
+
+    asyncio.run(main())
+    assert len({m.peer for m in remote.messages}) == 3
+
+
+def test_a_burst_is_sent_at_once_over_at_most_max_per_domain_connections(tmp_path: Path, dns: TestDNS,
+                                                                         remote: Remote) -> None:
+    """No batching delay, and still no connection per message: what arrives while a round
+    sends waits for the next scan and takes the parked sessions."""
+    cfg = make_config(tmp_path, dns, remote.port, queue={"max_per_domain": 2})
+    store = QueueStore(cfg.queue.dir)
+
+    def burst() -> None:
+        for i in range(20):
+            store.enqueue("alice@example.test", RCPTS, message(i))
+
+    async def main() -> None:
+        runner = await serving(cfg)
+        try:
+            t = threading.Thread(target=burst)  # as submission enqueues: from worker threads
+            t.start()
+            await asyncio.to_thread(t.join)
+            await delivered(store, remote, 20)
+        finally:
+            await runner.stop(2.0)
+
+    asyncio.run(main())
+    assert subjects(remote) == sorted(f"reuse {i}" for i in range(20))
+    assert len({m.peer for m in remote.messages}) <= 2
+
+
+# ---------------------------------------------------------------------------
+# a remote that drops sessions
+
+
+class DroppingSink(SinkHandler):
+    """The sink, plus: ``drop_idle()`` closes every connection that carried a message (as a
+    server's idle timeout does); ``on_rset``: ``"close"`` closes the connection at the RSET
+    that starts a session's next transaction, ``"421"`` answers it with 421 (RFC 5321 §3.8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.servers: list[Any] = []
+        self.on_rset = ""
+        self.rsets = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.servers.append(server)
+        return await super().handle_DATA(server, session, envelope)
+
+    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
+        self.rsets += 1
+        if self.on_rset == "close":
+            server.transport.close()
+        if self.on_rset:
+            return "421 4.4.2 sink closing connection"
+        return "250 OK"
+
+    def drop_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        done = threading.Event()
+
+        def close_all() -> None:
+            for s in self.servers:
+                if s.transport is not None:
+                    s.transport.close()
+            done.set()
+
+        loop.call_soon_threadsafe(close_all)
+        assert done.wait(5)
+
+
+@pytest.fixture
+def dropping() -> Iterator[Remote]:
+    r = Remote(REMOTE_IP, free_port(REMOTE_IP), DroppingSink())
+    r.start()
+    yield r
+    r.stop()
+
+
+def test_a_parked_session_the_server_dropped_is_replaced(tmp_path: Path, dns: TestDNS, dropping: Remote) -> None:
+    cfg = make_config(tmp_path, dns, dropping.port)
+    sink = dropping.handler
+    assert isinstance(sink, DroppingSink)
+
+    async def main() -> None:
+        runner = await serving(cfg)
+        try:
+            await send_one_by_one(cfg, dropping, 1)
+            sink.drop_idle(dropping.controller.loop)
+            await asyncio.sleep(0.2)  # the FIN reaches the parked session
+            await send_one_by_one(cfg, dropping, 2, first=1)
+        finally:
+            await runner.stop(2.0)
+
+    asyncio.run(main())
+    assert subjects(dropping) == ["reuse 0", "reuse 1", "reuse 2"]  # none lost, none twice
+    peers = [m.peer for m in dropping.messages]
+    assert peers[0] != peers[1] and peers[1] == peers[2]  # a new connection, then reused again
+
+
+@pytest.mark.parametrize("how", ["close", "421"])
+def test_a_session_dropped_when_reused_is_retried_on_a_fresh_one(tmp_path: Path, dns: TestDNS, dropping: Remote,
+                                                                 how: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The drop shows only when the session is used again: the RSET fails, the message
+    goes over a new connection in the same attempt (nothing deferred, nothing twice)."""
+    cfg = make_config(tmp_path, dns, dropping.port, queue={"max_per_domain": 1})
+    sink = dropping.handler
+    assert isinstance(sink, DroppingSink)
+    sink.on_rset = how
+    caplog.set_level("INFO", logger="mailstack.maillog")
+    store = QueueStore(cfg.queue.dir)
+
+    async def main() -> None:
+        runner = await serving(cfg)
+        try:
+            await send_one_by_one(cfg, dropping, 2)  # across rounds: a parked session
+            for i in range(2, 6):  # in one round: a session used again at once
+                await asyncio.to_thread(store.enqueue, "alice@example.test", RCPTS, message(i))
+            await delivered(store, dropping, 6)
+        finally:
+            await runner.stop(2.0)
+
+    asyncio.run(main())
+    assert subjects(dropping) == [f"reuse {i}" for i in range(6)]
+    assert sink.rsets >= 1
+    lines = maillog(caplog)
+    assert not [x for x in lines if "event=deferred" in x]
+    assert len([x for x in lines if "event=delivered" in x]) == 6
+
+
+# ---------------------------------------------------------------------------
+# TLS policy per session
+
+
+@pytest.fixture(scope="module")
+def ca() -> TestCA:
+    return TestCA()
+
+
+def test_a_dane_destination_never_reuses_a_session_made_without_dane(
+        tmp_path: Path, dns: TestDNS, remote: Remote, ca: TestCA, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="mailstack.maillog")
+    mx_cert = ca.issue("mx.remote.test", self_signed=True)
+    restart_with_cert(remote, tmp_path, mx_cert)
+    cfg = make_config(tmp_path, dns, remote.port, dns={"trusted_resolvers": [dns.address]})
+    name = f"_{remote.port}._tcp.mx.remote.test"
+
+    async def main() -> None:
+        runner = await serving(cfg)
+        try:
+            await send_one_by_one(cfg, remote, 1)  # no TLSA yet: opportunistic TLS, session parked
+            dns.add(name, "TLSA", f"3 1 1 {hashlib.sha256(mx_cert.spki_der).hexdigest()}")
+            dns.secure.add(name)  # now DANE applies (RFC 7672 §2.2)
+            await send_one_by_one(cfg, remote, 2, first=1)
+        finally:
+            await runner.stop(2.0)
+
+    asyncio.run(main())
+    peers = [m.peer for m in remote.messages]
+    assert peers[1] != peers[0]  # the opportunistic session was not used for the DANE destination
+    assert peers[2] == peers[1]  # the DANE session is reused for the next one
+    tls = [x.split("tls=")[1].split()[0] for x in maillog(caplog) if "event=delivered" in x]
+    assert tls == ["opportunistic", "dane", "dane"]
