@@ -155,6 +155,7 @@ class QueueRunner:
         self._total = asyncio.Semaphore(max(1, self.q.max_connections))
         self._per_domain: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(max(1, self.q.max_per_domain)))
         self._wake_mtime = self._wake_file_mtime()
+        self._survey_memo: dict[str, tuple[tuple[int, int, int], float]] = {}  # id -> (envelope stat, next_attempt)
         self._local: Any = None
         self._home: asyncio.AbstractEventLoop | None = None  # the loop start_background runs on
         wake.register(store.dir, self)
@@ -259,27 +260,44 @@ class QueueRunner:
 
     async def _scan(self) -> float:
         """Start a round for every due, unclaimed message; seconds until the next one is due."""
-        ids = await asyncio.to_thread(self.store.list)
-        now = time.time()
-        due: list[str] = []
-        soonest = self.q.scan_interval
-        for qid in ids:
-            if qid in self._busy:
-                continue
-            try:
-                env = await asyncio.to_thread(self.store.envelope, qid)
-            except (OSError, ValueError):
-                continue
-            if env.next_attempt <= now:
-                due.append(qid)
-            else:
-                soonest = min(soonest, env.next_attempt - now)
+        due, soonest = await asyncio.to_thread(self._survey, frozenset(self._busy))
+        due = [qid for qid in due if qid not in self._busy]  # claimed by a round meanwhile
         if due:
             self._busy.update(due)
             task = asyncio.create_task(self._round(due))
             self._rounds.add(task)
             task.add_done_callback(self._rounds.discard)
         return soonest
+
+    def _survey(self, busy: frozenset[str]) -> tuple[list[str], float]:
+        """In a worker thread: the due ids and the seconds until the next one is due.
+
+        Each scan costs one ``stat`` per queued message; only envelopes that are new or
+        were rewritten since the last scan are read (``QueueStore.save`` renames a new
+        ``<id>.env`` into place, so its inode and mtime change; ``queue flush`` saves too),
+        so a queue of many deferred messages does not slow the scans a wake-up starts.
+        """
+        now = time.time()
+        due: list[str] = []
+        soonest = self.q.scan_interval
+        seen: dict[str, tuple[tuple[int, int, int], float]] = {}
+        for qid in self.store.list():
+            if qid in busy:
+                continue
+            try:
+                st = os.stat(self.store.dir / f"{qid}.env")  # the envelope (mailstack.queue.store layout)
+                stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+                memo = self._survey_memo.get(qid)
+                next_attempt = memo[1] if memo is not None and memo[0] == stamp else self.store.envelope(qid).next_attempt
+            except (OSError, ValueError):
+                continue
+            seen[qid] = (stamp, next_attempt)
+            if next_attempt <= now:
+                due.append(qid)
+            else:
+                soonest = min(soonest, next_attempt - now)
+        self._survey_memo = seen
+        return due, soonest
 
     async def run_once(self) -> None:
         """Deliver every due message once and return (for tests and ``queue flush --now``)."""

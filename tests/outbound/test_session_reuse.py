@@ -272,3 +272,32 @@ def test_a_dane_destination_never_reuses_a_session_made_without_dane(
     assert peers[2] == peers[1]  # the DANE session is reused for the next one
     tls = [x.split("tls=")[1].split()[0] for x in maillog(caplog) if "event=delivered" in x]
     assert tls == ["opportunistic", "dane", "dane"]
+
+
+def test_a_scan_reads_only_new_or_rewritten_envelopes(cfg: Config) -> None:
+    """A wake-up scans at once, so a scan must stay cheap with many deferred messages:
+    one stat each, and a read only for what is new or was saved since (a flush)."""
+    store = QueueStore(cfg.queue.dir)
+    ids = [store.enqueue("alice@example.test", ["a@remote.test"], message(i)) for i in range(3)]
+    for qid in ids:
+        env, _ = store.load(qid)
+        store.save(QueueStore.updated(env, next_attempt=env.created + 3600))
+    runner = QueueRunner(cfg, store, resolver_from_config(cfg.dns))
+    reads: list[str] = []
+    real = store.envelope
+
+    def counting(qid: str) -> Any:
+        reads.append(qid)
+        return real(qid)
+
+    store.envelope = counting  # type: ignore[method-assign]
+    assert runner._survey(frozenset())[0] == []
+    assert sorted(reads) == sorted(ids)
+    reads.clear()
+    due, soonest = runner._survey(frozenset())
+    assert due == [] and reads == [] and 0 < soonest <= cfg.queue.scan_interval
+    env, _ = store.load(ids[1])
+    store.save(QueueStore.updated(env, next_attempt=0))  # as `queue flush` does
+    assert runner._survey(frozenset())[0] == [ids[1]]
+    assert reads == [ids[1]]
+    asyncio.run(runner.stop(0))
