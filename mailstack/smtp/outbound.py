@@ -210,7 +210,7 @@ def _dsn_rcpt_params(dsn: DSNRequest | None, rcpt: str) -> str:
 
 
 def _needs_8bit(data: bytes) -> bool:
-    return any(b > 127 for b in data)
+    return not data.isascii()  # in C: a Python loop over the bytes cost ~0.7 ms per message
 
 
 # ---------------------------------------------------------------------------

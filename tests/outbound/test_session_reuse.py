@@ -147,13 +147,22 @@ def test_a_burst_is_sent_at_once_over_at_most_max_per_domain_connections(tmp_pat
 class DroppingSink(SinkHandler):
     """The sink, plus: ``drop_idle()`` closes every connection that carried a message (as a
     server's idle timeout does); ``on_rset``: ``"close"`` closes the connection at the RSET
-    that starts a session's next transaction, ``"421"`` answers it with 421 (RFC 5321 §3.8)."""
+    that starts a session's next transaction, ``"421"`` answers it with 421 (RFC 5321 §3.8);
+    ``pipelining``: EHLO offers PIPELINING (aiosmtpd reads pipelined commands but does not
+    say so), so the client sends RSET, MAIL and RCPT as one group (RFC 2920 §3.1)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.servers: list[Any] = []
         self.on_rset = ""
         self.rsets = 0
+        self.pipelining = False
+        self.pipelined_rsets = 0  # RSETs that arrived with the MAIL after them already read
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return responses[:-1] + ["250-PIPELINING"] + responses[-1:] if self.pipelining else responses
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.servers.append(server)
@@ -161,6 +170,8 @@ class DroppingSink(SinkHandler):
 
     async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
         self.rsets += 1
+        # the rest of the group is in the server's read buffer already (aiosmtpd has no public view of it)
+        self.pipelined_rsets += b"MAIL FROM:" in bytes(getattr(server._reader, "_buffer", b""))
         if self.on_rset == "close":
             server.transport.close()
         if self.on_rset:
@@ -209,15 +220,38 @@ def test_a_parked_session_the_server_dropped_is_replaced(tmp_path: Path, dns: Te
     assert peers[0] != peers[1] and peers[1] == peers[2]  # a new connection, then reused again
 
 
+def test_with_pipelining_rset_mail_and_rcpt_go_as_one_group(tmp_path: Path, dns: TestDNS, dropping: Remote) -> None:
+    cfg = make_config(tmp_path, dns, dropping.port)
+    sink = dropping.handler
+    assert isinstance(sink, DroppingSink)
+    sink.pipelining = True
+
+    async def main() -> None:
+        runner = await serving(cfg)
+        try:
+            await send_one_by_one(cfg, dropping, 4)
+        finally:
+            await runner.stop(2.0)
+
+    asyncio.run(main())
+    assert subjects(dropping) == [f"reuse {i}" for i in range(4)]
+    assert all(m.recipients == RCPTS for m in dropping.messages)
+    assert len({m.peer for m in dropping.messages}) == 1
+    assert sink.rsets == 3 and sink.pipelined_rsets == 3  # RFC 2920 §3.1: one group, one round trip
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
 @pytest.mark.parametrize("how", ["close", "421"])
 def test_a_session_dropped_when_reused_is_retried_on_a_fresh_one(tmp_path: Path, dns: TestDNS, dropping: Remote,
-                                                                 how: str, caplog: pytest.LogCaptureFixture) -> None:
+                                                                 how: str, pipelining: bool,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """The drop shows only when the session is used again: the RSET fails, the message
     goes over a new connection in the same attempt (nothing deferred, nothing twice)."""
     cfg = make_config(tmp_path, dns, dropping.port, queue={"max_per_domain": 1})
     sink = dropping.handler
     assert isinstance(sink, DroppingSink)
     sink.on_rset = how
+    sink.pipelining = pipelining
     caplog.set_level("INFO", logger="mailstack.maillog")
     store = QueueStore(cfg.queue.dir)
 
@@ -234,6 +268,7 @@ def test_a_session_dropped_when_reused_is_retried_on_a_fresh_one(tmp_path: Path,
     asyncio.run(main())
     assert subjects(dropping) == [f"reuse {i}" for i in range(6)]
     assert sink.rsets >= 1
+    assert len({m.peer for m in dropping.messages}) == 6  # each session failed at its second use
     lines = maillog(caplog)
     assert not [x for x in lines if "event=deferred" in x]
     assert len([x for x in lines if "event=delivered" in x]) == 6
@@ -301,3 +336,11 @@ def test_a_scan_reads_only_new_or_rewritten_envelopes(cfg: Config) -> None:
     assert runner._survey(frozenset())[0] == [ids[1]]
     assert reads == [ids[1]]
     asyncio.run(runner.stop(0))
+
+
+def test_needs_8bit() -> None:
+    from mailstack.smtp.outbound import _needs_8bit
+
+    assert not _needs_8bit(b"Subject: plain\r\n\r\nascii only\r\n")
+    assert _needs_8bit("Subject: caf\u00e9\r\n\r\n".encode())
+    assert _needs_8bit(b"x" * 10000 + b"\x80")
