@@ -834,7 +834,11 @@ async def _deliver_group(domain: str, jobs: Sequence[Job], route: Route, *,
                     give_up = not f.next_host
                     break
                 before = len(pending)
-                failure = await _send(conn, pending, results, route)
+                try:
+                    failure = await _send(conn, pending, results, route)
+                except BaseException:  # cancelled (shutdown) or a bug: the socket must not outlive it
+                    conn.abort()
+                    raise
                 if failure is None:
                     await _release(conn, route)
                     if len(pending) == before:

@@ -23,7 +23,6 @@ parked session and the tasks that were closing expired ones.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -108,18 +107,17 @@ class SessionCache(Generic[S]):
         for sid in [s for s, e in self._parked.items() if e.key == key]:
             self._end(self._parked.pop(sid))
 
-    async def close(self) -> None:
-        """Close every parked session of this loop (QUIT), wait for those being closed."""
-        here = asyncio.get_running_loop()
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close every parked session (QUIT, all at once); within ``timeout`` seconds, after
+        which what is left is dropped without a word."""
         for sid in list(self._parked):
-            entry = self._parked.pop(sid)
-            entry.timer.cancel()
-            if entry.loop is here:
-                await entry.session.quit()
-            elif not entry.loop.is_closed():
-                self._end(entry)
+            self._end(self._parked.pop(sid))
         if self._closing:
-            await asyncio.wait(set(self._closing), timeout=5.0)
+            _done, late = await asyncio.wait(set(self._closing), timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
 
     def _expire(self, sid: int) -> None:
         entry = self._parked.pop(sid, None)
@@ -144,5 +142,10 @@ class SessionCache(Generic[S]):
 
     @staticmethod
     async def _quit(session: S) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await session.quit()
+        except asyncio.CancelledError:
+            session.abort()
+            raise
+        except Exception:  # noqa: BLE001 - a session that will not say goodbye is dropped
+            session.abort()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,8 @@ class DroppingSink(SinkHandler):
         self.rsets = 0
         self.pipelining = False
         self.pipelined_rsets = 0  # RSETs that arrived with the MAIL after them already read
+        self.stall: asyncio.Event | None = None  # set: DATA hangs until the client goes away
+        self.in_data: list[Any] = []
 
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -166,6 +169,9 @@ class DroppingSink(SinkHandler):
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.servers.append(server)
+        if self.stall is not None:
+            self.in_data.append(server)
+            await asyncio.sleep(3600)  # cancelled by aiosmtpd when the connection is lost
         return await super().handle_DATA(server, session, envelope)
 
     async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
@@ -272,6 +278,32 @@ def test_a_session_dropped_when_reused_is_retried_on_a_fresh_one(tmp_path: Path,
     lines = maillog(caplog)
     assert not [x for x in lines if "event=deferred" in x]
     assert len([x for x in lines if "event=delivered" in x]) == 6
+
+
+def test_stopping_mid_transaction_closes_the_connection(tmp_path: Path, dns: TestDNS, dropping: Remote) -> None:
+    """A round cut short by the service's stop (its grace is over) leaves no socket open."""
+    cfg = make_config(tmp_path, dns, dropping.port)
+    sink = dropping.handler
+    assert isinstance(sink, DroppingSink)
+    sink.stall = asyncio.Event()
+
+    async def main() -> None:
+        runner = await serving(cfg)
+        await asyncio.to_thread(QueueStore(cfg.queue.dir).enqueue, "alice@example.test", RCPTS, message(0))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while not sink.in_data:
+            assert loop.time() < deadline, "the message never reached DATA"
+            await asyncio.sleep(0.02)
+        await runner.stop(0.2)
+
+    asyncio.run(main())
+    server = sink.in_data[0]
+    deadline = time.monotonic() + 10
+    while server.transport is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.transport is None  # the sink saw the connection go
+    assert QueueStore(cfg.queue.dir).list() != []  # and the message is still queued
 
 
 # ---------------------------------------------------------------------------
