@@ -31,7 +31,8 @@ from mailstack.smtp.queue_runner import QueueRunner
 from tests.dnsserver import TestDNS
 from tests.helpers import free_port
 from tests.outbound.conftest import REMOTE_IP, Remote, SinkHandler, make_config
-from tests.outbound.test_transport_security import TestCA, maillog, restart_with_cert
+from tests.outbound.test_transport_security import (PolicyServer, TestCA, maillog, restart_with_cert, secure_config,
+                                                     server_context)
 
 RCPTS = ["a@remote.test", "b@remote.test", "c@remote.test"]
 
@@ -315,59 +316,52 @@ def ca() -> TestCA:
     return TestCA()
 
 
-def test_a_dane_destination_never_reuses_a_session_made_without_dane(
-        tmp_path: Path, dns: TestDNS, remote: Remote, ca: TestCA, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+def policy_host(tmp_path: Path, ca: TestCA, dns: TestDNS) -> Iterator[PolicyServer]:
+    server = PolicyServer(server_context(tmp_path, ca.issue("mta-sts.remote.test"), "sts"))
+    dns.add("mta-sts.remote.test", "A", REMOTE_IP)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("policy", ["dane", "mta-sts"])
+def test_a_policy_destination_never_reuses_a_session_made_without_it(
+        tmp_path: Path, dns: TestDNS, remote: Remote, ca: TestCA, policy_host: PolicyServer, policy: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The same MX host, first with no policy (opportunistic TLS, the session is parked),
+    then the domain publishes DANE TLSA records or an MTA-STS policy in enforce mode: the
+    next message must not ride the parked session (made without that check) but a new one
+    made under the policy, which is then reused in turn."""
     caplog.set_level("INFO", logger="mailstack.maillog")
-    mx_cert = ca.issue("mx.remote.test", self_signed=True)
-    restart_with_cert(remote, tmp_path, mx_cert)
-    cfg = make_config(tmp_path, dns, remote.port, dns={"trusted_resolvers": [dns.address]})
-    name = f"_{remote.port}._tcp.mx.remote.test"
+    if policy == "dane":
+        mx_cert = ca.issue("mx.remote.test", self_signed=True)  # DANE-EE: no CA needed
+        restart_with_cert(remote, tmp_path, mx_cert)
+        cfg = make_config(tmp_path, dns, remote.port, dns={"trusted_resolvers": [dns.address]})
+    else:
+        restart_with_cert(remote, tmp_path, ca.issue("mx.remote.test"))
+        cfg = secure_config(tmp_path, dns, remote, ca, policy_host)
+    tlsa = f"_{remote.port}._tcp.mx.remote.test"
 
     async def main() -> None:
         runner = await serving(cfg)
         try:
-            await send_one_by_one(cfg, remote, 1)  # no TLSA yet: opportunistic TLS, session parked
-            dns.add(name, "TLSA", f"3 1 1 {hashlib.sha256(mx_cert.spki_der).hexdigest()}")
-            dns.secure.add(name)  # now DANE applies (RFC 7672 §2.2)
+            await send_one_by_one(cfg, remote, 1)  # no policy yet: opportunistic TLS, session parked
+            if policy == "dane":
+                dns.add(tlsa, "TLSA", f"3 1 1 {hashlib.sha256(mx_cert.spki_der).hexdigest()}")
+                dns.secure.add(tlsa)  # DNSSEC-validated: DANE applies (RFC 7672 §2.2)
+            else:
+                dns.add("_mta-sts.remote.test", "TXT", "v=STSv1; id=reuse1")  # RFC 8461 §3.1
             await send_one_by_one(cfg, remote, 2, first=1)
         finally:
             await runner.stop(2.0)
 
     asyncio.run(main())
+    assert all(m.tls for m in remote.messages)
     peers = [m.peer for m in remote.messages]
-    assert peers[1] != peers[0]  # the opportunistic session was not used for the DANE destination
-    assert peers[2] == peers[1]  # the DANE session is reused for the next one
+    assert peers[1] != peers[0]  # the parked opportunistic session was not used under the policy
+    assert peers[2] == peers[1]  # the session made under the policy is reused for the next one
     tls = [x.split("tls=")[1].split()[0] for x in maillog(caplog) if "event=delivered" in x]
-    assert tls == ["opportunistic", "dane", "dane"]
-
-
-def test_a_scan_reads_only_new_or_rewritten_envelopes(cfg: Config) -> None:
-    """A wake-up scans at once, so a scan must stay cheap with many deferred messages:
-    one stat each, and a read only for what is new or was saved since (a flush)."""
-    store = QueueStore(cfg.queue.dir)
-    ids = [store.enqueue("alice@example.test", ["a@remote.test"], message(i)) for i in range(3)]
-    for qid in ids:
-        env, _ = store.load(qid)
-        store.save(QueueStore.updated(env, next_attempt=env.created + 3600))
-    runner = QueueRunner(cfg, store, resolver_from_config(cfg.dns))
-    reads: list[str] = []
-    real = store.envelope
-
-    def counting(qid: str) -> Any:
-        reads.append(qid)
-        return real(qid)
-
-    store.envelope = counting  # type: ignore[method-assign]
-    assert runner._survey(frozenset())[0] == []
-    assert sorted(reads) == sorted(ids)
-    reads.clear()
-    due, soonest = runner._survey(frozenset())
-    assert due == [] and reads == [] and 0 < soonest <= cfg.queue.scan_interval
-    env, _ = store.load(ids[1])
-    store.save(QueueStore.updated(env, next_attempt=0))  # as `queue flush` does
-    assert runner._survey(frozenset())[0] == [ids[1]]
-    assert reads == [ids[1]]
-    asyncio.run(runner.stop(0))
+    assert tls == ["opportunistic", policy, policy]
 
 
 def test_needs_8bit() -> None:
