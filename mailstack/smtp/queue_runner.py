@@ -286,12 +286,19 @@ class QueueRunner:
                 continue
             try:
                 st = os.stat(self.store.dir / f"{qid}.env")  # the envelope (mailstack.queue.store layout)
-                stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-                memo = self._survey_memo.get(qid)
-                next_attempt = memo[1] if memo is not None and memo[0] == stamp else self.store.envelope(qid).next_attempt
-            except (OSError, ValueError):
-                continue
-            seen[qid] = (stamp, next_attempt)
+                stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except OSError:
+                stamp = None  # not where we look: read it every time (slower, never wrong)
+            memo = self._survey_memo.get(qid)
+            if stamp is not None and memo is not None and memo[0] == stamp:
+                next_attempt = memo[1]
+            else:
+                try:
+                    next_attempt = self.store.envelope(qid).next_attempt
+                except (OSError, ValueError):
+                    continue
+            if stamp is not None:
+                seen[qid] = (stamp, next_attempt)
             if next_attempt <= now:
                 due.append(qid)
             else:
