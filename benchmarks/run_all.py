@@ -127,6 +127,16 @@ def dovecot_config() -> Path | None:
     return conf if conf.is_file() else None
 
 
+def login_mode(conf_text: str) -> str:
+    """``performance`` when the imap-login service keeps its processes (``service_count = 0``,
+    what ``DOVECOT_LOGIN_PERF=1`` writes), else ``stock`` (one login process per connection)."""
+    for block in re.finditer(r"^\s*service\s+imap-login\s*\{([^}]*)\}", conf_text, re.M):
+        body = "\n".join(line.split("#", 1)[0] for line in block.group(1).splitlines())
+        if re.search(r"^\s*service_count\s*=\s*0\s*$", body, re.M):
+            return "performance"
+    return "stock"
+
+
 def detect_reference(mode_flag: str | None) -> Reference:
     smtp, imap, pop3 = greets(REF_SMTP, b"220"), greets(REF_IMAP, b"* OK"), greets(REF_POP3, b"+OK")
     conf = dovecot_config() if (imap or pop3) else None
@@ -141,8 +151,7 @@ def detect_reference(mode_flag: str | None) -> Reference:
     if mode_flag:
         mode = f"{mode_flag} (--reference-mode)"
     elif text:
-        perf = re.search(r"service\s+imap-login\s*\{[^}]*service_count\s*=\s*0", text)
-        mode = (f"performance (DOVECOT_LOGIN_PERF=1), from {conf}" if perf
+        mode = (f"performance (DOVECOT_LOGIN_PERF=1), from {conf}" if login_mode(text) == "performance"
                 else f"stock (one login process per connection), from {conf}")
     else:
         mode = "unknown (Dovecot's config not found: pass --reference-mode stock|performance)"

@@ -5,10 +5,12 @@ checked (a smoke run on a busy machine measures nothing)."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +35,28 @@ ROWS = [
     "IMAP sessions, argon2id users, 4 clients (ops/s)",
     "POP3 sessions, argon2id users, 4 clients (ops/s)",
 ]
+
+
+def _run_all() -> Any:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module("run_all")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+@pytest.mark.parametrize(("conf", "mode"), [
+    # what the reference scripts write with DOVECOT_LOGIN_PERF=1 ...
+    ("service imap-login {\n  service_count = 0\n  process_min_avail = 2\n}\nservice pop3-login {\n"
+     "  service_count = 0\n}\n", "performance"),
+    # ... and without it (stock: one login process per connection)
+    ("# stock login mode: service_count = 1 (one login process per connection)\nprotocols = imap pop3\n", "stock"),
+    ("service imap-login {\n  service_count = 1\n}\n", "stock"),
+    ("service imap-login {\n  # service_count = 0\n  process_min_avail = 2\n}\n", "stock"),  # commented out
+    ("service pop3-login {\n  service_count = 0\n}\n", "stock"),  # IMAP's login service decides the row
+])
+def test_reference_login_mode_is_read_from_dovecots_config(conf: str, mode: str) -> None:
+    assert _run_all().login_mode(conf) == mode
 
 
 @pytest.mark.slow
