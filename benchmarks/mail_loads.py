@@ -287,10 +287,23 @@ async def _hold_idle(port: int, users: list[str], password: str, n: int, ready: 
 def idle_memory(port: int, users: list[str], password: str, n: int, server_pid: int) -> dict[str, float]:
     """KB of PSS per connection held in IDLE (the server's whole process tree)."""
     raise_nofile()
-    before = tree_pss_kb(server_pid)
     result: dict[str, float] = {}
 
+    async def hold(count: int) -> tuple[asyncio.Event, asyncio.Task[None], dict[str, int]]:
+        ready, release = asyncio.Event(), asyncio.Event()
+        counts = {"idle": 0, "failed": 0}
+        task = asyncio.create_task(_hold_idle(port, users, password, count, ready, release, counts))
+        await asyncio.wait_for(ready.wait(), 600)
+        return release, task, counts
+
     async def main() -> None:
+        # warm-up: the first sessions fill caches (code paths, the folder index) that every
+        # later one shares; they are not what a connection costs
+        release, task, _ = await hold(min(n, 20))
+        release.set()
+        await asyncio.wait_for(task, 120)
+        await asyncio.sleep(0.5)
+        before = await asyncio.to_thread(tree_pss_kb, server_pid)
         ready, release = asyncio.Event(), asyncio.Event()
         counts = {"idle": 0, "failed": 0}
         task = asyncio.create_task(_hold_idle(port, users, password, n, ready, release, counts))

@@ -72,5 +72,5 @@ def test_quick_run_prints_every_row() -> None:
     missing = [r for r in ROWS if r not in table]
     assert missing == [], out
     # every row has a figure of ours, or says which tool is missing: none failed
-    failed = {r: table[r] for r in ROWS if not re.match(r"^[\d,.]+( |$)|^n/a: ", table[r])}
+    failed = {r: table[r] for r in ROWS if not re.match(r"^-?[\d,.]+( |$)|^n/a: ", table[r])}
     assert failed == {}, proc.stderr[-3000:]
