@@ -247,6 +247,8 @@ class QueueConfig:
     connect_timeout: Duration = 30.0
     command_timeout: Duration = 300.0  # RFC 5321 §4.5.3.2
     scan_interval: Duration = 10.0  # how often the runner looks for due messages
+    connection_cache_time: Duration = 2.0  # an idle outbound session waits this long for the next message (0 = QUIT at once)
+    connection_reuse_limit: int = 100  # messages per outbound session, then a new connection (0 = no limit)
     mta_sts: bool = True  # honour remote domains' MTA-STS policies (RFC 8461)
     mta_sts_port: int = 443  # HTTPS port of mta-sts.<domain> (tests point it elsewhere)
     tls_ca_file: str = ""  # CAs for MTA-STS hosts and MX certificates; "" = the system's
@@ -576,6 +578,8 @@ def _check(cfg: Config) -> None:
                 raise ValueError
         except ValueError:
             raise _KeyError(f"[dns] {key}[{i}]: {ns!r} is not IP or IP:PORT") from None
+    if cfg.queue.connection_cache_time > 300:  # RFC 5321 §4.5.3.2.7: servers drop idle clients after 5 min
+        raise _KeyError("[queue] connection_cache_time: must be at most 300 seconds")
     if not 0 < cfg.queue.mta_sts_port < 65536:
         raise _KeyError("[queue] mta_sts_port: must be a port number")
     if cfg.checks.dmarc_reject not in ("reject", "quarantine"):

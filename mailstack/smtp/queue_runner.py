@@ -16,6 +16,11 @@ once (``queue.claim``). Wake-ups (``mailstack.queue.wake``): every enqueue in th
 wakes the runners of that directory, and the mtime of ``<dir>/.wake`` (touched by every
 enqueue, and by ``mailstack queue flush`` after setting every ``next_attempt`` to now)
 wakes them from another process; otherwise a scan every ``[queue] scan_interval`` seconds.
+A wake-up scans at once (no fixed batching delay): wakes that arrive while a scan runs
+coalesce into one more scan right after it, and messages that arrive while a round is
+sending share its connections anyway, since every session that ends cleanly is parked
+for ``[queue] connection_cache_time`` seconds and the next round to that server takes it
+(``smtp.sessioncache``, ``smtp.outbound``).
 
 This runner stays in ``smtp/`` (not in ``mailstack.queue``): it drives the outbound SMTP
 client and local delivery, both above the queue package, which it builds on.
@@ -66,7 +71,8 @@ from mailstack.service import ServiceContext, ServiceError
 from mailstack.replies import Reply
 from mailstack.smtp.mtasts import StsCache
 from mailstack.smtp.tlsrpt import TLSResultLog, send_reports
-from mailstack.smtp.outbound import Job, Outcome, RecipientOutcome, RelaySettings, Route, deliver_domain
+from mailstack.smtp.outbound import Connection, Job, Outcome, RecipientOutcome, RelaySettings, Route, deliver_domain
+from mailstack.smtp.sessioncache import SessionCache
 
 if TYPE_CHECKING:
     from mailstack.config import Config
@@ -75,7 +81,6 @@ __all__ = ["QueueRunner", "start", "relay_settings"]
 
 log = logging.getLogger(__name__)
 
-BATCH_DELAY = 0.05  # seconds between a wake-up and the scan: messages arriving together share connections
 REPORT_CHECK_INTERVAL = 300.0  # seconds between looks for a finished day of TLS-RPT results
 DNS_CACHE_SIZE = 10000  # answers the runner's resolver keeps, each for its own TTL (mailstack.dns)
 
@@ -131,6 +136,9 @@ class QueueRunner:
         self.keys_dir = dkim.keys_dir(config)  # signs our DSNs (queue.bounce)
         verify_tls = _verify_context(config)
         self.tls_results = TLSResultLog(Path(self.q.dir) / "tlsrpt") if self.q.tls_reports else None
+        self.sessions: SessionCache[Connection] | None = (
+            SessionCache(self.q.connection_cache_time, max_idle=max(1, self.q.max_connections))
+            if self.q.connection_cache_time > 0 else None)
         self._reports_checked = 0.0
         self.route = Route(helo=config.hostname, resolver=resolver, port=self.q.smtp_port, client_tls=client_tls,
                            relay=relay, connect_timeout=self.q.connect_timeout,
@@ -139,7 +147,8 @@ class QueueRunner:
                                         on_failure=self.tls_results.sts_failure if self.tls_results else None)
                            if self.q.mta_sts else None,
                            tlsa=resolver if isinstance(resolver, DNSPythonResolver) and config.dns.trusted_resolvers
-                           else None, tls_results=self.tls_results)
+                           else None, tls_results=self.tls_results, sessions=self.sessions,
+                           reuse_limit=self.q.connection_reuse_limit)
         self._wake = asyncio.Event()
         self._stopping = False
         self._busy: set[str] = set()
@@ -148,6 +157,7 @@ class QueueRunner:
         self._total = asyncio.Semaphore(max(1, self.q.max_connections))
         self._per_domain: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(max(1, self.q.max_per_domain)))
         self._wake_mtime = self._wake_file_mtime()
+        self._survey_memo: dict[str, tuple[tuple[int, int, int], float]] = {}  # id -> (envelope stat, next_attempt)
         self._local: Any = None
         self._home: asyncio.AbstractEventLoop | None = None  # the loop start_background runs on
         wake.register(store.dir, self)
@@ -191,6 +201,9 @@ class QueueRunner:
                 await asyncio.wait(pending, timeout=1.0)
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self.sessions is not None:
+            with contextlib.suppress(Exception):
+                await self.sessions.close()
         wake.unregister(self)
 
     def _wake_file_mtime(self) -> float:
@@ -208,9 +221,7 @@ class QueueRunner:
                 self._wake_mtime = mtime
                 next_scan = 0.0
             if self._wake.is_set() or now >= next_scan:
-                if self._wake.is_set() and not self._stopping:
-                    await asyncio.sleep(BATCH_DELAY)  # let a burst of submissions share one round
-                self._wake.clear()
+                self._wake.clear()  # wakes from here on mean one more scan after this one
                 try:
                     due_in = await self._scan()
                 except Exception:
@@ -251,27 +262,51 @@ class QueueRunner:
 
     async def _scan(self) -> float:
         """Start a round for every due, unclaimed message; seconds until the next one is due."""
-        ids = await asyncio.to_thread(self.store.list)
-        now = time.time()
-        due: list[str] = []
-        soonest = self.q.scan_interval
-        for qid in ids:
-            if qid in self._busy:
-                continue
-            try:
-                env = await asyncio.to_thread(self.store.envelope, qid)
-            except (OSError, ValueError):
-                continue
-            if env.next_attempt <= now:
-                due.append(qid)
-            else:
-                soonest = min(soonest, env.next_attempt - now)
+        due, soonest = await asyncio.to_thread(self._survey, frozenset(self._busy))
+        due = [qid for qid in due if qid not in self._busy]  # claimed by a round meanwhile
         if due:
             self._busy.update(due)
             task = asyncio.create_task(self._round(due))
             self._rounds.add(task)
             task.add_done_callback(self._rounds.discard)
         return soonest
+
+    def _survey(self, busy: frozenset[str]) -> tuple[list[str], float]:
+        """In a worker thread: the due ids and the seconds until the next one is due.
+
+        Each scan costs one ``stat`` per queued message; only envelopes that are new or
+        were rewritten since the last scan are read (``QueueStore.save`` renames a new
+        ``<id>.env`` into place, so its inode and mtime change; ``queue flush`` saves too),
+        so a queue of many deferred messages does not slow the scans a wake-up starts.
+        """
+        now = time.time()
+        due: list[str] = []
+        soonest = self.q.scan_interval
+        seen: dict[str, tuple[tuple[int, int, int], float]] = {}
+        for qid in self.store.list():
+            if qid in busy:
+                continue
+            try:
+                st = os.stat(self.store.dir / f"{qid}.env")  # the envelope (mailstack.queue.store layout)
+                stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except OSError:
+                stamp = None  # not where we look: read it every time (slower, never wrong)
+            memo = self._survey_memo.get(qid)
+            if stamp is not None and memo is not None and memo[0] == stamp:
+                next_attempt = memo[1]
+            else:
+                try:
+                    next_attempt = self.store.envelope(qid).next_attempt
+                except (OSError, ValueError):
+                    continue
+            if stamp is not None:
+                seen[qid] = (stamp, next_attempt)
+            if next_attempt <= now:
+                due.append(qid)
+            else:
+                soonest = min(soonest, next_attempt - now)
+        self._survey_memo = seen
+        return due, soonest
 
     async def run_once(self) -> None:
         """Deliver every due message once and return (for tests and ``queue flush --now``)."""
@@ -283,7 +318,11 @@ class QueueRunner:
                 if (await asyncio.to_thread(self.store.envelope, qid)).next_attempt <= now:
                     due.append(qid)
         self._busy.update(due)
-        await self._round(due)
+        try:
+            await self._round(due)
+        finally:
+            if self.sessions is not None and self._home is None:  # not a service: nothing may outlive this loop
+                await self.sessions.close()
 
     # -- one round -----------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ class Received:
     recipients: list[str]
     data: bytes
     tls: bool
+    peer: Any = None  # the client's (address, port): one per connection
 
 
 class SinkHandler:
@@ -67,7 +68,7 @@ class SinkHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
             self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content
-                                          or envelope.content, session.ssl is not None))
+                                          or envelope.content, session.ssl is not None, session.peer))
         self.event.set()
         return "250 2.0.0 OK queued"
 

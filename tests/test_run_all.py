@@ -1,0 +1,76 @@
+"""``benchmarks/run_all.py --quick`` runs every benchmark for real (tiny sizes) and prints
+the whole table: every row label of the issue's table, each with a figure of ours, and
+the header line with the date and the reference's state. The figures themselves are not
+checked (a smoke run on a busy machine measures nothing)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ROWS = [
+    "SMTP in, 5 KB fsynced, 1 session (msg/s)",
+    "SMTP in, 5 KB fsynced, 20 sessions (msg/s)",
+    "IMAP sessions, 1 client (ops/s)",
+    "IMAP sessions, 4 clients (ops/s)",
+    "IMAP sessions, 16 clients (ops/s)",
+    "IMAP STORE+SEARCH, 1 client (ops/s)",
+    "IMAP STORE+SEARCH, 4 clients (ops/s)",
+    "IMAP STORE+SEARCH, 16 clients (ops/s)",
+    "POP3 sessions, 1 client (ops/s)",
+    "POP3 sessions, 4 clients (ops/s)",
+    "POP3 sessions, 16 clients (ops/s)",
+    "submission -> queue -> remote MX with DKIM, 1 conn (msg/s)",
+    "submission -> queue -> remote MX with DKIM, 8 conns (msg/s)",
+    "memory per IDLE connection at 12 conns (KB PSS, lower is better)",
+    "imaptest stress, 20 clients 30 s (logins)",
+    "IMAP sessions, argon2id users, 4 clients (ops/s)",
+    "POP3 sessions, argon2id users, 4 clients (ops/s)",
+]
+
+
+def _run_all() -> Any:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module("run_all")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+@pytest.mark.parametrize(("conf", "mode"), [
+    # what the reference scripts write with DOVECOT_LOGIN_PERF=1 ...
+    ("service imap-login {\n  service_count = 0\n  process_min_avail = 2\n}\nservice pop3-login {\n"
+     "  service_count = 0\n}\n", "performance"),
+    # ... and without it (stock: one login process per connection)
+    ("# stock login mode: service_count = 1 (one login process per connection)\nprotocols = imap pop3\n", "stock"),
+    ("service imap-login {\n  service_count = 1\n}\n", "stock"),
+    ("service imap-login {\n  # service_count = 0\n  process_min_avail = 2\n}\n", "stock"),  # commented out
+    ("service pop3-login {\n  service_count = 0\n}\n", "stock"),  # IMAP's login service decides the row
+])
+def test_reference_login_mode_is_read_from_dovecots_config(conf: str, mode: str) -> None:
+    assert _run_all().login_mode(conf) == mode
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_quick_run_prints_every_row() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--no-reference",
+                           "--idle", "12"], cwd=ROOT, capture_output=True, text=True, timeout=580)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert re.search(r"^Measured \d{4}-\d\d-\d\d \d\d:\d\d UTC \(--quick\)\. Reference: not running", out, re.M), out
+    assert "| measurement | mailstack | reference | ratio |" in out
+    table = {m.group(1): m.group(2) for m in re.finditer(r"^\| (.+?) \| (.+?) \| .+? \| .+? \|$", out, re.M)}
+    missing = [r for r in ROWS if r not in table]
+    assert missing == [], out
+    # every row has a figure of ours, or says which tool is missing: none failed
+    failed = {r: table[r] for r in ROWS if not re.match(r"^-?[\d,.]+( |$)|^n/a: ", table[r])}
+    assert failed == {}, proc.stderr[-3000:]
