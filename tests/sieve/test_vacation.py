@@ -4,6 +4,7 @@
   with the contract's exit codes, and the user's ManageSieve view never shows it;
 - the sequence rules (``sieve.multiscript``): the before-script's implicit keep does not stop
   the user's script; its ``stop`` or ``discard`` does; a broken one is skipped;
+- the generated script gets the same decision from Dovecot's Pigeonhole (``sieve-test``);
 - end to end: mail from outside through the real MX gets exactly one reply at the remote
   MX (through the queue, DKIM-signed), while the user's own ``fileinto`` still files the
   original; nothing for a second message from the same sender, for ``<>``, lists, bulk or
@@ -30,6 +31,7 @@ from mailstack.sieve.vacation import Vacation, parse, render
 from tests.outbound.conftest import Remote, Stack, _dns_server, dns, make_config, remote  # noqa: F401 (fixtures)
 from tests.dnsserver import TestDNS
 from tests.helpers import free_port
+from tests.sieve.test_pigeonhole import ours, pigeonhole, workdir  # noqa: F401  (workdir: the fixture)
 from tests.test_cli import SCRIPT, cli, refused  # noqa: F401  (the fixture)
 
 MESSAGE = 'Back on Monday.\nUrgent: call "Bob" at C:\\office\\phone.txt — merci.\n'
@@ -283,3 +285,14 @@ def test_until_yesterday_sends_nothing(site: Site) -> None:
     set_vacation(site, "--until", tomorrow)
     site.send("grace@remote.test")
     assert [r.recipients for r in site.wait_replies(1)] == [["grace@remote.test"]]
+
+
+# -- the generated script as Pigeonhole runs it (it can be a sieve_before there too) --------------
+
+
+@pytest.mark.parametrize("until", [date(2000, 1, 1), date(2099, 12, 31), None])
+def test_generated_script_gives_pigeonholes_decision(workdir: Path, until: date | None) -> None:
+    script = render(Vacation("bob@example.com", "Away", 'Back "soon".\nBob', 3, until)).decode()
+    expected = pigeonhole(workdir, script, "plain")
+    assert ours(script, "plain") == expected
+    assert any(item[0] == "vacation" for item in expected) == (until != date(2000, 1, 1))
