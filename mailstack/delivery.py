@@ -515,8 +515,8 @@ class LocalDelivery:
             folder = mb.folder
             if folder is not None and not md.has_folder(folder):
                 folder = None  # +tag: into the folder only when it exists
-            script = sieve_run.active_script(md.root)
-            if script is not None:  # the user's Sieve script decides (implicit keep -> folder)
+            script = sieve_run.scripts_for(md.root)
+            if script is not None:  # Sieve decides (the auto-reply, then the user's script; implicit keep -> folder)
                 return sieve_run.execute(self, md, mb, script, body, folder, sender=sender,
                                          rcpt=rcpt or mb.address)
             try:

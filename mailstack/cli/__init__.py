@@ -20,11 +20,12 @@ from collections.abc import Callable, Sequence
 
 from mailstack import __version__
 from mailstack.cli import alias, backup, cert, dkim, dns, domain, importing, log, queue, serve, sieve, status, user
+from mailstack.cli import vacation
 from mailstack.cli.common import EXIT_FAILED, EXIT_USAGE, CLIError, Context
 from mailstack.config import ConfigError
 from mailstack.storage.safeio import PRIVATE_UMASK
 
-NOUNS = (serve, domain, user, alias, queue, dkim, dns, importing, backup, status, log, cert, sieve)
+NOUNS = (serve, domain, user, alias, queue, dkim, dns, importing, backup, status, log, cert, sieve, vacation)
 
 
 class _Parser(argparse.ArgumentParser):

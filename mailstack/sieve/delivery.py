@@ -1,5 +1,10 @@
 """Carrying out a Sieve result at local delivery (MX, LMTP, local submission: all go through
-``mailstack.delivery.LocalDelivery``, which calls ``execute`` for a mailbox with an active script).
+``mailstack.delivery.LocalDelivery``, which calls ``execute`` for a mailbox with an active script
+or a before-script: the ``mailstack vacation`` auto-reply, ``sieve.vacation``).
+
+The before-scripts run first, then the user's active script, as Pigeonhole's ``sieve_before``
+(``sieve.multiscript`` says how their results combine); a script that does not compile
+counts as a failed one (RFC 5228 §2.10.6: implicit keep).
 
 What happens, as Dovecot's LMTP with Pigeonhole does it:
 - the script is compiled at each delivery; a script that does not compile, or fails while
@@ -33,14 +38,18 @@ import logging
 import os
 import time
 from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mailstack import replies as R
 from mailstack.mail import dkim, headers
 from mailstack.replies import Reply
 from mailstack.sieve.grammar import SieveSyntaxError
-from mailstack.sieve.interp import Action, Context, Envelope, Interpreter, vacation_refusal
+from mailstack.sieve.interp import Action, Context, Envelope, Interpreter, Result, vacation_refusal
+from mailstack.sieve.multiscript import run_sequence
 from mailstack.sieve.store import ScriptError, ScriptStore, check_name
+from mailstack.sieve.vacation import before_scripts
 from mailstack.storage import StorageError
 from mailstack.storage.filename import normalize_flag
 
@@ -63,6 +72,23 @@ def active_script(home: Path) -> bytes | None:
     return ScriptStore(home).active_script()
 
 
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    """What runs for one mailbox: the before-scripts (``sieve.vacation``), then the user's."""
+
+    before: tuple[bytes, ...]
+    personal: bytes | None
+
+
+def scripts_for(home: Path) -> Scripts | None:
+    """The scripts to run for the user whose Maildir++ is ``home``; None when there is none."""
+    before = tuple(before_scripts(home))
+    personal = active_script(home)
+    if not before and personal is None:
+        return None
+    return Scripts(before, personal)
+
+
 def _loader(home: Path, global_dir: Path | None) -> Any:
     """include (RFC 6609): ``:personal`` from the user's scripts, ``:global`` from ``global_dir``."""
     def load(name: str, is_global: bool) -> bytes | None:
@@ -77,9 +103,10 @@ def _loader(home: Path, global_dir: Path | None) -> Any:
     return load
 
 
-def execute(delivery: _Delivery, md: Any, mb: Any, script: bytes, body: bytes, keep_folder: str | None, *,
-            sender: str, rcpt: str) -> Reply:
-    """Run ``script`` on ``body`` (our Return-Path/Delivered-To on top) for mailbox ``mb``.
+def execute(delivery: _Delivery, md: Any, mb: Any, script: bytes | Scripts, body: bytes, keep_folder: str | None,
+            *, sender: str, rcpt: str) -> Reply:
+    """Run ``script`` (one script, or the before-scripts then the user's: ``sieve.multiscript``)
+    on ``body`` (our Return-Path/Delivered-To on top) for mailbox ``mb``.
 
     Never raises: an unexpected failure while carrying out the actions ends in a keep (a
     possible duplicate is better than a lost message)."""
@@ -90,15 +117,22 @@ def execute(delivery: _Delivery, md: Any, mb: Any, script: bytes, body: bytes, k
         return _store(md, body, keep_folder, (), create=False)
 
 
-def _execute(delivery: _Delivery, md: Any, mb: Any, script: bytes, body: bytes, keep_folder: str | None, *,
-             sender: str, rcpt: str) -> Reply:
-    try:
-        interp = Interpreter.compile(script)
-    except SieveSyntaxError as e:
-        log.warning("sieve script of %s does not compile (%s): implicit keep", mb.address, e)
-        return _store(md, body, keep_folder, (), create=False)
+def _execute(delivery: _Delivery, md: Any, mb: Any, script: bytes | Scripts, body: bytes, keep_folder: str | None,
+             *, sender: str, rcpt: str) -> Reply:
     ctx = Context(body, Envelope(sender, rcpt), load_include=_loader(md.root, getattr(delivery, "sieve_global_dir", None)))
-    result = interp.run(ctx)
+    texts = [script] if isinstance(script, bytes) else [*script.before, *(
+        [script.personal] if script.personal is not None else [])]
+
+    def runner(text: bytes) -> Callable[[], Result]:
+        def run() -> Result:
+            try:
+                interp = Interpreter.compile(text)
+            except SieveSyntaxError as e:  # RFC 5228 §2.10.6: as a runtime error, an implicit keep
+                return Result((Action("keep"),), f"does not compile: {e}", implicit_keep=True)
+            return interp.run(ctx)
+        return run
+
+    result = run_sequence([runner(t) for t in texts])
     if result.error:
         log.warning("sieve script of %s failed (%s): implicit keep", mb.address, result.error)
     stored: list[Reply] = []

@@ -87,6 +87,8 @@ class Action:
 class Result:
     actions: tuple[Action, ...]
     error: str | None = None  # the runtime error that forced the implicit keep
+    stopped: bool = False  # the script ran ``stop``
+    implicit_keep: bool = False  # ``actions[0]`` is the implicit keep (RFC 5228 §2.10.2), nothing cancelled it
 
     @property
     def stores(self) -> tuple[Action, ...]:
@@ -170,19 +172,22 @@ class Interpreter:
     def run(self, ctx: Context) -> Result:
         msg = message_from_bytes(ctx.message, policy=policy.compat32)
         st = _State(ctx, msg)
+        stopped = False
         try:
             try:
                 self._block(st, self.script)
-            except (_Stop, _Return):
+            except _Stop:
+                stopped = True
+            except _Return:
                 pass
         except SieveRuntimeError as e:
-            return Result((Action("keep"),), str(e))
+            return Result((Action("keep"),), str(e), implicit_keep=True)
         except Exception as e:  # noqa: BLE001 - RFC 5228 §2.10.6: whatever went wrong, the message is kept
-            return Result((Action("keep"),), f"runtime error: {type(e).__name__}: {e}")
+            return Result((Action("keep"),), f"runtime error: {type(e).__name__}: {e}", implicit_keep=True)
         actions = list(st.actions)
         if not st.keep_cancelled:
             actions.insert(0, Action("keep", flags=tuple(st.flags)))
-        return Result(tuple(_dedupe(actions)))
+        return Result(tuple(_dedupe(actions)), stopped=stopped, implicit_keep=not st.keep_cancelled)
 
     # -- commands ---------------------------------------------------------------------
 
@@ -732,6 +737,11 @@ def _check_redirect(address: str) -> None:
     _name, addr = email.utils.parseaddr(address)
     if not addr or "@" not in addr or addr != address.strip("<> ") or any(c in addr for c in " \r\n,"):
         raise ValueError("not a single mailbox address")
+
+
+def dedupe(actions: Sequence[Action]) -> tuple[Action, ...]:
+    """RFC 5228 §2.10.3 over actions gathered from several scripts (``sieve.multiscript``)."""
+    return tuple(_dedupe(list(actions)))
 
 
 def _dedupe(actions: list[Action]) -> Iterator[Action]:

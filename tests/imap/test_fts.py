@@ -220,3 +220,28 @@ def test_may_contain_rules_out_only_what_cannot_match(tmp_path: Path) -> None:
         assert all(s.may_contain(b, "ne") for b in BODIES)  # no trigram: no filter
     finally:
         s.close()
+
+
+def test_delivery_indexer_keeps_its_index_open_across_batches(tmp_path: Path) -> None:
+    """Opening an index at every delivery cost as much as indexing the message: the indexer
+    keeps it open, and still sees a file that another process removed or replaced."""
+    ix = fts.Indexer()
+    try:
+        for name in ("a", "b", "c"):
+            ix(tmp_path, name, b"Subject: x\n\nthe hedgehog " + name.encode() + b"\n")
+            ix.drain()  # one batch each, as deliveries that come one by one
+        assert ix.indexes_opened == 1
+        assert docs(tmp_path) == ["a", "b", "c"]
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / (FTS_NAME + suffix)).unlink(missing_ok=True)
+        ix(tmp_path, "d", b"Subject: x\n\nthe hedgehog d\n")
+        ix.drain()
+        assert docs(tmp_path) == ["d"] and ix.indexes_opened == 2
+    finally:
+        ix.close()
+
+
+def test_indexed_copy_replaces_nul_in_ascii_text_too() -> None:
+    assert fts._indexed_copy("plain text") == "plain text"
+    assert fts._indexed_copy("a\x00b") == "a\ufffdb"
+    assert fts._indexed_copy("é\ud800") == "é\ufffd"
