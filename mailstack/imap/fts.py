@@ -55,6 +55,8 @@ import zlib
 from collections.abc import Callable, Collection
 from pathlib import Path
 
+from mailstack.storage import fstype
+
 from .message import ParsedMessage
 from .search import body_text_of
 
@@ -132,7 +134,8 @@ def _remove(path: Path) -> None:
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None)
     try:
-        db.execute("PRAGMA journal_mode=WAL")
+        if not fstype.open_sqlite_mode(db, path):  # WAL on a local disk, a rollback journal on NFS/CephFS
+            raise sqlite3.OperationalError(f"{path}: cannot leave WAL mode while another host uses it")
         db.execute("PRAGMA synchronous=OFF")  # a cache: losing the tail costs a re-read, nothing else
         row = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() if _has_meta(db) else None
         if row is None or row[0] != _version():
