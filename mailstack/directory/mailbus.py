@@ -191,10 +191,11 @@ class Bridge:
         return cls(connect_params(engine), Path(root))
 
     def listen(self, pokes: list[Poke]) -> None:
-        """Start the listener task (on the running loop) that calls every poke."""
+        """Start the listener task (on the running loop) that calls every poke; with no
+        poke (no IMAP service in this process) nothing listens: no connection is spent."""
         self.pokes = list(pokes)
         self._listening = asyncio.Event()
-        if self._task is None:
+        if self._task is None and self.pokes:
             self._task = asyncio.get_running_loop().create_task(self._listen(), name="mailbus-listen")
 
     async def wait_listening(self, timeout: float) -> bool:
