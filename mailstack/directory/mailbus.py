@@ -84,6 +84,12 @@ def connect_params(engine: Engine) -> dict[str, Any]:
     _args, params = engine.dialect.create_connect_args(engine.url)
     out = {k: v for k, v in params.items() if k != "context"}
     out.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    # the listener's connection is idle for hours: TCP keepalives find a peer (or a NAT
+    # entry) that vanished without a word, so the listener reconnects instead of hearing
+    # nothing for ever (libpq ignores them on a unix socket)
+    for key, value in (("keepalives", 1), ("keepalives_idle", 60), ("keepalives_interval", 10),
+                       ("keepalives_count", 3)):
+        out.setdefault(key, value)
     out["application_name"] = APPLICATION_NAME
     return out
 

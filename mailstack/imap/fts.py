@@ -2,7 +2,8 @@
 
 An SQLite file ``mailstack-fts.sqlite`` in each folder directory (next to the folder
 index ``mailstack-index.sqlite``; Dovecot ignores both), shared by every session and
-process in WAL mode. Per message base name (a Maildir file's content never changes, so
+process in WAL mode (on a file system several hosts share, NFS or CephFS, a rollback
+journal and no mmap instead: ``storage.fstype``). Per message base name (a Maildir file's content never changes, so
 an entry is valid for ever) it keeps:
 
 - ``doc``: the exact text that a scan compares a needle with (``fold_body``: the decoded
