@@ -1,7 +1,8 @@
 """Per-folder SQLite files on a file system several hosts share (storage.fstype).
 
-On NFS or CephFS the IMAP index (``mailstack-index.sqlite``) and the full-text index
-(``mailstack-fts.sqlite``) must not run in WAL mode: its ``-shm`` memory map cannot be
+On NFS or CephFS the IMAP index (``mailstack-index.sqlite``), the full-text index
+(``mailstack-fts.sqlite``) and the import state (``mailstack-import.sqlite``) must not run
+in WAL mode: its ``-shm`` memory map cannot be
 shared between hosts. Here the mount table is made to say that the test folder is an
 ``nfs4`` mount; the files must then use a rollback journal and no mmap, and several
 processes must still never hand out one MODSEQ twice. On a local disk nothing changes.
@@ -19,6 +20,7 @@ import pytest
 
 from mailstack.imap import fts
 from mailstack.imap.index import INDEX_NAME, FolderIndex
+from mailstack.migrate.state import STATE_FILE, ImportState
 from mailstack.storage import FolderState, MessageInfo, fstype
 
 WHEN = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -97,6 +99,12 @@ def test_full_text_index_uses_a_rollback_journal_on_nfs(on_nfs: Path) -> None:
     fts._add_documents(on_nfs / fts.FTS_NAME, [("1.base", "hello world")])
     assert journal_mode(on_nfs / fts.FTS_NAME) == "delete"
     assert not list(on_nfs.glob("*-wal")) and not list(on_nfs.glob("*-shm"))
+
+
+def test_import_state_uses_a_rollback_journal_on_nfs(on_nfs: Path) -> None:
+    with ImportState(on_nfs) as state:
+        assert state.copied_uids("a@h:143", b"INBOX", 1) == set()
+    assert journal_mode(on_nfs / STATE_FILE) == "delete"
 
 
 def _store_flags(folder: str, uid: int, rounds: int, out: mp.Queue[list[int]]) -> None:
