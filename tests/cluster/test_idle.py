@@ -3,7 +3,9 @@
 Host B's poller is slowed to an hour (``[imap] poll_interval = 3600``), as if its mail
 root were an NFS mount where it cannot see other hosts' writes: a session idling on B
 must still get ``* N EXISTS`` within 2 s of a message delivered on host A's MX, and of
-one APPENDed on host A.
+one APPENDed on host A. Both hosts run on one machine, where inotify could also tell B
+(it cannot on NFS): so the test also listens on the channel itself and checks that host
+A announced the folder (``tests/cluster/test_mailbus.py`` checks the listener's side).
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy import create_engine
 
+from mailstack.directory import mailbus
 from tests.cluster.conftest import PASSWORD, Cluster, Host, make_cluster
 from tests.cluster.load import ALICE, message
 from tests.cluster.sink import Sink
@@ -77,14 +83,24 @@ def wait_listening(host: Host, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+def heard(conn: psycopg.Connection[Any], timeout: float) -> list[str]:
+    return [n.payload for n in conn.notifies(timeout=timeout, stop_after=1)]
+
+
 def test_idle_on_b_hears_of_mail_stored_on_a(slow_polling_cluster: Cluster) -> None:
     a, b = slow_polling_cluster.hosts
     wait_listening(b)
+    # what goes over the wire: on one machine inotify could also wake B, on NFS only this can
+    engine = create_engine(slow_polling_cluster.db_url)
+    spy = psycopg.connect(**mailbus.connect_params(engine), autocommit=True)
+    engine.dispose()
+    spy.execute(f"LISTEN {mailbus.CHANNEL}")
     idler = Idler(b)
     try:
         with smtplib.SMTP(a.ip, a.ports["smtp"], timeout=10) as s:
             s.sendmail("sender@outside.test", [ALICE], message("<idle-1@cluster.test>", "sender@outside.test", ALICE))
         idler.read_until(b"* 1 EXISTS", timeout=WITHIN)
+        assert heard(spy, WITHIN) == ["example.test/alice"]
 
         m = imaplib.IMAP4(a.ip, a.ports["imap"], timeout=10)
         try:
@@ -94,6 +110,8 @@ def test_idle_on_b_hears_of_mail_stored_on_a(slow_polling_cluster: Cluster) -> N
         finally:
             m.sock.close()
         idler.read_until(b"* 2 EXISTS", timeout=WITHIN)
+        assert heard(spy, WITHIN) == ["example.test/alice"]
         idler.command(b"DONE\r\n", b"c OK")
     finally:
         idler.close()
+        spy.close()
