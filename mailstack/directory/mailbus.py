@@ -5,7 +5,8 @@ other's changes through inotify, and polling every folder an IDLE session watche
 ``stat`` round trip to the file server per folder per tick. When the directory is
 PostgreSQL, every host already talks to one server that can fan a message out: after a
 message is durably stored (``storage.hooks``), the storing host sends
-``NOTIFY mailstack_mail, '<folder directory relative to the mail root>'``; every host
+``NOTIFY mailstack_mail, '<folder directory relative to the mail root>'`` (and so after
+a flag change, an expunge or a copy into a folder: ``hooks.add_change``); every host
 ``LISTEN``s on that channel and pokes its IDLE notifier (``imap.notify.Notifier.poke``)
 for ``<maildir_root>/<path>``, so an idler on host B hears of mail delivered on host A
 within milliseconds (the issue asks for 2 s). Polling stays as the fallback.
@@ -108,6 +109,9 @@ class _Publisher:
         self._thread.start()
 
     def __call__(self, folder_dir: Path, base: str, data: bytes) -> None:
+        self.changed(folder_dir)
+
+    def changed(self, folder_dir: Path) -> None:
         payload = folder_payload(self.root, folder_dir)
         if payload is None:
             return
@@ -187,6 +191,7 @@ class Bridge:
         self.pokes: list[Poke] = []
         self._publisher = _Publisher(params, root)
         hooks.add(self._publisher)
+        hooks.add_change(self._publisher.changed)
         self._task: asyncio.Task[None] | None = None
         self._listening: asyncio.Event | None = None
 
@@ -251,6 +256,7 @@ class Bridge:
 
     async def close(self) -> None:
         hooks.remove(self._publisher)
+        hooks.remove_change(self._publisher.changed)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

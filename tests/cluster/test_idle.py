@@ -3,7 +3,7 @@
 Host B's poller is slowed to an hour (``[imap] poll_interval = 3600``), as if its mail
 root were an NFS mount where it cannot see other hosts' writes: a session idling on B
 must still get ``* N EXISTS`` within 2 s of a message delivered on host A's MX, and of
-one APPENDed on host A. Both hosts run on one machine, where inotify could also tell B
+one APPENDed on host A, and of flags set and a message expunged there. Both hosts run on one machine, where inotify could also tell B
 (it cannot on NFS): so the test also listens on the channel itself and checks that host
 A announced the folder (``tests/cluster/test_mailbus.py`` checks the listener's side).
 """
@@ -111,6 +111,19 @@ def test_idle_on_b_hears_of_mail_stored_on_a(slow_polling_cluster: Cluster) -> N
             m.sock.close()
         idler.read_until(b"* 2 EXISTS", timeout=WITHIN)
         assert heard(spy, WITHIN) == ["example.test/alice"]
+
+        # flags set and a message expunged on host A: B's idler hears of both as well
+        m = imaplib.IMAP4(a.ip, a.ports["imap"], timeout=10)
+        try:
+            m.login(ALICE, PASSWORD)
+            m.select("INBOX")
+            assert m.store("1", "+FLAGS", "(\\Flagged)")[0] == "OK"
+            idler.read_until(b"\\Flagged", timeout=WITHIN)
+            assert m.store("2", "+FLAGS", "(\\Deleted)")[0] == "OK" and m.expunge()[0] == "OK"
+            idler.read_until(b"* 2 EXPUNGE", timeout=WITHIN)
+            m.logout()
+        finally:
+            m.sock.close()
         idler.command(b"DONE\r\n", b"c OK")
     finally:
         idler.close()

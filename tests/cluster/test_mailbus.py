@@ -105,3 +105,30 @@ def test_no_bridge_without_postgresql(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path}/d.db")
     assert mailbus.Bridge.for_directory(engine, tmp_path) is None
     engine.dispose()
+
+
+def test_folder_changes_reach_the_change_hooks_and_a_failing_hook_fails_nothing(tmp_path: Path) -> None:
+    from mailstack.storage import Maildir
+
+    md = Maildir.for_user(tmp_path, "example.test", "alice")
+    md.ensure()
+    inbox = md.folder("INBOX")
+    sent = md.create_folder("Sent")
+    seen: list[Path] = []
+
+    def broken(path: Path) -> None:
+        raise RuntimeError("a hook that fails")
+
+    hooks.add_change(broken)
+    hooks.add_change(seen.append)
+    try:
+        uid = inbox.append(b"Subject: x\r\n\r\nbody\r\n")
+        inbox.update_flags(uid, add=["\\Flagged"])
+        assert seen == [inbox.path]
+        inbox.copy_to([uid], sent)
+        assert seen[-1] == sent.path
+        assert inbox.expunge([uid]) == [uid]
+        assert seen[-1] == inbox.path and len(seen) == 3
+    finally:
+        hooks.remove_change(broken)
+        hooks.remove_change(seen.append)
