@@ -16,7 +16,7 @@ import re
 import smtplib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +64,6 @@ class Ledger:
                 self.conflicts.append(f"{user} UIDVALIDITY {validity} UID {uid}: {old} and then {mid}")
 
 
-Worker = Callable[[Host, int, Ledger, threading.Event], None]
 
 
 def _alive(host: Host) -> bool:
