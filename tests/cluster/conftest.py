@@ -5,14 +5,18 @@ host B on 127.0.0.2 (free ports), each with its own ``hostname``, config folder,
 certificate and state; both use one PostgreSQL database (``postgres_url``), one
 ``maildir_root`` and one ``[queue] dir`` (in production an NFS or CephFS mount; here one
 local folder, so a lock taken by one host is seen by the other exactly as on a shared
-file system). Remote mail goes to a sink on 127.0.0.23 (``remote.test``, loopback DNS).
+file system). As root each runs with its own system host name (``own_host_name``), so a
+dotlock the killed host leaves is one of *another* host for the survivor: broken only
+after the 120 s stale timeout, which the clients' timeouts allow for. Remote mail goes to a sink on 127.0.0.23 (``remote.test``, loopback DNS).
 
 ``cluster`` gives both hosts started; ``Host.kill()`` is ``kill -9``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +42,23 @@ SERVICES = ("smtp", "submission", "lmtp", "imap")  # plus "queue", which has no 
 START_TIMEOUT = 60.0
 
 
+@functools.cache
+def _can_unshare_uts() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode == 0
+
+
+def own_host_name(name: str) -> list[str]:
+    """A command prefix that runs the rest with its own system host name (a UTS namespace,
+    as root): message file names and dotlocks then name two different hosts, and neither
+    breaks the other's lock by a pid check. Without the right to do so: no prefix (one
+    host name; the pid checks are then right anyway, both processes share one kernel)."""
+    if not _can_unshare_uts():
+        return []
+    return ["unshare", "--uts", "sh", "-c", f'hostname {name} && exec "$0" "$@"']
+
+
 @dataclass
 class Host:
     name: str
@@ -59,7 +80,8 @@ class Host:
         env.pop("JOURNAL_STREAM", None)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mailstack", "--config", str(self.conf), "serve", *SERVICES, "queue"],
+                [*own_host_name(f"host-{self.name}"), sys.executable, "-m", "mailstack", "--config", str(self.conf),
+                 "serve", *SERVICES, "queue"],
                 env=env, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + START_TIMEOUT
         for port in self.ports.values():

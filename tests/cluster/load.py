@@ -23,6 +23,9 @@ from pathlib import Path
 from tests.cluster.conftest import PASSWORD, Host
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
+# A dotlock the killed host held stops the survivor's work on that folder until it is
+# stale (120 s, storage/lock.py): IMAP and POP3 wait; delivery never takes that lock.
+TIMEOUT = 180
 _UID = re.compile(rb"UID (\d+)")
 _MID = re.compile(rb"Message-ID:\s*(<[^>]+>)", re.I)
 
@@ -75,7 +78,7 @@ def mx_worker(host: Host, n: int, ledger: Ledger, stop: threading.Event) -> None
     i = 0
     while not stop.is_set() and _alive(host):
         try:
-            with smtplib.SMTP(host.ip, host.ports["smtp"], timeout=30) as s:
+            with smtplib.SMTP(host.ip, host.ports["smtp"], timeout=TIMEOUT) as s:
                 while not stop.is_set():
                     i += 1
                     mid = f"<mx-{host.name}-{n}-{i}@cluster.test>"
@@ -91,7 +94,7 @@ def lmtp_worker(host: Host, n: int, ledger: Ledger, stop: threading.Event) -> No
     i = 0
     while not stop.is_set() and _alive(host):
         try:
-            with smtplib.LMTP(host.ip, host.ports["lmtp"], timeout=30) as s:
+            with smtplib.LMTP(host.ip, host.ports["lmtp"], timeout=TIMEOUT) as s:
                 while not stop.is_set():
                     i += 1
                     mid = f"<lmtp-{host.name}-{n}-{i}@cluster.test>"
@@ -106,7 +109,7 @@ def submission_worker(host: Host, n: int, ledger: Ledger, stop: threading.Event)
     i = 0
     while not stop.is_set() and _alive(host):
         try:
-            with smtplib.SMTP(host.ip, host.ports["submission"], timeout=30) as s:
+            with smtplib.SMTP(host.ip, host.ports["submission"], timeout=TIMEOUT) as s:
                 s.login(ALICE, PASSWORD)
                 while not stop.is_set():
                     i += 1
@@ -147,7 +150,7 @@ def imap_worker(host: Host, n: int, ledger: Ledger, stop: threading.Event) -> No
 def imap_session(host: Host, user: str) -> Iterator[imaplib.IMAP4]:
     """A logged-in imaplib client whose socket is closed however it ends (imaplib's own
     ``__exit__`` leaves it open when the server died under it)."""
-    m = imaplib.IMAP4(host.ip, host.ports["imap"], timeout=30)
+    m = imaplib.IMAP4(host.ip, host.ports["imap"], timeout=TIMEOUT)
     try:
         m.login(user, PASSWORD)
         yield m

@@ -3,7 +3,9 @@
 Both hosts take mail on their MX, submission and LMTP listeners and serve IMAP (APPEND
 and FETCH) for the same two users while each host's queue runner sends to a remote sink.
 Half-way, host A is killed with SIGKILL (no shutdown: its dotlocks and queue claims stay
-where they were). Then:
+where they were; a dotlock of host A is stale for host B only after 120 s when the two
+have their own host names, see conftest: a run whose kill leaves one takes about two
+minutes more, the survivor's IMAP waiting on that folder as Dovecot's would). Then:
 
 - every message a host acknowledged (250 after DATA, LMTP 250, APPEND OK) is in its
   recipient's Maildir exactly once, and no message is in one Maildir twice;
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from tests.cluster.conftest import Cluster, Host
 from tests.cluster.sink import Copy
-from tests.cluster.load import (ALICE, BOB, Ledger, imap_session, imap_worker, lmtp_worker, message_id_of, mx_worker, read_uids,
+from tests.cluster.load import (ALICE, BOB, TIMEOUT, Ledger, imap_session, imap_worker, lmtp_worker, message_id_of, mx_worker, read_uids,
                                 submission_worker)
 
 LOAD_BEFORE_KILL = 4.0  # seconds of load on both hosts
@@ -86,7 +88,7 @@ def run_load(cluster: Cluster, ledger: Ledger, victim: Host) -> tuple[float, dic
     time.sleep(LOAD_AFTER_KILL)
     stop.set()
     for t in threads:
-        t.join(60)
+        t.join(TIMEOUT + 30)
         assert not t.is_alive(), f"{t.name} hung"
     return killed_at, held
 
