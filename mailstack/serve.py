@@ -48,6 +48,7 @@ from mailstack import net
 from mailstack.auth import Authenticator
 from mailstack.config import Config, ConfigError, load_config
 from mailstack.directory import Directory, DirectoryError
+from mailstack.directory.mailbus import Bridge
 from mailstack.service import RunningService, ServiceContext, ServiceError, StartFunction, limits_for
 from mailstack.imap import fts
 from mailstack.storage import hooks as storage_hooks
@@ -313,6 +314,7 @@ async def _serve(
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
     auth = Authenticator.from_config(config, directory)
+    bridge = Bridge.for_directory(directory.engine, config.storage.maildir_root)  # new mail between hosts (PostgreSQL)
     running: list[RunningService] = []
     failure: str | None = None
     for name, start in chosen:
@@ -331,6 +333,8 @@ async def _serve(
         if failure:
             break
 
+    if bridge is not None:  # every IDLE notifier of this process hears other hosts' deliveries
+        bridge.listen([n.poke for n in (getattr(s, "notifier", None) for s in running) if n is not None])
     if failure is None and not stop.is_set():
         names = ", ".join(s.name for s in running) or "no services"
         sd_notify(f"READY=1\nSTATUS=serving {names}")
@@ -341,6 +345,8 @@ async def _serve(
     for t in list(reloads):
         t.cancel()
     await _stop_all(running, grace, hurry)
+    if bridge is not None:
+        await bridge.close()
     await asyncio.to_thread(auth.close)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)

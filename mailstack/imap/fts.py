@@ -2,7 +2,8 @@
 
 An SQLite file ``mailstack-fts.sqlite`` in each folder directory (next to the folder
 index ``mailstack-index.sqlite``; Dovecot ignores both), shared by every session and
-process in WAL mode. Per message base name (a Maildir file's content never changes, so
+process in WAL mode (on a file system several hosts share, NFS or CephFS, a rollback
+journal and no mmap instead: ``storage.fstype``). Per message base name (a Maildir file's content never changes, so
 an entry is valid for ever) it keeps:
 
 - ``doc``: the exact text that a scan compares a needle with (``fold_body``: the decoded
@@ -55,6 +56,8 @@ import unicodedata
 import zlib
 from collections.abc import Callable, Collection
 from pathlib import Path
+
+from mailstack.storage import fstype
 
 from .message import ParsedMessage
 from .search import body_text_of
@@ -139,7 +142,8 @@ def _remove(path: Path) -> None:
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None)
     try:
-        db.execute("PRAGMA journal_mode=WAL")
+        if not fstype.open_sqlite_mode(db, path):  # WAL on a local disk, a rollback journal on NFS/CephFS
+            raise sqlite3.OperationalError(f"{path}: cannot leave WAL mode while another host uses it")
         db.execute("PRAGMA synchronous=OFF")  # a cache: losing the tail costs a re-read, nothing else
         row = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() if _has_meta(db) else None
         if row is None or row[0] != _version():

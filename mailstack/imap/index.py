@@ -15,6 +15,14 @@ Invariants:
   text is not cached (SEARCH BODY/TEXT reads the file).
 - Thread-safe: one connection per folder per process, used under a lock, in WAL mode
   with a busy timeout so several processes can write.
+- Several hosts: on a network or cluster file system (NFS, CephFS, ...: ``storage.fstype``)
+  the file uses a rollback journal and no mmap instead of WAL, whose shared-memory
+  ``-shm`` cannot be shared between hosts; its state is then serialized by fcntl locks
+  that the file server arbitrates. A file another host still holds in WAL mode is not
+  used until it can be switched (the callers' fallbacks: parse the message, state in
+  memory). Alternative considered, for a later step: the non-cache state (modseq,
+  meta, vanished, savedate) in PostgreSQL tables when the directory is PostgreSQL and the
+  cache host-local (docs/on-disk.md, "Several hosts").
 
 The same file also keeps the folder's IMAP state that is *not* a cache (``reconcile``,
 ``record``, ``claim_recent``): per-message MODSEQ, the HIGHESTMODSEQ (RFC 7162 §3.1), the last
@@ -68,7 +76,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailstack.storage import FolderState, MessageInfo
+from mailstack.storage import FolderState, MessageInfo, fstype
 from mailstack.storage.safeio import write_durable
 
 from . import uidranges
@@ -142,7 +150,9 @@ class FolderIndex:
         for attempt in range(2):
             try:
                 db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
+                if not fstype.open_sqlite_mode(db, self.path):
+                    db.close()
+                    return None  # not usable in a safe mode now (another host holds it in WAL): try again later
                 db.execute("PRAGMA synchronous=OFF")  # a cache: losing the tail is harmless
                 for stmt in _SCHEMA:
                     db.execute(stmt)

@@ -9,7 +9,8 @@ UID + UIDVALIDITY name one message for good).
 
 The row is written right after the message is in the Maildir; a crash between the two
 leaves a message without its row, which the copier finds by fingerprint next time
-(`fingerprint_counts`), so nothing is copied twice. WAL, one commit per message.
+(`fingerprint_counts`), so nothing is copied twice. WAL, one commit per message (a rollback
+journal on a file system several hosts share: `storage.fstype`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from mailstack.storage import fstype
+from mailstack.storage.errors import StorageError
 
 __all__ = ["Fingerprint", "ImportState", "STATE_FILE"]
 
@@ -58,7 +62,9 @@ class ImportState:
             os.close(fd)
         self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None,
                                    check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        if not fstype.open_sqlite_mode(self._db, path):  # WAL on a local disk; no WAL where hosts share the file
+            self._db.close()
+            raise StorageError(f"{path} is in use in WAL mode (by an import on another host?); try again later")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
 

@@ -592,6 +592,7 @@ class Folder:
                     os.stat(self.cur / new_name)
                 else:
                     os.rename(self.cur / info.filename, self.cur / new_name)
+                    hooks.changed(self.path)
             except FileNotFoundError:
                 info = self._lookup(uid, fresh=True)  # renamed by someone else: apply the change again
                 continue
@@ -632,6 +633,7 @@ class Folder:
                 self._sync_locked()
         if removed:
             quota.update(self.maildir.root, -sum(m.size for m in removed), -len(removed))
+            hooks.changed(self.path)
         return sorted(m.uid for m in removed)
 
     # ------------------------------------------------------------------ adding
@@ -772,6 +774,7 @@ class Folder:
                     pass
             raise
         quota.update(other.maildir.root, sum(i.size for i, _ in placed), len(placed))
+        hooks.changed(other.path)
         return [(info.uid, new_uids[base]) for info, base in placed]
 
     def move_to(self, uids: Iterable[int], other: Folder) -> list[tuple[int, int]]:
