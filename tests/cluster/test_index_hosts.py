@@ -96,7 +96,12 @@ def test_index_stays_in_wal_mode_on_a_local_disk(tmp_path: Path) -> None:
 
 
 def test_full_text_index_uses_a_rollback_journal_on_nfs(on_nfs: Path) -> None:
-    fts._add_documents(on_nfs / fts.FTS_NAME, [("1.base", "hello world")])
+    path = on_nfs / fts.FTS_NAME
+    db = fts._connect(path)
+    try:
+        assert fts._add_documents(path, [("1.base", "hello world")], db)
+    finally:
+        db.close()
     assert journal_mode(on_nfs / fts.FTS_NAME) == "delete"
     assert not list(on_nfs.glob("*-wal")) and not list(on_nfs.glob("*-shm"))
 
