@@ -5,7 +5,9 @@ Invariants:
 - Every store error becomes its RFC 5804 response code (§1.3): a missing script
   NONEXISTENT, deleting the active one ACTIVE, renaming onto an existing one
   ALREADYEXISTS, a quota QUOTA/MAXSIZE, QUOTA/MAXSCRIPTS or QUOTA; a failing disk TRYLATER.
-- Nothing here parses protocol; the core has already checked names and compiled scripts.
+- Scripts are compiled here, off the event loop (PUTSCRIPT, CHECKSCRIPT, SETACTIVE): a
+  script that does not compile gets ``NO "line N: error: ..."`` (Pigeonhole's wording)
+  and nothing is written. Nothing here parses protocol; the core has checked names and sizes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from mailstack.sieve.store import (
 )
 
 from . import responses as R
-from .core import CheckSpace, DeleteScript, GetScript, ListScripts, PutScript, RenameScript, ScriptRequest, SetActive
+from .core import CheckScript, CheckSpace, DeleteScript, GetScript, ListScripts, PutScript, RenameScript, ScriptRequest, SetActive
 from .responses import Response
 
 __all__ = ["execute"]
@@ -64,8 +66,11 @@ def _run(store: ScriptStore, request: ScriptRequest) -> Response:
         data = store.get(request.name)
         return R.ok("Getscript completed.", lines=(b"{%d}\r\n" % len(data) + data,))
     if isinstance(request, PutScript):
-        store.put(request.name, request.text)  # RFC 5804 §2.6; compiles and checks the quota again
+        store.put(request.name, request.text)  # RFC 5804 §2.6; compiles, checks the quota, then writes
         return R.ok("Putscript completed.")
+    if isinstance(request, CheckScript):
+        compile_script(request.text)  # RFC 5804 §2.12
+        return R.ok("Script is valid.")
     if isinstance(request, CheckSpace):
         store.check_space(request.name, request.size)  # RFC 5804 §2.5
         return R.ok("Putscript would succeed.")

@@ -5,7 +5,7 @@ One ``net.StreamConnection`` per client feeds bytes to a ``ManageSieveCore`` and
 out its effects: logins through ``mailstack.auth.Authenticator`` (the one login path and
 failed-login throttle of IMAP and POP3), STARTTLS (``loop.start_tls`` with the SNI-aware
 contexts of every listener), and script requests on the user's ``ScriptStore`` (in a
-thread: they fsync).
+thread pool of its own, ``SCRIPT_WORKERS``: they compile scripts and fsync).
 
 Invariants:
 - Plaintext AUTHENTICATE PLAIN only under TLS, or from loopback when ``[auth]
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ from .core import (
     NEED_DATA,
     PAUSED,
     Authenticate,
+    CheckScript,
     CheckSpace,
     Close,
     DeleteScript,
@@ -64,7 +66,11 @@ __all__ = ["ManageSieveService", "start", "IDLE_TIMEOUT"]
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 1800.0  # as IMAP's autologout (RFC 3501 §5.4); RFC 5804 names none
-_REQUESTS = (ListScripts, GetScript, PutScript, CheckSpace, SetActive, DeleteScript, RenameScript)
+_REQUESTS = (ListScripts, GetScript, PutScript, CheckScript, CheckSpace, SetActive, DeleteScript, RenameScript)
+# Script requests run in threads of their own, never in the loop's default executor that
+# IMAP, LMTP and delivery share: compiling a 1 MiB script takes seconds, and a few clients
+# uploading at once must not queue anyone's mail behind them.
+SCRIPT_WORKERS = 2
 _CHANGES = (PutScript, SetActive, DeleteScript, RenameScript)
 
 
@@ -100,6 +106,7 @@ class ManageSieveService:
         self.servers: list[asyncio.Server] = []
         self.connections: set[_Connection] = set()
         self.inflight = net.InFlight()
+        self.executor = ThreadPoolExecutor(max_workers=SCRIPT_WORKERS, thread_name_prefix="managesieve")
 
     def factory(self, implicit_tls: bool) -> net.ProtocolFactory:
         return lambda: _Connection(self, implicit_tls)
@@ -107,6 +114,7 @@ class ManageSieveService:
     async def stop(self, grace: float) -> None:
         await net.stop_sessions("managesieve", self.servers, self.inflight, self.connections,
                                 R.bye("Server shutting down.", "TRYLATER").to_bytes(), grace)
+        self.executor.shutdown(wait=False, cancel_futures=True)
         if self.owns_auth:
             await asyncio.to_thread(self.auth.close)
 
@@ -170,7 +178,7 @@ class ManageSieveService:
             elif isinstance(ev, _REQUESTS):
                 assert store is not None, "a script request before login"
                 async with self.inflight.hold():
-                    response = await asyncio.to_thread(execute, store, ev)
+                    response = await asyncio.get_running_loop().run_in_executor(self.executor, execute, store, ev)
                 if isinstance(ev, _CHANGES):
                     log.info("managesieve: %s user=%s client=%s ok=%s", type(ev).__name__.lower(),
                              quote(core.username or ""), ip or "unix", response.ok)

@@ -207,3 +207,23 @@ def test_a_flooding_client_does_not_stall_others(sieve: SieveServer) -> None:
     assert other.login() == b'OK "Logged in."\r\n'
     assert time.monotonic() - started < 10
     flood.close()
+
+
+def test_compiling_a_big_script_does_not_stall_other_clients(sieve: SieveServer) -> None:
+    # ~1 MiB of rules takes seconds of CPU to compile; it runs off the event loop
+    rules = b'require ["fileinto", "regex"];\n'
+    rule = b'if header :regex "subject" "^a(b|c)+d$" { fileinto "X"; }\n'
+    script = rules + rule * ((MAX_SCRIPT_BYTES - len(rules)) // len(rule))
+    busy = sieve.raw()
+    busy.greeting()
+    busy.login()
+    busy.send(put(b"big", script) + b"\r\n")
+    time.sleep(0.5)  # the upload is in; the compile has begun
+    started = time.monotonic()
+    other = sieve.raw()
+    other.greeting()
+    assert other.cmd(b"NOOP") == b'OK "Done"\r\n'
+    waited = time.monotonic() - started
+    assert busy.response() == b'OK "Putscript completed."\r\n'
+    compiled = time.monotonic() - started
+    assert waited < max(1.5, compiled / 3), (waited, compiled)  # on the loop it was all of it
