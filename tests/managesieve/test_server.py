@@ -227,3 +227,14 @@ def test_compiling_a_big_script_does_not_stall_other_clients(sieve: SieveServer)
     assert busy.response() == b'OK "Putscript completed."\r\n'
     compiled = time.monotonic() - started
     assert waited < max(1.5, compiled / 3), (waited, compiled)  # on the loop it was all of it
+
+
+def test_status_probes_it(sieve: SieveServer) -> None:
+    import asyncio
+
+    from mailstack.ops.status import enabled, probe
+
+    assert "managesieve" in enabled(sieve.config)
+    (address, tls), = sieve.config.listeners("managesieve")
+    check = asyncio.run(probe("managesieve", address, tls, hostname="mx.example.test"))
+    assert check.up and check.detail == '"IMPLEMENTATION" "mailstack"'
