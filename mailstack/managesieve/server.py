@@ -13,7 +13,8 @@ Invariants:
   account gets the normal ``NO``; a busy hash pool or a directory that is down ``NO (TRYLATER)``.
 - Input is bounded by the core's reader (lines, literals) and by
   ``net.StreamConnection.MAX_INBOX`` (reading pauses); a client silent for
-  ``IDLE_TIMEOUT`` seconds gets ``BYE`` and is disconnected.
+  ``IDLE_TIMEOUT`` seconds (``LOGIN_TIMEOUT`` before it has logged in) gets ``BYE`` and is
+  disconnected.
 - The service's connection caps (``ServiceContext.limits``) apply per client address.
 - No traceback reaches a client: unexpected errors are logged and the client gets
   ``BYE (TRYLATER)`` before the connection closes.
@@ -61,11 +62,12 @@ from .scripts import execute
 if TYPE_CHECKING:
     from mailstack.directory import Directory
 
-__all__ = ["ManageSieveService", "start", "IDLE_TIMEOUT"]
+__all__ = ["IDLE_TIMEOUT", "LOGIN_TIMEOUT", "ManageSieveService", "start"]
 
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 1800.0  # as IMAP's autologout (RFC 3501 §5.4); RFC 5804 names none
+LOGIN_TIMEOUT = 60.0  # before AUTHENTICATE succeeds, as IMAP's [imap] login_timeout default
 _REQUESTS = (ListScripts, GetScript, PutScript, CheckScript, CheckSpace, SetActive, DeleteScript, RenameScript)
 # Script requests run in threads of their own, never in the loop's default executor that
 # IMAP, LMTP and delivery share: compiling a 1 MiB script takes seconds, and a few clients
@@ -159,7 +161,8 @@ class ManageSieveService:
             if ev is NEED_DATA:
                 await conn.drain()
                 try:
-                    async with asyncio.timeout(self.idle_timeout):
+                    wait = self.idle_timeout if core.username else LOGIN_TIMEOUT
+                    async with asyncio.timeout(wait):
                         data = await conn.read()
                 except TimeoutError:
                     conn.write(R.bye("Disconnected for inactivity.").to_bytes())

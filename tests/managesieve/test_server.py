@@ -7,6 +7,8 @@ import os
 import socket
 import time
 
+import pytest
+
 from mailstack.sieve.grammar import MAX_SCRIPT_BYTES
 from mailstack.sieve.store import MAX_SCRIPTS, MAX_STORAGE_BYTES
 from tests.managesieve.conftest import USERS, SieveServer
@@ -238,3 +240,13 @@ def test_status_probes_it(sieve: SieveServer) -> None:
     (address, tls), = sieve.config.listeners("managesieve")
     check = asyncio.run(probe("managesieve", address, tls, hostname="mx.example.test"))
     assert check.up and check.detail == '"IMPLEMENTATION" "mailstack"'
+
+
+def test_a_client_that_never_logs_in_is_disconnected(sieve: SieveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailstack.managesieve import server
+
+    monkeypatch.setattr(server, "LOGIN_TIMEOUT", 0.5)
+    r = sieve.raw()
+    r.greeting()
+    assert r.response() == b'BYE "Disconnected for inactivity."\r\n'
+    assert r.closed()
