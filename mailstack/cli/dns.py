@@ -82,7 +82,8 @@ def _port(config: Any, service: str, tls: bool, standard: int) -> int | None:
     if not addrs:
         return None
     public = [a for a in addrs if not a.is_loopback]
-    return (public or addrs)[0].port
+    port: int = (public or addrs)[0].port
+    return port
 
 
 def domain_records(config: Any, domain: str) -> list[Record]:
