@@ -29,7 +29,6 @@ __all__ = [
     "QUOTA_MAXSIZE",
     "QUOTA_MAXSCRIPTS",
     "QUOTA",
-    "LITERAL_TOO_BIG",
     "INTERNAL",
 ]
 
@@ -93,5 +92,4 @@ ALREADYEXISTS = no("A script with that name already exists.", "ALREADYEXISTS")  
 QUOTA_MAXSIZE = no("Script is too large.", "QUOTA/MAXSIZE")  # RFC 5804 §1.3
 QUOTA_MAXSCRIPTS = no("Too many scripts.", "QUOTA/MAXSCRIPTS")
 QUOTA = no("Not enough room for the script.", "QUOTA")
-LITERAL_TOO_BIG = no("Literal is too large.", "QUOTA/MAXSIZE")
 INTERNAL = no("Internal server error, try again later.", "TRYLATER")
