@@ -341,7 +341,7 @@ class ManageSieveCore:
             return
         if item.reason == "literal":
             # RFC 5804 §2.6: a script over the size limit is QUOTA/MAXSIZE; the literal was skipped
-            self._bad_command(R.no(f"Literal is larger than {self.max_script} octets.", "QUOTA/MAXSIZE"))
+            self._bad_command(R.no(f"Command refused: {item.detail}.", "QUOTA/MAXSIZE"))
         else:
             self._bad_command(R.no(f"Syntax error: {item.detail}." if item.detail else "Syntax error."))
 

@@ -98,11 +98,13 @@ class CommandReader:
         self._literal_left = 0  # octets of the current literal still to come
         self._skipping = False  # counting off a literal too large (or one past MAX_LITERALS)
         self._too_big = False
+        self._why = ""
         self._fatal = False
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) + sum(map(len, self._literals))
+        """Octets held: unread input plus the command assembled so far."""
+        return len(self._buf) + sum(map(len, self._literals)) + sum(map(len, self._segments))
 
     def feed(self, data: bytes) -> None:
         if not self._fatal:
@@ -123,8 +125,7 @@ class CommandReader:
                     self._literal_left -= n
                     if self._literal_left:
                         return NEED_DATA
-                    self._literals.append(b"")
-                    continue
+                    continue  # a refused command keeps nothing of its literals
                 if len(self._buf) < self._literal_left:
                     return NEED_DATA
                 self._literals.append(bytes(self._buf[: self._literal_left]))
@@ -148,16 +149,21 @@ class CommandReader:
                 return Fatal("line too long")
             m = _LITERAL_AT_END.search(line)
             if m is not None:
-                self._segments.append(line[: m.start()])
                 size = int(m.group(1))
-                if size > self.max_literal or len(self._segments) > MAX_LITERALS:
-                    self._skipping = True
-                    self._too_big = True
+                if not self._too_big:
+                    self._segments.append(line[: m.start()])
+                    if len(self._segments) > MAX_LITERALS:
+                        self._skipping = self._too_big = True  # from here on only counted, never kept
+                        self._why = f"more than {MAX_LITERALS} literals"
+                    elif size > self.max_literal:
+                        self._skipping = self._too_big = True
+                        self._why = f"literal larger than {self.max_literal} octets"
+                    elif size == 0:
+                        self._literals.append(b"")
                 self._literal_left = size
-                if size == 0:
-                    self._literals.append(b"")
                 continue
-            self._segments.append(line)
+            if not self._too_big:
+                self._segments.append(line)
             done = self._finish()
             if done is not None:
                 return done
@@ -168,7 +174,7 @@ class CommandReader:
         self._skipping = self._too_big = False
         name = _first_word(segments[0])
         if too_big:
-            return Refusal(name, "literal")
+            return Refusal(name, "literal", self._why)
         words: list[Arg] = []
         try:
             for i, seg in enumerate(segments):

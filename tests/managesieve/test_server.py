@@ -134,7 +134,7 @@ def test_huge_literal_is_skipped_not_buffered_and_the_session_goes_on(sieve: Sie
         n = min(len(block), size - sent)
         r.send(block[:n])
         sent += n
-    assert r.cmd(b"") == b'NO (QUOTA/MAXSIZE) "Literal is larger than 1048576 octets."\r\n'
+    assert r.cmd(b"") == b'NO (QUOTA/MAXSIZE) "Command refused: literal larger than 1048576 octets."\r\n'
     assert r.cmd(b"NOOP") == b'OK "Done"\r\n'
     assert not (sieve.home(ALICE) / "sieve").exists()
 
