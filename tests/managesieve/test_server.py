@@ -250,3 +250,22 @@ def test_a_client_that_never_logs_in_is_disconnected(sieve: SieveServer, monkeyp
     r.greeting()
     assert r.response() == b'BYE "Disconnected for inactivity."\r\n'
     assert r.closed()
+
+
+def test_failures_here_block_the_account_for_imap_too(sieve: SieveServer) -> None:
+    import asyncio
+
+    from mailstack.auth import Authenticator, AuthStatus
+
+    for attempts in (3, 2):
+        r = sieve.raw()
+        r.greeting()
+        for _ in range(attempts):
+            assert r.login(password="wrong") == b'NO "Authentication failed."\r\n'
+        r.close()
+    imap_auth = Authenticator.from_config(sieve.config, sieve.directory)  # what the imap service builds
+    try:
+        outcome = asyncio.run(imap_auth.authenticate("imap", ALICE, "secret", "192.0.2.9"))
+    finally:
+        imap_auth.close()
+    assert outcome.status is AuthStatus.THROTTLED
