@@ -3,7 +3,7 @@
 # Postfix is preseeded with "No configuration" so no system instance can start; tests run
 # their own instances with their own config directories on loopback ports.
 set -euo pipefail
-PKGS="postgresql postfix swaks libnet-ssleay-perl libio-socket-ssl-perl dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-sieve isync fetchmail offlineimap3 getmail6 systemd fail2ban rspamd redis-server pebble postsrsd"
+PKGS="postgresql postfix swaks libnet-ssleay-perl libio-socket-ssl-perl dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-sieve isync fetchmail offlineimap3 getmail6 systemd fail2ban rspamd redis-server pebble postsrsd sieve-connect"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

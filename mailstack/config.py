@@ -335,6 +335,8 @@ class SieveConfig:
     # where ``include :global "NAME"`` finds NAME.sieve (Pigeonhole's sieve_global); a folder
     # that does not exist means no global scripts (the include fails: an implicit keep)
     global_dir: Path = Path("sieve")
+    # ManageSieve (RFC 5804; STARTTLS, 4190 in production): the ``managesieve`` service
+    managesieve_listen: Listeners = ()
 
 
 @dataclass(frozen=True)
@@ -365,8 +367,15 @@ class Config:
     def base_dir(self) -> Path:
         return self.path.parent if self.path else Path.cwd()
 
+    @property
+    def managesieve(self) -> SieveConfig:
+        """The ``managesieve`` service's section: its keys live in ``[sieve]`` (the contract)."""
+        return self.sieve
+
     def listeners(self, service: str) -> tuple[tuple[ListenAddress, bool], ...]:
         """(address, implicit_tls) pairs of one service, as configured."""
+        if service == "managesieve":  # its listeners live in [sieve] (the contract's key)
+            return tuple((a, False) for a in self.sieve.managesieve_listen)
         section = getattr(self, service)
         plain = tuple((a, False) for a in getattr(section, "listen", ()))
         tls = tuple((a, True) for a in getattr(section, "tls_listen", ()))
@@ -623,9 +632,11 @@ def _check(cfg: Config) -> None:
         if not _HOSTNAME_RE.match(host):
             raise _KeyError(f"[acme] hostnames[{i}]: {host!r} is not a host name")
     seen: dict[ListenAddress, str] = {}
-    for service in ("smtp", "submission", "lmtp", "imap", "pop3", "http"):
+    for service in ("smtp", "submission", "lmtp", "imap", "pop3", "http", "managesieve"):
         for addr, tls in cfg.listeners(service):
             key = f"[{service}] {'tls_listen' if tls else 'listen'}"
+            if service == "managesieve":
+                key = "[sieve] managesieve_listen"
             if addr in seen:
                 raise _KeyError(f"{key}: {addr} is already used by {seen[addr]}")
             seen[addr] = key

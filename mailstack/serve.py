@@ -73,6 +73,7 @@ SERVICES: dict[str, str] = {
     "pop3": "mailstack.pop3.server:start",
     "queue": "mailstack.smtp.queue_runner:start",
     "http": "mailstack.http.server:start",
+    "managesieve": "mailstack.managesieve.server:start",
 }
 EXTRA_SERVICES_ENV = "MAILSTACK_EXTRA_SERVICES"
 STOP_GRACE_ENV = "MAILSTACK_STOP_GRACE"

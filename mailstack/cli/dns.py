@@ -3,7 +3,8 @@
 ``records`` prints, ready to paste into a zone file, what a mail domain needs: MX (to
 ``hostname``), SPF (``v=spf1 mx -all``), every DKIM key's TXT, DMARC (``p=quarantine``,
 aggregate reports to postmaster, RFC 7489 §6.3) and the RFC 6186 / RFC 8314 SRV
-records of the client services (a service without a listener gets the "not offered"
+records of the client services, ManageSieve's ``_sieve._tcp`` too (RFC 5804 §1.8)
+(a service without a listener gets the "not offered"
 target ``.``, RFC 6186 §4). When the ``http`` service has a listener it adds what
 clients and senders find it by: ``autoconfig.`` and ``autodiscover.`` (Thunderbird,
 Outlook) and ``mta-sts.`` (RFC 8461 §3.3) as CNAMEs to ``hostname`` (an A record with
@@ -33,6 +34,7 @@ SRV_SERVICES = (
     ("_imaps._tcp", "imap", True, 993),
     ("_pop3._tcp", "pop3", False, 110),
     ("_pop3s._tcp", "pop3", True, 995),
+    ("_sieve._tcp", "managesieve", False, 4190),  # RFC 5804 §1.8
 )
 
 
@@ -76,12 +78,12 @@ def _domain(text: str) -> str:
 
 
 def _port(config: Any, service: str, tls: bool, standard: int) -> int | None:
-    section = getattr(config, service)
-    addrs = [a for a in (section.tls_listen if tls else section.listen) if a.kind == "tcp"]
+    addrs = [a for a, implicit in config.listeners(service) if implicit == tls and a.kind == "tcp"]
     if not addrs:
         return None
     public = [a for a in addrs if not a.is_loopback]
-    return (public or addrs)[0].port
+    port: int = (public or addrs)[0].port
+    return port
 
 
 def domain_records(config: Any, domain: str) -> list[Record]:

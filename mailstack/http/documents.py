@@ -17,6 +17,11 @@
   entity could be declared, so nothing is ever expanded or fetched.
 - ``mta_sts_policy(...)``: the policy file of RFC 8461 §3.2 (CRLF lines).
 
+ManageSieve is not in these documents: neither format has an element for it (Thunderbird
+refuses an ``incomingServer`` type it does not know), so clients that manage Sieve scripts
+(Thunderbird's Sieve add-on, KMail, Roundcube) find it by the ``_sieve._tcp`` SRV record
+(RFC 5804 §1.8) that ``mailstack dns records`` prints, and port 4190.
+
 Invariants: all text placed in XML goes through ElementTree (escaped); nothing here
 consults the directory: whether a domain is ours is the server's question.
 """

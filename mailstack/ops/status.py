@@ -63,7 +63,7 @@ DB_TIMEOUT = 10.0  # seconds for the database to answer one query
 MAX_GREETING = 4096  # bytes of a greeting read before judging it
 
 # Services in the order `mailstack serve` starts them.
-SERVICES = ("smtp", "submission", "lmtp", "imap", "pop3", "queue", "http")
+SERVICES = ("smtp", "submission", "lmtp", "imap", "pop3", "queue", "http", "managesieve")
 OK, DEGRADED, DOWN = "ok", "degraded", "down"
 EXIT = {OK: 0, DEGRADED: 1, DOWN: 2}
 
@@ -154,9 +154,10 @@ _GREETING = {
     "imap": re.compile(rb"^\* (OK|PREAUTH)\b"),
     "pop3": re.compile(rb"^\+OK\b"),
     "http": re.compile(rb"^HTTP/1\.[01] \d{3}\b"),
+    "managesieve": re.compile(rb'^"IMPLEMENTATION" '),  # RFC 5804 §1.7: the greeting is the capabilities
 }
 _GOODBYE = {"smtp": b"QUIT\r\n", "submission": b"QUIT\r\n", "lmtp": b"QUIT\r\n", "imap": b"z LOGOUT\r\n",
-            "pop3": b"QUIT\r\n"}
+            "pop3": b"QUIT\r\n", "managesieve": b"LOGOUT\r\n"}
 
 
 def _target(address: ListenAddress) -> str:

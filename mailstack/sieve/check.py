@@ -5,11 +5,17 @@ What a Pigeonhole user relies on and this server runs (``EXTENSIONS``): fileinto
 (``:create``), envelope, encoded-character, reject, ereject, imap4flags, copy, body,
 variables, relational, comparator-i;ascii-numeric, subaddress, date, index, regex, include.
 vacation and vacation-seconds (RFC 5230, 6131). No I/O.
+
+``:regex`` keys are compiled here, as Pigeonhole does (``sieve-test`` exits 89 naming the
+line of the key): a bad pattern is refused when the script is stored, not found at delivery.
+Keys holding a variable (``${..}`` with "variables" required) can only be checked at run time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+import regex  # type: ignore[import-untyped]
 
 from mailstack.sieve.grammar import Argument, Command, SieveSyntaxError, Strings, Tag, Test, parse
 
@@ -48,6 +54,7 @@ TAGS: dict[str, str | None] = {
 VALUE_TAGS = frozenset({"comparator", "count", "value", "flags", "content", "index", "zone", "days", "seconds",
                         "subject", "from", "addresses", "handle"})
 MATCH_TAGS = ("is", "contains", "matches", "regex", "count", "value")
+REGEX_MAX_PATTERN = 1024  # the interpreter refuses longer :regex keys at run time (interp.py)
 
 
 def _fail(line: int, column: int, message: str) -> SieveSyntaxError:
@@ -154,12 +161,36 @@ def _check_test(test: Test, required: set[str]) -> None:
             "date": 3, "currentdate": 2}.get(test.name, 0)
     if len(strings) < need:
         raise _fail(test.line, test.column, f"'{test.name}' needs {need} string argument(s)")
+    if any(isinstance(a, Tag) and a.name == "regex" for a in test.args) and strings:
+        _check_regex_keys(strings[-1], "variables" in required, test.line, test.column)
     if test.name == "size":
         tags = {a.name for a in test.args if isinstance(a, Tag)}
         if not tags & {"over", "under"} or not any(not isinstance(a, (Tag, Strings)) for a in test.args):
             raise _fail(test.line, test.column, "'size' needs :over or :under and a number")
     for sub in test.tests:
         _check_test(sub, required)
+
+
+def _check_regex_keys(keys: Strings, variables: bool, line: int, column: int) -> None:
+    """Each ``:regex`` key must compile (draft-ietf-sieve-regex-01 §3: an invalid one is a
+    compile error). Pigeonhole uses POSIX extended regexes, the interpreter the ``regex``
+    module: a key must compile in the latter, and ``(?`` groups, which ERE has not, are
+    refused as Pigeonhole refuses them ("invalid preceding regular expression")."""
+    for i, key in enumerate(keys.values):
+        at = keys.lines[i] if i < len(keys.lines) else line
+        if variables and "${" in key:
+            continue  # expanded at run time
+        if len(key) > REGEX_MAX_PATTERN:
+            raise _fail(at, column, f"regular expression longer than {REGEX_MAX_PATTERN} characters")
+        problem = "invalid preceding regular expression" if "(?" in key else None
+        if problem is None:
+            try:
+                regex.compile(key, regex.S)
+            except (regex.error, ValueError, OverflowError, RecursionError) as e:
+                problem = str(e)
+        if problem is not None:
+            shown = key if len(key) <= 60 else key[:57] + "..."
+            raise _fail(at, column, f"invalid regular expression {shown!r} for regex match: {problem}")
 
 
 def compile_script(source: bytes | str) -> tuple[Command, ...]:

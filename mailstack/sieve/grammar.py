@@ -11,7 +11,7 @@ nested deeper than ``MAX_NESTING`` are refused. No I/O.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAX_SCRIPT_BYTES = 1024 * 1024  # Pigeonhole's sieve_max_script_size default (1M)
 MAX_NESTING = 32  # Pigeonhole's maximum block/test nesting
@@ -43,6 +43,8 @@ class Number:
 class Strings:
     values: tuple[str, ...]
     is_list: bool  # written as [..] (a single string may stand where a list is expected)
+    # the line of each value (for errors that name one string, e.g. a bad :regex key); not compared
+    lines: tuple[int, ...] = field(default=(), compare=False)
 
 
 Argument = Tag | Number | Strings
@@ -199,10 +201,11 @@ class _Parser:
                 args.append(Number(int(digits) * mult))
             elif tok.kind == "string":
                 self.take()
-                args.append(Strings((tok.text,), False))
+                args.append(Strings((tok.text,), False, (tok.line,)))
             elif tok.kind == "punct" and tok.text == "[":
                 self.take()
-                args.append(Strings(self.string_list_rest(), True))
+                values, lines = self.string_list_rest()
+                args.append(Strings(values, True, lines))
             else:
                 break
         tok = self.peek()
@@ -214,16 +217,18 @@ class _Parser:
             tests = (self.test(depth + 1),)
         return tuple(args), tests
 
-    def string_list_rest(self) -> tuple[str, ...]:
+    def string_list_rest(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
         values: list[str] = []
+        lines: list[int] = []
         while True:
             tok = self.take()
             if tok.kind != "string":
                 raise self.fail(tok, "expected a string in the string list")
             values.append(tok.text)
+            lines.append(tok.line)
             sep = self.take()
             if sep.text == "]" and sep.kind == "punct":
-                return tuple(values)
+                return tuple(values), tuple(lines)
             if sep.text != "," or sep.kind != "punct":
                 raise self.fail(sep, "expected ',' or ']' in the string list")
 

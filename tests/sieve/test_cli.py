@@ -73,3 +73,10 @@ def test_refusals_are_one_line(cli, tmp_path: Path) -> None:  # noqa: F811
     deep.write_text("if true {" * 33 + "keep;" + "}" * 33)
     refused(cli("sieve", "check", str(deep), ok=None), "nested deeper than 32")
     assert not (home(cli) / "sieve").exists() or not any((home(cli) / "sieve").iterdir())
+
+
+def test_check_refuses_a_bad_regex_at_its_line_as_sieve_test(cli, tmp_path: Path) -> None:  # noqa: F811
+    # Pigeonhole: "t: line 3: error: invalid regular expression '([a-z' for regex match: ..." (exit 89)
+    bad = tmp_path / "re.sieve"
+    bad.write_text('require "regex";\nif header :regex "subject"\n  "([a-z" { discard; }\n')
+    refused(cli("sieve", "check", str(bad), ok=None), f"{bad}: line 3, column 4: error: invalid regular expression '([a-z'")

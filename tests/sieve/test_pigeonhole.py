@@ -139,6 +139,12 @@ SCRIPTS: dict[str, str] = {
     "err_unknown_extension": 'require "nonexistent-ext";',
     "err_else_alone": 'keep;\nelse { keep; }',
     "err_copy_not_required": 'redirect :copy "a@example.net";',
+    # a bad :regex key is a compile error at the key's line (sieve-test exits 89), not a run-time keep
+    "err_bad_regex": 'require "regex";\nif header :regex "subject"\n  "([a-z" {\n discard; }',
+    "err_bad_regex_in_list": 'require "regex";\nif header :regex "subject" ["ok",\n "*abc"] {\n discard; }',
+    "err_bad_regex_bounds": 'require ["regex", "fileinto"];\nif address :regex :all "from" "a{2,1}" { fileinto "x"; }',
+    "err_bad_regex_perl_group": 'require "regex";\n\nif header :regex "subject" "(?i)hello" { discard; }',
+    "regex_posix_class": 'require "regex";\nif address :regex :all "from" "^[[:alpha:]+]+@" { discard; }',
 }
 
 MESSAGES = {"plain": M_PLAIN, "mime": M_MIME}
