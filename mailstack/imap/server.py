@@ -312,7 +312,7 @@ class IMAPService:
         for conn in list(self.connections):  # hibernated: no task to cancel, their BYE comes below
             if conn.sleeper is not None:
                 self._unsleep(conn)
-                self._finish(conn)
+                self._finish(conn, close=False)
         await net.stop_sessions("imap", self.servers, self.inflight, self.connections,
                                 b"* BYE [UNAVAILABLE] Server shutting down\r\n", grace)
         await self.notifier.close()
@@ -378,12 +378,14 @@ class IMAPService:
             if not live:
                 self._finish(conn, ip)
 
-    def _finish(self, conn: _Connection, ip: str | None = None) -> None:
+    def _finish(self, conn: _Connection, ip: str | None = None, close: bool = True) -> None:
+        """The connection's counts given back (once), and the connection closed."""
         if conn.transport is not None and ip is None:
             ip = net.peer_ip(conn.transport)
         self.userip.ended(ip, conn.user_key)
         self.limits.release(ip)
-        conn.close()
+        if close:
+            conn.close()
 
     def _reader(self) -> CommandReader:
         return CommandReader(max_line=self.max_line, max_append=self.append_limit)
@@ -514,6 +516,8 @@ class IMAPService:
         watch = self.notifier.watch(sess.view.folder.path) if sess.view is not None else None
         reader.expect_line()
         try:
+            if watch is not None:  # a change between the last updates and the watch: not lost
+                conn.write(await self._in_pool(sess.idle_updates))
             await self._idle_wait(conn, sess, reader, tag, watch)
         finally:
             if watch is not None:
