@@ -422,3 +422,18 @@ def test_hibernated_session_client_gone_and_server_stop(tmp_path: Path) -> None:
     with pytest.raises(StopIteration):
         next(gen)  # the server stops: the hibernated session is told
     assert stays.line() == b"* BYE [UNAVAILABLE] Server shutting down\r\n"
+
+
+def test_folder_deleted_while_hibernated_says_bye(sleepy: IMAPServer) -> None:
+    imap = sleepy
+    a = Raw(imap.port)
+    assert b"a OK" in a.cmd(b"a", f'LOGIN "{ALICE}" "{PASSWORD}"'.encode())  # makes Trash
+    imap.deliver(ALICE, message("in trash"), "Trash")
+    a.ok(b"s", b"SELECT Trash")
+    a.idle()
+    _wait_hibernated(imap)
+    b = Raw(imap.port)
+    b.login_select()
+    b.ok(b"d", b"DELETE Trash")
+    assert a.line() == b"* BYE [UNAVAILABLE] Mailbox is gone, please reconnect\r\n"
+    assert a.sock.recv(100) == b""
