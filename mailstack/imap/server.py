@@ -309,10 +309,11 @@ class IMAPService:
         return lambda: _Connection(self, implicit_tls)
 
     async def stop(self, grace: float) -> None:
-        for conn in list(self.connections):  # hibernated: no task to cancel, their BYE comes below
+        for conn in list(self.connections):  # hibernated: a task that ends as an awake session's does
             if conn.sleeper is not None:
                 self._unsleep(conn)
-                self._finish(conn, close=False)
+                self._release(conn)
+                conn.start_task(self._parked(conn))
         await net.stop_sessions("imap", self.servers, self.inflight, self.connections,
                                 b"* BYE [UNAVAILABLE] Server shutting down\r\n", grace)
         await self.notifier.close()
@@ -378,14 +379,16 @@ class IMAPService:
             if not live:
                 self._finish(conn, ip)
 
-    def _finish(self, conn: _Connection, ip: str | None = None, close: bool = True) -> None:
+    def _finish(self, conn: _Connection, ip: str | None = None) -> None:
         """The connection's counts given back (once), and the connection closed."""
+        self._release(conn, ip)
+        conn.close()
+
+    def _release(self, conn: _Connection, ip: str | None = None) -> None:
         if conn.transport is not None and ip is None:
             ip = net.peer_ip(conn.transport)
         self.userip.ended(ip, conn.user_key)
         self.limits.release(ip)
-        if close:
-            conn.close()
 
     def _reader(self) -> CommandReader:
         return CommandReader(max_line=self.max_line, max_append=self.append_limit)
@@ -590,6 +593,12 @@ class IMAPService:
             if sl.watch is not None:
                 sl.watch.close()
         return sl
+
+    async def _parked(self, conn: _Connection) -> None:
+        """A hibernated session at stop (its counts given back): nothing more is read from
+        it; the stop says BYE, closes it and cancels this task as it does an awake session's."""
+        while await conn.read():
+            pass
 
     def _autologout(self, conn: _Connection) -> None:
         """A hibernated session idle for ``idle_timeout``: BYE, without waking it."""
