@@ -474,3 +474,20 @@ def test_hibernation_over_implicit_tls(sleepy: IMAPServer) -> None:
     assert a.until(b"i") == b"i OK IDLE terminated\r\n"
     assert a.ok(b"f", b"UID FETCH 1 (UID)") == b"* 1 FETCH (UID 1)\r\n"
 
+
+
+def test_idle_still_works_when_no_watch_can_be_had(tmp_path: Path) -> None:
+    """fs.inotify.max_user_watches used up: the server's IDLE falls back to polling."""
+    for imap in _server(tmp_path, poll_interval=0.2, hibernate_timeout=0.2):
+        def swap() -> None:
+            imap.service.notifier = _NoWatchesLeft(0.2, 0)
+        _on_loop(imap, swap)
+        a = Raw(imap.port)
+        a.login_select()
+        a.idle()
+        _wait_hibernated(imap)
+        assert _on_loop(imap, lambda: len(imap.service.notifier.polled)) == 1
+        imap.deliver(ALICE, message("polled"))
+        assert a.line() + a.line() == b"* 1 EXISTS\r\n* 1 RECENT\r\n"
+        a.send(b"DONE\r\n")
+        assert a.until(b"i") == b"i OK IDLE terminated\r\n"
