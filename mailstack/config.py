@@ -220,6 +220,8 @@ class IMAPConfig:
     append_limit: int = 52428800  # RFC 7889 APPENDLIMIT: largest message APPEND accepts
     max_line: int = 65536  # longest command line (without its literals)
     poll_interval: Duration = 0.5  # seconds between checks for changes made by other processes (IDLE)
+    idle_check_interval: Duration = 30.0  # IDLE: folders inotify watches are also checked this often (NFS); 0 = off
+    hibernate_timeout: Duration = 2.0  # seconds in IDLE before the session is hibernated; 0 = never
     full_text_index: bool = True  # SEARCH BODY/TEXT from a per-folder index (mailstack-fts.sqlite), built lazily
     max_userip_connections: int = 10  # logged-in sessions of one user from one address (Dovecot's default)
     max_unauthenticated_per_ip: int = 50  # connections of one address that have not logged in (imap/userip.py)

@@ -31,7 +31,9 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ from .expunged import KEPT
 from .responses import render_flags
 from .types import SequenceSet
 
-__all__ = ["MailboxView", "SYSTEM_FLAGS", "flags_of", "folder_stamp"]
+__all__ = ["FrozenView", "MailboxView", "SYSTEM_FLAGS", "flags_of", "folder_stamp"]
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
@@ -75,6 +77,28 @@ class Snapshot:
     uid: int
     info: MessageInfo
     flags: frozenset[str]  # incl. \\Recent
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenView:
+    """What a client was told about its selected mailbox, compactly (``MailboxView.freeze``):
+    ``uids`` in sequence order, ``told[i]`` the index in ``flagsets`` of the flags the client
+    knows for ``uids[i]`` (without \\Recent, kept in ``recent``)."""
+
+    name: str  # the folder's IMAP name
+    readonly: bool
+    uidvalidity: int
+    uidnext: int
+    uids: array[int]
+    told: bytes
+    flagsets: tuple[frozenset[str], ...]
+    recent: frozenset[int]
+    announced: frozenset[str]
+    saved: frozenset[int]
+    rev2: bool
+
+
+_FREEZE_FLAGSETS = 255  # distinct flag sets a frozen view can name (one byte each): beyond, no freeze
 
 
 class MailboxView:
@@ -173,6 +197,52 @@ class MailboxView:
             return []
         self.announced |= new
         return [self.flags_response()]
+
+    # -- hibernation ----------------------------------------------------------------------
+    def freeze(self) -> FrozenView | None:
+        """A compact record of what the client was told (None: this view cannot be frozen:
+        SEARCH RETURN (UPDATE) contexts are open, or over ``_FREEZE_FLAGSETS`` flag sets)."""
+        if self.contexts:
+            return None
+        index: dict[frozenset[str], int] = {}
+        told = bytearray(len(self.uids))
+        for i, uid in enumerate(self.uids):
+            f = self.flags.get(uid)
+            if f is None:
+                f = flags_of(self.infos[uid])
+            n = index.setdefault(f, len(index))
+            if n >= _FREEZE_FLAGSETS:
+                return None
+            told[i] = n
+        return FrozenView(self.folder.name, self.readonly, self.uidvalidity, self.uidnext, array("I", self.uids),
+                          bytes(told), tuple(index), frozenset(self.recent), self.announced, self.saved, self.rev2)
+
+    @classmethod
+    def thaw(cls, folder: Folder, state: FolderState, fz: FrozenView) -> MailboxView:
+        """The view ``fz`` was frozen from, over ``state``: its next ``changes(state)`` tells
+        the client what changed since (a UIDVALIDITY change is the caller's to see)."""
+        view = cls(folder, state, readonly=fz.readonly)
+        view.uidvalidity, view.uidnext = fz.uidvalidity, fz.uidnext
+        view.uids = fz.uids.tolist()
+        infos: dict[int, MessageInfo] = {}
+        for uid, n in zip(view.uids, fz.told):
+            info = state.get(uid)
+            if info is None:
+                continue  # expunged meanwhile: changes() reports it
+            told = fz.flagsets[n]
+            if flags_of(info) != told:
+                # changed meanwhile: a file name that matches nothing makes changes() compare
+                # what the client was told (``flags``) with what is stored now
+                info = dataclasses.replace(info, filename="")
+                view.flags[uid] = told
+            infos[uid] = info
+        view.infos = infos
+        view.recent = set(fz.recent)
+        view.announced = fz.announced
+        view.saved = fz.saved
+        view.rev2 = fz.rev2
+        view.stamp = ()  # the next updates() syncs and compares
+        return view
 
     # -- changes ------------------------------------------------------------------------
     def set_flags(self, uid: int, info: MessageInfo) -> None:

@@ -25,6 +25,14 @@ Invariants:
   30 minutes) once logged in, ``login_timeout`` before.
 - No traceback ever reaches a client: an unexpected error gives ``NO [SERVERBUG]`` for
   that command and the session goes on.
+- IDLE hibernation (Dovecot's ``imap_hibernate_timeout``): a session that has waited in
+  IDLE for ``[imap] hibernate_timeout`` seconds with nothing to say is frozen
+  (``Session.hibernate``: the selected mailbox's message list and caches become a few
+  bytes per message), its task ends and its command reader goes; what is left is the
+  connection, the session's small state, a ``_Sleeper`` record (tag, notifier callback,
+  autologout timer). Client data, EOF or a change notification start a new task that wakes
+  the session (``Session.wake``: the folder is read again) and carries on the IDLE exactly
+  where it was; the autologout timer alone says BYE and closes without waking anything.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import logging
 import os
 import ssl
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,7 +56,7 @@ from mailstack.spam.learn import Learning
 from .compress import CompressionError, Deflater, Inflater
 from .grammar import GrammarError
 from .index import IndexCache
-from .notify import Notifier
+from .notify import DEFAULT_CHECK_INTERVAL, Notifier, Watch
 from .userip import UserIPLimits
 from .parser import (
     Command,
@@ -75,6 +83,7 @@ T = TypeVar("T")
 _PULL_BYTES = 256 * 1024
 DEFAULT_IDLE_TIMEOUT = 1800.0  # RFC 3501 §5.4: at least 30 minutes
 DEFAULT_LOGIN_TIMEOUT = 60.0
+DEFAULT_HIBERNATE_TIMEOUT = 2.0  # seconds in IDLE before hibernating (0: never)
 # Commands that never touch storage run on the loop; the rest in a worker thread.
 _INLINE = frozenset({"CAPABILITY", "LOGOUT", "ID", "STARTTLS", "LOGIN", "AUTHENTICATE", "NAMESPACE", "ENABLE", "COMPRESS",
                      "UNSELECT"})
@@ -86,6 +95,22 @@ POOL_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 class _Stop(Exception):
     """The connection is over (LOGOUT, fatal error, timeout, EOF)."""
+
+
+class _Hibernated(Exception):
+    """The session is hibernated: its task ends, the connection lives on (``_Sleeper``)."""
+
+
+class _Sleeper:
+    """What a hibernated IDLE keeps besides the connection and the session."""
+
+    __slots__ = ("sess", "tag", "watch", "timer")
+
+    def __init__(self, sess: Session, tag: str, watch: Watch | None, timer: asyncio.TimerHandle) -> None:
+        self.sess = sess
+        self.tag = tag
+        self.watch = watch
+        self.timer = timer
 
 
 class _Connection(net.StreamConnection):
@@ -103,6 +128,36 @@ class _Connection(net.StreamConnection):
         self._deflater: Deflater | None = None
         self._flush_handle: asyncio.Handle | None = None
         self.user_key: tuple[str, str | None] | None = None  # set at login (userip.UserIPLimits)
+        self.sleeper: _Sleeper | None = None  # set while the session is hibernated (no task runs)
+        self.imap: IMAPService = host  # type: ignore[assignment]
+
+    # -- the session task, which hibernation ends and a wake starts again
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.imap.connections.add(self)
+        self.start_task(self.imap.session(self))
+
+    def start_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task is self.task and self.sleeper is None:  # hibernated, or woken by a newer task: still live
+            self.imap.connections.discard(self)
+
+    def _wake(self) -> None:
+        if self.sleeper is not None:
+            self.imap.wake(self)
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._wake()
 
     @property
     def compressed(self) -> bool:
@@ -136,6 +191,7 @@ class _Connection(net.StreamConnection):
     def data_received(self, data: bytes) -> None:
         if self._inflater is None:
             super().data_received(data)
+            self._wake()
             return
         self._inflater.feed(data)
         self._fill()
@@ -143,6 +199,7 @@ class _Connection(net.StreamConnection):
             self._read_paused = True
             self.transport.pause_reading()
         self._wake_reader()
+        self._wake()
 
     async def read(self) -> bytes:
         if self._inflater is None:
@@ -219,6 +276,8 @@ class IMAPService:
         append_limit: int = 50 * 1024 * 1024,
         max_line: int = 64 * 1024,
         poll_interval: float = 0.5,
+        idle_check_interval: float = DEFAULT_CHECK_INTERVAL,
+        hibernate_timeout: float = DEFAULT_HIBERNATE_TIMEOUT,
         full_text_index: bool = True,
         learning: Learning | None = None,
         userip: UserIPLimits | None = None,
@@ -235,7 +294,8 @@ class IMAPService:
         self.login_timeout = login_timeout
         self.append_limit = append_limit
         self.max_line = max_line
-        self.notifier = Notifier(poll_interval)
+        self.notifier = Notifier(poll_interval, idle_check_interval)
+        self.hibernate_timeout = hibernate_timeout
         self.userip = userip if userip is not None else UserIPLimits(50, 10)
         self.learning = learning  # the spam learning queue ([spam] rspamd_controller_url), started by start()
         self.index = IndexCache(full_text=full_text_index)
@@ -249,6 +309,11 @@ class IMAPService:
         return lambda: _Connection(self, implicit_tls)
 
     async def stop(self, grace: float) -> None:
+        for conn in list(self.connections):  # hibernated: a task that ends as an awake session's does
+            if conn.sleeper is not None:
+                self._unsleep(conn)
+                self._release(conn)
+                conn.start_task(self._parked(conn))
         await net.stop_sessions("imap", self.servers, self.inflight, self.connections,
                                 b"* BYE [UNAVAILABLE] Server shutting down\r\n", grace)
         await self.notifier.close()
@@ -291,10 +356,18 @@ class IMAPService:
             plaintext_allowed=self.allow_plaintext_on_loopback and net.is_loopback_peer(conn.transport),
             index=self.index, on_change=self._poke,
         )
+        await self._guarded(conn, ip, self._run(conn, sess, ip))
+
+    async def _guarded(self, conn: _Connection, ip: str | None, body: Coroutine[Any, Any, None]) -> None:
+        """Run a session task's ``body``; at its end the connection is closed and its
+        counts given back, unless the session hibernated (``_Hibernated``)."""
+        live = False
         try:
-            await self._run(conn, sess, ip)
+            await body
         except asyncio.CancelledError:
             raise
+        except _Hibernated:
+            live = True
         except _Stop:
             pass
         except (ConnectionError, ssl.SSLError, TimeoutError, OSError) as e:
@@ -303,9 +376,19 @@ class IMAPService:
             log.exception("imap: internal error in a session from %s", ip)
             conn.write(b"* BYE [SERVERBUG] Internal server error\r\n")
         finally:
-            self.userip.ended(ip, conn.user_key)
-            self.limits.release(ip)
-            conn.close()
+            if not live:
+                self._finish(conn, ip)
+
+    def _finish(self, conn: _Connection, ip: str | None = None) -> None:
+        """The connection's counts given back (once), and the connection closed."""
+        self._release(conn, ip)
+        conn.close()
+
+    def _release(self, conn: _Connection, ip: str | None = None) -> None:
+        if conn.transport is not None and ip is None:
+            ip = net.peer_ip(conn.transport)
+        self.userip.ended(ip, conn.user_key)
+        self.limits.release(ip)
 
     def _reader(self) -> CommandReader:
         return CommandReader(max_line=self.max_line, max_append=self.append_limit)
@@ -331,8 +414,10 @@ class IMAPService:
             reader.feed(data)
 
     async def _run(self, conn: _Connection, sess: Session, ip: str | None) -> None:
-        reader = self._reader()
         conn.write(sess.greeting())
+        await self._loop_commands(conn, sess, ip, self._reader())
+
+    async def _loop_commands(self, conn: _Connection, sess: Session, ip: str | None, reader: CommandReader) -> None:
         while True:
             ev = await self._next(conn, sess, reader)
             if isinstance(ev, NeedContinuation):
@@ -429,43 +514,119 @@ class IMAPService:
         return reply
 
     async def _idle(self, conn: _Connection, sess: Session, reader: CommandReader, tag: str) -> None:
-        """RFC 2177: push changes until DONE."""
+        """RFC 2177: push changes until DONE; hibernate after ``hibernate_timeout`` quiet
+        seconds (raises ``_Hibernated``: the task ends, ``wake`` carries on)."""
         watch = self.notifier.watch(sess.view.folder.path) if sess.view is not None else None
         reader.expect_line()
         try:
-            while True:
-                ev = reader.next_event()
-                if isinstance(ev, ContinuationLine):
-                    if is_idle_done(ev):
-                        conn.write(await self._in_pool(sess.idle_done, tag))
-                    else:
-                        conn.write(b"%s BAD Expected DONE\r\n" % tag.encode("ascii"))
-                    return
-                await conn.drain()
-                read = asyncio.ensure_future(conn.wait_readable())
-                waits: set[asyncio.Future[object]] = {read}  # type: ignore[arg-type]
-                if watch is not None:
-                    waits.add(asyncio.ensure_future(watch.event.wait()))
-                try:
-                    done, _ = await asyncio.wait(waits, timeout=self.idle_timeout,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waits:
-                        w.cancel()
-                if not done:
-                    conn.write(b"* BYE Autologout; idle for too long\r\n")
-                    raise _Stop()
-                if watch is not None and watch.event.is_set():
-                    watch.event.clear()
-                    conn.write(await self._in_pool(sess.idle_updates))
-                if conn.inbox or conn.eof:
-                    data = await conn.read()
-                    if not data:
-                        raise _Stop()
-                    reader.feed(data)
+            if watch is not None:  # a change between the last updates and the watch: not lost
+                conn.write(await self._in_pool(sess.idle_updates))
+            await self._idle_wait(conn, sess, reader, tag, watch)
         finally:
             if watch is not None:
                 watch.close()
+
+    async def _idle_wait(self, conn: _Connection, sess: Session, reader: CommandReader, tag: str,
+                         watch: Watch | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.idle_timeout  # RFC 3501 §5.4, from the last thing that happened
+        may_sleep = self.hibernate_timeout > 0 and watch is not None
+        while True:
+            ev = reader.next_event()
+            if isinstance(ev, ContinuationLine):
+                if is_idle_done(ev):
+                    conn.write(await self._in_pool(sess.idle_done, tag))
+                else:
+                    conn.write(b"%s BAD Expected DONE\r\n" % tag.encode("ascii"))
+                return
+            await conn.drain()
+            left = max(0.0, deadline - loop.time())
+            sleepy = may_sleep and not reader.buffered and self.hibernate_timeout < left
+            read = asyncio.ensure_future(conn.wait_readable())
+            waits: set[asyncio.Future[object]] = {read}  # type: ignore[arg-type]
+            if watch is not None:
+                waits.add(asyncio.ensure_future(watch.event.wait()))
+            try:
+                done, _ = await asyncio.wait(waits, timeout=self.hibernate_timeout if sleepy else left,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if done:
+                deadline = loop.time() + self.idle_timeout
+            elif sleepy:
+                if await self._hibernate(conn, sess, tag, deadline):
+                    raise _Hibernated()
+                may_sleep = False  # cannot be frozen now (open UPDATE contexts...): wait awake
+            else:
+                conn.write(b"* BYE Autologout; idle for too long\r\n")
+                raise _Stop()
+            if watch is not None and watch.event.is_set():
+                watch.event.clear()
+                conn.write(await self._in_pool(sess.idle_updates))
+            if conn.inbox or conn.eof:
+                data = await conn.read()
+                if not data:
+                    raise _Stop()
+                reader.feed(data)
+
+    # -- hibernation ------------------------------------------------------------------------
+    async def _hibernate(self, conn: _Connection, sess: Session, tag: str, deadline: float) -> bool:
+        """Freeze an idling session (see the module docstring); False: it stays awake."""
+        if conn.inbox or conn.eof or conn.compressed or sess.view is None:
+            return False
+        path = sess.view.folder.path
+        if not await self._in_pool(sess.hibernate):
+            return False
+        if conn.inbox or conn.eof:  # arrived while freezing: stay awake (the view comes back at once)
+            await self._in_pool(sess.wake)
+            return False
+        loop = asyncio.get_running_loop()
+        watch = self.notifier.watch(path, conn._wake)
+        conn.sleeper = _Sleeper(sess, tag, watch, loop.call_at(deadline, self._autologout, conn))
+        return True
+
+    def _unsleep(self, conn: _Connection) -> _Sleeper | None:
+        sl, conn.sleeper = conn.sleeper, None
+        if sl is not None:
+            sl.timer.cancel()
+            if sl.watch is not None:
+                sl.watch.close()
+        return sl
+
+    async def _parked(self, conn: _Connection) -> None:
+        """A hibernated session at stop (its counts given back): nothing more is read from
+        it; the stop says BYE, closes it and cancels this task as it does an awake session's."""
+        while await conn.read():
+            pass
+
+    def _autologout(self, conn: _Connection) -> None:
+        """A hibernated session idle for ``idle_timeout``: BYE, without waking it."""
+        if self._unsleep(conn) is None:
+            return
+        conn.write(b"* BYE Autologout; idle for too long\r\n")  # RFC 3501 §5.4
+        self._finish(conn)
+        self.connections.discard(conn)
+
+    def wake(self, conn: _Connection) -> None:
+        """Client data, EOF or a change: a new task wakes the session and goes on with the IDLE."""
+        sl = self._unsleep(conn)
+        if sl is None:
+            return
+        ip = net.peer_ip(conn.transport) if conn.transport is not None else None
+        conn.start_task(self._guarded(conn, ip, self._resume(conn, sl.sess, sl.tag, ip)))
+
+    async def _resume(self, conn: _Connection, sess: Session, tag: str, ip: str | None) -> None:
+        await self._in_pool(sess.wake)
+        reader = self._reader()
+        if sess.view is not None:
+            conn.write(await self._in_pool(sess.idle_updates))
+            await self._idle(conn, sess, reader, tag)
+        else:  # the folder went while hibernated (Session.wake said BYE)
+            conn.write(await self._in_pool(sess.idle_updates))
+            await conn.drain()
+            raise _Stop()
+        await self._loop_commands(conn, sess, ip, reader)
 
 
 async def start(ctx: ServiceContext) -> IMAPService:
@@ -486,6 +647,8 @@ async def start(ctx: ServiceContext) -> IMAPService:
         append_limit=icfg.append_limit,
         max_line=icfg.max_line,
         poll_interval=icfg.poll_interval,
+        idle_check_interval=icfg.idle_check_interval,
+        hibernate_timeout=icfg.hibernate_timeout,
         full_text_index=icfg.full_text_index,
         learning=Learning.from_config(cfg),
         userip=UserIPLimits(icfg.max_unauthenticated_per_ip, icfg.max_userip_connections),

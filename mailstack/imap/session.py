@@ -31,6 +31,10 @@ Invariants:
 - QRESYNC (RFC 7162 §3.2) is on after ENABLE QRESYNC, which turns CONDSTORE on too
   (§3.2.3); from then on expunges go out as VANISHED (§3.2.10), held back exactly where
   EXPUNGE would be, and unsolicited FETCH responses carry UID (§3.2.4).
+- ``hibernate()`` (IDLE, by the adapter) swaps the selected mailbox's view for a
+  ``mailbox.FrozenView`` and drops the folder's caches; ``wake()`` rebuilds them from disk,
+  and the next ``updates`` tells the client what changed in between. Nothing else runs
+  while a session is hibernated.
 - ``\\Recent`` (RFC 3501 §2.3.2): SELECT claims the folder's unclaimed UIDs (EXAMINE
   only looks), so each message is recent in one session at most.
 """
@@ -59,7 +63,7 @@ from .commands.auth import ENABLEABLE, parse_sasl_plain
 from .commands.listing import SPECIAL_USE
 from .effects import Compress, Effect, Idle, Login, Logout, Output, SaslNeedResponse, StartTLS
 from .index import IndexCache
-from .mailbox import MailboxView, folder_stamp
+from .mailbox import FrozenView, MailboxView, folder_stamp
 from .responses import ImapError, bad, ok
 from .states import State
 from .types import Command, SequenceSet
@@ -138,6 +142,7 @@ class Session:
         self.client_id: dict[str, str | None] = {}
         self._pending: list[bytes] = []  # untagged responses to send with the next updates
         self.compressed = False  # COMPRESS=DEFLATE is on (RFC 4978)
+        self.frozen: FrozenView | None = None  # the selected mailbox while hibernated
 
     # -- capabilities -------------------------------------------------------------------
     def capabilities(self) -> list[str]:
@@ -281,6 +286,35 @@ class Session:
 
     def idle_done(self, tag: str) -> bytes:
         return idle.idle_done(self, tag)
+
+    def hibernate(self) -> bool:
+        """Drop the selected mailbox's view and caches for a compact record (an IDLE that
+        waits); False (nothing changed) when it cannot be frozen (``MailboxView.freeze``)."""
+        view = self.view
+        if view is None or self._pending or self.frozen is not None:
+            return False
+        fz = view.freeze()
+        if fz is None:
+            return False
+        self.frozen, self.view = fz, None
+        return True
+
+    def wake(self) -> None:
+        """Blocking: rebuild the view ``hibernate`` dropped (the folder is read again); the
+        next ``updates`` tells what changed meanwhile. A folder that is gone (deleted or
+        renamed by another session) ends the selection as a UIDVALIDITY change does."""
+        fz, self.frozen = self.frozen, None
+        if fz is None:
+            return
+        try:
+            folder = self.md.folder(fz.name)
+            view = MailboxView.thaw(folder, folder.sync(), fz)
+        except StorageError as e:
+            log.info("imap: selected folder %r unavailable after hibernation: %s", fz.name, e)
+            self.state = State.AUTHENTICATED
+            self._pending.append(b"* BYE [UNAVAILABLE] Mailbox is gone, please reconnect\r\n")
+            return
+        self.view = view
 
     # -- authenticated ------------------------------------------------------------------
     @property
