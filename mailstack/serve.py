@@ -44,7 +44,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from mailstack import net
+from mailstack import net, supervisor
 from mailstack.auth import Authenticator
 from mailstack.config import Config, ConfigError, load_config
 from mailstack.directory import Directory, DirectoryError
@@ -90,6 +90,8 @@ def sd_notify(state: str) -> bool:
     sd_notify(3) without libsystemd: one datagram on an AF_UNIX socket; a leading ``@``
     names an abstract socket.
     """
+    if _link is not None:  # a worker: its supervisor tells systemd (mailstack.supervisor)
+        return _link.notify(state)
     address = os.environ.get("NOTIFY_SOCKET", "")
     if not address or address[0] not in "/@":
         return False
@@ -241,12 +243,22 @@ def stop_grace(environ: dict[str, str] | os._Environ[str] | None = None) -> floa
     return value
 
 
-def run(config: Config, services: Sequence[str]) -> int:
+_link: supervisor.WorkerLink | None = None  # set in a worker of mailstack.supervisor
+
+
+def run(config: Config, services: Sequence[str], link: supervisor.WorkerLink | None = None) -> int:
     """Run the named services (empty: every enabled one) until SIGTERM/SIGINT; exit status.
 
     The process runs under umask 077 (``PRIVATE_UMASK``) whoever starts it: password
     hashes, mail, queue and keys are created private even where a creating call forgot.
+
+    ``[server] workers`` > 1: once the names resolved and ``prepare`` made what was missing,
+    this process becomes the supervisor of that many workers (``mailstack.supervisor``);
+    ``link`` is given in such a worker, which then runs as below with the supervisor's
+    listeners. Extension services (``$MAILSTACK_EXTRA_SERVICES``) run in the workers too.
     """
+    global _link
+    _link = link
     os.umask(PRIVATE_UMASK)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -256,6 +268,11 @@ def run(config: Config, services: Sequence[str]) -> int:
         directory = prepare(config)
     except ServiceError as e:
         return _fail(str(e), EXIT_USAGE if isinstance(e, _UsageError) else EXIT_FAILED)
+    if link is None and (count := supervisor.worker_count(config)) > 1 and config.path is not None:
+        directory.close()  # the workers open their own; the supervisor needs none
+        return supervisor.supervise(config, services, count, grace, sd_notify)
+    if link is not None:
+        net.use_listener_source(link.listener, log_listeners=link.index == 0)
     # mail stored by this process (LMTP, MX, submission, APPEND) is full-text indexed at once
     indexer = fts.Indexer() if config.imap.full_text_index else None
     if indexer is not None:
@@ -311,6 +328,13 @@ async def _serve(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if _link is not None:
+        def orphaned() -> None:
+            if not stop.is_set():
+                log.warning("the supervisor is gone: stopping")
+                stop.set()
+
+        _link.watch(loop, orphaned)
 
     auth = Authenticator.from_config(config, directory)
     running: list[RunningService] = []
@@ -345,6 +369,8 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a late `systemctl reload` must not kill the exit
+    if _link is not None:
+        _link.unwatch(loop)
     if failure is not None:
         return _fail(failure)
     log.info("stopped")
