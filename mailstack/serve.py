@@ -335,6 +335,10 @@ async def _serve(
                 stop.set()
 
         _link.watch(loop, orphaned)
+        try:
+            await _link.metrics.start()  # one scrape counts every worker
+        except OSError as e:
+            log.warning("metrics of the other workers will not be seen here: %s", e.strerror or e)
 
     auth = Authenticator.from_config(config, directory)
     running: list[RunningService] = []
@@ -371,6 +375,7 @@ async def _serve(
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a late `systemctl reload` must not kill the exit
     if _link is not None:
         _link.unwatch(loop)
+        await _link.metrics.stop()
     if failure is not None:
         return _fail(failure)
     log.info("stopped")

@@ -67,23 +67,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 
-from mailstack import net
+from mailstack import metrics, net
 from mailstack.config import Config, ConfigError, ListenAddress, config_from_dict, load_config, parse_listen
 
 __all__ = [
     "MAX_QUICK_DEATHS",
     "QUICK_DEATH",
+    "SharedMetrics",
     "WORKER_ENV",
     "WorkerLink",
     "backoff",
@@ -94,7 +98,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-WORKER_ENV = "MAILSTACK_WORKER"  # "<index>:<channel fd>:<config fd>": set by the supervisor only
+WORKER_ENV = "MAILSTACK_WORKER"  # "<index>:<channel fd>:<config fd>:<metrics dir>": set by the supervisor only
+METRICS_SAVE = 10.0  # seconds between two saves of a worker's counters (what survives its kill -9)
+METRICS_TIMEOUT = 5.0  # seconds a scrape waits for another worker's counters
 QUICK_DEATH = 10.0  # seconds: a worker that dies sooner after its start "died at once"
 MAX_QUICK_DEATHS = 5  # in a row, one slot: the whole serve stops (a crash loop helps nobody)
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0  # seconds before a replacement: doubling per quick death
@@ -119,7 +125,7 @@ def backoff(quick_deaths: int) -> float:
     in a row right after its start (0: it had run for a while: at once)."""
     if quick_deaths <= 0:
         return 0.0
-    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (quick_deaths - 1))
+    return float(min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (quick_deaths - 1)))
 
 
 def _describe(returncode: int) -> str:
@@ -149,10 +155,11 @@ def load_snapshot(path: Path) -> tuple[bytes, Config]:
 class WorkerLink:
     """A worker's channel to its supervisor (see the module docstring)."""
 
-    def __init__(self, index: int, channel: socket.socket, config_fd: int) -> None:
+    def __init__(self, index: int, channel: socket.socket, config_fd: int, metrics_dir: Path) -> None:
         self.index = index
         self.channel = channel
         self.config_fd = config_fd
+        self.metrics = SharedMetrics(metrics_dir)
         self._lock = threading.Lock()
 
     def config(self, path: Path) -> Config:
@@ -207,17 +214,107 @@ class WorkerLink:
         loop.remove_reader(self.channel.fileno())
 
 
+class SharedMetrics:
+    """One scrape counts every worker (``metrics.set_peers``).
+
+    Each worker answers on ``<dir>/<pid>.sock`` with its live snapshot (JSON) and saves it to
+    ``<dir>/<pid>.json`` every ``METRICS_SAVE`` seconds and when it stops; the worker that is
+    scraped asks every other one, and takes the saved file of one that does not answer (it
+    died: its counts stay, its open connections do not; what it counted after its last save
+    is lost, which Prometheus reads as a counter reset). ``<dir>`` is the supervisor's, new
+    at each start and removed when it exits (prometheus_client's multiprocess directory, in
+    JSON: our counters are not prometheus_client's objects).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.pid = os.getpid()
+        self.server: asyncio.AbstractServer | None = None
+        self.saver: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_unix_server(self._answer, path=str(self.dir / f"{self.pid}.sock"))
+        self.saver = asyncio.ensure_future(self._save_every())
+        metrics.set_peers(self.peers)
+
+    async def stop(self) -> None:
+        metrics.set_peers(None)
+        if self.saver is not None:
+            self.saver.cancel()
+        if self.server is not None:
+            self.server.close()
+        with contextlib.suppress(OSError):
+            (self.dir / f"{self.pid}.sock").unlink()
+        await asyncio.to_thread(self._save)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(json.dumps(metrics.to_json(metrics.snapshot())).encode())
+            await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def _save_every(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_SAVE)
+            await asyncio.to_thread(self._save)
+
+    def _save(self) -> None:
+        tmp = self.dir / f".{self.pid}.json.tmp"
+        try:
+            tmp.write_text(json.dumps(metrics.to_json(metrics.snapshot())))
+            os.replace(tmp, self.dir / f"{self.pid}.json")
+        except OSError as e:
+            log.warning("cannot save this worker's metrics in %s: %s", self.dir, e.strerror or e)
+
+    def peers(self) -> list[metrics.Snapshot]:
+        """Every other worker's snapshot (blocking: ``metrics.render`` runs in a thread)."""
+        out: list[metrics.Snapshot] = []
+        try:
+            names = os.listdir(self.dir)
+        except OSError:
+            return out
+        pids = {n.split(".")[0] for n in names if n.endswith((".sock", ".json")) and n.split(".")[0].isdigit()}
+        for pid in sorted(pids - {str(self.pid)}):
+            snap = self._ask(self.dir / f"{pid}.sock")
+            if snap is None:
+                try:
+                    snap = metrics.from_json(json.loads((self.dir / f"{pid}.json").read_text()))
+                except (OSError, ValueError):
+                    continue
+                snap = metrics.Snapshot(snap.counters, snap.histograms, {})  # it is gone: nothing open
+            out.append(snap)
+        return out
+
+    @staticmethod
+    def _ask(path: Path) -> metrics.Snapshot | None:
+        if not path.exists():
+            return None
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(METRICS_TIMEOUT)
+                s.connect(str(path))
+                chunks = []
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+            return metrics.from_json(json.loads(b"".join(chunks)))
+        except (OSError, ValueError):
+            return None
+
+
 def worker_link(environ: Mapping[str, str] | None = None) -> WorkerLink | None:
     """This process's link to its supervisor, None when it is not a worker."""
     raw = (os.environ if environ is None else environ).get(WORKER_ENV, "")
     if not raw:
         return None
     try:
-        index, channel_fd, config_fd = (int(p) for p in raw.split(":"))
-        channel = socket.socket(fileno=channel_fd)
+        index, channel_fd, config_fd, metrics_dir = raw.split(":", 3)
+        channel = socket.socket(fileno=int(channel_fd))
+        return WorkerLink(int(index), channel, int(config_fd), Path(metrics_dir))
     except (ValueError, OSError):
         raise ConfigError(f"{WORKER_ENV}: {raw!r} is not set by a mailstack supervisor") from None
-    return WorkerLink(index, channel, config_fd)
 
 
 # ---------------------------------------------------------------------------
@@ -265,6 +362,7 @@ class Supervisor:
         self.status = 0
         self.reload_lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[object]] = set()
+        self.metrics_dir = Path(tempfile.mkdtemp(prefix="mailstack-metrics-"))  # 0700, new at each start
         self.config_fd = os.memfd_create("mailstack-config")
         view = memoryview(raw)
         while view:
@@ -282,7 +380,7 @@ class Supervisor:
     async def _spawn(self, index: int) -> _Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", WORKER_ENV)}
-        env[WORKER_ENV] = f"{index}:{theirs.fileno()}:{self.config_fd}"
+        env[WORKER_ENV] = f"{index}:{theirs.fileno()}:{self.config_fd}:{self.metrics_dir}"
         try:
             # its own session: a ^C in a terminal reaches the supervisor only, which passes it on once
             proc = await asyncio.create_subprocess_exec(
@@ -294,15 +392,15 @@ class Supervisor:
         finally:
             theirs.close()
         ours.setblocking(False)
-        worker = _Worker(index, proc, ours, time.monotonic(), self.generation)
+        worker = _Worker(index, proc, ours, time.monotonic(), 0)  # it parses the config of the start
         self.workers[index] = worker
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_message, worker)
         self._task(self._watch(worker))
         log.info("worker %d started: pid %d", index, proc.pid)
         return worker
 
-    def _task(self, coro: object) -> None:
-        task: asyncio.Task[object] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _task(self, coro: Coroutine[object, object, object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -358,6 +456,8 @@ class Supervisor:
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(worker.channel.fileno())
         worker.channel.close()
+        with contextlib.suppress(OSError):  # prometheus_client's mark_process_dead: its saved counts stay
+            (self.metrics_dir / f"{worker.pid}.sock").unlink()
         worker.exited.set()
         if self.stop.is_set() or worker.expected_exit:
             log.info("worker %d (pid %d) exited: %s", worker.index, worker.pid, _describe(returncode))
@@ -393,6 +493,7 @@ class Supervisor:
                     worker.proc.kill()
             return  # its watcher counts the death
         if worker.generation < self.generation:
+            worker.generation = self.generation
             self._signal(worker, signal.SIGHUP)  # the reloads it missed: the file as it is now
         log.info("worker %d is back: pid %d", index, worker.pid)
 
@@ -461,6 +562,7 @@ class Supervisor:
             for sock in self.listeners.values():
                 sock.close()
             os.close(self.config_fd)
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         if self.fatal is not None:
             print(f"mailstack: {self.fatal}", file=sys.stderr, flush=True)
             return 1
