@@ -50,7 +50,11 @@ Supervision:
   load is refused with one ERROR line and no worker hears of it; otherwise every worker
   gets SIGHUP (each reloads as the single process does and names what waits for a
   restart), and READY=1 follows once all of them answered. A worker started after a
-  reload is sent SIGHUP as soon as it is ready.
+  reload is sent SIGHUP as soon as it is ready;
+- certificates that change on disk (checked every ``CERT_WATCH`` seconds: the ``[tls]``
+  pair and the per-name store) are such a reload too: an ACME renewal is ordered and
+  installed by whichever worker's renewal loop got ``renew.lock`` first, and every other
+  worker must serve the new pair as well, not only after the next ``systemctl reload``.
 
 Duties that must happen once are already safe with several processes, by locks on disk
 rather than by a chosen worker: the queue runner claims each message (``queue.claim``),
@@ -107,6 +111,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0  # seconds before a replacement: doubling
 START_TIMEOUT = 120.0  # seconds a replacement may take to be ready before it counts as dead
 RELOAD_TIMEOUT = 60.0  # seconds the supervisor waits for the workers' reloads
 STOP_SLACK = 5.0  # seconds past the grace before a worker that has not exited is killed
+CERT_WATCH = 10.0  # seconds between two looks at the certificate files (a change: every worker reloads)
 MAX_MESSAGE = 4096  # bytes of one channel message
 
 
@@ -361,6 +366,7 @@ class Supervisor:
         self.fatal: str | None = None
         self.status = 0
         self.reload_lock = asyncio.Lock()
+        self.cert_files: frozenset[tuple[str, int, int]] = frozenset()
         self.tasks: set[asyncio.Task[object]] = set()
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="mailstack-metrics-"))  # 0700, new at each start
         self.config_fd = os.memfd_create("mailstack-config")
@@ -553,6 +559,7 @@ class Supervisor:
                 self.notify(f"READY=1\nSTATUS=serving {status} ({self.count} workers)")
                 log.info("ready: %d workers (pids %s)", self.count,
                          " ".join(str(w.pid) for w in self.workers.values()))
+                self._task(self._watch_certificates())
                 await self.stop.wait()
             await self._stop_all()
         finally:
@@ -624,12 +631,28 @@ class Supervisor:
 
     # -- reload ------------------------------------------------------------------------
 
+    async def _watch_certificates(self) -> None:
+        """A certificate that changes on disk (an ACME renewal is installed by the one worker
+        that ordered it, or certbot's) is a reload of every worker, as SIGHUP would be."""
+        self.cert_files = await asyncio.to_thread(certificate_files, self.config)
+        while not self.stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=CERT_WATCH)
+            if self.stop.is_set():
+                return
+            now = await asyncio.to_thread(certificate_files, self.config)
+            if now != self.cert_files and not self.reload_lock.locked():
+                log.info("certificates changed on disk: every worker reloads")
+                await self.reload()
+
     async def reload(self) -> bool:
         """Check the file and its certificates, then have every worker reload (see above)."""
         async with self.reload_lock:
             self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
             path = self.config.path
             assert path is not None
+            # what this reload reads (applied or refused): the watcher looks for changes after it
+            self.cert_files = await asyncio.to_thread(certificate_files, self.config)
             try:
                 new = await asyncio.to_thread(load_config, path)
                 await asyncio.to_thread(net.ensure_certificate, new.tls, new.hostname)
@@ -660,6 +683,23 @@ class Supervisor:
                 log.info("reload: [server] workers applies at the next restart")
             self.notify("READY=1")
             return True
+
+
+def certificate_files(config: Config) -> frozenset[tuple[str, int, int]]:
+    """(path, mtime, size) of the ``[tls]`` pair and of every file in the per-name store
+    (at most ``net.MAX_STORE_NAMES`` names): what a reload would read."""
+    out: set[tuple[str, int, int]] = set()
+    paths = [config.tls.cert_file, config.tls.key_file]
+    with contextlib.suppress(OSError):
+        names = sorted(os.scandir(net.certificate_dir(config.tls)), key=lambda e: e.name)[: net.MAX_STORE_NAMES]
+        for entry in names:
+            with contextlib.suppress(OSError):
+                paths += [Path(f.path) for f in os.scandir(entry.path) if f.is_file()]
+    for path in paths:
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            out.add((str(path), st.st_mtime_ns, st.st_size))
+    return frozenset(out)
 
 
 async def _first(*events: asyncio.Event) -> None:
