@@ -514,3 +514,23 @@ def test_snapshots_add_up_and_survive_json() -> None:
     assert total.open_connections == {"smtp": 3}
     with pytest.raises(ValueError):
         metrics.from_json({"counters": "nonsense"})
+
+
+def test_password_hashing_threads_are_shared_out_among_the_workers(tmp_path: Path) -> None:
+    """``[auth] hash_workers = 0`` is one per core for the whole serve, not per worker."""
+    from mailstack.auth import Authenticator
+    from mailstack.directory import Directory
+
+    cores = os.cpu_count() or 1
+    for workers, expected in ((1, min(cores, 8)), (cores * 8, 1), (0, max(1, min(cores, 8) // cores))):
+        cfg = config_from_dict({"server": {"workers": workers},
+                                "database": {"url": f"sqlite:///{tmp_path}/d.db"}}, tmp_path / "m.toml")
+        directory = Directory.from_config(cfg)
+        directory.migrate()
+        auth = Authenticator.from_config(cfg, directory)
+        try:
+            assert auth.limits.hash_workers == expected, workers
+        finally:
+            auth.close()
+            directory.close()
+
