@@ -56,11 +56,14 @@ Supervision:
   installed by whichever worker's renewal loop got ``renew.lock`` first, and every other
   worker must serve the new pair as well, not only after the next ``systemctl reload``.
 
-Duties that must happen once are already safe with several processes, by locks on disk
-rather than by a chosen worker: the queue runner claims each message (``queue.claim``),
-the spam learner drains under ``.lock``, ACME orders under ``renew.lock`` (and re-checks
-after waiting), TLS-RPT days are claimed by renaming (``smtp.tlsrpt``), a Maildir's
-``tmp/`` is cleaned by whoever looks. Per worker, by design: the credential cache, the
+Duties that must happen once are given to no chosen worker: every worker runs every
+service, and each duty is kept to one at a time by a lock on disk, which also holds for
+several hosts sharing the files: the queue runner claims each message (``queue.claim``;
+an enqueue wakes every runner through ``<queue>/.wake``, the first claim wins), the spam
+learner drains under ``.lock``, ACME orders under ``renew.lock`` (and re-checks after
+waiting; the certificate watch below brings the others along), TLS-RPT days are sent under
+``<queue>/tlsrpt/.send.lock`` (``QueueRunner.send_tls_reports``), a Maildir's ``tmp/`` is
+cleaned by whoever looks (a file already gone is skipped). Per worker, by design: the credential cache, the
 connection caps (``[smtp] max_connections`` ... count one worker's connections: the
 kernel spreads connections over the workers), the IMAP per user+IP session cap
 (``imap.userip``). Log lines carry the process id (``name[pid]:``) when workers > 1.
