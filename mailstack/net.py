@@ -54,6 +54,7 @@ __all__ = [
     "bind_listener",
     "certificate_dir",
     "client_context",
+    "close_shared_listeners",
     "ensure_certificate",
     "install_certificate",
     "is_loopback_peer",
@@ -417,8 +418,11 @@ async def start_listener(
         shared = _listener_source(address)
         try:
             if shared.family == socket.AF_UNIX:
-                return await loop.create_unix_server(protocol_factory, sock=shared, ssl=ssl)
-            return await loop.create_server(protocol_factory, sock=shared, ssl=ssl)
+                server = await loop.create_unix_server(protocol_factory, sock=shared, ssl=ssl)
+            else:
+                server = await loop.create_server(protocol_factory, sock=shared, ssl=ssl)
+            _shared_servers.append(server)
+            return server
         except OSError as e:
             shared.close()
             raise ListenError(address, _reason(e)) from None
@@ -476,6 +480,7 @@ async def open_listeners(
 ListenerSource = Callable[[ListenAddress], socket.socket]
 _listener_source: ListenerSource | None = None
 _log_listeners = True
+_shared_servers: list[asyncio.Server] = []
 
 
 def use_listener_source(source: ListenerSource | None, *, log_listeners: bool = True) -> None:
@@ -489,6 +494,15 @@ def use_listener_source(source: ListenerSource | None, *, log_listeners: bool = 
     global _listener_source, _log_listeners
     _listener_source = source
     _log_listeners = log_listeners
+
+
+def close_shared_listeners() -> None:
+    """Stop accepting on every listener taken from the source (a worker that stops: its
+    supervisor hears STOPPING=1 only after this, so nothing is accepted any more once it
+    tells systemd); the services' own ``close()`` later is a no-op."""
+    for server in _shared_servers:
+        server.close()
+    _shared_servers.clear()
 
 
 def bind_listener(address: ListenAddress) -> socket.socket:

@@ -365,6 +365,8 @@ async def _serve(
         log.info("ready: %s", names)
         await stop.wait()
 
+    if _link is not None:
+        net.close_shared_listeners()  # before STOPPING=1: then no worker accepts any more
     sd_notify("STOPPING=1")
     for t in list(reloads):
         t.cancel()

@@ -66,7 +66,7 @@ waiting; the certificate watch below brings the others along), TLS-RPT days are 
 cleaned by whoever looks (a file already gone is skipped). Per worker, by design: the credential cache, the
 connection caps (``[smtp] max_connections`` ... count one worker's connections: the
 kernel spreads connections over the workers), the IMAP per user+IP session cap
-(``imap.userip``). Log lines carry the process id (``name[pid]:``) when workers > 1.
+(``imap.userip``). Log lines carry the process id (``[pid] INFO name: ...``) when workers > 1.
 """
 
 from __future__ import annotations
@@ -341,7 +341,6 @@ class _Worker:
     stopping: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     exited: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     status: str = ""
-    expected_exit: bool = False
 
     @property
     def pid(self) -> int:
@@ -468,7 +467,7 @@ class Supervisor:
         with contextlib.suppress(OSError):  # prometheus_client's mark_process_dead: its saved counts stay
             (self.metrics_dir / f"{worker.pid}.sock").unlink()
         worker.exited.set()
-        if self.stop.is_set() or worker.expected_exit:
+        if self.stop.is_set():
             log.info("worker %d (pid %d) exited: %s", worker.index, worker.pid, _describe(returncode))
             return
         if not worker.ready.is_set() and self.workers.get(worker.index) is worker and not self._serving:

@@ -27,10 +27,11 @@ def _serve(args: argparse.Namespace, ctx: Context) -> int:
     link = supervisor.worker_link()
     config = link.config(find_config_path(ctx.config_arg)) if link is not None else ctx.config
     # Under systemd (JOURNAL_STREAM set) journald stamps each line itself; with several
-    # workers every line says which process wrote it (``name[pid]:``, as Postfix does).
+    # workers every line says which process wrote it (``[pid] INFO name: ...``: the pid comes
+    # before the level, so ``mailstack.maillog:`` stays as fail2ban and rsyslog filters expect it).
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    pid = "[%(process)d]" if link is not None or supervisor.worker_count(config) > 1 else ""
-    logging.basicConfig(level=args.log_level, format=stamp + "%(levelname)s %(name)s" + pid + ": %(message)s")
+    pid = "[%(process)d] " if link is not None or supervisor.worker_count(config) > 1 else ""
+    logging.basicConfig(level=args.log_level, format=stamp + pid + "%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations are logged by the directory
     from mailstack.serve import run
 

@@ -280,7 +280,7 @@ def test_both_workers_accept_on_every_listener_and_a_killed_one_is_replaced(
     assert not alive(second) and not alive(back)
     log = server.log
     assert "Traceback" not in log
-    pids = {int(p) for p in re.findall(r"mailstack\.net\[(\d+)\]: smtp listening on", log)}
+    pids = {int(p) for p in re.findall(r"\[(\d+)\] INFO mailstack\.net: smtp listening on", log)}
     assert first in pids  # every worker line says which process wrote it
     assert "worker 0 (pid" in log and "exited: exit status 0" in log
 
@@ -316,7 +316,7 @@ def test_sighup_reaches_every_worker_and_an_idle_session_survives_it(tmp_path: P
     for busy in (first, second):  # each worker presents the new certificate
         with Paused(busy):
             assert presented(imaps, None) == "renewed.example.test"
-    reloaded = {int(p) for p in re.findall(r"mailstack\.serve\[(\d+)\]: reloaded: certificates", server.log)}
+    reloaded = {int(p) for p in re.findall(r"\[(\d+)\] INFO mailstack\.serve: reloaded: certificates", server.log)}
     assert reloaded == {first, second}
 
     deliver(lmtp, "after the reload")  # the idler, on whichever worker, was not dropped
@@ -330,7 +330,7 @@ def test_sighup_reaches_every_worker_and_an_idle_session_survives_it(tmp_path: P
     server.wait_for("RELOADING=1")
     server.wait_for("READY=1")
     refused = [ln for ln in server.log.splitlines() if "reload refused" in ln]
-    assert refused and all("no_such_key" in ln and "mailstack.supervisor[" in ln for ln in refused), server.log
+    assert refused and all("no_such_key" in ln and "ERROR mailstack.supervisor:" in ln for ln in refused), server.log
     for busy in (first, second):
         with Paused(busy):
             assert presented(imaps, None) == "renewed.example.test"  # nothing of it applied
@@ -348,7 +348,7 @@ def test_sighup_reaches_every_worker_and_an_idle_session_survives_it(tmp_path: P
     server.wait_for("READY=1")
     os.kill(second, signal.SIGKILL)
     back = int(server.wait_log(r"worker 1 is back: pid (\d+)").group(1))
-    server.wait_log(rf"mailstack\.serve\[{back}\]: reloaded: certificates")
+    server.wait_log(rf"\[{back}\] INFO mailstack\.serve: reloaded: certificates")
     with Paused(first):
         assert presented(imaps, None) == "third.example.test"
     server.proc.send_signal(signal.SIGTERM)
@@ -477,7 +477,8 @@ def test_one_worker_is_the_single_process_of_before(tmp_path: Path, started: lis
     server.wait_for("READY=1")
     assert smtp_banner(smtp).startswith("220 ")
     assert children(server.proc.pid) == []
-    assert "supervisor" not in server.log and "mailstack.net: smtp listening on" in server.log
+    assert "supervisor" not in server.log and "] INFO" not in server.log  # no pid: one process
+    assert "INFO mailstack.net: smtp listening on" in server.log
     server.proc.send_signal(signal.SIGTERM)
     assert server.finish() == 0
 
