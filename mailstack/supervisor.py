@@ -313,8 +313,9 @@ class SharedMetrics:
 
 
 def worker_link(environ: Mapping[str, str] | None = None) -> WorkerLink | None:
-    """This process's link to its supervisor, None when it is not a worker."""
-    raw = (os.environ if environ is None else environ).get(WORKER_ENV, "")
+    """This process's link to its supervisor, None when it is not a worker (the variable is
+    taken out of ``os.environ``: a program this worker runs is no worker)."""
+    raw = os.environ.pop(WORKER_ENV, "") if environ is None else environ.get(WORKER_ENV, "")
     if not raw:
         return None
     try:
