@@ -1,5 +1,9 @@
 """The process runner: `mailstack serve [SERVICE ...]` in one asyncio loop.
 
+With ``[server] workers`` > 1 this runs in each worker, and the process started by the
+user is their supervisor (``mailstack.supervisor``: shared listeners, replacement,
+signals passed on); with ``workers = 1`` nothing of that exists.
+
 What it does, in order: resolve the service names (unknown name: exit 2; a service
 this build lacks: exit 1 when named, a warning and a skip when not), prepare what is
 missing on disk (``prepare``), start each service, tell systemd ``READY=1`` (when
