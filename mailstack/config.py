@@ -35,6 +35,7 @@ __all__ = [
 
 SEARCH_PATHS = (Path("config/mailstack.toml"), Path("/etc/mailstack/mailstack.toml"))
 ENV_VAR = "MAILSTACK_CONFIG"
+MAX_WORKERS = 256  # [server] workers: more processes than that is a typo, not a machine
 
 
 class ConfigError(Exception):
@@ -131,6 +132,13 @@ def _resolve(raw: str, base: Path) -> Path:
 
 Listeners = tuple[ListenAddress, ...]
 Duration = float  # seconds
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How ``mailstack serve`` runs (``mailstack.supervisor``)."""
+
+    workers: int = 0  # processes that share the listeners; 0 = one per CPU core; 1 = one process, no supervisor
 
 
 @dataclass(frozen=True)
@@ -346,6 +354,7 @@ class Config:
     """The whole configuration. ``path`` is the file it came from (None for defaults)."""
 
     hostname: str = "localhost"
+    server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -552,6 +561,8 @@ def _resolve_db_url(url: str, base: Path) -> str:
 def _check(cfg: Config) -> None:
     if not _HOSTNAME_RE.match(cfg.hostname) or "." not in cfg.hostname.strip(".") and cfg.hostname != "localhost":
         raise _KeyError(f"hostname: {cfg.hostname!r} is not a fully qualified domain name")
+    if cfg.server.workers > MAX_WORKERS:
+        raise _KeyError(f"[server] workers: must be at most {MAX_WORKERS}")
     if not re.match(r"^[a-z][a-z0-9+]*://", cfg.database.url):
         raise _KeyError(f"[database] url: {cfg.database.url!r} is not a database URL like sqlite:///path")
     if cfg.smtp.max_message_size < 1024:

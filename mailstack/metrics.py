@@ -27,7 +27,8 @@ in ``mailstack.ops``.
 
 Invariants:
 - counts are per process (``mailstack serve`` runs every service in one process; separate
-  ``serve NAME`` processes each count their own and only the one running ``http`` is seen);
+  ``serve NAME`` processes each count their own and only the one running ``http`` is seen),
+  except that the workers of one ``serve`` (``[server] workers``) add up: ``set_peers``;
 - a metric has at most ``MAX_SERIES`` label sets: later new ones are counted under
   ``reason``/``status``/``result`` = ``other`` (every label ``other`` when even that set
   would be new), so a remote MX cannot grow memory without bound by inventing reply codes;
@@ -61,6 +62,7 @@ __all__ = [
     "observe",
     "record_event",
     "render",
+    "set_peers",
     "watch_connections",
 ]
 
@@ -308,12 +310,63 @@ def families(snap: Snapshot) -> list[Metric]:
     return out
 
 
+# ---------------------------------------------------------------------------
+# other processes (``[server] workers``: mailstack.supervisor)
+
+_peers: Callable[[], Iterable[Snapshot]] | None = None
+
+
+def set_peers(source: Callable[[], Iterable[Snapshot]] | None) -> None:
+    """``source()`` gives the snapshots of the other worker processes; a scrape adds them
+    to this process's own, so one scrape counts every worker. None: this process only."""
+    global _peers
+    _peers = source
+
+
+def merge(snaps: Iterable[Snapshot]) -> Snapshot:
+    """Several snapshots added up (counters, histogram rows, open connections)."""
+    counters: dict[Key, float] = {}
+    histograms: dict[Key, list[float]] = {}
+    open_connections: dict[str, int] = {}
+    for snap in snaps:
+        for key, value in snap.counters.items():
+            counters[key] = counters.get(key, 0.0) + value
+        for key, row in snap.histograms.items():
+            total = histograms.get(key)
+            histograms[key] = list(row) if total is None else [a + b for a, b in zip(total, row)]
+        for service, n in snap.open_connections.items():
+            open_connections[service] = open_connections.get(service, 0) + n
+    return Snapshot(counters, histograms, open_connections)
+
+
+def to_json(snap: Snapshot) -> dict[str, Any]:
+    """A snapshot as JSON-able data (``from_json`` reads it back)."""
+    return {"counters": [[n, list(ls), v] for (n, ls), v in snap.counters.items()],
+            "histograms": [[n, list(ls), row] for (n, ls), row in snap.histograms.items()],
+            "open_connections": dict(snap.open_connections)}
+
+
+def from_json(data: Any) -> Snapshot:
+    """``to_json``'s data back; ValueError when it is not that shape."""
+    try:
+        counters = {(str(n), tuple(map(str, ls))): float(v) for n, ls, v in data["counters"]}
+        histograms = {(str(n), tuple(map(str, ls))): [float(x) for x in row] for n, ls, row in data["histograms"]}
+        open_connections = {str(k): int(v) for k, v in data["open_connections"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"not a metrics snapshot: {e}") from None
+    return Snapshot(counters, histograms, open_connections)
+
+
 class _Collector:
     def __init__(self, extra: Callable[[], Iterable[Metric]]) -> None:
         self.extra = extra
 
     def collect(self) -> Iterable[Metric]:
-        yield from families(snapshot())
+        snap = snapshot()
+        peers = _peers
+        if peers is not None:
+            snap = merge([snap, *peers()])
+        yield from families(snap)
         yield from self.extra()
 
 

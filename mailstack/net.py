@@ -53,8 +53,10 @@ __all__ = [
     "ListenError",
     "TLSContexts",
     "TLSError",
+    "bind_listener",
     "certificate_dir",
     "client_context",
+    "close_shared_listeners",
     "ensure_certificate",
     "install_certificate",
     "is_loopback_peer",
@@ -65,6 +67,7 @@ __all__ = [
     "peer_ip",
     "server_context",
     "start_listener",
+    "use_listener_source",
 ]
 
 log = logging.getLogger(__name__)
@@ -462,6 +465,18 @@ async def start_listener(
 ) -> asyncio.Server:
     """Listen on a TCP (IPv4/IPv6) or unix socket address; raises ListenError (one line)."""
     loop = asyncio.get_running_loop()
+    if _listener_source is not None:  # a worker: the supervisor bound it (mailstack.supervisor)
+        shared = _listener_source(address)
+        try:
+            if shared.family == socket.AF_UNIX:
+                server = await loop.create_unix_server(protocol_factory, sock=shared, ssl=ssl)
+            else:
+                server = await loop.create_server(protocol_factory, sock=shared, ssl=ssl)
+            _shared_servers.append(server)
+            return server
+        except OSError as e:
+            shared.close()
+            raise ListenError(address, _reason(e)) from None
     if address.kind == "unix":
         assert address.path is not None
         sock = _bind_unix(address, address.path)
@@ -479,8 +494,9 @@ async def start_listener(
 
 
 def log_listener(name: str, address: ListenAddress | str, tls: bool) -> None:
-    """The one INFO line per listener opened: ``smtp listening on 127.0.0.1:2525``."""
-    log.info("%s listening on %s%s", name, address, " (implicit TLS)" if tls else "")
+    """The one INFO line per listener opened: ``smtp listening on 127.0.0.1:2525``
+    (in a worker other than the first, DEBUG: the supervisor's workers share one socket)."""
+    log.log(logging.INFO if _log_listeners else logging.DEBUG, "%s listening on %s%s", name, address, " (implicit TLS)" if tls else "")
 
 
 async def open_listeners(
@@ -507,6 +523,64 @@ async def open_listeners(
             s.close()
         raise
     return servers
+
+
+# ---------------------------------------------------------------------------
+# listeners bound by another process (mailstack.supervisor)
+
+ListenerSource = Callable[[ListenAddress], socket.socket]
+_listener_source: ListenerSource | None = None
+_log_listeners = True
+_shared_servers: list[asyncio.Server] = []
+
+
+def use_listener_source(source: ListenerSource | None, *, log_listeners: bool = True) -> None:
+    """From now on ``start_listener`` takes its sockets from ``source(address)`` (a worker
+    of ``mailstack.supervisor``: the supervisor binds each address once and passes the
+    socket on; ``source`` raises ListenError when it cannot); None: bind them here again.
+
+    Process-wide on purpose: which process binds is a fact about the process (like its
+    umask), not about a service, and every service opens its listeners through here.
+    """
+    global _listener_source, _log_listeners
+    _listener_source = source
+    _log_listeners = log_listeners
+
+
+def close_shared_listeners() -> None:
+    """Stop accepting on every listener taken from the source (a worker that stops: its
+    supervisor hears STOPPING=1 only after this, so nothing is accepted any more once it
+    tells systemd); the services' own ``close()`` later is a no-op."""
+    for server in _shared_servers:
+        server.close()
+    _shared_servers.clear()
+
+
+def bind_listener(address: ListenAddress) -> socket.socket:
+    """A listening, non-blocking socket on ``address``, opened as ``start_listener`` opens
+    one (TCP: SO_REUSEADDR, IPV6_V6ONLY, backlog 128; unix: the stale-socket and 0660
+    rules above); ListenError (one line) when it cannot be. A host name is bound at its
+    first address (``getaddrinfo`` order); list each address to listen on several."""
+    if address.kind == "unix":
+        assert address.path is not None
+        return _bind_unix(address, address.path)
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as e:
+        raise ListenError(address, (e.strerror or str(e)).lower()) from None
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ListenError(address, _reason(e)) from None
+    sock.setblocking(False)
+    return sock
 
 
 def _bind_unix(address: ListenAddress, path: Path) -> socket.socket:

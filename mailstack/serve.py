@@ -1,5 +1,9 @@
 """The process runner: `mailstack serve [SERVICE ...]` in one asyncio loop.
 
+With ``[server] workers`` > 1 this runs in each worker, and the process started by the
+user is their supervisor (``mailstack.supervisor``: shared listeners, replacement,
+signals passed on); with ``workers = 1`` nothing of that exists.
+
 What it does, in order: resolve the service names (unknown name: exit 2; a service
 this build lacks: exit 1 when named, a warning and a skip when not), prepare what is
 missing on disk (``prepare``), start each service, tell systemd ``READY=1`` (when
@@ -44,7 +48,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from mailstack import net
+from mailstack import net, supervisor
 from mailstack.auth import Authenticator
 from mailstack.config import Config, ConfigError, load_config
 from mailstack.directory import Directory, DirectoryError
@@ -92,6 +96,8 @@ def sd_notify(state: str) -> bool:
     sd_notify(3) without libsystemd: one datagram on an AF_UNIX socket; a leading ``@``
     names an abstract socket.
     """
+    if _link is not None:  # a worker: its supervisor tells systemd (mailstack.supervisor)
+        return _link.notify(state)
     address = os.environ.get("NOTIFY_SOCKET", "")
     if not address or address[0] not in "/@":
         return False
@@ -243,12 +249,22 @@ def stop_grace(environ: dict[str, str] | os._Environ[str] | None = None) -> floa
     return value
 
 
-def run(config: Config, services: Sequence[str]) -> int:
+_link: supervisor.WorkerLink | None = None  # set in a worker of mailstack.supervisor
+
+
+def run(config: Config, services: Sequence[str], link: supervisor.WorkerLink | None = None) -> int:
     """Run the named services (empty: every enabled one) until SIGTERM/SIGINT; exit status.
 
     The process runs under umask 077 (``PRIVATE_UMASK``) whoever starts it: password
     hashes, mail, queue and keys are created private even where a creating call forgot.
+
+    ``[server] workers`` > 1: once the names resolved and ``prepare`` made what was missing,
+    this process becomes the supervisor of that many workers (``mailstack.supervisor``);
+    ``link`` is given in such a worker, which then runs as below with the supervisor's
+    listeners. Extension services (``$MAILSTACK_EXTRA_SERVICES``) run in the workers too.
     """
+    global _link
+    _link = link
     os.umask(PRIVATE_UMASK)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -258,6 +274,11 @@ def run(config: Config, services: Sequence[str]) -> int:
         directory = prepare(config)
     except ServiceError as e:
         return _fail(str(e), EXIT_USAGE if isinstance(e, _UsageError) else EXIT_FAILED)
+    if link is None and (count := supervisor.worker_count(config)) > 1 and config.path is not None:
+        directory.close()  # the workers open their own; the supervisor needs none
+        return supervisor.supervise(config, services, count, grace, sd_notify)
+    if link is not None:
+        net.use_listener_source(link.listener, log_listeners=link.index == 0)
     # mail stored by this process (LMTP, MX, submission, APPEND) is full-text indexed at once
     indexer = fts.Indexer() if config.imap.full_text_index else None
     if indexer is not None:
@@ -313,6 +334,17 @@ async def _serve(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if _link is not None:
+        def orphaned() -> None:
+            if not stop.is_set():
+                log.warning("the supervisor is gone: stopping")
+                stop.set()
+
+        _link.watch(loop, orphaned)
+        try:
+            await _link.metrics.start()  # one scrape counts every worker
+        except OSError as e:
+            log.warning("metrics of the other workers will not be seen here: %s", e.strerror or e)
 
     auth = Authenticator.from_config(config, directory)
     bridge = Bridge.for_directory(directory.engine, config.storage.maildir_root)  # new mail between hosts (PostgreSQL)
@@ -342,6 +374,8 @@ async def _serve(
         log.info("ready: %s", names)
         await stop.wait()
 
+    if _link is not None:
+        net.close_shared_listeners()  # before STOPPING=1: then no worker accepts any more
     sd_notify("STOPPING=1")
     for t in list(reloads):
         t.cancel()
@@ -352,6 +386,9 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a late `systemctl reload` must not kill the exit
+    if _link is not None:
+        _link.unwatch(loop)
+        await _link.metrics.stop()
     if failure is not None:
         return _fail(failure)
     log.info("stopped")

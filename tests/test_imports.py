@@ -34,6 +34,7 @@ LAYERS: list[set[str]] = [
     {"mailstack.acme"},  # ACME certificates: the http service answers, serve renews, the CLI asks
     {"mailstack.service"},  # what a service gets from its runner
     {"mailstack.smtp", "mailstack.imap", "mailstack.pop3", "mailstack.http", "mailstack.managesieve"},  # the services
+    {"mailstack.supervisor"},  # [server] workers: the processes that share the listeners
     {"mailstack.serve"},  # the runner
     {"mailstack.backup"},  # backup and restore: the directory's dump + every file the config names
     {"mailstack.cli"},

@@ -175,8 +175,12 @@ class Authenticator:
             store = MemoryThrottleStore(policy)
         else:
             store = DirectoryThrottleStore(directory, policy)
-        # 0: one per core, at most DEFAULT_MAX_HASH_WORKERS (each argon2id check holds 64 MiB)
-        workers = a.hash_workers or min(os.cpu_count() or 1, DEFAULT_MAX_HASH_WORKERS)
+        # 0: one per core, at most DEFAULT_MAX_HASH_WORKERS (each argon2id check holds 64 MiB),
+        # for the whole serve: shared out among its [server] workers processes (at least one
+        # each), so N workers on N cores do not run N x N checks of 64 MiB at once
+        cores = os.cpu_count() or 1
+        processes = config.server.workers or cores
+        workers = a.hash_workers or max(1, min(cores, DEFAULT_MAX_HASH_WORKERS) // processes)
         return cls(directory, store=store,
                    limits=AuthLimits(workers, a.hash_queue, a.max_inflight_per_client))
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import fcntl
 import logging
 import os
 import ssl
@@ -242,6 +243,23 @@ class QueueRunner:
         that has not gone out yet; how many messages were queued (RFC 8460 §4.1: daily)."""
         if self.tls_results is None:
             return 0
+        # One sender at a time (the workers of `[server] workers`, hosts sharing the queue),
+        # and the day list is read under the lock: a day another runner sent is ".sent" by then.
+        try:
+            lock = os.open(self.tls_results.dir / ".send.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            return 0
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # another runner is sending them right now
+            return await self._send_tls_reports(before)
+        finally:
+            os.close(lock)
+
+    async def _send_tls_reports(self, before: datetime.date | None) -> int:
+        assert self.tls_results is not None
         today = before or datetime.datetime.now(datetime.timezone.utc).date()
         try:
             names = sorted(os.listdir(self.tls_results.dir))
