@@ -116,6 +116,8 @@ class TLSAResolver(Protocol):
 
     async def tlsa(self, name: str) -> TLSAAnswer: ...
 
+    async def address_secure(self, host: str) -> bool: ...
+
 
 class Resolver(Protocol):
     """What the rest of mailstack needs from DNS. Empty result = NODATA."""
@@ -191,6 +193,21 @@ class DNSPythonResolver:
                         for r in answer)
         ad = bool(answer.response.flags & dns.flags.AD)
         return TLSAAnswer(records, ad and (answer.nameserver, answer.port) in self._trusted)
+
+    async def address_secure(self, host: str) -> bool:
+        """Whether a trusted validating resolver vouches (AD bit) for ``host``'s address
+        records: RFC 7672 §2.2's "secure" MX host. Any failure is "not known secure"."""
+        if not self._trusted:
+            return False
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self._answer(_name(host), rdtype)
+            except DNSError:
+                continue
+            if answer is not None:
+                ad = bool(answer.response.flags & dns.flags.AD)
+                return ad and (answer.nameserver, answer.port) in self._trusted
+        return False
 
     async def mx(self, domain: str) -> MXResult:
         domain = _name(domain)

@@ -585,12 +585,18 @@ async def _requirement(target: _Target, route: Route, policy: StsPolicy | None,
         try:
             answer = await route.tlsa.tlsa(f"_{route.port}._tcp.{target.host}")  # RFC 7672 §2.2.1
         except DNSError as e:
-            # Choice: an unanswerable TLSA lookup counts as no TLSA (we cannot tell a
-            # signed zone from an unsigned one without the MX answer's own AD bit).
-            log.info("outbound: TLSA lookup for %s failed (%s); no DANE", target.host, e)
             if route.tls_results is not None and domain and isinstance(e, DNSTemporaryError):
                 # RFC 8460 §4.3.2.1: our validating resolver gave no valid answer
                 route.tls_results.record(Attempt(domain, "tlsa", (), target.host, "", "dnssec-invalid", str(e)))
+            # RFC 7672 §2.2: a failed TLSA lookup for a *secure* MX host (its address records
+            # DNSSEC-validated) may be an attacker hiding the records: that host is skipped,
+            # as Postfix does. For a host not known secure it counts as no TLSA (unsigned
+            # zones whose servers fail unknown types are common).
+            if isinstance(e, DNSTemporaryError) and await route.tlsa.address_secure(target.host):
+                log.info("outbound: TLSA lookup for secure MX %s failed (%s): host skipped", target.host, e)
+                raise _Fail(_local(451, f"4.7.5 DANE: TLSA lookup for {target.host} failed ({e})"),
+                            tls="dane") from None
+            log.info("outbound: TLSA lookup for %s failed (%s); no DANE", target.host, e)
         else:
             if answer.secure and answer.records:
                 usable = usable_tlsa(answer.records)
@@ -635,16 +641,20 @@ def _record(route: Route, domain: str, target: _Target, address: str, req: Requi
         route.tls_results.record(Attempt(domain, "sts", strings, target.host, address, result))
 
 
+_Needs = tuple[Requirement, list[TLSARecord], list[TLSARecord]]
+
+
 async def _open_secure(target: _Target, address: str, route: Route, policy: StsPolicy | None,
-                       requiretls: bool = False, domain: str = "") -> Connection:
+                       requiretls: bool = False, domain: str = "", needs: _Needs | None = None) -> Connection:
     """A connection to a remote MX with the TLS its policy asks for, or ``_Fail``.
 
     ``requiretls`` (RFC 8689 §4.2.1): the MX host must be vouched for by DANE or by an
     MTA-STS policy that lists it (any mode but ``none``), and its certificate must pass
     that check; with neither, the message fails permanently (``5.7.10``), since retrying
-    cannot help until the domain publishes one.
+    cannot help until the domain publishes one. ``needs``: ``_requirement``'s answer when
+    the caller has it already (one TLSA lookup, one TLS-RPT record per connection).
     """
-    req, tlsa, all_tlsa = await _requirement(target, route, policy, domain)
+    req, tlsa, all_tlsa = needs if needs is not None else await _requirement(target, route, policy, domain)
     if requiretls:
         if req is Requirement.STS_TESTING and policy is not None and policy.allows(target.host):
             req = Requirement.STS_ENFORCE
@@ -733,8 +743,8 @@ async def _open(target: _Target, address: str, route: Route) -> Connection:
     return conn
 
 
-async def _session_key(target: _Target, address: str, route: Route, policy: StsPolicy | None,
-                       requiretls: bool, tls_optional: bool = False) -> Hashable:
+def _session_key(target: _Target, address: str, route: Route, requiretls: bool,
+                 tls_optional: bool = False, needs: _Needs | None = None) -> Hashable:
     """What a parked session must match to carry this delivery: the same server and the
     same TLS requirement (a session made under a weaker policy never serves a stronger one)."""
     if route.relay is not None:
@@ -742,8 +752,8 @@ async def _session_key(target: _Target, address: str, route: Route, policy: StsP
         return ("relay", r.host, r.port, r.tls, r.username, requiretls)
     if tls_optional:  # RFC 8689 §5: opportunistic whatever the policy; never shared with policy mail
         return ("mx", target.host.lower(), address, route.port, "tls-optional", requiretls)
-    req, _usable, _all = await _requirement(target, route, policy)
-    return ("mx", target.host.lower(), address, route.port, req.value, requiretls)
+    assert needs is not None
+    return ("mx", target.host.lower(), address, route.port, needs[0].value, requiretls)
 
 
 async def _connect(target: _Target, address: str, route: Route, policy: StsPolicy | None,
@@ -751,14 +761,16 @@ async def _connect(target: _Target, address: str, route: Route, policy: StsPolic
                    tls_optional: bool = False) -> Connection:
     """A parked session for this server and TLS requirement, else a new connection."""
     key: Hashable | None = None
+    secure = route.relay is None and not tls_optional
+    needs = await _requirement(target, route, policy, domain) if secure else None
     if route.sessions is not None:
-        key = await _session_key(target, address, route, policy, requiretls, tls_optional)
+        key = _session_key(target, address, route, requiretls, tls_optional, needs)
         if not fresh:
             cached = route.sessions.take(key)
             if cached is not None:
                 return cached
     conn = (await _open(target, address, route) if route.relay is not None or tls_optional
-            else await _open_secure(target, address, route, policy, requiretls, domain))
+            else await _open_secure(target, address, route, policy, requiretls, domain, needs))
     conn.cache_key = key
     return conn
 

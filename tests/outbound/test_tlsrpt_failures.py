@@ -169,3 +169,24 @@ def test_dane_tlsa_invalid_and_dnssec_invalid_are_reported(tmp_path: Path, dns: 
     store.enqueue("alice@example.test", ["x@remote.test"], MSG)
     run_queue(cfg, runner)
     assert [a.result for a in recorded(runner)] == ["tlsa-invalid", "dnssec-invalid"]
+
+
+def test_a_failed_tlsa_lookup_skips_a_secure_mx_only(tmp_path: Path, dns: TestDNS, remote: Remote,
+                                                     ca: TestCA) -> None:  # noqa: F811
+    """RFC 7672 §2.2: when the validating resolver fails the TLSA lookup of an MX host whose
+    address records are DNSSEC-validated, that host is skipped (someone may be hiding its
+    records); for a host not known secure the failure counts as no TLSA."""
+    restart_with_cert(remote, tmp_path, ca.issue("mx.remote.test", self_signed=True))
+    cfg = make_config(tmp_path, dns, remote.port, dns={"trusted_resolvers": [dns.address]})
+    dns.servfail.add(f"_{remote.port}._tcp.mx.remote.test")
+    store = QueueStore(cfg.queue.dir)
+    store.enqueue("alice@example.test", ["x@remote.test"], MSG)
+    runner = run_queue(cfg)
+    assert len(remote.messages) == 1 and store.list() == []  # unsigned host: delivered
+    dns.secure.add("mx.remote.test")  # now its A record comes with the AD bit
+    store.enqueue("alice@example.test", ["x@remote.test"], MSG)
+    run_queue(cfg, runner)
+    assert len(remote.messages) == 1  # skipped, not sent in the clear or unauthenticated
+    (queued,) = store.list()
+    env = store.envelope(queued)
+    assert env.attempts == 1 and "4.7.5" in json.dumps(env.extra) + str(env.reason)
