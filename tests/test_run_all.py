@@ -67,6 +67,9 @@ def test_quick_run_prints_every_row() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert re.search(r"^Measured \d{4}-\d\d-\d\d \d\d:\d\d UTC \(--quick\)\. Reference: not running", out, re.M), out
+    # the servers ran as deployed, the product's default worker count, and the header says how many
+    assert re.search(r"^Measured .* mailstack: `mailstack serve` with \[server\] workers = 0 "
+                     r"\(one per CPU core: \d+ workers?\)\.$", out, re.M), out
     assert "| measurement | mailstack | reference | ratio |" in out
     table = {m.group(1): m.group(2) for m in re.finditer(r"^\| (.+?) \| (.+?) \| .+? \| .+? \|$", out, re.M)}
     missing = [r for r in ROWS if r not in table]
