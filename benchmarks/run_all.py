@@ -11,7 +11,8 @@ Rows (ours, the reference's figure when the reference stack is up, and the ratio
 - submission -> queue -> remote MX with DKIM, 1 and 8 connections (msg/s;
   ``smtp_outbound``; reference: a private Postfix relay to the same sink, needs root);
 - memory per IDLE connection at 1,000 connections (``--idle N`` for another count; KB of
-  PSS of the server's process tree; Dovecot's tree from its ``master.pid``);
+  PSS of the server's process tree, supervisor and workers; Dovecot's tree from its
+  ``master.pid``);
 - imaptest stress, 20 clients, 30 s: logins done (when imaptest is built, where the test
   suite finds it; against the reference only with ``--imaptest-reference``, since its
   stress mode expunges and appends in the reference's mailboxes);
