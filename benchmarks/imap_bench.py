@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """IMAP benchmark: operations/s for N concurrent clients, and memory per idle connection.
 
-Starts mailstack's IMAP service (``mailstack.imap.server.start``) in a child process on a
-free loopback port with a temporary store (users ``user1..userN@example.test`` / ``pass``,
+Starts ``mailstack serve imap pop3`` as deployed (``mail_loads.MailServer``: ``[server]
+workers`` processes from ``--workers``, 0 = one per CPU core) on a free loopback port with
+a temporary store (users ``user1..userN@example.test`` / ``pass``,
 mailboxes filled through storage), then measures it with two load generators that are
 not part of this repository, run as subprocesses against any host/port, found in the
 folder named by ``--tools`` or ``$MAILSTACK_REFERENCE_TOOLS`` (without one, the loads
@@ -27,14 +28,12 @@ not password hashing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import imaplib
 import json
 import multiprocessing as mp
 import os
 import random
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +43,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mail_loads  # noqa: E402
 # The folder of imap_load.py / imap_idle_mem.py (--tools overrides); None = those loads are left out.
 REFERENCE: Path | None = Path(os.environ["MAILSTACK_REFERENCE_TOOLS"]) if os.environ.get("MAILSTACK_REFERENCE_TOOLS") else None
 
@@ -59,60 +61,6 @@ def raise_nofile() -> None:
     want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
-
-# ---------------------------------------------------------------------------- our server
-
-
-def serve(workdir: Path, port: int) -> None:
-    from mailstack import net
-    from mailstack.config import config_from_dict
-    from mailstack.directory import Directory, Passwords
-    from mailstack.imap.server import start
-    from mailstack.service import ServiceContext
-
-    raise_nofile()
-    config = config_from_dict(
-        {
-            "hostname": "mx.example.test",
-            "database": {"url": f"sqlite:///{workdir / 'mailstack.db'}"},
-            "storage": {"maildir_root": str(workdir / "mailboxes")},
-            "tls": {"cert_file": str(workdir / "cert.pem"), "key_file": str(workdir / "key.pem")},
-            "imap": {"listen": [f"127.0.0.1:{port}"]},
-        },
-        workdir / "mailstack.toml",
-    )
-    net.ensure_certificate(config.tls, config.hostname)
-    directory = Directory(config.database.url, passwords=Passwords.fast())
-
-    async def main() -> None:
-        ctx = ServiceContext(config, directory, net.load_tls_contexts(config.tls), net.ConnectionLimits(20000, 20000))
-        service = await start(ctx)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        print("ready", flush=True)
-        await stop.wait()
-        await service.stop(1.0)
-
-    asyncio.run(main())
-
-
-def prepare(workdir: Path, users: int, messages: int, size: int) -> None:
-    from mailstack.directory import Directory, Passwords
-    from mailstack.storage import Maildir
-
-    directory = Directory(f"sqlite:///{workdir / 'mailstack.db'}", passwords=Passwords.fast())
-    directory.migrate()
-    directory.add_domain("example.test")
-    body = (b"x" * 75 + b"\n") * max(1, size // 76)
-    for u in range(1, users + 1):
-        directory.add_user(f"user{u}@example.test", "pass")
-        md = Maildir.for_user(workdir / "mailboxes", "example.test", f"user{u}")
-        md.ensure()
-        for i in range(messages):
-            md.deliver(b"From: bench@example.org\nTo: user%d@example.test\nSubject: bench %d\n"
-                       b"Message-ID: <%d.%d@bench>\n\n" % (u, i, u, i) + body)
-    directory.close()
 
 
 # ---------------------------------------------------------------------------- loads
@@ -210,12 +158,8 @@ def main() -> int:
     ap.add_argument("--no-reference", action="store_true", help="do not measure Dovecot even when it is up")
     ap.add_argument("--tools", help="folder of imap_load.py and imap_idle_mem.py (default: $MAILSTACK_REFERENCE_TOOLS)")
     ap.add_argument("--json-out")
-    ap.add_argument("--serve", help=argparse.SUPPRESS)
-    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--workers", type=int, default=0, help="[server] workers of our server (0: one per CPU core)")
     a = ap.parse_args()
-    if a.serve:
-        serve(Path(a.serve), a.port)
-        return 0
     raise_nofile()
     global REFERENCE
     if a.tools:
@@ -230,16 +174,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="imap-bench-") as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
-        prepare(work, a.users, a.messages, a.size)
+        mail_loads.prepare(work, a.users, a.messages, a.size)
         print(f"store: {a.users} users x {a.messages} messages of {a.size} B in {time.monotonic() - t0:.1f}s")
-        port = free_port()
-        server = subprocess.Popen([sys.executable, __file__, "--serve", str(work), "--port", str(port)],
-                                  stdout=subprocess.PIPE, text=True)
-        try:
-            assert server.stdout is not None
-            if server.stdout.readline().strip() != "ready":
-                print("server did not start", file=sys.stderr)
-                return 1
+        # the IMAP cap per process is 1000 in code: raised when --idle holds more
+        cap = a.idle + 100 if a.idle + 100 > 1000 else None
+        with mail_loads.MailServer(work, workers=a.workers, max_connections=cap) as server:
+            port = server.imap_port
             print(f"dovecot on 127.0.0.1:31143: {'up' if ref else 'not running (our figures only)'}")
             for c in clients if tools else []:
                 ours = session_load(port, c, a.seconds, a.users, server.pid)
@@ -277,13 +217,6 @@ def main() -> int:
                     line += f" | dovecot {json.dumps({k: v for k, v in theirs.items() if 'per' in k})}"
                 print(line, flush=True)
                 rows.append(row)
-        finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
     if a.json_out:
         with open(a.json_out, "a") as f:
             for row in rows:

@@ -2,10 +2,12 @@
 """Mailbox-side loads for ``run_all.py``: our own, so the table needs nothing from outside
 this repository (the STORE + SEARCH and POP3 loads are ``imap_bench`` / ``pop3_bench``'s).
 
-- ``serve_mail``: mailstack's IMAP and POP3 services in one child process on loopback
-  (``--serve``), over a store made by ``prepare`` (users ``user1..userN@example.test`` /
-  ``pass``); ``real_passwords`` keeps the production argon2id policy, otherwise the cheap
-  test policy (``Passwords.fast()``) so a figure measures IMAP, not hashing;
+- ``MailServer``: ``mailstack serve imap pop3`` as deployed (``[server] workers``
+  processes, 0 = one per CPU core) on loopback, over a store made by ``prepare`` (users
+  ``user1..userN@example.test`` / ``pass``) with a config written by ``write_config``;
+  ``real_passwords`` keeps the production argon2id policy, otherwise the cheap
+  ``Passwords.fast()`` parameters (hashes and ``[auth] argon2_*`` alike) so a figure
+  measures IMAP, not hashing;
 - ``imap_sessions``: closed-loop IMAP sessions from N worker processes, each
   connect, LOGIN, SELECT INBOX, FETCH 1:* (FLAGS), BODIES x FETCH n (BODY.PEEK[]),
   LOGOUT (7 ops with 3 bodies; the same session as the reference's ``imap_load.py``);
@@ -17,7 +19,6 @@ this repository (the STORE + SEARCH and POP3 loads are ``imap_bench`` / ``pop3_b
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import imaplib
@@ -74,54 +75,64 @@ def prepare(workdir: Path, users: int, messages: int, size: int, *, real_passwor
     directory.close()
 
 
-def serve_mail(workdir: Path, imap_port: int, pop3_port: int, real_passwords: bool) -> None:
-    from mailstack import net
-    from mailstack.config import config_from_dict
-    from mailstack.directory import Directory, Passwords
-    from mailstack.imap.server import start as start_imap
-    from mailstack.pop3.server import start as start_pop3
-    from mailstack.service import ServiceContext
+def write_config(workdir: Path, imap_port: int, pop3_port: int, *, workers: int, real_passwords: bool) -> Path:
+    """``<workdir>/mailstack.toml`` for ``mailstack serve imap pop3`` over the store of ``prepare``.
 
-    raise_nofile()
-    config = config_from_dict(
-        {
-            "hostname": "mx.example.test",
-            "database": {"url": f"sqlite:///{workdir / 'mailstack.db'}"},
-            "storage": {"maildir_root": str(workdir / "mailboxes")},
-            "tls": {"cert_file": str(workdir / "cert.pem"), "key_file": str(workdir / "key.pem")},
-            # the load tools log in many times from one address: no per-user cap in the way
-            "imap": {"listen": [f"127.0.0.1:{imap_port}"], "max_userip_connections": 100000,
-                     "max_unauthenticated_per_ip": 100000},
-            "pop3": {"listen": [f"127.0.0.1:{pop3_port}"]},
-        },
-        workdir / "mailstack.toml",
-    )
-    net.ensure_certificate(config.tls, config.hostname)
-    directory = Directory(config.database.url, passwords=Passwords() if real_passwords else Passwords.fast())
-
-    async def main() -> None:
-        tls = net.load_tls_contexts(config.tls)
-        services = [await start_imap(ServiceContext(config, directory, tls, net.ConnectionLimits(20000, 20000))),
-                    await start_pop3(ServiceContext(config, directory, tls, net.ConnectionLimits(20000, 20000)))]
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        print("ready", flush=True)
-        await stop.wait()
-        for s in services:
-            await s.stop(1.0)
-
-    asyncio.run(main())
+    Everything else is the product's default: ``[auth] cache_ttl``, the TLS and
+    plaintext-on-loopback policy, the per-process limits. ``real_passwords`` False: the
+    ``[auth] argon2_*`` keys name the parameters of ``Passwords.fast()``, which made the
+    hashes, so a login verifies the cheap hash and never rehashes it (no write to the
+    database per login); True: the production argon2id policy (the keys left at 0)."""
+    argon = "" if real_passwords else "argon2_time_cost = 1\nargon2_memory_cost = 256\nargon2_parallelism = 1\n"
+    cfg = workdir / "mailstack.toml"
+    cfg.write_text(f'''hostname = "mx.example.test"
+[server]
+workers = {workers}
+[database]
+url = "sqlite:///{workdir / 'mailstack.db'}"
+[storage]
+maildir_root = "{workdir / 'mailboxes'}"
+[tls]
+cert_file = "{workdir / 'cert.pem'}"
+key_file = "{workdir / 'key.pem'}"
+[queue]
+dir = "{workdir / 'queue'}"
+[auth]
+{argon}[imap]
+listen = ["127.0.0.1:{imap_port}"]
+tls_listen = []
+# the load tools log in many times from one address: no per-address cap in the way
+max_userip_connections = 100000
+max_unauthenticated_per_ip = 100000
+[pop3]
+listen = ["127.0.0.1:{pop3_port}"]
+tls_listen = []
+''')
+    return cfg
 
 
 class MailServer:
-    """``serve_mail`` as a child process: ``with MailServer(dir, real) as srv: srv.imap_port ...``."""
+    """``mailstack --config <workdir>/mailstack.toml serve imap pop3`` as a child process, as
+    deployed: ``[server] workers`` processes (0 = the product default, one per CPU core)
+    sharing the listeners. ``with MailServer(dir, real, workers=N) as srv: srv.imap_port ...``;
+    ``srv.pid`` is the top of the process tree (the supervisor, or the one process of
+    ``workers = 1``): CPU and memory figures take the whole tree (``tree_pids``).
 
-    def __init__(self, workdir: Path, real_passwords: bool = False) -> None:
+    Ready = ``READY=1`` on ``$NOTIFY_SOCKET`` (a socket of ours): the supervisor sends it
+    once every worker serves. ``max_connections``: the per-process IMAP/POP3 cap, fixed in
+    code, raised for this server only (``servecaps/sitecustomize.py``); None = the product's.
+    """
+
+    def __init__(self, workdir: Path, real_passwords: bool = False, *, workers: int = 0,
+                 max_connections: int | None = None) -> None:
         self.workdir = workdir
         self.real_passwords = real_passwords
+        self.workers = workers
+        self.max_connections = max_connections
         self.imap_port = free_port()
         self.pop3_port = free_port()
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.notify: socket.socket | None = None
 
     @property
     def pid(self) -> int:
@@ -129,25 +140,49 @@ class MailServer:
         return self.proc.pid
 
     def __enter__(self) -> MailServer:
-        args = [sys.executable, __file__, "--serve", str(self.workdir), "--imap-port", str(self.imap_port),
-                "--pop3-port", str(self.pop3_port)] + (["--real-passwords"] if self.real_passwords else [])
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            self.__exit__()
-            raise RuntimeError("our IMAP/POP3 server did not start")
-        return self
+        cfg = write_config(self.workdir, self.imap_port, self.pop3_port, workers=self.workers,
+                           real_passwords=self.real_passwords)
+        notify_path = self.workdir / "notify.sock"
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path),
+                   PYTHONPATH=os.pathsep.join([str(REPO), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])]))
+        if self.max_connections is not None:
+            env["PYTHONPATH"] = str(Path(__file__).resolve().parent / "servecaps") + os.pathsep + env["PYTHONPATH"]
+            env["MAILSTACK_BENCH_MAX_CONNECTIONS"] = str(self.max_connections)
+        raise_nofile()  # the server inherits it: 10,000 connections
+        log = open(self.workdir / "server.log", "wb")
+        # kept open until the server is gone: it says STOPPING=1 there too
+        self.notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify_path.unlink(missing_ok=True)  # the last server's
+        notify.bind(str(notify_path))
+        notify.settimeout(0.5)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailstack", "--config", str(cfg), "serve", "imap", "pop3"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(self.workdir))
+        log.close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if b"READY=1" in notify.recv(4096).split(b"\n"):
+                    return self
+            except TimeoutError:
+                pass
+        text = (self.workdir / "server.log").read_text(errors="replace")[-2000:]
+        self.__exit__()
+        raise RuntimeError(f"mailstack serve imap pop3 did not start: {text}")
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is None:
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(20)
+            self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
 
 
 # ---------------------------------------------------------------------------- IMAP sessions
@@ -226,6 +261,18 @@ def tree_pids(root: int) -> list[int]:
         out.append(pid)
         todo.extend(children.get(pid, []))
     return out
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of a process tree, seconds: the supervisor and every worker."""
+    total = 0.0
+    for pid in tree_pids(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def tree_pss_kb(root: int) -> int:
@@ -343,18 +390,3 @@ def imaptest_stress(port: int, users: int, password: str, clients: int, seconds:
     if not m:
         raise RuntimeError(f"no Totals in imaptest's output: {(proc.stdout + proc.stderr)[-300:]}")
     return dict(zip(m.group(1).split(), (int(v) for v in m.group(2).split()), strict=True))
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--serve", required=True, help="the store made by prepare()")
-    ap.add_argument("--imap-port", type=int, required=True)
-    ap.add_argument("--pop3-port", type=int, required=True)
-    ap.add_argument("--real-passwords", action="store_true")
-    a = ap.parse_args()
-    serve_mail(Path(a.serve), a.imap_port, a.pop3_port, a.real_passwords)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

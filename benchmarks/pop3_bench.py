@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """POP3 download benchmark: messages/s and commands/s for N concurrent clients.
 
-Starts mailstack's POP3 service (``mailstack.pop3.server.start``) in a child process on
-free loopback ports with a temporary store, fills the mailboxes through storage
-(``Maildir.deliver``), then runs closed-loop POP3 sessions from N worker processes:
+Starts ``mailstack serve imap pop3`` as deployed (``mail_loads.MailServer``: ``[server]
+workers`` processes from ``--workers``, 0 = one per CPU core) on free loopback ports with a
+temporary store, fills the mailboxes through storage (``Maildir.deliver``), then runs closed-loop POP3 sessions from N worker processes:
 
     connect, USER+PASS (one "login" op), STAT, LIST, BODIES x RETR <random n>, QUIT
 
@@ -26,15 +26,11 @@ server, not the password hash (production argon2id costs ~350 ms CPU per login).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing as mp
-import os
 import poplib
 import random
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +38,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mail_loads  # noqa: E402
 
 
 def free_port() -> int:
@@ -50,64 +49,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# ---------------------------------------------------------------------------
-# our server (child process)
-
-
-def serve(workdir: Path, port: int) -> None:
-    from mailstack import net
-    from mailstack.config import config_from_dict
-    from mailstack.directory import Directory, Passwords
-    from mailstack.pop3.server import start
-    from mailstack.service import ServiceContext
-
-    config = config_from_dict(
-        {
-            "hostname": "mx.example.test",
-            "database": {"url": f"sqlite:///{workdir / 'mailstack.db'}"},
-            "storage": {"maildir_root": str(workdir / "mailboxes")},
-            "tls": {"cert_file": str(workdir / "cert.pem"), "key_file": str(workdir / "key.pem")},
-            "pop3": {"listen": [f"127.0.0.1:{port}"]},
-        },
-        workdir / "mailstack.toml",
-    )
-    net.ensure_certificate(config.tls, config.hostname)
-    directory = Directory(config.database.url, passwords=Passwords.fast())
-
-    async def main() -> None:
-        ctx = ServiceContext(config, directory, net.load_tls_contexts(config.tls), net.ConnectionLimits(10000, 10000))
-        service = await start(ctx)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        print("ready", flush=True)
-        await stop.wait()
-        await service.stop(1.0)
-
-    asyncio.run(main())
-
-
-def prepare(workdir: Path, users: int, messages: int, size: int) -> None:
-    from mailstack.directory import Directory, Passwords
-    from mailstack.storage import Maildir
-
-    directory = Directory(f"sqlite:///{workdir / 'mailstack.db'}", passwords=Passwords.fast())
-    directory.migrate()
-    directory.add_domain("example.test")
-    body = (b"x" * 75 + b"\n") * max(1, size // 76)
-    for u in range(1, users + 1):
-        directory.add_user(f"user{u}@example.test", "pass")
-        md = Maildir.for_user(workdir / "mailboxes", "example.test", f"user{u}")
-        md.ensure()
-        for i in range(messages):
-            md.deliver(b"From: bench@example.org\nTo: user%d@example.test\nSubject: bench %d\n"
-                       b"Message-ID: <%d.%d@bench>\n\n" % (u, i, u, i) + body)
-    directory.close()
-
-
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of the server's process tree: the supervisor and its workers."""
+    return mail_loads.tree_cpu_seconds(pid)
 
 
 # ---------------------------------------------------------------------------
@@ -201,12 +145,8 @@ def main() -> int:
     ap.add_argument("--reference-port", type=int, default=31110)
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--json-out")
-    ap.add_argument("--serve", help=argparse.SUPPRESS)
-    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--workers", type=int, default=0, help="[server] workers of our server (0: one per CPU core)")
     a = ap.parse_args()
-    if a.serve:
-        serve(Path(a.serve), a.port)
-        return 0
 
     levels = [int(x) for x in a.clients.split(",")]
     ref = not a.no_reference and reference_up("127.0.0.1", a.reference_port)
@@ -214,16 +154,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pop3-bench-") as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
-        prepare(work, a.users, a.messages, a.size)
+        mail_loads.prepare(work, a.users, a.messages, a.size)
         print(f"filled {a.users} mailboxes x {a.messages} messages in {time.monotonic() - t0:.1f}s", flush=True)
-        port = free_port()
-        child = subprocess.Popen([sys.executable, __file__, "--serve", str(work), "--port", str(port)],
-                                 stdout=subprocess.PIPE, text=True)
-        try:
-            assert child.stdout is not None
-            if child.stdout.readline().strip() != "ready":
-                print("our server did not start", file=sys.stderr)
-                return 1
+        with mail_loads.MailServer(work, workers=a.workers) as child:
+            port = child.pop3_port
             rows = []
             for n in levels:
                 ours = run_load(port, users, "pass", n, a.seconds, a.bodies, child.pid)
@@ -245,13 +179,6 @@ def main() -> int:
             if a.json_out:
                 with open(a.json_out, "a") as f:
                     f.write(json.dumps({"bench": "pop3", "rows": rows}) + "\n")
-        finally:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
     return 0
 
 

@@ -11,7 +11,8 @@ Rows (ours, the reference's figure when the reference stack is up, and the ratio
 - submission -> queue -> remote MX with DKIM, 1 and 8 connections (msg/s;
   ``smtp_outbound``; reference: a private Postfix relay to the same sink, needs root);
 - memory per IDLE connection at 1,000 connections (``--idle N`` for another count; KB of
-  PSS of the server's process tree; Dovecot's tree from its ``master.pid``);
+  PSS of the server's process tree, supervisor and workers; Dovecot's tree from its
+  ``master.pid``);
 - imaptest stress, 20 clients, 30 s: logins done (when imaptest is built, where the test
   suite finds it; against the reference only with ``--imaptest-reference``, since its
   stress mode expunges and appends in the reference's mailboxes);
@@ -25,6 +26,12 @@ services) is read from the running Dovecot's config when it can be found, else
 
     python benchmarks/run_all.py                  # the full run (~15 min on 2 cores)
     python benchmarks/run_all.py --quick          # a smoke run with tiny sizes (~1 min)
+    python benchmarks/run_all.py --workers 1      # [server] workers of every server (default 0)
+
+Every server is ``python -m mailstack --config <tmp>/mailstack.toml serve <services>`` as
+deployed: ``[server] workers`` processes (``--workers``, default 0 = the product's default,
+one per CPU core) sharing the listeners; the header line says how many. CPU and memory
+figures take the server's whole process tree (supervisor and workers).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import mail_loads  # noqa: E402
+from mailstack.service import DEFAULT_MAX_CONNECTIONS  # noqa: E402
 
 REF_HOST = "127.0.0.1"
 REF_SMTP, REF_IMAP, REF_POP3 = 31025, 31143, 31110
@@ -173,7 +181,7 @@ def say(*parts: object) -> None:
 # ---------------------------------------------------------------------------- sections
 
 
-def smtp_in(rows: list[Row], s: Sizes, ref: Reference) -> None:
+def smtp_in(rows: list[Row], s: Sizes, ref: Reference, workers: int) -> None:
     import smtp_inbound
 
     labels = {n: f"SMTP in, 5 KB fsynced, {n} session{'s' if n > 1 else ''} (msg/s)" for n in (1, 20)}
@@ -183,7 +191,7 @@ def smtp_in(rows: list[Row], s: Sizes, ref: Reference) -> None:
     with tempfile.TemporaryDirectory(prefix="run-all-smtp-") as t:
         tmp = Path(t)
         port = smtp_inbound.free_port()
-        cfg = smtp_inbound.setup_store(tmp, port)
+        cfg = smtp_inbound.setup_store(tmp, port, f"[server]\nworkers = {workers}\n")
         a = argparse.Namespace(uvloop=False, size=5000, messages=s.smtp_messages, timeout=600.0)
         with contextlib.redirect_stdout(sys.stderr):
             got = smtp_inbound.measure("mailstack", cfg, port, tmp / "mailboxes" / "example.test" / "user1", [1, 20], a)
@@ -197,12 +205,14 @@ def smtp_in(rows: list[Row], s: Sizes, ref: Reference) -> None:
         rows.append(row)
 
 
-def mailbox_loads(rows: list[Row], s: Sizes, ref: Reference, imaptest_reference: bool) -> None:
+def mailbox_loads(rows: list[Row], s: Sizes, ref: Reference, imaptest_reference: bool, workers: int) -> None:
     with tempfile.TemporaryDirectory(prefix="run-all-mail-") as t:
         work = Path(t)
         mail_loads.prepare(work, s.users, s.messages, 5000)
         users = [f"user{i}@example.test" for i in range(1, s.users + 1)]
-        with mail_loads.MailServer(work) as srv:
+        # the IMAP cap per process is fixed in code (1000): raised only when the IDLE row holds more
+        cap = s.idle + 100 if s.idle + 100 > DEFAULT_MAX_CONNECTIONS else None
+        with mail_loads.MailServer(work, workers=workers, max_connections=cap) as srv:
             for c in LEVELS:
                 label = f"IMAP sessions, {c} client{'s' if c > 1 else ''} (ops/s)"
                 section(rows, [label], lambda: imap_row(rows, label, s, ref, srv, users, c))
@@ -302,7 +312,7 @@ def imaptest_row(rows: list[Row], s: Sizes, ref: Reference, srv: mail_loads.Mail
 ARGON_LABELS = ("IMAP sessions, argon2id users, 4 clients (ops/s)", "POP3 sessions, argon2id users, 4 clients (ops/s)")
 
 
-def argon_rows(rows: list[Row], s: Sizes, ref: Reference) -> None:
+def argon_rows(rows: list[Row], s: Sizes, ref: Reference, workers: int) -> None:
     import pop3_bench
 
     with tempfile.TemporaryDirectory(prefix="run-all-argon-") as t:
@@ -310,7 +320,7 @@ def argon_rows(rows: list[Row], s: Sizes, ref: Reference) -> None:
         say(f"argon2id users: hashing {s.argon_users} passwords with the production policy")
         mail_loads.prepare(work, s.argon_users, min(s.messages, 20), 5000, real_passwords=True)
         users = [f"user{i}@example.test" for i in range(1, s.argon_users + 1)]
-        with mail_loads.MailServer(work, real_passwords=True) as srv:
+        with mail_loads.MailServer(work, real_passwords=True, workers=workers) as srv:
             imap = mail_loads.imap_sessions(srv.imap_port, users, "pass", 4, s.seconds)["ops_per_s"]
             pop3 = float(pop3_bench.run_load(srv.pop3_port, users, "pass", 4, s.seconds, 3, srv.pid)["ops_per_s"])  # type: ignore[arg-type]
     row_i = Row(ARGON_LABELS[0], fmt(imap), "reference not running")
@@ -328,7 +338,7 @@ def outbound_label(n: int) -> str:
     return f"submission -> queue -> remote MX with DKIM, {n} conn{'s' if n > 1 else ''} (msg/s)"
 
 
-def outbound_rows(rows: list[Row], s: Sizes, ref: Reference, use_reference: bool) -> None:
+def outbound_rows(rows: list[Row], s: Sizes, ref: Reference, use_reference: bool, workers: int) -> None:
     import smtp_outbound
     from tests.dnsserver import TestDNS
 
@@ -341,7 +351,7 @@ def outbound_rows(rows: list[Row], s: Sizes, ref: Reference, use_reference: bool
             for conns in (1, 8):
                 say(f"outbound, {conns} connections")
                 with tempfile.TemporaryDirectory() as t:
-                    ours = smtp_outbound.bench_mailstack(Path(t), dns, remote, s.outbound_messages, conns)
+                    ours = smtp_outbound.bench_mailstack(Path(t), dns, remote, s.outbound_messages, conns, workers)
                 row = Row(outbound_label(conns), fmt(ours), "not run (--no-reference)")
                 if use_reference:
                     with tempfile.TemporaryDirectory() as t:
@@ -364,7 +374,20 @@ def section(rows: list[Row], labels: list[str], fn: Callable[[], None]) -> None:
         rows += [Row(label, f"error: {type(e).__name__}: {str(e)[:80]}") for label in labels if label not in have]
 
 
-def table(rows: list[Row], ref: Reference, when: str) -> str:
+def workers_text(workers: int) -> str:
+    """How our servers ran, for the header: ``[server] workers`` and what it came to."""
+    if workers == 0:
+        from mailstack.config import config_from_dict
+        from mailstack.supervisor import worker_count
+
+        n = worker_count(config_from_dict({"server": {"workers": 0}}, HERE / "mailstack.toml"))  # as serve counts
+        return f"mailstack: `mailstack serve` with [server] workers = 0 (one per CPU core: {n} worker{'s' if n > 1 else ''})."
+    if workers == 1:
+        return "mailstack: `mailstack serve` with [server] workers = 1 (one process, no supervisor)."
+    return f"mailstack: `mailstack serve` with [server] workers = {workers} ({workers} workers)."
+
+
+def table(rows: list[Row], ref: Reference, when: str, workers: int = 0) -> str:
     if ref.up:
         up = ", ".join(f"{name} {'up' if ok else 'down'}" for name, ok in
                        ((f"Postfix :{REF_SMTP}", ref.smtp), (f"Dovecot IMAP :{REF_IMAP}", ref.imap),
@@ -372,7 +395,7 @@ def table(rows: list[Row], ref: Reference, when: str) -> str:
         head = f"Reference: {up}; Dovecot login mode: {ref.mode}."
     else:
         head = "Reference: not running (Postfix :31025, Dovecot :31143 / :31110): our figures only."
-    out = [f"Measured {when}. {head}", "", "| measurement | mailstack | reference | ratio |", "| --- | --- | --- | --- |"]
+    out = [f"Measured {when}. {head} {workers_text(workers)}", "", "| measurement | mailstack | reference | ratio |", "| --- | --- | --- | --- |"]
     out += [f"| {r.label} | {r.ours} | {r.ref} | {r.ratio} |" for r in rows]
     return "\n".join(out)
 
@@ -386,23 +409,27 @@ def main(argv: list[str] | None = None) -> int:
                     help="the reference Dovecot's login mode, when it cannot be read from its config")
     ap.add_argument("--imaptest-reference", action="store_true",
                     help="also run imaptest's stress mode against the reference (it changes its mailboxes)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="[server] workers of every mailstack server started (default 0: the product's, one per CPU core)")
     a = ap.parse_args(argv)
     mail_loads.raise_nofile()
     sizes = Sizes.quick(a.idle) if a.quick else Sizes.full(a.idle)
     ref = (Reference(False, False, False, "-", None) if a.no_reference else detect_reference(a.reference_mode))
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + (" (--quick)" if a.quick else "")
-    say(f"reference: {'up' if ref.up else 'not running'}; sizes: {sizes}")
+    if a.workers < 0:
+        ap.error("--workers: 0 (one per CPU core) or more")
+    say(f"reference: {'up' if ref.up else 'not running'}; sizes: {sizes}; {workers_text(a.workers)}")
     rows: list[Row] = []
     section(rows, [f"SMTP in, 5 KB fsynced, {n} session{'s' if n > 1 else ''} (msg/s)" for n in (1, 20)],
-            lambda: smtp_in(rows, sizes, ref))
+            lambda: smtp_in(rows, sizes, ref, a.workers))
     mail_labels = ([f"IMAP sessions, {c} client{'s' if c > 1 else ''} (ops/s)" for c in LEVELS]
                    + [f"IMAP STORE+SEARCH, {c} client{'s' if c > 1 else ''} (ops/s)" for c in LEVELS]
                    + [f"POP3 sessions, {c} client{'s' if c > 1 else ''} (ops/s)" for c in LEVELS]
                    + [idle_label(sizes.idle), IMAPTEST_LABEL])
-    section(rows, mail_labels, lambda: mailbox_loads(rows, sizes, ref, a.imaptest_reference))
-    section(rows, [outbound_label(n) for n in (1, 8)], lambda: outbound_rows(rows, sizes, ref, not a.no_reference))
-    section(rows, list(ARGON_LABELS), lambda: argon_rows(rows, sizes, ref))
-    print(table(rows, ref, when), flush=True)
+    section(rows, mail_labels, lambda: mailbox_loads(rows, sizes, ref, a.imaptest_reference, a.workers))
+    section(rows, [outbound_label(n) for n in (1, 8)], lambda: outbound_rows(rows, sizes, ref, not a.no_reference, a.workers))
+    section(rows, list(ARGON_LABELS), lambda: argon_rows(rows, sizes, ref, a.workers))
+    print(table(rows, ref, when, a.workers), flush=True)
     return 0
 
 

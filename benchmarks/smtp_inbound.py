@@ -81,12 +81,10 @@ def clear(maildir: Path) -> None:
 
 
 def cpu_of(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        tck = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / tck
-    except OSError:
-        return 0.0
+    """CPU seconds of the server's process tree: the supervisor and its workers."""
+    from mail_loads import tree_cpu_seconds
+
+    return tree_cpu_seconds(pid)
 
 
 def run_source(host: str, port: int, sessions: int, messages: int, size: int, timeout: float) -> float:

@@ -72,15 +72,17 @@ def wait_count(remote: Remote, n: int, timeout: float = 300) -> None:
         time.sleep(0.01)
 
 
-def bench_mailstack(tmp: Path, dns: TestDNS, remote: Remote, n: int, conns: int) -> float:
-    """Our server as its own process (``mailstack serve submission queue``), as deployed:
-    the client threads, the test DNS and the sink stay in this process."""
+def bench_mailstack(tmp: Path, dns: TestDNS, remote: Remote, n: int, conns: int, workers: int = 0) -> float:
+    """Our server as its own process (``mailstack serve submission queue``), as deployed
+    (``[server] workers``: 0 = the product default, one per CPU core): the client threads,
+    the test DNS and the sink stay in this process."""
     from mailstack.config import load_config
     from mailstack.directory import Directory, Passwords
 
     sub_port = free_port()
     path = write_config(tmp, dns, remote.port, sub_port)
-    path.write_text(path.read_text().replace("connect_timeout = 3\n", "connect_timeout = 3\nmax_per_domain = 8\n"))
+    path.write_text(path.read_text().replace("connect_timeout = 3\n", "connect_timeout = 3\nmax_per_domain = 8\n")
+                    + f"[server]\nworkers = {workers}\n")
     cfg = load_config(path)
     d = Directory(cfg.database.url, passwords=Passwords.fast())
     d.migrate()
