@@ -75,7 +75,8 @@ def prepare(workdir: Path, users: int, messages: int, size: int, *, real_passwor
     directory.close()
 
 
-def write_config(workdir: Path, imap_port: int, pop3_port: int, *, workers: int, real_passwords: bool) -> Path:
+def write_config(workdir: Path, imap_port: int, pop3_port: int, *, workers: int, real_passwords: bool,
+                 max_connections: int | None = None) -> Path:
     """``<workdir>/mailstack.toml`` for ``mailstack serve imap pop3`` over the store of ``prepare``.
 
     Everything else is the product's default: ``[auth] cache_ttl``, the TLS and
@@ -84,6 +85,7 @@ def write_config(workdir: Path, imap_port: int, pop3_port: int, *, workers: int,
     hashes, so a login verifies the cheap hash and never rehashes it (no write to the
     database per login); True: the production argon2id policy (the keys left at 0)."""
     argon = "" if real_passwords else "argon2_time_cost = 1\nargon2_memory_cost = 256\nargon2_parallelism = 1\n"
+    cap = "" if max_connections is None else f"max_connections = {max_connections}\n"
     cfg = workdir / "mailstack.toml"
     cfg.write_text(f'''hostname = "mx.example.test"
 [server]
@@ -104,10 +106,10 @@ tls_listen = []
 # the load tools log in many times from one address: no per-address cap in the way
 max_userip_connections = 100000
 max_unauthenticated_per_ip = 100000
-[pop3]
+{cap}[pop3]
 listen = ["127.0.0.1:{pop3_port}"]
 tls_listen = []
-''')
+{cap}''')
     return cfg
 
 
@@ -119,8 +121,8 @@ class MailServer:
     ``workers = 1``): CPU and memory figures take the whole tree (``tree_pids``).
 
     Ready = ``READY=1`` on ``$NOTIFY_SOCKET`` (a socket of ours): the supervisor sends it
-    once every worker serves. ``max_connections``: the per-process IMAP/POP3 cap, fixed in
-    code, raised for this server only (``servecaps/sitecustomize.py``); None = the product's.
+    once every worker serves. ``max_connections``: ``[imap]``/``[pop3] max_connections`` (the
+    per-process cap; the IDLE row needs more than the default 1000); None = the product's.
     """
 
     def __init__(self, workdir: Path, real_passwords: bool = False, *, workers: int = 0,
@@ -141,13 +143,10 @@ class MailServer:
 
     def __enter__(self) -> MailServer:
         cfg = write_config(self.workdir, self.imap_port, self.pop3_port, workers=self.workers,
-                           real_passwords=self.real_passwords)
+                           real_passwords=self.real_passwords, max_connections=self.max_connections)
         notify_path = self.workdir / "notify.sock"
         env = dict(os.environ, NOTIFY_SOCKET=str(notify_path),
                    PYTHONPATH=os.pathsep.join([str(REPO), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])]))
-        if self.max_connections is not None:
-            env["PYTHONPATH"] = str(Path(__file__).resolve().parent / "servecaps") + os.pathsep + env["PYTHONPATH"]
-            env["MAILSTACK_BENCH_MAX_CONNECTIONS"] = str(self.max_connections)
         raise_nofile()  # the server inherits it: 10,000 connections
         log = open(self.workdir / "server.log", "wb")
         # kept open until the server is gone: it says STOPPING=1 there too

@@ -233,6 +233,7 @@ class IMAPConfig:
     full_text_index: bool = True  # SEARCH BODY/TEXT from a per-folder index (mailstack-fts.sqlite), built lazily
     max_userip_connections: int = 10  # logged-in sessions of one user from one address (Dovecot's default)
     max_unauthenticated_per_ip: int = 50  # connections of one address that have not logged in (imap/userip.py)
+    max_connections: int = 1000  # connections at once, per [server] workers process (hibernated IDLE ones count)
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,8 @@ class POP3Config:
     listen: Listeners = ()
     tls_listen: Listeners = ()
     idle_timeout: Duration = 600.0  # RFC 1939 §3: an autologout timer of at least 10 minutes
+    max_connections: int = 1000  # connections at once, per [server] workers process
+    max_connections_per_ip: int = 50  # of one client address, per process
 
 
 @dataclass(frozen=True)
@@ -583,10 +586,12 @@ def _check(cfg: Config) -> None:
         raise _KeyError("[auth] max_block_time: must not be less than block_time")
     if cfg.imap.max_userip_connections < 1 or cfg.imap.max_unauthenticated_per_ip < 1:
         raise _KeyError("[imap] max_userip_connections and max_unauthenticated_per_ip: must be at least 1")
-    for section in ("smtp", "submission", "lmtp"):
+    for section in ("smtp", "submission", "lmtp", "pop3"):
         for key in ("max_connections", "max_connections_per_ip"):
             if getattr(getattr(cfg, section), key) < 1:
                 raise _KeyError(f"[{section}] {key}: must be at least 1")
+    if cfg.imap.max_connections < 1:
+        raise _KeyError("[imap] max_connections: must be at least 1")
     if cfg.smtp.hard_error_limit and cfg.smtp.soft_error_limit > cfg.smtp.hard_error_limit:
         raise _KeyError("[smtp] soft_error_limit: must not be above hard_error_limit")
     named = [("nameservers", i, ns) for i, ns in enumerate(cfg.dns.nameservers)]

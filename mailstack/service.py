@@ -80,12 +80,15 @@ StartFunction = Callable[[ServiceContext], Awaitable[RunningService]]
 
 
 def limits_for(config: Config, name: str) -> net.ConnectionLimits:
-    """The connection caps of service ``name``: ``[smtp] max_connections``/``..._per_ip``
-    for smtp, ``DEFAULT_MAX_CONNECTIONS``/``..._PER_IP`` for the others (no keys yet)."""
+    """The connection caps of service ``name`` (per process: each ``[server] workers``
+    process has its own): ``[smtp]``, ``[imap]`` and ``[pop3] max_connections`` (and
+    ``..._per_ip``), ``DEFAULT_MAX_CONNECTIONS``/``..._PER_IP`` for the others."""
     if name == "smtp":
         return net.ConnectionLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip, name)
     if name == "imap":  # per address only before login, per user+address after (imap/userip.py)
-        return net.ConnectionLimits(DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, name)
+        return net.ConnectionLimits(config.imap.max_connections, config.imap.max_connections, name)
+    if name == "pop3":
+        return net.ConnectionLimits(config.pop3.max_connections, config.pop3.max_connections_per_ip, name)
     return net.ConnectionLimits(DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, name)
 
 

@@ -122,8 +122,8 @@ def test_mailbox_server_is_mailstack_serve_with_workers(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_mailbox_server_connection_cap_is_raised_only_when_asked(tmp_path: Path) -> None:
-    """``max_connections`` sets the per-process IMAP cap fixed in code (the IDLE row needs
-    more than its 1000); shown here with a cap of 2: the third connection is refused."""
+    """``max_connections`` sets ``[imap] max_connections`` (the IDLE row needs more than the
+    default 1000); shown here with a cap of 2: the third connection is refused."""
     ml = _mail_loads()
     ml.prepare(tmp_path, 1, 1, 500)
     with ml.MailServer(tmp_path, workers=1, max_connections=2) as srv:
