@@ -355,7 +355,7 @@ def idle_memory(port: int, users: list[str], password: str, n: int, server_pid: 
         task = asyncio.create_task(_hold_idle(port, users, password, n, ready, release, counts))
         try:
             await asyncio.wait_for(ready.wait(), 600)
-            await asyncio.sleep(1.0)  # let the server settle
+            await asyncio.sleep(3.0)  # let the server settle: past [imap] hibernate_timeout (2 s), as Dovecot's is measured
             after = await asyncio.to_thread(tree_pss_kb, server_pid)
             result.update(idle=counts["idle"], failed=counts["failed"], pss_before_kb=before, pss_after_kb=after,
                           kb_per_conn=round((after - before) / max(1, counts["idle"]), 1))
