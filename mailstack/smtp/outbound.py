@@ -69,7 +69,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mailstack.dns import DNSError, DNSTemporaryError, NXDomain, Resolver, TLSAResolver, TLSARecord
-from mailstack.mail.dsnrequest import DSNRequest, xtext_encode
+from mailstack.mail.dsnrequest import DSNRequest, dsn_mail_params, dsn_rcpt_params
 from mailstack.replies import Reply
 from mailstack.smtp.mtasts import StsCache
 from mailstack.smtp.sessioncache import SessionCache
@@ -185,32 +185,6 @@ def dot_stuff(data: bytes) -> bytes:
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data
-
-
-def _dsn_mail_params(dsn: DSNRequest | None) -> list[str]:
-    """RFC 3461 §4.3, §4.4: RET and ENVID for the next hop's MAIL (only when it offers DSN)."""
-    if dsn is None:
-        return []
-    out = [f"RET={dsn.ret}"] if dsn.ret else []
-    if dsn.envid:
-        out.append(f"ENVID={xtext_encode(dsn.envid)}")
-    return out
-
-
-def _dsn_rcpt_params(dsn: DSNRequest | None, rcpt: str) -> str:
-    """RFC 3461 §4.1, §4.2: `` NOTIFY=... ORCPT=...`` for one RCPT ("" when none)."""
-    if dsn is None:
-        return ""
-    req = dsn.recipients.get(rcpt)
-    if req is None:
-        return ""
-    out = ""
-    if req.notify is not None:
-        out += " NOTIFY=" + (",".join(sorted(req.notify)) if req.notify else "NEVER")
-    if req.orcpt:
-        addr_type, _, value = req.orcpt.partition(";")
-        out += f" ORCPT={addr_type};{xtext_encode(value)}"
-    return out
 
 
 def _needs_8bit(data: bytes) -> bool:
@@ -425,7 +399,7 @@ class Connection:
         if "8BITMIME" in self.extensions and _needs_8bit(job.data):
             params.append("BODY=8BITMIME")
         dsn = job.dsn if "DSN" in self.extensions and job.dsn else None
-        params += _dsn_mail_params(dsn)
+        params += dsn_mail_params(dsn)
         mail = f"MAIL FROM:<{job.sender}>" + "".join(" " + p for p in params)
         pipelining = "PIPELINING" in self.extensions
         if reset and not pipelining:
@@ -434,7 +408,7 @@ class Connection:
                 raise _Fail(rset)
         if pipelining:  # RFC 2920 §3.1: [RSET,] MAIL and RCPTs in one group
             assert self.writer is not None
-            lines = (["RSET"] if reset else []) + [mail] + [f"RCPT TO:<{r}>{_dsn_rcpt_params(dsn, r)}" for r in recipients]
+            lines = (["RSET"] if reset else []) + [mail] + [f"RCPT TO:<{r}>{dsn_rcpt_params(dsn, r)}" for r in recipients]
             try:
                 self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
                 await self.writer.drain()
@@ -452,7 +426,7 @@ class Connection:
             rcpt_replies = []
             if mail_reply.code == 250:
                 for rc in recipients:
-                    rcpt_replies.append(await self.command(f"RCPT TO:<{rc}>{_dsn_rcpt_params(dsn, rc)}"))
+                    rcpt_replies.append(await self.command(f"RCPT TO:<{rc}>{dsn_rcpt_params(dsn, rc)}"))
         if mail_reply.code != 250:
             if pipelining and not self.closing:
                 await self.command("RSET")
