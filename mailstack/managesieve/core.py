@@ -31,6 +31,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
+from mailstack.auth.sasl import parse_plain
 from mailstack.sieve import EXTENSIONS, MAX_SCRIPT_BYTES
 from mailstack.sieve.interp import MAX_REDIRECTS
 from mailstack.sieve.store import ScriptError, check_name
@@ -459,20 +460,12 @@ class ManageSieveCore:
         except (binascii.Error, ValueError):
             self._bad_command(R.no("Invalid base64 data in response."))
             return
-        fields = raw.split(b"\0")  # RFC 4616 §2: [authzid] NUL authcid NUL passwd
-        if len(fields) != 3:
+        creds = parse_plain(raw)  # RFC 4616 §2; no proxy authorization (master users)
+        if creds is None:
             self._auth_failed_now()
-            return
-        try:
-            authzid, authcid, passwd = (f.decode("utf-8") for f in fields)
-        except UnicodeDecodeError:
-            self._auth_failed_now()
-            return
-        if not authcid or (authzid and authzid != authcid):
-            self._auth_failed_now()  # no proxy authorization (master users)
             return
         self._pending = "auth"
-        self._out.append(Authenticate(authcid, passwd, "PLAIN"))
+        self._out.append(Authenticate(*creds, "PLAIN"))
 
     def _auth_failed_now(self) -> None:
         self._auth_failures += 1

@@ -31,6 +31,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from mailstack.auth.sasl import parse_plain
+
 from . import replies as R
 from .replies import Reply
 
@@ -429,20 +431,11 @@ class POP3Core:
         if not raw and not initial:
             self._bad_command(R.AUTH_FAILED)
             return
-        # RFC 4616 §2: [authzid] NUL authcid NUL passwd
-        fields = raw.split(b"\0")
-        if len(fields) != 3:
+        creds = parse_plain(raw)  # RFC 4616 §2; no proxy authorization (master users)
+        if creds is None:
             self._auth_failed_now()
             return
-        try:
-            authzid, authcid, passwd = (f.decode("utf-8") for f in fields)
-        except UnicodeDecodeError:
-            self._auth_failed_now()
-            return
-        if not authcid or (authzid and authzid != authcid):
-            self._auth_failed_now()  # no proxy authorization (master users)
-            return
-        self._authenticate(authcid, passwd, "PLAIN")
+        self._authenticate(*creds, "PLAIN")
 
     def _auth_failed_now(self) -> None:
         self._auth_failures += 1

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from mailstack.auth.sasl import parse_plain
 from mailstack.storage import Maildir
 from mailstack.storage.errors import FolderExists, StorageError
 
@@ -41,18 +42,7 @@ log = logging.getLogger(__name__)
 ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "IMAP4rev2"})
 
 
-def parse_sasl_plain(data: bytes) -> tuple[str, str] | None:
-    """RFC 4616: ``[authzid] NUL authcid NUL passwd``; None if malformed or authzid differs."""
-    parts = data.split(b"\0")
-    if len(parts) != 3:
-        return None
-    try:
-        authz, authc, pw = (p.decode("utf-8") for p in parts)
-    except UnicodeDecodeError:
-        return None
-    if not authc or (authz and authz != authc):
-        return None
-    return authc, pw
+parse_sasl_plain = parse_plain  # RFC 4616, shared with POP3 and ManageSieve (mailstack.auth.sasl)
 
 
 # -- any state ------------------------------------------------------------------------------
